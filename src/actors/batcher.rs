@@ -1,0 +1,155 @@
+//! Batcher: one per model. Drives `pipelines::batching::BatchQueue` with actix timers and sends
+//! each due batch to an idle worker, so the next batch forms while one runs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture};
+use tokio::sync::oneshot;
+
+use super::worker::{InferenceWorker, RunBatch};
+use crate::metrics;
+use crate::pipelines::batching::{BatchPolicy, BatchQueue, ISOLATE_AFTER_FAILURES, Queued, SendReason};
+use crate::pipelines::preprocess::ModelInput;
+
+/// One image waiting for inference.
+pub struct Job {
+    pub input: Arc<ModelInput>,
+    /// Fault injection marker (see `config::FaultInjection`).
+    pub poisoned: bool,
+    pub reply: oneshot::Sender<Result<Prediction, InferError>>,
+}
+
+/// A model output with the timings of its way through the batcher.
+#[derive(Debug)]
+pub struct Prediction {
+    pub output: Vec<f32>,
+    pub queue_wait: Duration,
+    pub inference: Duration,
+    pub batch_size: usize,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum InferError {
+    #[error("inference failed on this image: {0}")]
+    Failed(String),
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Refused {
+    #[error("server overloaded: the queue of model {model} is full ({capacity} images), retry later")]
+    QueueFull { model: String, capacity: usize },
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<(), Refused>")]
+pub struct Enqueue(pub Job);
+
+/// Current tokio time as `std::time::Instant`: follows paused time in tests.
+fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+struct WorkerSlot {
+    addr: Addr<InferenceWorker>,
+    busy: bool,
+}
+
+pub struct Batcher {
+    model: String,
+    capacity: usize,
+    queue: BatchQueue<Job>,
+    workers: Vec<WorkerSlot>,
+    timer: Option<SpawnHandle>,
+}
+
+impl Batcher {
+    pub fn new(model: &str, policy: BatchPolicy, workers: Vec<Addr<InferenceWorker>>) -> Self {
+        Self {
+            model: model.to_string(),
+            capacity: policy.capacity,
+            queue: BatchQueue::new(policy),
+            workers: workers.into_iter().map(|addr| WorkerSlot { addr, busy: false }).collect(),
+            timer: None,
+        }
+    }
+
+    fn dispatch(&mut self, ctx: &mut Context<Self>) {
+        let dropped = self.queue.retain(|job| !job.reply.is_closed());
+        if dropped > 0 {
+            ::metrics::counter!(metrics::DROPPED, "model" => self.model.clone()).increment(dropped as u64);
+        }
+        while let Some(w) = self.workers.iter().position(|w| !w.busy) {
+            let Some((batch, reason)) = self.queue.next_batch(now()) else { break };
+            self.send(w, batch, reason, ctx);
+        }
+        ::metrics::gauge!(metrics::QUEUE_SIZE, "model" => self.model.clone()).set(self.queue.len() as f64);
+        if let Some(h) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        if self.workers.iter().any(|w| !w.busy)
+            && let Some(deadline) = self.queue.deadline()
+        {
+            let delay = deadline.saturating_duration_since(now());
+            self.timer = Some(ctx.run_later(delay, |act, ctx| {
+                act.timer = None;
+                act.dispatch(ctx);
+            }));
+        }
+    }
+
+    fn send(&mut self, w: usize, batch: Vec<Queued<Job>>, reason: SendReason, ctx: &mut Context<Self>) {
+        self.workers[w].busy = true;
+        let size = batch.len();
+        ::metrics::histogram!(metrics::BATCH_SIZE, "model" => self.model.clone()).record(size as f64);
+        ::metrics::counter!(metrics::BATCHES, "model" => self.model.clone(), "reason" => reason.as_str()).increment(1);
+        let sent_at = now();
+        let msg = RunBatch {
+            inputs: batch.iter().map(|q| q.item.input.clone()).collect(),
+            poisoned: batch.iter().any(|q| q.item.poisoned),
+        };
+        let fut = self.workers[w].addr.send(msg);
+        ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
+            act.workers[w].busy = false;
+            let fault = match result {
+                Ok(Ok(out)) if out.outputs.len() == size => {
+                    for (q, output) in batch.into_iter().zip(out.outputs) {
+                        let queue_wait = sent_at.saturating_duration_since(q.enqueued_at);
+                        let p = Prediction { output, queue_wait, inference: out.elapsed, batch_size: size };
+                        let _ = q.item.reply.send(Ok(p));
+                    }
+                    act.dispatch(ctx);
+                    return;
+                }
+                Ok(Ok(out)) => format!("worker returned {} outputs for {size} inputs", out.outputs.len()),
+                Ok(Err(fault)) => fault.to_string(),
+                Err(mailbox) => format!("worker unreachable: {mailbox}"),
+            };
+            // Retry once with the batch, then alone; an item failing alone is answered with the error.
+            let (give_up, retry): (Vec<_>, Vec<_>) =
+                batch.into_iter().partition(|q| q.failures >= ISOLATE_AFTER_FAILURES);
+            for q in give_up {
+                let _ = q.item.reply.send(Err(InferError::Failed(fault.clone())));
+            }
+            act.queue.requeue_failed(retry);
+            act.dispatch(ctx);
+        }));
+    }
+}
+
+impl Actor for Batcher {
+    type Context = Context<Self>;
+}
+
+impl Handler<Enqueue> for Batcher {
+    type Result = Result<(), Refused>;
+
+    fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
+        if self.queue.push(msg.0, now()).is_err() {
+            ::metrics::counter!(metrics::REFUSALS, "reason" => "queue_full").increment(1);
+            return Err(Refused::QueueFull { model: self.model.clone(), capacity: self.capacity });
+        }
+        self.dispatch(ctx);
+        Ok(())
+    }
+}

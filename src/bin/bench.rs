@@ -1,0 +1,227 @@
+//! Load benchmark for gpubackend.
+//!
+//! `bench e2e`     drives a running server with concurrent multipart uploads of real images and
+//!                 prints req/s, latency percentiles, mean batch size, worker busy ratio and server
+//!                 CPU ms per request (from the server's /metrics).
+//! `bench model`   runs the forward pass alone in a loop at a given batch size on a device.
+//! `bench compare` runs both (model-only at the e2e mean batch size) and prints e2e / model-only.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+
+use gpubackend::client::{Conn, metric_value};
+use gpubackend::config::Limits;
+use gpubackend::models::DeviceSpec;
+use gpubackend::models::mobilenet_v2::Classifier;
+use gpubackend::pipelines::decode::decode;
+use gpubackend::pipelines::preprocess::{ClassifierSpec, classifier_input};
+
+#[derive(Parser)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    E2e(E2eArgs),
+    Model(ModelArgs),
+    Compare {
+        #[command(flatten)]
+        e2e: E2eArgs,
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value = "models/mobilenet_v2/mobilenet_v2-b0353104.pth")]
+        weights: PathBuf,
+    },
+}
+
+#[derive(Args, Clone)]
+struct E2eArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    /// Concurrent clients (one keep-alive connection each).
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Seconds of measured load (after a warm-up of 10 % of it).
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    /// Images sent, round-robin.
+    #[arg(long, value_delimiter = ',', default_value = "tests/data/chelsea.jpg,tests/data/rocket.jpg")]
+    images: Vec<PathBuf>,
+    #[arg(long, default_value = "test")]
+    token: String,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Seconds of measured forward passes (after 2 warm-up passes).
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    #[arg(long, default_value = "models/mobilenet_v2/mobilenet_v2-b0353104.pth")]
+    weights: PathBuf,
+}
+
+struct E2eReport {
+    images_per_s: f64,
+    mean_batch: f64,
+    cpu_ms_per_req: f64,
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+fn scrape(addr: SocketAddr) -> anyhow::Result<String> {
+    Ok(Conn::new(addr).get("/metrics")?.text())
+}
+
+fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
+    let addr = a.addr.to_socket_addrs()?.next().context("address")?;
+    let images: Vec<Vec<u8>> = a
+        .images
+        .iter()
+        .map(|p| std::fs::read(p).with_context(|| format!("read {}", p.display())))
+        .collect::<Result<_, _>>()?;
+    let images = Arc::new(images);
+    let path = Arc::new(format!("/api/v1/objects/detect?oauth_provider=mcs&oauth_token={}", a.token));
+    let meta: &'static [u8] = br#"{"mode":["object"],"images":[{"name":"file_0"}]}"#;
+    let warmup = Duration::from_secs_f64(a.duration * 0.1);
+    let measure = Duration::from_secs_f64(a.duration);
+    // Warm-up: same load, unmeasured.
+    let load = |until: Instant, record: bool| -> Vec<std::thread::JoinHandle<(Vec<Duration>, usize)>> {
+        (0..a.concurrency)
+            .map(|i| {
+                let (images, path) = (images.clone(), path.clone());
+                std::thread::spawn(move || {
+                    let mut c = Conn::new(addr);
+                    let (mut lat, mut errors, mut k) = (Vec::new(), 0usize, i);
+                    while Instant::now() < until {
+                        let img = &images[k % images.len()];
+                        k += 1;
+                        let t = Instant::now();
+                        match c.post_multipart(&path, &[("file_0", Some("img"), img), ("meta", None, meta)]) {
+                            Ok(r) if r.status == 200 => {
+                                if record {
+                                    lat.push(t.elapsed())
+                                }
+                            }
+                            _ => errors += 1,
+                        }
+                    }
+                    (lat, errors)
+                })
+            })
+            .collect()
+    };
+    for h in load(Instant::now() + warmup, false) {
+        h.join().expect("client thread");
+    }
+    let before = scrape(addr)?;
+    let start = Instant::now();
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for h in load(start + measure, true) {
+        let (l, e) = h.join().expect("client thread");
+        lat.extend(l);
+        errors += e;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let after = scrape(addr)?;
+    let delta = |name: &str| metric_value(&after, name, &[]) - metric_value(&before, name, &[]);
+    lat.sort();
+    let n = lat.len() as f64;
+    let batches = delta("gpubackend_batch_size_count");
+    let mean_batch = delta("gpubackend_batch_size_sum") / batches.max(1.0);
+    let workers = metric_value(&after, "gpubackend_workers_live", &[]).max(1.0);
+    let busy = delta("gpubackend_worker_busy_seconds_total") / wall / workers;
+    let cpu_ms = delta("gpubackend_process_cpu_seconds_total") * 1e3 / n.max(1.0);
+    println!("e2e: {} clients, {:.1} s, {} ok, {} errors", a.concurrency, wall, lat.len(), errors);
+    println!("  requests/s          {:.1}", n / wall);
+    println!(
+        "  latency ms          p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
+        percentile(&lat, 0.5),
+        percentile(&lat, 0.9),
+        percentile(&lat, 0.99),
+        percentile(&lat, 1.0)
+    );
+    println!("  mean batch size     {mean_batch:.2} ({batches} batches)");
+    println!("  worker busy ratio   {:.1} %", busy * 100.0);
+    println!("  server CPU / req    {cpu_ms:.2} ms");
+    if errors > 0 {
+        bail!("{errors} requests failed");
+    }
+    Ok(E2eReport { images_per_s: n / wall, mean_batch, cpu_ms_per_req: cpu_ms })
+}
+
+fn process_cpu() -> f64 {
+    gpubackend::metrics::process_cpu_seconds().unwrap_or(f64::NAN)
+}
+
+/// Returns (images/s, CPU ms per image).
+fn run_model(a: &ModelArgs) -> anyhow::Result<(f64, f64)> {
+    let spec = DeviceSpec::parse(&a.device)?;
+    let model = Classifier::load(&a.weights, spec.device()?)?;
+    let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Limits::default())?;
+    let input = classifier_input(&img, ClassifierSpec::IMAGENET);
+    let batch: Vec<&[f32]> = (0..a.batch).map(|_| input.data.as_slice()).collect();
+    for _ in 0..2 {
+        model.forward(&batch)?;
+    }
+    let (start, cpu0) = (Instant::now(), process_cpu());
+    let mut passes = 0usize;
+    while start.elapsed().as_secs_f64() < a.duration || passes < 3 {
+        model.forward(&batch)?;
+        passes += 1;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let images = (passes * a.batch) as f64;
+    let cpu_ms = (process_cpu() - cpu0) * 1e3 / images;
+    println!("model-only: mobilenet_v2 on {}, batch {}, {passes} passes in {wall:.1} s", a.device, a.batch);
+    println!("  images/s            {:.1}", images / wall);
+    println!("  ms per batch        {:.1}", wall * 1e3 / passes as f64);
+    println!("  CPU per image       {cpu_ms:.2} ms");
+    Ok((images / wall, cpu_ms))
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::E2e(a) => {
+            run_e2e(&a)?;
+        }
+        Cmd::Model(a) => {
+            run_model(&a)?;
+        }
+        Cmd::Compare { e2e, device, weights } => {
+            let r = run_e2e(&e2e)?;
+            let batch = r.mean_batch.round().max(1.0) as usize;
+            let (model_ips, model_cpu) =
+                run_model(&ModelArgs { device, batch, duration: e2e.duration / 2.0, weights })?;
+            println!("compare:");
+            println!(
+                "  e2e / model-only    {:.3} (images/s {:.1} / {:.1})",
+                r.images_per_s / model_ips,
+                r.images_per_s,
+                model_ips
+            );
+            println!(
+                "  serving overhead    {:.2} ms CPU per request (server CPU/req − model CPU/image)",
+                r.cpu_ms_per_req - model_cpu
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,408 @@
+//! Configuration: a TOML file for topology (models, devices, batching, limits), the CLI for the
+//! pod-level overrides (`--gpu N --models a,b`), validation with errors that name the field.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The configuration the server runs with when no file is given (`config/default.toml`).
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config {origin}: {message}")]
+    Parse { origin: String, message: String },
+    #[error("invalid config: `{field}`: {message}")]
+    Invalid { field: String, message: String },
+}
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), message: message.into() }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub pipeline: PipelineConfig,
+    #[serde(default)]
+    pub supervisor: SupervisorConfig,
+    /// Models by name; `objects/detect` mode `object` is served by the model named in `modes`.
+    pub models: BTreeMap<String, ModelConfig>,
+    /// Which models each device serves (the lecture's "gpu #0: [face]" table).
+    pub placement: Vec<Placement>,
+    #[serde(default)]
+    pub fault_injection: FaultInjection,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// HTTP worker threads (actix-web workers).
+    pub http_workers: usize,
+    /// Backend used when the CLI names a GPU by index (`--gpu N` → `<gpu_backend>:N`).
+    pub gpu_backend: String,
+    /// Seconds to wait for in-flight requests on shutdown.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            host: "127.0.0.1".into(),
+            port: 8080,
+            http_workers: 2,
+            gpu_backend: "wgpu".into(),
+            shutdown_timeout_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accepted `oauth_token` values. Empty together with `tokens_file` = accept everything.
+    pub tokens: Vec<String>,
+    /// A file with one token per line (`#` comments allowed), read at start-up.
+    pub tokens_file: Option<PathBuf>,
+    /// Accepted `oauth_provider` values.
+    pub providers: Vec<String>,
+}
+
+/// Request limits; the defaults are the Vision API's documented ones.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub max_images: usize,
+    pub max_image_bytes: usize,
+    pub max_request_bytes: usize,
+    pub min_width: u32,
+    pub min_height: u32,
+    pub max_width: u32,
+    pub max_height: u32,
+    /// Images admitted into the pipeline at once over all requests; beyond it requests are refused.
+    pub max_inflight_images: usize,
+    /// Size of the `meta` form field.
+    pub max_meta_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_images: 100,
+            max_image_bytes: 15 * 1024 * 1024,
+            max_request_bytes: 30 * 1024 * 1024,
+            min_width: 5,
+            min_height: 5,
+            max_width: 3840,
+            max_height: 2160,
+            max_inflight_images: 1024,
+            max_meta_bytes: 64 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Decoder threads (SyncArbiter pool).
+    pub decoders: usize,
+    /// Preprocessor threads (SyncArbiter pool).
+    pub preprocessors: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self { decoders: 2, preprocessors: 1 }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SupervisorConfig {
+    /// First restart delay of a failed worker; doubles up to `max_backoff_ms`.
+    pub initial_backoff_ms: u64,
+    pub max_backoff_ms: u64,
+}
+
+impl Default for SupervisorConfig {
+    fn default() -> Self {
+        Self { initial_backoff_ms: 100, max_backoff_ms: 5_000 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Architecture {
+    MobilenetV2,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub architecture: Architecture,
+    /// Weights file (PyTorch state dict), relative paths from the working directory.
+    pub weights: PathBuf,
+    /// Class → Vision label table (`models/<model>/labels.json`).
+    pub labels: PathBuf,
+    /// Vision API modes this model answers (`object`).
+    pub modes: Vec<String>,
+    #[serde(default = "default_max_batch")]
+    pub max_batch: usize,
+    /// Longest wait of the oldest queued item before a partial batch is sent.
+    #[serde(default = "default_max_delay_ms")]
+    pub max_delay_ms: u64,
+    /// Items waiting for a worker; beyond it requests are refused.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Labels below this probability are not returned.
+    #[serde(default = "default_threshold")]
+    pub threshold: f32,
+    /// At most this many labels per image.
+    #[serde(default = "default_top_k")]
+    pub top_k: usize,
+}
+
+fn default_max_batch() -> usize {
+    16
+}
+fn default_max_delay_ms() -> u64 {
+    50
+}
+fn default_queue_capacity() -> usize {
+    512
+}
+fn default_threshold() -> f32 {
+    0.1
+}
+fn default_top_k() -> usize {
+    5
+}
+
+impl ModelConfig {
+    pub fn max_delay(&self) -> Duration {
+        Duration::from_millis(self.max_delay_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Placement {
+    /// `cpu`, `wgpu`, `wgpu:N`, `cuda:N` (cuda needs the `cuda` build feature).
+    pub device: String,
+    pub models: Vec<String>,
+    /// Workers per model on this device (the lecture's rule: 1).
+    #[serde(default = "default_instances")]
+    pub instances: usize,
+}
+
+fn default_instances() -> usize {
+    1
+}
+
+/// Test hook: a worker panics in its forward pass on any input whose upload contains `panic_marker`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultInjection {
+    pub panic_marker: Option<String>,
+}
+
+impl Config {
+    pub fn from_toml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { origin: origin.to_string(), message: e.to_string() })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            None => Self::from_toml(EMBEDDED_DEFAULT, "(embedded default)"),
+            Some(p) => {
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| ConfigError::Read { path: p.to_path_buf(), source })?;
+                Self::from_toml(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// The pod form of placement: this process serves `models` on GPU `gpu` only.
+    pub fn override_placement(&mut self, gpu: Option<u32>, models: Option<Vec<String>>) -> Result<(), ConfigError> {
+        if gpu.is_none() && models.is_none() {
+            return Ok(());
+        }
+        let device = match gpu {
+            Some(n) => format!("{}:{n}", self.server.gpu_backend),
+            None => self.placement.first().map(|p| p.device.clone()).unwrap_or_else(|| "cpu".into()),
+        };
+        let models = models.unwrap_or_else(|| self.placement.iter().flat_map(|p| p.models.clone()).collect());
+        self.placement = vec![Placement { device, models, instances: 1 }];
+        self.validate()
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let l = &self.limits;
+        for (field, v) in [
+            ("limits.max_images", l.max_images),
+            ("limits.max_image_bytes", l.max_image_bytes),
+            ("limits.max_request_bytes", l.max_request_bytes),
+            ("limits.max_inflight_images", l.max_inflight_images),
+            ("limits.max_meta_bytes", l.max_meta_bytes),
+            ("pipeline.decoders", self.pipeline.decoders),
+            ("pipeline.preprocessors", self.pipeline.preprocessors),
+            ("server.http_workers", self.server.http_workers),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if l.min_width == 0 || l.min_height == 0 {
+            return Err(invalid("limits.min_width", "minimum dimensions must be at least 1"));
+        }
+        if l.max_width < l.min_width || l.max_height < l.min_height {
+            return Err(invalid("limits.max_width", "maximum dimensions must not be below the minimum"));
+        }
+        if l.max_image_bytes > l.max_request_bytes {
+            return Err(invalid("limits.max_image_bytes", "must not exceed limits.max_request_bytes"));
+        }
+        if self.supervisor.initial_backoff_ms > self.supervisor.max_backoff_ms {
+            return Err(invalid("supervisor.initial_backoff_ms", "must not exceed supervisor.max_backoff_ms"));
+        }
+        if !["wgpu", "cuda"].contains(&self.server.gpu_backend.as_str()) {
+            return Err(invalid("server.gpu_backend", "must be `wgpu` or `cuda`"));
+        }
+        if self.models.is_empty() {
+            return Err(invalid("models", "at least one model must be configured"));
+        }
+        let mut modes = BTreeMap::new();
+        for (name, m) in &self.models {
+            let f = |k: &str| format!("models.{name}.{k}");
+            if m.max_batch == 0 {
+                return Err(invalid(f("max_batch"), "must be at least 1"));
+            }
+            if m.queue_capacity == 0 {
+                return Err(invalid(f("queue_capacity"), "must be at least 1"));
+            }
+            if m.queue_capacity < m.max_batch {
+                tracing::warn!(model = %name, "queue_capacity < max_batch: batches can never fill, only the deadline sends them");
+            }
+            if !(0.0..=1.0).contains(&m.threshold) {
+                return Err(invalid(f("threshold"), "must be within 0..=1"));
+            }
+            if m.top_k == 0 {
+                return Err(invalid(f("top_k"), "must be at least 1"));
+            }
+            if m.modes.is_empty() {
+                return Err(invalid(f("modes"), "must name at least one Vision API mode"));
+            }
+            for mode in &m.modes {
+                if let Some(other) = modes.insert(mode.clone(), name.clone()) {
+                    return Err(invalid(f("modes"), format!("mode `{mode}` is already served by model `{other}`")));
+                }
+            }
+        }
+        if self.placement.is_empty() {
+            return Err(invalid("placement", "at least one device must serve a model"));
+        }
+        for (i, p) in self.placement.iter().enumerate() {
+            crate::models::DeviceSpec::parse(&p.device)
+                .map_err(|e| invalid(format!("placement[{i}].device"), e.to_string()))?;
+            if p.instances == 0 {
+                return Err(invalid(format!("placement[{i}].instances"), "must be at least 1"));
+            }
+            for m in &p.models {
+                if !self.models.contains_key(m) {
+                    return Err(invalid(format!("placement[{i}].models"), format!("unknown model `{m}`")));
+                }
+            }
+        }
+        for name in self.models.keys() {
+            if !self.placement.iter().any(|p| p.models.contains(name)) {
+                tracing::warn!(model = %name, "model is configured but placed on no device; its modes will not be served");
+            }
+        }
+        Ok(())
+    }
+
+    /// Models that have at least one worker in this process.
+    pub fn placed_models(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.placement.iter().flat_map(|p| p.models.clone()).collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// All tokens from `auth.tokens` and `auth.tokens_file`.
+    pub fn load_tokens(&self) -> Result<Vec<String>, ConfigError> {
+        let mut tokens = self.auth.tokens.clone();
+        if let Some(path) = &self.auth.tokens_file {
+            let text =
+                std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
+            tokens
+                .extend(text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(String::from));
+        }
+        Ok(tokens)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.placement[0].device, "cpu");
+    }
+
+    #[test]
+    fn every_shipped_config_parses() {
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                Config::load(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_field_is_named() {
+        let text = EMBEDDED_DEFAULT.replace("[limits]", "[limits]\nmax_imagez = 3");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("max_imagez"), "{err}");
+    }
+
+    #[test]
+    fn invalid_values_name_the_field() {
+        let text = EMBEDDED_DEFAULT.replace("max_batch = 16", "max_batch = 0");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("models.mobilenet_v2.max_batch"), "{err}");
+        let text = EMBEDDED_DEFAULT.replace("device = \"cpu\"", "device = \"tpu\"");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("placement[0].device"), "{err}");
+    }
+
+    #[test]
+    fn cli_overrides_placement_like_the_lectures_pod() {
+        let mut c = Config::load(None).unwrap();
+        c.override_placement(Some(1), Some(vec!["mobilenet_v2".into()])).unwrap();
+        assert_eq!(
+            c.placement,
+            vec![Placement { device: "wgpu:1".into(), models: vec!["mobilenet_v2".into()], instances: 1 }]
+        );
+        assert!(c.override_placement(None, Some(vec!["nope".into()])).is_err());
+    }
+}

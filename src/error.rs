@@ -1,0 +1,98 @@
+//! The one place where errors become Vision API envelopes and HTTP statuses.
+//!
+//! HTTP status decision (the Vision docs leave it open): the HTTP status equals the envelope's
+//! `status` (400 bad request, 403 auth, 404 unknown path, 500 internal), except overload: the
+//! envelope says 500 (the documented error set) and HTTP says 503 with `Retry-After: 1`, so load
+//! balancers and clients can retry. Per-image failures are not request errors: they answer 200 with
+//! that image's `status` 1 (permanent) or 2 (temporary) and its `error`.
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Overloaded(String),
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// Short, fixed label for metrics (`outcome`).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::BadRequest(_) => "bad_request",
+            Self::Forbidden(_) => "forbidden",
+            Self::NotFound(_) => "not_found",
+            Self::Overloaded(_) => "overloaded",
+            Self::Internal(_) => "error",
+        }
+    }
+
+    pub fn envelope_status(&self) -> u16 {
+        match self {
+            Self::BadRequest(_) => 400,
+            Self::Forbidden(_) => 403,
+            Self::NotFound(_) => 404,
+            Self::Overloaded(_) | Self::Internal(_) => 500,
+        }
+    }
+}
+
+/// `{"status":…,"body":…,"htmlencoded":false,"last_modified":0}`.
+#[derive(Debug, Serialize)]
+pub struct Envelope<T: Serialize> {
+    pub status: u16,
+    pub body: T,
+    pub htmlencoded: bool,
+    pub last_modified: u64,
+}
+
+impl<T: Serialize> Envelope<T> {
+    pub fn ok(body: T) -> Self {
+        Self { status: 200, body, htmlencoded: false, last_modified: 0 }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            Self::Overloaded(_) => StatusCode::SERVICE_UNAVAILABLE,
+            other => StatusCode::from_u16(other.envelope_status()).expect("valid status. This is a bug."),
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut resp = HttpResponse::build(self.status_code());
+        if matches!(self, Self::Overloaded(_)) {
+            resp.insert_header(("Retry-After", "1"));
+        }
+        resp.json(Envelope {
+            status: self.envelope_status(),
+            body: self.to_string(),
+            htmlencoded: false,
+            last_modified: 0,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_follow_the_documented_decision() {
+        assert_eq!(ApiError::BadRequest("x".into()).status_code(), StatusCode::BAD_REQUEST);
+        assert_eq!(ApiError::Forbidden("x".into()).status_code(), StatusCode::FORBIDDEN);
+        assert_eq!(ApiError::Overloaded("x".into()).status_code(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(ApiError::Overloaded("x".into()).envelope_status(), 500);
+        assert_eq!(ApiError::Internal("x".into()).status_code(), StatusCode::INTERNAL_SERVER_ERROR);
+    }
+}

@@ -1,0 +1,188 @@
+//! The edge: actix-web routes, shared state, and server start-up (actors, placement, listener).
+
+mod auth;
+mod multipart;
+mod objects;
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::{Actor, Addr, Arbiter, Supervisor, SyncArbiter};
+use actix_web::web::{self, Data};
+use actix_web::{App, HttpResponse, HttpServer};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+pub use auth::{Auth, AuthQuery};
+
+use crate::actors::{Batcher, Decoder, InferenceWorker, Preprocessor, WorkerHealth};
+use crate::config::{Config, Limits, ModelConfig};
+use crate::error::ApiError;
+use crate::metrics;
+use crate::models::{self, DeviceSpec, mobilenet_v2};
+use crate::pipelines::batching::BatchPolicy;
+use crate::pipelines::classify::LabelMap;
+
+/// A model this process serves: its batcher and how its outputs become labels.
+pub struct ServedModel {
+    pub name: String,
+    pub batcher: Addr<Batcher>,
+    pub labels: LabelMap,
+    pub threshold: f32,
+    pub top_k: usize,
+}
+
+pub struct AppState {
+    pub auth: Auth,
+    pub limits: Arc<Limits>,
+    /// Vision API mode → model.
+    pub modes: HashMap<String, Arc<ServedModel>>,
+    pub decoder: Addr<Decoder>,
+    pub preprocessor: Addr<Preprocessor>,
+    /// Images admitted and not yet answered, over all requests.
+    pub admission: Arc<Semaphore>,
+    pub workers: Vec<Arc<WorkerHealth>>,
+    /// Models with at least one worker here; ready when each has a live worker.
+    pub placed_models: Vec<String>,
+    pub panic_marker: Option<String>,
+    pub metrics: PrometheusHandle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Load(#[from] models::LoadError),
+    #[error(transparent)]
+    Labels(#[from] crate::pipelines::classify::LabelError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// A started server: where it listens and the future that runs it.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub server: actix_web::dev::Server,
+}
+
+/// Starts actors and the HTTP server inside the current actix `System`.
+pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningServer, StartError> {
+    let metrics_handle = metrics::install();
+    let tokens = config.load_tokens()?;
+    if tokens.is_empty() {
+        tracing::warn!("NO AUTH TOKENS CONFIGURED: every request is accepted. Set auth.tokens or auth.tokens_file.");
+    } else {
+        tracing::info!(count = tokens.len(), "auth tokens loaded");
+    }
+    let placed = config.placed_models();
+    let fault_injection = config.fault_injection.panic_marker.is_some();
+    if fault_injection {
+        tracing::warn!("fault injection is ON: inputs carrying the panic marker crash their worker");
+    }
+
+    let decoders = config.pipeline.decoders;
+    let decoder = SyncArbiter::start(decoders, || Decoder);
+    let preprocessor = SyncArbiter::start(config.pipeline.preprocessors, || Preprocessor);
+
+    let mut modes = HashMap::new();
+    let mut all_workers = Vec::new();
+    for name in &placed {
+        let mc: &ModelConfig = &config.models[name];
+        models::check_weights(&mc.weights)?;
+        let labels = LabelMap::load(&mc.labels, mobilenet_v2::NUM_CLASSES)?;
+        let mut addrs = Vec::new();
+        for p in config.placement.iter().filter(|p| p.models.contains(name)) {
+            let device = DeviceSpec::parse(&p.device).map_err(models::LoadError::from)?;
+            for _ in 0..p.instances {
+                let health = Arc::new(WorkerHealth::new(name, &device));
+                all_workers.push(health.clone());
+                let (mc, device, sup) = (mc.clone(), device.clone(), config.supervisor.clone());
+                let arbiter = Arbiter::new();
+                addrs.push(Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                    InferenceWorker::new(mc, device, health, sup, fault_injection)
+                }));
+                // The arbiter thread lives until the System stops.
+                std::mem::forget(arbiter);
+            }
+        }
+        let policy = BatchPolicy { max_batch: mc.max_batch, max_delay: mc.max_delay(), capacity: mc.queue_capacity };
+        let batcher = Batcher::new(name, policy, addrs).start();
+        let served =
+            Arc::new(ServedModel { name: name.clone(), batcher, labels, threshold: mc.threshold, top_k: mc.top_k });
+        for mode in &mc.modes {
+            modes.insert(mode.clone(), served.clone());
+        }
+    }
+
+    metrics::register_zero(&all_workers.iter().map(|w| (w.model.clone(), w.device.clone())).collect::<Vec<_>>());
+    let state = Data::new(AppState {
+        auth: Auth::new(tokens, config.auth.providers.clone()),
+        limits: Arc::new(config.limits.clone()),
+        modes,
+        decoder,
+        preprocessor,
+        admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),
+        workers: all_workers,
+        placed_models: placed,
+        panic_marker: config.fault_injection.panic_marker.clone(),
+        metrics: metrics_handle,
+    });
+
+    let listener = match listener {
+        Some(l) => l,
+        None => {
+            let addr = format!("{}:{}", config.server.host, config.server.port);
+            TcpListener::bind(&addr).map_err(|source| StartError::Bind { addr, source })?
+        }
+    };
+    let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: "listener".into(), source })?;
+    let server = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .route("/api/v1/objects/detect", web::post().to(objects::detect))
+            .route("/metrics", web::get().to(metrics_page))
+            .route("/health/live", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "live"})) }))
+            .route("/health/ready", web::get().to(ready))
+            .default_service(web::to(not_found))
+    })
+    .workers(config.server.http_workers)
+    .shutdown_timeout(config.server.shutdown_timeout_s)
+    .disable_signals()
+    .listen(listener)
+    .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?
+    .run();
+    tracing::info!(%addr, "listening");
+    Ok(RunningServer { addr, server })
+}
+
+async fn metrics_page(state: Data<AppState>) -> HttpResponse {
+    let now = Instant::now();
+    let samples: Vec<_> = state.workers.iter().map(|w| w.sample(now)).collect();
+    HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(metrics::render(&state.metrics, &samples))
+}
+
+async fn ready(state: Data<AppState>) -> HttpResponse {
+    let per_model: serde_json::Map<String, serde_json::Value> = state
+        .placed_models
+        .iter()
+        .map(|m| {
+            let live = state.workers.iter().filter(|w| &w.model == m && w.is_alive()).count();
+            (m.clone(), json!(live))
+        })
+        .collect();
+    let ready = per_model.values().all(|v| v.as_u64().unwrap_or(0) > 0);
+    let body = json!({"status": if ready { "ready" } else { "not ready" }, "live_workers": per_model});
+    if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {
+    actix_web::ResponseError::error_response(&ApiError::NotFound(format!(
+        "no such method: {} {}",
+        req.method(),
+        req.path()
+    )))
+}

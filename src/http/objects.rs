@@ -1,0 +1,250 @@
+//! `POST /api/v1/objects/detect`, read top to bottom: auth → upload → meta → per image
+//! decode → preprocess → batcher → labels → Vision envelope.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::web::{Data, Payload, Query};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+use super::auth::AuthQuery;
+use super::multipart::read_upload;
+use super::{AppState, ServedModel};
+use crate::actors::{Decode, Enqueue, Job, Prediction, Preprocess};
+use crate::error::{ApiError, Envelope};
+use crate::metrics;
+use crate::pipelines::classify::ObjectLabel;
+use crate::pipelines::preprocess::ClassifierSpec;
+
+const ENDPOINT: &str = "objects/detect";
+/// Every mode of the documented `objects/detect` API.
+const KNOWN_MODES: &[&str] = &["object", "object2", "scene", "car_number", "multiobject", "pedestrian", "selfie"];
+
+#[derive(Debug, Deserialize)]
+struct ImageMeta {
+    name: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ObjectsMeta {
+    #[serde(default)]
+    mode: Vec<String>,
+    #[serde(default)]
+    images: Vec<ImageMeta>,
+}
+
+/// One image's answer (`object_detect_result_property`).
+#[derive(Debug, Serialize)]
+struct FileResult {
+    status: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    name: String,
+    labels: Vec<ObjectLabel>,
+}
+
+#[derive(Debug, Serialize)]
+struct ObjectsBody {
+    object_labels: Vec<FileResult>,
+}
+
+pub async fn detect(
+    state: Data<AppState>,
+    query: Query<AuthQuery>,
+    req: HttpRequest,
+    payload: Payload,
+) -> HttpResponse {
+    let started = Instant::now();
+    let mut mode_label = String::new();
+    let result = handle(&state, &query, &req, payload, &mut mode_label).await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.error_type(),
+    };
+    ::metrics::counter!(metrics::REQUESTS, "endpoint" => ENDPOINT, "mode" => mode_label.clone(), "outcome" => outcome)
+        .increment(1);
+    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "total", "model" => mode_model(&state, &mode_label))
+        .record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(body) => HttpResponse::Ok().json(Envelope::ok(body)),
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    }
+}
+
+fn mode_model(state: &AppState, mode: &str) -> String {
+    state.modes.get(mode).map(|m| m.name.clone()).unwrap_or_default()
+}
+
+async fn handle(
+    state: &AppState,
+    query: &AuthQuery,
+    req: &HttpRequest,
+    payload: Payload,
+    mode_label: &mut String,
+) -> Result<ObjectsBody, ApiError> {
+    state.auth.check(query)?;
+    let upload = read_upload(req, payload, &state.limits).await?;
+    let meta = upload.meta.as_ref().ok_or_else(|| ApiError::BadRequest("meta is required".into()))?;
+    let meta: ObjectsMeta =
+        serde_json::from_slice(meta).map_err(|e| ApiError::BadRequest(format!("invalid meta: {e}")))?;
+    if meta.mode.is_empty() {
+        return Err(ApiError::BadRequest("mode is required non-empty".into()));
+    }
+    for mode in &meta.mode {
+        if !KNOWN_MODES.contains(&mode.as_str()) {
+            return Err(ApiError::BadRequest(format!("unknown mode: {mode}")));
+        }
+        if !state.modes.contains_key(mode) {
+            let mut served: Vec<&str> = state.modes.keys().map(String::as_str).collect();
+            served.sort();
+            return Err(ApiError::BadRequest(format!(
+                "mode {mode} is not served by this server (served: {})",
+                served.join(", ")
+            )));
+        }
+    }
+    *mode_label = meta.mode.join("+");
+    if meta.images.is_empty() {
+        return Err(ApiError::BadRequest("images is required non-empty".into()));
+    }
+    if meta.images.len() > state.limits.max_images {
+        return Err(ApiError::BadRequest(format!("too many images: at most {} per request", state.limits.max_images)));
+    }
+    let mut images = Vec::with_capacity(meta.images.len());
+    for (i, img) in meta.images.iter().enumerate() {
+        if meta.images[..i].iter().any(|m| m.name == img.name) {
+            return Err(ApiError::BadRequest(format!("duplicate image name: {}", img.name)));
+        }
+        let bytes = upload.file(&img.name).ok_or_else(|| {
+            ApiError::BadRequest(format!("could not get image by name {}: http: no such file", img.name))
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::BadRequest("empty image".into()));
+        }
+        images.push((img.name.clone(), bytes.clone()));
+    }
+    // Only `object` is served today; it is the one mode validated above.
+    let model = state.modes.get(&meta.mode[0]).expect("mode validated above. This is a bug.").clone();
+
+    let _permit = state.admission.clone().try_acquire_many_owned(images.len() as u32).map_err(|_| {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);
+        ApiError::Overloaded(format!(
+            "server overloaded: more than {} images in flight, retry later",
+            state.limits.max_inflight_images
+        ))
+    })?;
+    let inflight = ::metrics::gauge!(metrics::INFLIGHT_IMAGES);
+    inflight.increment(images.len() as f64);
+    let answers = run_images(state, &model, &images).await;
+    inflight.decrement(images.len() as f64);
+    let object_labels = answers?;
+    for r in &object_labels {
+        ::metrics::counter!(metrics::IMAGES, "endpoint" => ENDPOINT, "status" => r.status.to_string()).increment(1);
+    }
+    Ok(ObjectsBody { object_labels })
+}
+
+/// Stage timings of one image, recorded once when it is answered.
+#[derive(Default)]
+struct Timings {
+    decode: Duration,
+    preprocess: Duration,
+}
+
+async fn run_images(
+    state: &AppState,
+    model: &Arc<ServedModel>,
+    images: &[(String, actix_web::web::Bytes)],
+) -> Result<Vec<FileResult>, ApiError> {
+    // 1. decode + preprocess every image concurrently on the CPU pools.
+    let prepared = join_all(images.iter().map(|(_, bytes)| async {
+        let mut t = Timings::default();
+        let start = Instant::now();
+        let decoded = state
+            .decoder
+            .send(Decode { bytes: bytes.clone(), limits: state.limits.clone() })
+            .await
+            .map_err(|e| ApiError::Internal(format!("decoder unavailable: {e}")))?;
+        t.decode = start.elapsed();
+        let image = match decoded {
+            Ok(img) => Arc::new(img),
+            Err(e) => return Ok(Err(e.to_string())),
+        };
+        let start = Instant::now();
+        let input = state
+            .preprocessor
+            .send(Preprocess { image: image.clone(), spec: ClassifierSpec::IMAGENET })
+            .await
+            .map_err(|e| ApiError::Internal(format!("preprocessor unavailable: {e}")))?;
+        t.preprocess = start.elapsed();
+        Ok::<_, ApiError>(Ok((image, input, t)))
+    }))
+    .await;
+
+    // 2. enqueue all of them; a full queue refuses the whole request at once (dropping the
+    //    receivers makes the batcher discard this request's already-queued items).
+    let mut pending = Vec::with_capacity(images.len());
+    for ((_, bytes), prepared) in images.iter().zip(prepared) {
+        match prepared? {
+            Err(decode_error) => pending.push(Err(decode_error)),
+            Ok((image, input, t)) => {
+                let (tx, rx) = oneshot::channel();
+                let poisoned = state.panic_marker.as_ref().is_some_and(|m| contains(bytes, m.as_bytes()));
+                let job = Job { input: Arc::new(input), poisoned, reply: tx };
+                model
+                    .batcher
+                    .send(Enqueue(job))
+                    .await
+                    .map_err(|e| ApiError::Internal(format!("batcher unavailable: {e}")))?
+                    .map_err(|refused| ApiError::Overloaded(refused.to_string()))?;
+                pending.push(Ok((image, rx, t)));
+            }
+        }
+    }
+
+    // 3. await the answers.
+    let mut out = Vec::with_capacity(images.len());
+    for ((name, _), p) in images.iter().zip(pending) {
+        let result = match p {
+            Err(e) => FileResult { status: 1, error: Some(e), name: name.clone(), labels: vec![] },
+            Ok((image, rx, t)) => match rx.await {
+                Ok(Ok(prediction)) => {
+                    record_timings(&model.name, &t, &prediction);
+                    let labels = model.labels.labels(
+                        &prediction.output,
+                        model.threshold,
+                        model.top_k,
+                        image.width,
+                        image.height,
+                    );
+                    FileResult { status: 0, error: None, name: name.clone(), labels }
+                }
+                Ok(Err(e)) => FileResult { status: 1, error: Some(e.to_string()), name: name.clone(), labels: vec![] },
+                Err(_) => FileResult {
+                    status: 2,
+                    error: Some("inference was cancelled (server shutting down), retry".into()),
+                    name: name.clone(),
+                    labels: vec![],
+                },
+            },
+        };
+        out.push(result);
+    }
+    Ok(out)
+}
+
+fn record_timings(model: &str, t: &Timings, p: &Prediction) {
+    for (stage, d) in
+        [("decode", t.decode), ("preprocess", t.preprocess), ("queue_wait", p.queue_wait), ("inference", p.inference)]
+    {
+        ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => stage, "model" => model.to_string())
+            .record(d.as_secs_f64());
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
+}

@@ -1,0 +1,23 @@
+//! gpubackend: a computer-vision inference server speaking the Vision API.
+//!
+//! One request's path: `http` (auth, multipart, limits) → `actors::Decoder` → `actors::Preprocessor`
+//! → `actors::Batcher` (fixed-latency window) → `actors::InferenceWorker` (burn model on a device,
+//! supervised) → `pipelines::classify` → Vision envelope.
+//!
+//! - `config`: TOML topology + CLI overrides, validated with errors naming the field.
+//! - `error`: request errors → Vision envelope and HTTP status, in one place.
+//! - `http`: routes, shared state, server start-up and placement of workers.
+//! - `pipelines`: pure stage logic (decode, preprocess, batching window, labels).
+//! - `actors`: thin actix actors owning threads, mailboxes and supervision.
+//! - `models`: burn model definitions, devices and weight loading.
+//! - `metrics`: every exported metric, described in one place.
+//! - `client`: a minimal HTTP/1.1 client for tests and the benchmark (no extra dependencies).
+
+pub mod actors;
+pub mod client;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod models;
+pub mod pipelines;

@@ -1,0 +1,233 @@
+//! Every metric the server exports, declared and described here and nowhere else, plus the
+//! Prometheus recorder and the worker busy-time meter (the lecture's "GPU utilisation").
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "gpubackend_requests_total";
+pub const IMAGES: &str = "gpubackend_images_total";
+pub const STAGE_DURATION: &str = "gpubackend_stage_duration_seconds";
+pub const BATCH_SIZE: &str = "gpubackend_batch_size";
+pub const BATCHES: &str = "gpubackend_batches_total";
+pub const QUEUE_SIZE: &str = "gpubackend_queue_size";
+// Computed at scrape time by `render` (float counters and per-worker state):
+pub const WORKER_BUSY_RATIO: &str = "gpubackend_worker_busy_ratio";
+pub const WORKER_BUSY_SECONDS: &str = "gpubackend_worker_busy_seconds_total";
+pub const WORKER_RESTARTS: &str = "gpubackend_worker_restarts_total";
+pub const WORKERS_LIVE: &str = "gpubackend_workers_live";
+pub const REFUSALS: &str = "gpubackend_refusals_total";
+pub const DROPPED: &str = "gpubackend_dropped_items_total";
+pub const INFLIGHT_IMAGES: &str = "gpubackend_inflight_images";
+pub const PROCESS_CPU: &str = "gpubackend_process_cpu_seconds_total";
+
+/// Window over which `gpubackend_worker_busy_ratio` is computed.
+pub const BUSY_WINDOW: Duration = Duration::from_secs(10);
+
+const LATENCY_BUCKETS: &[f64] =
+    &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0];
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        "HTTP requests by endpoint, mode and outcome (ok, bad_request, forbidden, overloaded, error)"
+    );
+    describe_counter!(
+        IMAGES,
+        "Images answered, by endpoint and per-file status (0 ok, 1 permanent error, 2 temporary error)"
+    );
+    describe_histogram!(
+        STAGE_DURATION,
+        Unit::Seconds,
+        "Time per stage (decode, preprocess, queue_wait, inference, total) by model"
+    );
+    describe_histogram!(BATCH_SIZE, "Items per batch sent to a worker, by model");
+    describe_counter!(BATCHES, "Batches sent, by model and reason (full, deadline, isolated)");
+    describe_gauge!(QUEUE_SIZE, "Items waiting in a model's batcher queue (the autoscaling metric)");
+    describe_counter!(WORKER_RESTARTS, "Worker restarts after a failed forward pass or load, by device and model");
+    describe_counter!(REFUSALS, "Requests refused before inference, by reason (queue_full, admission)");
+    describe_counter!(DROPPED, "Queued items dropped before inference because the client went away, by model");
+    describe_gauge!(INFLIGHT_IMAGES, "Images admitted and not yet answered");
+}
+
+/// Installs the Prometheus recorder once per process and returns its handle.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(STAGE_DURATION.into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .expect("static bucket lists are non-empty. This is a bug.")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder can only be present in tests that installed their own.
+            if metrics::set_global_recorder(recorder).is_ok() {
+                describe();
+            }
+            handle
+        })
+        .clone()
+}
+
+/// CPU seconds (user + system) of this process, from /proc/self/stat.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+/// Forward-pass intervals of one worker over the last `BUSY_WINDOW`.
+#[derive(Debug)]
+pub struct BusyMeter {
+    created: Instant,
+    intervals: VecDeque<(Instant, Instant)>,
+    running_since: Option<Instant>,
+}
+
+pub type SharedBusyMeter = Arc<Mutex<BusyMeter>>;
+
+impl BusyMeter {
+    pub fn new(now: Instant) -> Self {
+        Self { created: now, intervals: VecDeque::new(), running_since: None }
+    }
+
+    pub fn begin(&mut self, now: Instant) {
+        self.running_since = Some(now);
+    }
+
+    pub fn end(&mut self, now: Instant) {
+        if let Some(start) = self.running_since.take() {
+            self.intervals.push_back((start, now));
+        }
+        while self.intervals.front().is_some_and(|&(_, e)| e + BUSY_WINDOW < now) {
+            self.intervals.pop_front();
+        }
+    }
+
+    /// Busy share of the window ending at `now` (or of the meter's lifetime, if shorter).
+    pub fn ratio(&self, now: Instant) -> f64 {
+        let from = now.checked_sub(BUSY_WINDOW).map_or(self.created, |t| t.max(self.created));
+        let span = now.saturating_duration_since(from).as_secs_f64();
+        if span <= 0.0 {
+            return 0.0;
+        }
+        let running = self.running_since.map(|s| (s, now));
+        let busy: f64 = self
+            .intervals
+            .iter()
+            .copied()
+            .chain(running)
+            .map(|(s, e)| e.min(now).saturating_duration_since(s.max(from)).as_secs_f64())
+            .sum();
+        (busy / span).min(1.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_ratio_over_the_window() {
+        let t0 = Instant::now();
+        let mut m = BusyMeter::new(t0);
+        let s = Duration::from_secs;
+        m.begin(t0);
+        m.end(t0 + s(1));
+        assert!((m.ratio(t0 + s(2)) - 0.5).abs() < 1e-9);
+        m.begin(t0 + s(2));
+        // An unfinished forward pass counts up to now.
+        assert!((m.ratio(t0 + s(4)) - 0.75).abs() < 1e-9);
+        m.end(t0 + s(4));
+        // After the window has moved past, only the recent part counts: [10, 20] holds nothing.
+        assert_eq!(m.ratio(t0 + s(20)), 0.0);
+        assert!((m.ratio(t0 + s(12)) - 0.2).abs() < 1e-9);
+    }
+
+    #[test]
+    fn cpu_time_is_readable() {
+        assert!(process_cpu_seconds().is_some());
+    }
+}
+
+/// Exports every counter and gauge at zero from the start, so dashboards and alerts see the series
+/// before the first event (a restart or a refusal may never happen).
+pub fn register_zero(workers: &[(String, String)]) {
+    for reason in ["queue_full", "admission"] {
+        metrics::counter!(REFUSALS, "reason" => reason).increment(0);
+    }
+    metrics::gauge!(INFLIGHT_IMAGES).increment(0.0);
+    for (model, device) in workers {
+        metrics::counter!(WORKER_RESTARTS, "model" => model.clone(), "device" => device.clone()).increment(0);
+        metrics::counter!(DROPPED, "model" => model.clone()).increment(0);
+        metrics::gauge!(QUEUE_SIZE, "model" => model.clone()).increment(0.0);
+    }
+}
+
+pub fn counter_restart(model: &str, device: &str) {
+    metrics::counter!(WORKER_RESTARTS, "model" => model.to_string(), "device" => device.to_string()).increment(1);
+}
+
+/// A worker's state at scrape time.
+#[derive(Debug, Clone)]
+pub struct WorkerSample {
+    pub model: String,
+    pub device: String,
+    pub alive: bool,
+    pub busy_seconds_total: f64,
+    pub busy_ratio: f64,
+}
+
+/// The Prometheus text: the recorder's metrics, then the values computed at scrape time (per
+/// device and model: live workers, busy ratio and busy seconds; the process CPU time).
+pub fn render(handle: &PrometheusHandle, workers: &[WorkerSample]) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    handle.run_upkeep();
+    let mut out = handle.render();
+    #[derive(Default)]
+    struct Group {
+        workers: usize,
+        live: usize,
+        busy_seconds: f64,
+        ratio_sum: f64,
+    }
+    let mut groups: BTreeMap<(&str, &str), Group> = BTreeMap::new();
+    for w in workers {
+        let g = groups.entry((&w.device, &w.model)).or_default();
+        g.workers += 1;
+        g.live += usize::from(w.alive);
+        g.busy_seconds += w.busy_seconds_total;
+        g.ratio_sum += w.busy_ratio;
+    }
+    let mut section = |name: &str, kind: &str, help: &str, value: fn(&Group) -> f64| {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for ((device, model), g) in &groups {
+            let _ = writeln!(out, "{name}{{device=\"{device}\",model=\"{model}\"}} {}", value(g));
+        }
+    };
+    section(WORKERS_LIVE, "gauge", "Workers able to take batches, by device and model", |g| g.live as f64);
+    section(
+        WORKER_BUSY_RATIO,
+        "gauge",
+        "Share of the last 10 s the workers spent in forward passes (mean over instances), by device and model",
+        |g| g.ratio_sum / g.workers as f64,
+    );
+    section(WORKER_BUSY_SECONDS, "counter", "Seconds the workers spent in forward passes, by device and model", |g| {
+        g.busy_seconds
+    });
+    if let Some(cpu) = process_cpu_seconds() {
+        let _ = writeln!(
+            out,
+            "# HELP {PROCESS_CPU} CPU time (user + system) used by the server process\n# TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {cpu}"
+        );
+    }
+    out
+}

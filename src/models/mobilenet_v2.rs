@@ -1,0 +1,205 @@
+//! torchvision MobileNetV2 (IMAGENET1K_V1) in burn, loaded from torchvision's PyTorch state dict.
+//!
+//! Layout follows torchvision: stem conv 3×3/2 → 17 inverted residual blocks → 1×1 conv to 1280 →
+//! global average pool → linear 1280→1000. BatchNorm ε = 1e-5, ReLU6 activations.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
+use burn::prelude::{Device, Tensor, TensorData};
+use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::tensor::activation::relu6;
+use burn::tensor::module::adaptive_avg_pool2d;
+
+use super::{ForwardError, LoadError};
+
+pub const INPUT_SIZE: usize = 224;
+pub const INPUT_LEN: usize = 3 * INPUT_SIZE * INPUT_SIZE;
+pub const NUM_CLASSES: usize = 1000;
+/// (expand ratio t, output channels c, repeats n, first stride s) — torchvision's table.
+const SETTINGS: [(usize, usize, usize, usize); 7] =
+    [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)];
+
+#[derive(Module, Debug)]
+struct ConvBnAct {
+    conv: Conv2d,
+    bn: BatchNorm,
+    /// ReLU6 after the norm; false for the linear bottleneck projection.
+    relu6: bool,
+}
+
+impl ConvBnAct {
+    fn new(channels: [usize; 2], kernel: usize, stride: usize, groups: usize, relu6: bool, device: &Device) -> Self {
+        let p = (kernel - 1) / 2;
+        Self {
+            conv: Conv2dConfig::new(channels, [kernel, kernel])
+                .with_stride([stride, stride])
+                .with_groups(groups)
+                .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
+                .with_bias(false)
+                .init(device),
+            bn: BatchNormConfig::new(channels[1]).with_epsilon(1e-5).init(device),
+            relu6,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let x = self.bn.forward(self.conv.forward(x));
+        if self.relu6 { relu6(x) } else { x }
+    }
+}
+
+#[derive(Module, Debug)]
+struct InvertedResidual {
+    /// 1×1 expansion; absent when the expand ratio is 1 (the first block).
+    expand: Option<ConvBnAct>,
+    depthwise: ConvBnAct,
+    project: ConvBnAct,
+    /// stride 1 and equal channels: add the input back.
+    residual: bool,
+}
+
+impl InvertedResidual {
+    fn new(inp: usize, out: usize, stride: usize, t: usize, device: &Device) -> Self {
+        let hidden = inp * t;
+        Self {
+            expand: (t != 1).then(|| ConvBnAct::new([inp, hidden], 1, 1, 1, true, device)),
+            depthwise: ConvBnAct::new([hidden, hidden], 3, stride, hidden, true, device),
+            project: ConvBnAct::new([hidden, out], 1, 1, 1, false, device),
+            residual: stride == 1 && inp == out,
+        }
+    }
+
+    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let h = match &self.expand {
+            Some(e) => e.forward(x.clone()),
+            None => x.clone(),
+        };
+        let h = self.project.forward(self.depthwise.forward(h));
+        if self.residual { h + x } else { h }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct MobileNetV2 {
+    stem: ConvBnAct,
+    blocks: Vec<InvertedResidual>,
+    head: ConvBnAct,
+    classifier: Linear,
+}
+
+impl MobileNetV2 {
+    pub fn new(device: &Device) -> Self {
+        let mut blocks = Vec::new();
+        let mut inp = 32;
+        for (t, c, n, s) in SETTINGS {
+            for i in 0..n {
+                blocks.push(InvertedResidual::new(inp, c, if i == 0 { s } else { 1 }, t, device));
+                inp = c;
+            }
+        }
+        Self {
+            stem: ConvBnAct::new([3, 32], 3, 2, 1, true, device),
+            blocks,
+            head: ConvBnAct::new([320, 1280], 1, 1, 1, true, device),
+            classifier: LinearConfig::new(1280, NUM_CLASSES).init(device),
+        }
+    }
+
+    /// `x`: N×3×224×224 normalised RGB → N×1000 logits.
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let mut x = self.stem.forward(x);
+        for block in &self.blocks {
+            x = block.forward(x);
+        }
+        let x = adaptive_avg_pool2d(self.head.forward(x), [1, 1]).flatten::<2>(1, 3);
+        self.classifier.forward(x)
+    }
+}
+
+/// torchvision key → our module path. torchvision numbers `features.0` (stem), `features.1..=17`
+/// (blocks) and `features.18` (head); inside a block `conv.N` shifts when there is no expansion.
+fn key_remaps() -> Vec<(String, String)> {
+    let mut v = vec![
+        (r"^features\.0\.0\.".to_string(), "stem.conv.".to_string()),
+        (r"^features\.0\.1\.".into(), "stem.bn.".into()),
+        (r"^features\.18\.0\.".into(), "head.conv.".into()),
+        (r"^features\.18\.1\.".into(), "head.bn.".into()),
+        (r"^classifier\.1\.".into(), "classifier.".into()),
+    ];
+    let mut idx = 1;
+    for (t, _, n, _) in SETTINGS {
+        for _ in 0..n {
+            let b = idx - 1;
+            let parts: &[(&str, &str)] = if t == 1 {
+                &[("0.0", "depthwise.conv"), ("0.1", "depthwise.bn"), ("1", "project.conv"), ("2", "project.bn")]
+            } else {
+                &[
+                    ("0.0", "expand.conv"),
+                    ("0.1", "expand.bn"),
+                    ("1.0", "depthwise.conv"),
+                    ("1.1", "depthwise.bn"),
+                    ("2", "project.conv"),
+                    ("3", "project.bn"),
+                ]
+            };
+            for (from, to) in parts {
+                v.push((
+                    format!(r"^features\.{idx}\.conv\.{}\.", from.replace('.', r"\.")),
+                    format!("blocks.{b}.{to}."),
+                ));
+            }
+            idx += 1;
+        }
+    }
+    v
+}
+
+/// MobileNetV2 with its weights on one device.
+#[derive(Debug)]
+pub struct Classifier {
+    model: MobileNetV2,
+    device: Device,
+}
+
+impl Classifier {
+    pub fn load(weights: &Path, device: Device) -> Result<Self, LoadError> {
+        let mut model = MobileNetV2::new(&device);
+        let mut store = PytorchStore::from_file(weights).map_indices_contiguous(false).allow_partial(false);
+        for (from, to) in key_remaps() {
+            store = store.with_key_remapping(&from, &to);
+        }
+        let result = model
+            .load_from(&mut store)
+            .map_err(|e| LoadError::Weights { path: weights.to_path_buf(), message: e.to_string() })?;
+        // Only BatchNorm's `num_batches_tracked` counters may be left over.
+        if let Some(extra) = result.unused.iter().find(|k| !k.ends_with("num_batches_tracked")) {
+            return Err(LoadError::Weights {
+                path: weights.to_path_buf(),
+                message: format!("unexpected tensor `{extra}`"),
+            });
+        }
+        Ok(Self { model, device })
+    }
+
+    pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let mut flat = Vec::with_capacity(inputs.len() * INPUT_LEN);
+        for input in inputs {
+            if input.len() != INPUT_LEN {
+                return Err(ForwardError::BadInput { got: input.len(), expected: INPUT_LEN });
+            }
+            flat.extend_from_slice(input);
+        }
+        let x = Tensor::<4>::from_data(TensorData::new(flat, [inputs.len(), 3, INPUT_SIZE, INPUT_SIZE]), &self.device);
+        let logits = self
+            .model
+            .forward(x)
+            .try_into_data()
+            .map_err(|e| ForwardError::Device(format!("{e:?}")))?
+            .try_into_vec::<f32>()
+            .map_err(|e| ForwardError::Device(format!("{e:?}")))?;
+        Ok(logits.chunks(NUM_CLASSES).map(<[f32]>::to_vec).collect())
+    }
+}

@@ -1,0 +1,214 @@
+//! The fixed-latency batching window, as a plain data structure (the `Batcher` actor drives it).
+//!
+//! A batch is sent when `max_batch` items are queued (`full`) or when the oldest item has waited
+//! `max_delay` (`deadline`, measured from that item's enqueue: Triton's `max_queue_delay`).
+//! Items of a failed batch come back to the front once; after a second failure each runs alone
+//! (`isolated`), so one poisoned input cannot fail its batch-mates.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// Failures after which an item is only run alone.
+pub const ISOLATE_AFTER_FAILURES: u32 = 2;
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchPolicy {
+    pub max_batch: usize,
+    pub max_delay: Duration,
+    /// Queued items (admission bound); requeued items of a failed batch are not counted against it.
+    pub capacity: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendReason {
+    Full,
+    Deadline,
+    Isolated,
+}
+
+impl SendReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Full => "full",
+            Self::Deadline => "deadline",
+            Self::Isolated => "isolated",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Queued<T> {
+    pub item: T,
+    pub enqueued_at: Instant,
+    /// Batches this item was part of that failed.
+    pub failures: u32,
+}
+
+impl<T> Queued<T> {
+    fn isolated(&self) -> bool {
+        self.failures >= ISOLATE_AFTER_FAILURES
+    }
+}
+
+#[derive(Debug)]
+pub struct BatchQueue<T> {
+    policy: BatchPolicy,
+    items: VecDeque<Queued<T>>,
+}
+
+impl<T> BatchQueue<T> {
+    pub fn new(policy: BatchPolicy) -> Self {
+        Self { policy, items: VecDeque::with_capacity(policy.capacity) }
+    }
+
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Queues an item; gives it back when the queue is at capacity.
+    pub fn push(&mut self, item: T, now: Instant) -> Result<(), T> {
+        if self.items.len() >= self.policy.capacity {
+            return Err(item);
+        }
+        self.items.push_back(Queued { item, enqueued_at: now, failures: 0 });
+        Ok(())
+    }
+
+    /// Puts the items of a failed batch back at the front, in their order, one failure more.
+    pub fn requeue_failed(&mut self, batch: Vec<Queued<T>>) {
+        for mut q in batch.into_iter().rev() {
+            q.failures += 1;
+            self.items.push_front(q);
+        }
+    }
+
+    /// Drops items the caller no longer wants (e.g. the client went away); returns how many.
+    pub fn retain(&mut self, mut keep: impl FnMut(&T) -> bool) -> usize {
+        let before = self.items.len();
+        self.items.retain(|q| keep(&q.item));
+        before - self.items.len()
+    }
+
+    /// When the next batch is due if nothing else arrives.
+    pub fn deadline(&self) -> Option<Instant> {
+        let front = self.items.front()?;
+        if front.isolated() { Some(front.enqueued_at) } else { Some(front.enqueued_at + self.policy.max_delay) }
+    }
+
+    /// The batch to send now, if one is due.
+    pub fn next_batch(&mut self, now: Instant) -> Option<(Vec<Queued<T>>, SendReason)> {
+        let front = self.items.front()?;
+        if front.isolated() {
+            return self.items.pop_front().map(|q| (vec![q], SendReason::Isolated));
+        }
+        let ready = self.items.iter().take(self.policy.max_batch).take_while(|q| !q.isolated()).count();
+        let reason = if ready == self.policy.max_batch {
+            SendReason::Full
+        } else if now >= front.enqueued_at + self.policy.max_delay {
+            SendReason::Deadline
+        } else {
+            return None;
+        };
+        Some((self.items.drain(..ready).collect(), reason))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(max_batch: usize, capacity: usize) -> BatchQueue<u32> {
+        BatchQueue::new(BatchPolicy { max_batch, max_delay: Duration::from_millis(50), capacity })
+    }
+
+    fn items(b: &[Queued<u32>]) -> Vec<u32> {
+        b.iter().map(|q| q.item).collect()
+    }
+
+    #[test]
+    fn sends_when_full_without_waiting() {
+        let t0 = Instant::now();
+        let mut q = queue(3, 10);
+        for i in 0..4 {
+            q.push(i, t0).unwrap();
+        }
+        let (b, r) = q.next_batch(t0).unwrap();
+        assert_eq!((items(&b), r), (vec![0, 1, 2], SendReason::Full));
+        assert!(q.next_batch(t0).is_none(), "one item left, deadline not reached");
+    }
+
+    #[test]
+    fn deadline_is_measured_from_the_oldest_item() {
+        let t0 = Instant::now();
+        let mut q = queue(8, 10);
+        q.push(1, t0).unwrap();
+        q.push(2, t0 + Duration::from_millis(40)).unwrap();
+        assert_eq!(q.deadline(), Some(t0 + Duration::from_millis(50)));
+        assert!(q.next_batch(t0 + Duration::from_millis(49)).is_none());
+        let (b, r) = q.next_batch(t0 + Duration::from_millis(50)).unwrap();
+        assert_eq!((items(&b), r), (vec![1, 2], SendReason::Deadline));
+        assert!(q.is_empty() && q.deadline().is_none());
+    }
+
+    #[test]
+    fn refuses_beyond_capacity() {
+        let t0 = Instant::now();
+        let mut q = queue(2, 2);
+        q.push(1, t0).unwrap();
+        q.push(2, t0).unwrap();
+        assert_eq!(q.push(3, t0), Err(3));
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn failed_batch_is_retried_once_then_isolated() {
+        let t0 = Instant::now();
+        let mut q = queue(3, 10);
+        for i in 0..3 {
+            q.push(i, t0).unwrap();
+        }
+        let (b, _) = q.next_batch(t0).unwrap();
+        q.requeue_failed(b);
+        // Retried together, at once.
+        let (b, r) = q.next_batch(t0).unwrap();
+        assert_eq!((items(&b), r), (vec![0, 1, 2], SendReason::Full));
+        q.requeue_failed(b);
+        // Second failure: each alone, due at once.
+        assert_eq!(q.deadline(), Some(t0));
+        for want in 0..3 {
+            let (b, r) = q.next_batch(t0).unwrap();
+            assert_eq!((items(&b), r), (vec![want], SendReason::Isolated));
+            assert_eq!(b[0].failures, 2);
+        }
+    }
+
+    #[test]
+    fn fresh_items_do_not_join_an_isolated_run() {
+        let t0 = Instant::now();
+        let mut q = queue(4, 10);
+        q.push(7, t0).unwrap();
+        let (b, _) = q.next_batch(t0 + Duration::from_millis(50)).unwrap();
+        q.requeue_failed(b);
+        let (b, _) = q.next_batch(t0 + Duration::from_millis(50)).unwrap();
+        q.requeue_failed(b);
+        q.push(8, t0).unwrap();
+        q.push(9, t0).unwrap();
+        assert_eq!(items(&q.next_batch(t0).unwrap().0), vec![7]);
+        assert_eq!(items(&q.next_batch(t0 + Duration::from_millis(50)).unwrap().0), vec![8, 9]);
+    }
+
+    #[test]
+    fn retain_drops_abandoned_items() {
+        let t0 = Instant::now();
+        let mut q = queue(4, 10);
+        for i in 0..4 {
+            q.push(i, t0).unwrap();
+        }
+        assert_eq!(q.retain(|i| i % 2 == 0), 2);
+        assert_eq!(items(&q.next_batch(t0 + Duration::from_secs(1)).unwrap().0), vec![0, 2]);
+    }
+}

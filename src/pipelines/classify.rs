@@ -1,0 +1,181 @@
+//! Classifier logits → Vision API labels: softmax over the 1000 ImageNet classes, probabilities of
+//! classes that share a human label summed (e.g. tabby + tiger cat + Egyptian cat → `Cat`), then the
+//! threshold and top-k. The class → label table is `models/<model>/labels.json`, generated from the
+//! WordNet hierarchy by `tools/reference/gen_labels.py`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Deserialize)]
+struct ClassEntry {
+    index: usize,
+    eng: String,
+    rus: String,
+    eng_categories: Vec<String>,
+    rus_categories: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LabelFile {
+    classes: Vec<ClassEntry>,
+}
+
+/// A human label (several classes may map to it).
+#[derive(Debug, Clone, PartialEq)]
+struct HumanLabel {
+    eng: String,
+    rus: String,
+    eng_categories: Vec<String>,
+    rus_categories: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LabelMap {
+    labels: Vec<HumanLabel>,
+    /// class index → index into `labels`.
+    class_to_label: Vec<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LabelError {
+    #[error("cannot read label table {path}: {message}")]
+    Read { path: String, message: String },
+    #[error("label table {path}: {message}")]
+    Invalid { path: String, message: String },
+}
+
+/// One label in an `object_labels` answer.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ObjectLabel {
+    pub eng: String,
+    pub rus: String,
+    pub eng_categories: Vec<String>,
+    pub rus_categories: Vec<String>,
+    pub prob: f32,
+    /// `[x1, y1, x2, y2]`; a classifier answers for the whole image.
+    pub coord: [u32; 4],
+}
+
+impl LabelMap {
+    pub fn load(path: &Path, num_classes: usize) -> Result<Self, LabelError> {
+        let p = path.display().to_string();
+        let text =
+            std::fs::read_to_string(path).map_err(|e| LabelError::Read { path: p.clone(), message: e.to_string() })?;
+        let file: LabelFile =
+            serde_json::from_str(&text).map_err(|e| LabelError::Invalid { path: p.clone(), message: e.to_string() })?;
+        Self::from_classes(file.classes, num_classes).map_err(|message| LabelError::Invalid { path: p, message })
+    }
+
+    fn from_classes(classes: Vec<ClassEntry>, num_classes: usize) -> Result<Self, String> {
+        if classes.len() != num_classes {
+            return Err(format!("{} classes, the model has {num_classes}", classes.len()));
+        }
+        let mut labels: Vec<HumanLabel> = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut class_to_label = vec![0; num_classes];
+        for (i, c) in classes.into_iter().enumerate() {
+            if c.index != i {
+                return Err(format!("class {i} has index {}", c.index));
+            }
+            let label = HumanLabel {
+                eng: c.eng,
+                rus: c.rus,
+                eng_categories: c.eng_categories,
+                rus_categories: c.rus_categories,
+            };
+            let idx = *by_name.entry(label.eng.clone()).or_insert_with(|| {
+                labels.push(label.clone());
+                labels.len() - 1
+            });
+            if labels[idx] != label {
+                return Err(format!("label `{}` has two different translations or category lists", label.eng));
+            }
+            class_to_label[i] = idx;
+        }
+        Ok(Self { labels, class_to_label })
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.class_to_label.len()
+    }
+
+    /// Labels with summed probability ≥ `threshold`, best first, at most `top_k`.
+    pub fn labels(&self, logits: &[f32], threshold: f32, top_k: usize, width: u32, height: u32) -> Vec<ObjectLabel> {
+        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let exp: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
+        let total: f64 = exp.iter().sum();
+        let mut sums = vec![0f64; self.labels.len()];
+        for (class, e) in exp.iter().enumerate() {
+            sums[self.class_to_label[class]] += e / total;
+        }
+        let mut order: Vec<usize> = (0..sums.len()).filter(|&i| sums[i] as f32 >= threshold).collect();
+        order.sort_by(|&a, &b| sums[b].total_cmp(&sums[a]));
+        order
+            .into_iter()
+            .take(top_k)
+            .map(|i| {
+                let l = &self.labels[i];
+                ObjectLabel {
+                    eng: l.eng.clone(),
+                    rus: l.rus.clone(),
+                    eng_categories: l.eng_categories.clone(),
+                    rus_categories: l.rus_categories.clone(),
+                    prob: ((sums[i] * 10_000.0).round() / 10_000.0) as f32,
+                    coord: [0, 0, width, height],
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(index: usize, eng: &str) -> ClassEntry {
+        ClassEntry { index, eng: eng.into(), rus: format!("{eng}-ru"), eng_categories: vec![], rus_categories: vec![] }
+    }
+
+    #[test]
+    fn sums_classes_that_share_a_label() {
+        let map = LabelMap::from_classes(vec![entry(0, "Cat"), entry(1, "Dog"), entry(2, "Cat"), entry(3, "Car")], 4)
+            .unwrap();
+        let logits = [2.0f32, 1.0, 2.0, -5.0];
+        let labels = map.labels(&logits, 0.0, 10, 640, 480);
+        assert_eq!(labels.iter().map(|l| l.eng.as_str()).collect::<Vec<_>>(), ["Cat", "Dog", "Car"]);
+        let e = [2f64.exp(), 1f64.exp(), 2f64.exp(), (-5f64).exp()];
+        let want = ((e[0] + e[2]) / e.iter().sum::<f64>()) as f32;
+        assert!((labels[0].prob - want).abs() < 1e-4);
+        assert_eq!(labels[0].coord, [0, 0, 640, 480]);
+        assert_eq!(labels[0].rus, "Cat-ru");
+    }
+
+    #[test]
+    fn threshold_and_top_k_apply_to_summed_labels() {
+        let map = LabelMap::from_classes(vec![entry(0, "A"), entry(1, "B"), entry(2, "C")], 3).unwrap();
+        let logits = [3.0f32, 2.0, 0.0];
+        assert_eq!(map.labels(&logits, 0.2, 10, 1, 1).len(), 2);
+        assert_eq!(map.labels(&logits, 0.0, 1, 1, 1).len(), 1);
+    }
+
+    #[test]
+    fn rejects_inconsistent_tables() {
+        assert!(LabelMap::from_classes(vec![entry(0, "A")], 2).is_err());
+        let mut b = entry(1, "A");
+        b.rus = "other".into();
+        assert!(LabelMap::from_classes(vec![entry(0, "A"), b], 2).is_err());
+    }
+
+    #[test]
+    fn shipped_imagenet_table_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mobilenet_v2/labels.json");
+        let map = LabelMap::load(&path, 1000).unwrap();
+        assert_eq!(map.num_classes(), 1000);
+        // 285 = Egyptian cat, 281 = tabby: both are `Cat`.
+        assert_eq!(map.labels[map.class_to_label[285]].eng, "Cat");
+        assert_eq!(map.class_to_label[285], map.class_to_label[281]);
+        assert_eq!(map.labels[map.class_to_label[285]].eng_categories, ["Animals", "Cats"]);
+    }
+}

@@ -1,0 +1,126 @@
+//! `DecodedImage` → model input. For the ImageNet classifier: antialiased triangle-filter resize of
+//! the shorter side to 256, centre crop 224, ImageNet mean/std, CHW f32. The same steps are written
+//! in numpy in `tools/reference/mobilenet_v2.py`; the model test checks both agree.
+
+use super::decode::DecodedImage;
+
+const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Model input for one image, CHW f32.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelInput {
+    pub data: Vec<f32>,
+}
+
+/// How an image becomes a classifier input.
+#[derive(Debug, Clone, Copy)]
+pub struct ClassifierSpec {
+    pub resize_short: usize,
+    pub crop: usize,
+}
+
+impl ClassifierSpec {
+    pub const IMAGENET: Self = Self { resize_short: 256, crop: 224 };
+}
+
+/// Sparse rows of an (out × in) resampling matrix: (first input index, weights).
+fn triangle_weights(in_size: usize, out_size: usize) -> Vec<(usize, Vec<f64>)> {
+    let scale = in_size as f64 / out_size as f64;
+    let support = scale.max(1.0);
+    (0..out_size)
+        .map(|o| {
+            let center = (o as f64 + 0.5) * scale;
+            // Truncation toward zero matches Python's int() on these non-negative values.
+            let lo = ((center - support + 0.5).max(0.0)) as usize;
+            let hi = ((center + support + 0.5) as usize).min(in_size);
+            let mut w: Vec<f64> =
+                (lo..hi).map(|i| (1.0 - ((i as f64 - center + 0.5) / support).abs()).max(0.0)).collect();
+            let sum: f64 = w.iter().sum();
+            w.iter_mut().for_each(|x| *x /= sum);
+            (lo, w)
+        })
+        .collect()
+}
+
+fn resized_size(w: usize, h: usize, short: usize) -> (usize, usize) {
+    if w <= h {
+        (short, (h as f64 * short as f64 / w as f64 + 0.5) as usize)
+    } else {
+        ((w as f64 * short as f64 / h as f64 + 0.5) as usize, short)
+    }
+}
+
+/// Resize (short side) + centre crop + normalise. Only the cropped window is computed.
+pub fn classifier_input(img: &DecodedImage, spec: ClassifierSpec) -> ModelInput {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let (nw, nh) = resized_size(w, h, spec.resize_short);
+    let c = spec.crop;
+    let (top, left) = (nh.saturating_sub(c) / 2, nw.saturating_sub(c) / 2);
+    let rows = triangle_weights(h, nh);
+    let cols = triangle_weights(w, nw);
+    // Vertical pass over the crop's rows: (c × w × 3).
+    let mut tmp = vec![0f64; c * w * 3];
+    for (y, (lo, weights)) in rows.iter().skip(top).take(c).enumerate() {
+        let out = &mut tmp[y * w * 3..(y + 1) * w * 3];
+        for (k, wt) in weights.iter().enumerate() {
+            let src = &img.rgb[(lo + k) * w * 3..(lo + k + 1) * w * 3];
+            for (o, s) in out.iter_mut().zip(src) {
+                *o += wt * f64::from(*s);
+            }
+        }
+    }
+    // Horizontal pass over the crop's columns, then normalise into CHW.
+    let mut data = vec![0f32; 3 * c * c];
+    for y in 0..c {
+        let row = &tmp[y * w * 3..(y + 1) * w * 3];
+        for (x, (lo, weights)) in cols.iter().skip(left).take(c).enumerate() {
+            let mut acc = [0f64; 3];
+            for (k, wt) in weights.iter().enumerate() {
+                let p = &row[(lo + k) * 3..(lo + k) * 3 + 3];
+                for ch in 0..3 {
+                    acc[ch] += wt * p[ch];
+                }
+            }
+            for ch in 0..3 {
+                let v = (acc[ch] as f32) / 255.0;
+                data[ch * c * c + y * c + x] = (v - MEAN[ch]) / STD[ch];
+            }
+        }
+    }
+    ModelInput { data }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_normalised_and_local() {
+        for (i, o) in [(451, 256), (300, 256), (100, 256), (3840, 256), (7, 3)] {
+            let rows = triangle_weights(i, o);
+            assert_eq!(rows.len(), o);
+            for (lo, w) in rows {
+                assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+                assert!(lo + w.len() <= i);
+            }
+        }
+    }
+
+    #[test]
+    fn uniform_image_maps_to_its_normalised_colour() {
+        let img = DecodedImage { width: 300, height: 500, rgb: [10u8, 128, 250].repeat(300 * 500) };
+        let x = classifier_input(&img, ClassifierSpec::IMAGENET);
+        assert_eq!(x.data.len(), 3 * 224 * 224);
+        for (ch, v) in [10f32, 128., 250.].iter().enumerate() {
+            let want = (v / 255.0 - MEAN[ch]) / STD[ch];
+            assert!(x.data[ch * 224 * 224..(ch + 1) * 224 * 224].iter().all(|p| (p - want).abs() < 1e-5));
+        }
+    }
+
+    #[test]
+    fn tiny_images_are_upscaled() {
+        let img = DecodedImage { width: 5, height: 5, rgb: vec![77; 75] };
+        assert_eq!(classifier_input(&img, ClassifierSpec::IMAGENET).data.len(), 3 * 224 * 224);
+    }
+}

@@ -1,0 +1,73 @@
+//! Starts the real server on 127.0.0.1:0 in its own actix System thread.
+#![allow(dead_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use gpubackend::client::Conn;
+use gpubackend::config::Config;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl TestServer {
+    pub fn start(config: Config) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+                let running = gpubackend::http::start(config, Some(listener)).expect("server starts");
+                tx.send((running.addr, running.server.handle())).unwrap();
+                running.server.await.unwrap();
+            })
+        });
+        let (addr, handle) = rx.recv().expect("server thread started");
+        let server = Self { addr, handle };
+        server.wait_ready(Duration::from_secs(600));
+        server
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn::new(self.addr)
+    }
+
+    /// Polls /health/ready; the bound is generous so slow machines do not fail (not a timing test).
+    pub fn wait_ready(&self, bound: Duration) {
+        let start = Instant::now();
+        let mut c = self.conn();
+        loop {
+            if c.get("/health/ready").map(|r| r.status == 200).unwrap_or(false) {
+                return;
+            }
+            assert!(start.elapsed() < bound, "server not ready within {bound:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn metrics(&self) -> String {
+        self.conn().get("/metrics").unwrap().text()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let h = self.handle.clone();
+        actix_web::rt::System::new().block_on(async move { h.stop(false).await });
+    }
+}
+
+/// The embedded default config, with test-friendly threads.
+pub fn config() -> Config {
+    let mut c = Config::load(None).unwrap();
+    c.server.http_workers = 1;
+    c.pipeline.decoders = 1;
+    c
+}
+
+pub fn data(name: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+pub const DETECT: &str = "/api/v1/objects/detect?oauth_provider=mcs&oauth_token=test";

@@ -1,0 +1,67 @@
+//! MobileNetV2 in burn vs the onnxruntime reference (tests/fixtures/mobilenet_v2, produced by
+//! tools/reference/mobilenet_v2.py from the same torchvision weights), on real images.
+//! Tolerances: preprocessing 1e-4 per value; logits 1e-4 per value (absolute).
+
+use std::path::Path;
+
+use gpubackend::config::Limits;
+use gpubackend::models::DeviceSpec;
+use gpubackend::models::mobilenet_v2::{Classifier, INPUT_LEN, NUM_CLASSES};
+use gpubackend::pipelines::decode::decode;
+use gpubackend::pipelines::preprocess::{ClassifierSpec, classifier_input};
+
+const WEIGHTS: &str = "models/mobilenet_v2/mobilenet_v2-b0353104.pth";
+const IMAGES: [&str; 2] = ["chelsea", "coffee"];
+
+fn f32s(path: &str) -> Vec<f32> {
+    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}
+
+fn argmax(v: &[f32]) -> usize {
+    (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b])).unwrap()
+}
+
+#[test]
+fn preprocessing_matches_the_reference() {
+    for name in IMAGES {
+        let bytes = std::fs::read(format!("{}/tests/data/{name}.png", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let img = decode(&bytes, &Limits::default()).unwrap();
+        let ours = classifier_input(&img, ClassifierSpec::IMAGENET);
+        let reference = f32s(&format!("tests/fixtures/mobilenet_v2/{name}.input.f32"));
+        let d = max_abs_diff(&ours.data, &reference);
+        assert!(d <= 1e-4, "{name}: preprocessing differs by {d}");
+    }
+}
+
+#[test]
+fn logits_match_onnxruntime_on_cpu_batched() {
+    let model = Classifier::load(Path::new(WEIGHTS), DeviceSpec::Cpu.device().unwrap()).unwrap();
+    let inputs: Vec<Vec<f32>> =
+        IMAGES.iter().map(|n| f32s(&format!("tests/fixtures/mobilenet_v2/{n}.input.f32"))).collect();
+    assert!(inputs.iter().all(|i| i.len() == INPUT_LEN));
+    let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let outputs = model.forward(&refs).unwrap();
+    for (name, out) in IMAGES.iter().zip(&outputs) {
+        let reference = f32s(&format!("tests/fixtures/mobilenet_v2/{name}.logits.f32"));
+        assert_eq!(out.len(), NUM_CLASSES);
+        let d = max_abs_diff(out, &reference);
+        println!("{name}: max |burn - onnxruntime| = {d:e}");
+        assert!(d <= 1e-4, "{name}: logits differ by {d}");
+        assert_eq!(argmax(out), argmax(&reference));
+    }
+    // Batch composition does not change an item's answer.
+    let single = model.forward(&refs[1..2]).unwrap();
+    assert!(max_abs_diff(&single[0], &outputs[1]) <= 1e-4);
+}
+
+#[test]
+fn missing_weights_name_the_fetch_command() {
+    let err = gpubackend::models::check_weights(Path::new("models/nope.pth")).unwrap_err().to_string();
+    assert!(err.contains("scripts/fetch-weights.sh"), "{err}");
+}

@@ -1,0 +1,296 @@
+//! The real server on 127.0.0.1:0, real weights, real images, over HTTP — as curl would use it.
+
+mod common;
+
+use common::{DETECT, TestServer, config, data};
+use gpubackend::client::metric_value;
+use serde_json::Value;
+
+/// Checks a success envelope against `objects_detect_response` in the Vision OpenAPI file.
+fn assert_objects_schema(v: &Value) {
+    assert_eq!(v["status"], 200);
+    assert_eq!(v["htmlencoded"], false);
+    assert_eq!(v["last_modified"], 0);
+    let files = v["body"]["object_labels"].as_array().expect("object_labels array");
+    for f in files {
+        let status = f["status"].as_u64().expect("status int");
+        assert!(status <= 2);
+        assert!(f["name"].is_string());
+        assert!(f["labels"].is_array(), "labels is required");
+        if status != 0 {
+            assert!(f["error"].is_string(), "failed file carries error: {f}");
+        }
+        for l in f["labels"].as_array().unwrap() {
+            assert!(l["eng"].is_string() && l["rus"].is_string());
+            let p = l["prob"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&p));
+            assert!(l["eng_categories"].is_array() && l["rus_categories"].is_array());
+            let coord = l["coord"].as_array().unwrap();
+            assert_eq!(coord.len(), 4);
+            assert!(coord.iter().all(|c| c.is_u64()));
+        }
+    }
+}
+
+fn assert_error(resp: &gpubackend::client::Response, http: u16, envelope: u64, body: &str) {
+    assert_eq!(resp.status, http, "{}", resp.text());
+    let v = resp.json();
+    assert_eq!(v["status"], envelope);
+    assert_eq!(v["htmlencoded"], false);
+    assert_eq!(v["last_modified"], 0);
+    let got = v["body"].as_str().expect("error body is a string");
+    assert!(got.contains(body), "body {got:?} lacks {body:?}");
+}
+
+#[test]
+fn objects_detect_end_to_end() {
+    let server = TestServer::start(config());
+    let mut c = server.conn();
+    let chelsea = data("chelsea.jpg");
+    let meta = br#"{"images":[{"name":"file_0"}],"mode":["object"]}"#;
+    let r = c.post_multipart(DETECT, &[("file_0", Some("chelsea.jpg"), &chelsea), ("meta", None, meta)]).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_objects_schema(&v);
+    let file = &v["body"]["object_labels"][0];
+    assert_eq!(file["status"], 0);
+    assert_eq!(file["name"], "file_0");
+    let top = &file["labels"][0];
+    assert_eq!(top["eng"], "Cat");
+    assert_eq!(top["rus"], "Кошка");
+    assert_eq!(top["eng_categories"], serde_json::json!(["Animals", "Cats"]));
+    assert!(top["prob"].as_f64().unwrap() > 0.9, "{top}");
+    assert_eq!(top["coord"], serde_json::json!([0, 0, 451, 300]));
+
+    // Several images, each answered under its own name, in meta order.
+    let coffee = data("coffee.png");
+    let rocket = data("rocket.jpg");
+    let meta = br#"{"mode":["object"],"images":[{"name":"b"},{"name":"a"},{"name":"c"}]}"#;
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[
+                ("a", Some("a.jpg"), &chelsea),
+                ("b", Some("b.png"), &coffee),
+                ("c", Some("c.jpg"), &rocket),
+                ("meta", None, meta),
+            ],
+        )
+        .unwrap();
+    let v = r.json();
+    assert_objects_schema(&v);
+    let files = v["body"]["object_labels"].as_array().unwrap();
+    let names: Vec<&str> = files.iter().map(|f| f["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["b", "a", "c"]);
+    assert_eq!(files[0]["labels"][0]["eng"], "Coffee");
+    assert_eq!(files[1]["labels"][0]["eng"], "Cat");
+    assert!(files.iter().all(|f| f["status"] == 0));
+
+    // Metrics moved and every documented series is exported.
+    let m = server.metrics();
+    assert!(metric_value(&m, "gpubackend_requests_total", &[("endpoint", "objects/detect"), ("outcome", "ok")]) >= 2.0);
+    assert!(metric_value(&m, "gpubackend_images_total", &[("status", "0")]) >= 4.0);
+    for name in [
+        "gpubackend_stage_duration_seconds_bucket",
+        "gpubackend_batch_size_bucket",
+        "gpubackend_batches_total",
+        "gpubackend_queue_size",
+        "gpubackend_worker_busy_ratio",
+        "gpubackend_worker_busy_seconds_total",
+        "gpubackend_workers_live",
+        "gpubackend_process_cpu_seconds_total",
+    ] {
+        assert!(m.contains(name), "/metrics lacks {name}");
+    }
+    for stage in ["decode", "preprocess", "queue_wait", "inference", "total"] {
+        assert!(m.contains(&format!("stage=\"{stage}\"")), "no {stage} stage histogram");
+    }
+    assert_eq!(metric_value(&m, "gpubackend_workers_live", &[("device", "cpu"), ("model", "mobilenet_v2")]), 1.0);
+    assert!(metric_value(&m, "gpubackend_worker_busy_seconds_total", &[]) > 0.0);
+    let live = c.get("/health/live").unwrap();
+    assert_eq!(live.status, 200);
+}
+
+#[test]
+fn documented_request_errors() {
+    let server = TestServer::start(config());
+    let mut c = server.conn();
+    let img = data("chelsea.jpg");
+    let meta_file = br#"{"mode":["object"],"images":[{"name":"file"}]}"#;
+
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":["object"],"images":[{"name":"file1"}]}"#)],
+        )
+        .unwrap();
+    assert_error(&r, 400, 400, "could not get image by name file1: http: no such file");
+    let r = c.post_multipart(DETECT, &[("file", Some("empty.jpg"), b""), ("meta", None, meta_file)]).unwrap();
+    assert_error(&r, 400, 400, "empty image");
+    let r = c.post_multipart(DETECT, &[("file", Some("x.jpg"), &img), ("meta", None, b"{not json")]).unwrap();
+    assert_error(&r, 400, 400, "invalid meta");
+    let r = c.post_multipart(DETECT, &[("file", Some("x.jpg"), &img)]).unwrap();
+    assert_error(&r, 400, 400, "meta is required");
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":[],"images":[{"name":"file"}]}"#)],
+        )
+        .unwrap();
+    assert_error(&r, 400, 400, "mode is required non-empty");
+    let r = c
+        .post_multipart(DETECT, &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":["object"],"images":[]}"#)])
+        .unwrap();
+    assert_error(&r, 400, 400, "images is required non-empty");
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":["sceneaaaa"],"images":[{"name":"file"}]}"#)],
+        )
+        .unwrap();
+    assert_error(&r, 400, 400, "unknown mode: sceneaaaa");
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[
+                ("file", Some("x.jpg"), &img),
+                ("meta", None, br#"{"mode":["object","scene"],"images":[{"name":"file"}]}"#),
+            ],
+        )
+        .unwrap();
+    assert_error(&r, 400, 400, "mode scene is not served by this server (served: object)");
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[
+                ("file", Some("x.jpg"), &img),
+                ("meta", None, br#"{"mode":["object"],"images":[{"name":"file"},{"name":"file"}]}"#),
+            ],
+        )
+        .unwrap();
+    assert_error(&r, 400, 400, "duplicate image name: file");
+    let r = c.request("POST", DETECT, Some("application/json"), b"{}").unwrap();
+    assert_error(&r, 400, 400, "multipart");
+    let r = c.get("/api/v1/nope").unwrap();
+    assert_error(&r, 404, 404, "no such method");
+
+    // Per-file failures: the request succeeds, the bad image gets status 1 with its error.
+    let tiny = {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::RgbImage::new(4, 4).write_to(&mut out, image::ImageFormat::Png).unwrap();
+        out.into_inner()
+    };
+    let meta = br#"{"mode":["object"],"images":[{"name":"good"},{"name":"garbage"},{"name":"tiny"},{"name":"gif"}]}"#;
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[
+                ("good", Some("g.jpg"), &img),
+                ("garbage", Some("x.jpg"), b"\xFF\xD8\xFF\xE0 this is not a jpeg at all"),
+                ("tiny", Some("t.png"), &tiny),
+                ("gif", Some("a.gif"), b"GIF89a\x01\x00\x01\x00\x00\x00\x00"),
+                ("meta", None, meta),
+            ],
+        )
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    assert_objects_schema(&v);
+    let f = v["body"]["object_labels"].as_array().unwrap();
+    assert_eq!(f[0]["status"], 0);
+    assert_eq!(f[1]["status"], 1);
+    assert!(f[1]["error"].as_str().unwrap().contains("cannot decode image"), "{}", f[1]);
+    assert_eq!(f[2]["status"], 1);
+    assert!(f[2]["error"].as_str().unwrap().contains("image is too small: 4x4"), "{}", f[2]);
+    assert_eq!(f[3]["status"], 1);
+    assert!(f[3]["error"].as_str().unwrap().contains("unsupported image format"), "{}", f[3]);
+    let m = server.metrics();
+    assert!(metric_value(&m, "gpubackend_requests_total", &[("outcome", "bad_request")]) >= 10.0);
+    assert!(metric_value(&m, "gpubackend_images_total", &[("status", "1")]) >= 3.0);
+}
+
+#[test]
+fn limits_are_enforced_and_configurable() {
+    let mut cfg = config();
+    cfg.limits.max_images = 3;
+    cfg.limits.max_image_bytes = 100_000;
+    cfg.limits.max_request_bytes = 150_000;
+    cfg.limits.max_width = 400;
+    cfg.limits.max_height = 300;
+    let server = TestServer::start(cfg);
+    let mut c = server.conn();
+    let chelsea = data("chelsea.jpg"); // 451x300, 39 KB
+    let one = br#"{"mode":["object"],"images":[{"name":"a"}]}"#;
+
+    let r = c.post_multipart(DETECT, &[("a", Some("a.png"), &vec![0u8; 120_000]), ("meta", None, one)]).unwrap();
+    assert_error(&r, 400, 400, "image a is too large: the limit is 100000 bytes");
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[
+                ("a", None, &chelsea),
+                ("b", None, &chelsea),
+                ("c", None, &chelsea),
+                ("d", None, &chelsea),
+                ("meta", None, one),
+            ],
+        )
+        .unwrap();
+    assert_error(&r, 400, 400, "too many images: at most 3 per request");
+    let big = vec![0u8; 90_000];
+    let r = c.post_multipart(DETECT, &[("a", None, &big), ("b", None, &big), ("meta", None, one)]).unwrap();
+    assert_error(&r, 400, 400, "request is too large: the limit is 150000 bytes");
+    // Far beyond the limit: refused from Content-Length, before reading the body.
+    let huge = vec![0u8; 300_000];
+    let r = c.post_multipart(DETECT, &[("a", None, &huge), ("meta", None, one)]).unwrap();
+    assert_error(&r, 400, 400, "request is too large");
+    // Pixel limit: per-file error, checked from the header.
+    let r = c.post_multipart(DETECT, &[("a", Some("a.jpg"), &chelsea), ("meta", None, one)]).unwrap();
+    let v = r.json();
+    assert_eq!(v["body"]["object_labels"][0]["status"], 1);
+    assert!(v["body"]["object_labels"][0]["error"].as_str().unwrap().contains("image is too large: 451x300"));
+}
+
+#[test]
+fn auth_tokens_from_config() {
+    let mut cfg = config();
+    cfg.auth.tokens = vec!["s3cret".into()];
+    let server = TestServer::start(cfg);
+    let mut c = server.conn();
+    let img = data("chelsea.jpg");
+    let meta = br#"{"mode":["object"],"images":[{"name":"f"}]}"#;
+    let parts: &[gpubackend::client::Part<'_>] = &[("f", Some("c.jpg"), &img), ("meta", None, meta)];
+    let r = c.post_multipart("/api/v1/objects/detect?oauth_provider=mcs&oauth_token=wrong", parts).unwrap();
+    assert_error(&r, 403, 403, "invalid oauth_token");
+    let r = c.post_multipart("/api/v1/objects/detect", parts).unwrap();
+    assert_error(&r, 403, 403, "oauth_token and oauth_provider are required");
+    let r = c.post_multipart("/api/v1/objects/detect?oauth_provider=mcs&oauth_token=s3cret", parts).unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["body"]["object_labels"][0]["labels"][0]["eng"], "Cat");
+}
+
+#[test]
+fn full_queue_refuses_at_once() {
+    let mut cfg = config();
+    let m = cfg.models.get_mut("mobilenet_v2").unwrap();
+    // Nothing is dispatched (the batch never fills, the deadline is far away) and 2 items fit:
+    // the third is refused, whatever the machine's speed.
+    m.max_batch = 8;
+    m.queue_capacity = 2;
+    m.max_delay_ms = 600_000;
+    let server = TestServer::start(cfg);
+    let mut c = server.conn();
+    let img = data("chelsea.jpg");
+    let meta = br#"{"mode":["object"],"images":[{"name":"a"},{"name":"b"},{"name":"c"},{"name":"d"}]}"#;
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[("a", None, &img), ("b", None, &img), ("c", None, &img), ("d", None, &img), ("meta", None, meta)],
+        )
+        .unwrap();
+    assert_error(&r, 503, 500, "queue of model mobilenet_v2 is full");
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let m = server.metrics();
+    assert!(metric_value(&m, "gpubackend_refusals_total", &[("reason", "queue_full")]) >= 1.0);
+    assert!(metric_value(&m, "gpubackend_requests_total", &[("outcome", "overloaded")]) >= 1.0);
+}
