@@ -387,7 +387,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_field() {
-        let text = EMBEDDED_DEFAULT.replace("max_batch = 16", "max_batch = 0");
+        let text = EMBEDDED_DEFAULT.replace("max_batch = 4", "max_batch = 0");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("models.mobilenet_v2.max_batch"), "{err}");
         let text = EMBEDDED_DEFAULT.replace("device = \"cpu\"", "device = \"tpu\"");

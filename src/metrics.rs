@@ -23,6 +23,11 @@ pub const REFUSALS: &str = "gpubackend_refusals_total";
 pub const DROPPED: &str = "gpubackend_dropped_items_total";
 pub const INFLIGHT_IMAGES: &str = "gpubackend_inflight_images";
 pub const PROCESS_CPU: &str = "gpubackend_process_cpu_seconds_total";
+pub const INFERENCE_CPU: &str = "gpubackend_inference_cpu_seconds_total";
+
+/// Thread names (Linux `comm`) of the threads that run forward passes: the workers' own threads
+/// and the CPU backend's rayon pool. Everything else in the process is serving overhead.
+pub const INFERENCE_THREAD_PREFIXES: [&str; 2] = ["gb-infer", "gb-rayon"];
 
 /// Window over which `gpubackend_worker_busy_ratio` is computed.
 pub const BUSY_WINDOW: Duration = Duration::from_secs(10);
@@ -74,13 +79,43 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// CPU seconds (user + system) of this process, from /proc/self/stat.
-pub fn process_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+/// utime + stime of a /proc `stat` line, in seconds.
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
+}
+
+/// CPU seconds (user + system) of this process, from /proc/self/stat.
+pub fn process_cpu_seconds() -> Option<f64> {
+    stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// CPU seconds of the threads named with `INFERENCE_THREAD_PREFIXES`.
+pub fn inference_cpu_seconds() -> Option<f64> {
+    let mut total = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if INFERENCE_THREAD_PREFIXES.iter().any(|p| comm.starts_with(p)) {
+            total += std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|s| stat_cpu_seconds(&s))
+                .unwrap_or(0.0);
+        }
+    }
+    Some(total)
+}
+
+/// Names the calling thread (Linux), so its CPU time can be attributed.
+pub fn name_current_thread(name: &str) {
+    let _ = std::fs::write("/proc/thread-self/comm", name);
+}
+
+/// Names the CPU backend's rayon pool threads `gb-rayon-N`. Must run before the first forward
+/// pass; later calls (another server in the same test process) change nothing.
+pub fn name_rayon_pool() {
+    let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("gb-rayon-{i}")).build_global();
 }
 
 /// Forward-pass intervals of one worker over the last `BUSY_WINDOW`.
@@ -227,6 +262,12 @@ pub fn render(handle: &PrometheusHandle, workers: &[WorkerSample]) -> String {
         let _ = writeln!(
             out,
             "# HELP {PROCESS_CPU} CPU time (user + system) used by the server process\n# TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {cpu}"
+        );
+    }
+    if let Some(cpu) = inference_cpu_seconds() {
+        let _ = writeln!(
+            out,
+            "# HELP {INFERENCE_CPU} CPU time of the inference threads (workers and the CPU backend's pool); the rest of the process CPU is serving overhead\n# TYPE {INFERENCE_CPU} counter\n{INFERENCE_CPU} {cpu}"
         );
     }
     out

@@ -99,6 +99,10 @@ fn objects_detect_end_to_end() {
         "gpubackend_worker_busy_seconds_total",
         "gpubackend_workers_live",
         "gpubackend_process_cpu_seconds_total",
+        "gpubackend_inference_cpu_seconds_total",
+        "gpubackend_refusals_total",
+        "gpubackend_worker_restarts_total",
+        "gpubackend_dropped_items_total",
     ] {
         assert!(m.contains(name), "/metrics lacks {name}");
     }

@@ -119,6 +119,8 @@ impl Actor for InferenceWorker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        // This arbiter thread runs forward passes only: name it so its CPU counts as inference.
+        metrics::name_current_thread("gb-infer");
         let t = Instant::now();
         match catch_unwind(AssertUnwindSafe(|| Model::load(&self.model_config, &self.device))) {
             Ok(Ok(model)) => {
