@@ -22,6 +22,9 @@ pub enum ApiError {
     Overloaded(String),
     #[error("{0}")]
     Internal(String),
+    /// The client went away; nobody reads this answer (nginx's 499).
+    #[error("{0}")]
+    ClientGone(String),
 }
 
 impl ApiError {
@@ -33,6 +36,7 @@ impl ApiError {
             Self::NotFound(_) => "not_found",
             Self::Overloaded(_) => "overloaded",
             Self::Internal(_) => "error",
+            Self::ClientGone(_) => "client_gone",
         }
     }
 
@@ -42,6 +46,7 @@ impl ApiError {
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
             Self::Overloaded(_) | Self::Internal(_) => 500,
+            Self::ClientGone(_) => 499,
         }
     }
 }

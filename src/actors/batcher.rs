@@ -4,10 +4,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, SpawnHandle, WrapFuture};
+use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture};
 use tokio::sync::oneshot;
 
-use super::worker::{InferenceWorker, RunBatch};
+use super::worker::RunBatch;
 use crate::metrics;
 use crate::pipelines::batching::{BatchPolicy, BatchQueue, ISOLATE_AFTER_FAILURES, Queued, SendReason};
 use crate::pipelines::preprocess::ModelInput;
@@ -51,7 +51,7 @@ fn now() -> Instant {
 }
 
 struct WorkerSlot {
-    addr: Addr<InferenceWorker>,
+    addr: Recipient<RunBatch>,
     busy: bool,
 }
 
@@ -64,7 +64,8 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    pub fn new(model: &str, policy: BatchPolicy, workers: Vec<Addr<InferenceWorker>>) -> Self {
+    /// `workers`: the model's InferenceWorkers (any actor answering `RunBatch`).
+    pub fn new(model: &str, policy: BatchPolicy, workers: Vec<Recipient<RunBatch>>) -> Self {
         Self {
             model: model.to_string(),
             capacity: policy.capacity,
@@ -151,5 +152,123 @@ impl Handler<Enqueue> for Batcher {
         }
         self.dispatch(ctx);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batching rules driven by the real actor, in paused tokio time.
+    use std::sync::{Arc, Mutex};
+
+    use actix::{Actor, Context, Handler, ResponseFuture};
+    use tokio::time::{Instant as TokioInstant, advance};
+
+    use super::*;
+    use crate::actors::worker::{BatchOutput, WorkerFault};
+
+    /// Records when each batch arrives and how big it is; each forward "takes" `forward` of
+    /// (paused) time.
+    struct RecordingWorker {
+        log: Arc<Mutex<Vec<(Duration, usize)>>>,
+        t0: TokioInstant,
+        forward: Duration,
+    }
+
+    impl Actor for RecordingWorker {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<RunBatch> for RecordingWorker {
+        type Result = ResponseFuture<Result<BatchOutput, WorkerFault>>;
+
+        fn handle(&mut self, msg: RunBatch, _: &mut Context<Self>) -> Self::Result {
+            self.log.lock().unwrap().push((self.t0.elapsed(), msg.inputs.len()));
+            let (n, forward) = (msg.inputs.len(), self.forward);
+            Box::pin(async move {
+                tokio::time::sleep(forward).await;
+                Ok(BatchOutput { outputs: vec![vec![0.0]; n], elapsed: forward })
+            })
+        }
+    }
+
+    fn job() -> (Job, oneshot::Receiver<Result<Prediction, InferError>>) {
+        let (tx, rx) = oneshot::channel();
+        (Job { input: Arc::new(ModelInput { data: vec![0.0] }), poisoned: false, reply: tx }, rx)
+    }
+
+    fn paused_system() -> actix::SystemRunner {
+        actix::System::with_tokio_rt(|| {
+            tokio::runtime::Builder::new_current_thread().enable_all().start_paused(true).build().unwrap()
+        })
+    }
+
+    const MS: fn(u64) -> Duration = Duration::from_millis;
+
+    #[test]
+    fn deadline_full_and_idle_worker_rules() {
+        paused_system().block_on(async {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let t0 = TokioInstant::now();
+            let worker = RecordingWorker { log: log.clone(), t0, forward: MS(100) }.start();
+            let policy = BatchPolicy { max_batch: 4, max_delay: MS(50), capacity: 16 };
+            let batcher = Batcher::new("m", policy, vec![worker.recipient()]).start();
+
+            // One item: sent when it has waited max_delay, not before.
+            let (j, rx) = job();
+            batcher.send(Enqueue(j)).await.unwrap().unwrap();
+            advance(MS(49)).await;
+            assert!(log.lock().unwrap().is_empty(), "sent before the deadline");
+            let p = rx.await.unwrap().unwrap();
+            assert_eq!(log.lock().unwrap()[0], (MS(50), 1));
+            assert_eq!((p.queue_wait, p.batch_size), (MS(50), 1));
+
+            // Worker idle again at t=150. Four items fill a batch: sent at once. Four more are full
+            // too but wait for the worker (busy until t=250), then go without waiting for a deadline.
+            let mut rxs = Vec::new();
+            for _ in 0..8 {
+                let (j, rx) = job();
+                batcher.send(Enqueue(j)).await.unwrap().unwrap();
+                rxs.push(rx);
+            }
+            for rx in rxs {
+                rx.await.unwrap().unwrap();
+            }
+            let log = log.lock().unwrap().clone();
+            assert_eq!(log[1..], [(MS(150), 4), (MS(250), 4)]);
+        });
+    }
+
+    #[test]
+    fn abandoned_items_are_dropped_before_inference() {
+        paused_system().block_on(async {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let worker = RecordingWorker { log: log.clone(), t0: TokioInstant::now(), forward: MS(1) }.start();
+            let policy = BatchPolicy { max_batch: 4, max_delay: MS(50), capacity: 16 };
+            let batcher = Batcher::new("m", policy, vec![worker.recipient()]).start();
+            let (gone, gone_rx) = job();
+            let (kept, kept_rx) = job();
+            batcher.send(Enqueue(gone)).await.unwrap().unwrap();
+            batcher.send(Enqueue(kept)).await.unwrap().unwrap();
+            drop(gone_rx); // the client went away
+            kept_rx.await.unwrap().unwrap();
+            assert_eq!(log.lock().unwrap().as_slice(), [(MS(50), 1)]);
+        });
+    }
+
+    #[test]
+    fn full_queue_refuses() {
+        paused_system().block_on(async {
+            let worker = RecordingWorker { log: Default::default(), t0: TokioInstant::now(), forward: MS(1) }.start();
+            let policy = BatchPolicy { max_batch: 8, max_delay: MS(50), capacity: 2 };
+            let batcher = Batcher::new("m", policy, vec![worker.recipient()]).start();
+            let mut keep = Vec::new();
+            for _ in 0..2 {
+                let (j, rx) = job();
+                keep.push(rx);
+                batcher.send(Enqueue(j)).await.unwrap().unwrap();
+            }
+            let (j, _rx) = job();
+            assert!(matches!(batcher.send(Enqueue(j)).await.unwrap(), Err(Refused::QueueFull { capacity: 2, .. })));
+        });
     }
 }

@@ -1,6 +1,7 @@
 //! The edge: actix-web routes, shared state, and server start-up (actors, placement, listener).
 
 mod auth;
+mod disconnect;
 mod multipart;
 mod objects;
 
@@ -103,9 +104,10 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
                 all_workers.push(health.clone());
                 let (mc, device, sup) = (mc.clone(), device.clone(), config.supervisor.clone());
                 let arbiter = Arbiter::new();
-                addrs.push(Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
                     InferenceWorker::new(mc, device, health, sup, fault_injection)
-                }));
+                });
+                addrs.push(addr.recipient());
                 // The arbiter thread lives until the System stops.
                 std::mem::forget(arbiter);
             }
@@ -150,6 +152,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
             .route("/health/ready", web::get().to(ready))
             .default_service(web::to(not_found))
     })
+    .on_connect(disconnect::on_connect)
     .workers(config.server.http_workers)
     .shutdown_timeout(config.server.shutdown_timeout_s)
     .disable_signals()

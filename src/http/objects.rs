@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 use super::auth::AuthQuery;
+use super::disconnect::client_gone;
 use super::multipart::read_upload;
 use super::{AppState, ServedModel};
 use crate::actors::{Decode, Enqueue, Job, Prediction, Preprocess};
@@ -138,7 +139,10 @@ async fn handle(
     })?;
     let inflight = ::metrics::gauge!(metrics::INFLIGHT_IMAGES);
     inflight.increment(images.len() as f64);
-    let answers = run_images(state, &model, &images).await;
+    let answers = tokio::select! {
+        answers = run_images(state, &model, &images) => answers,
+        () = client_gone(req) => Err(ApiError::ClientGone("client closed the connection".into())),
+    };
     inflight.decrement(images.len() as f64);
     let object_labels = answers?;
     for r in &object_labels {
