@@ -6,8 +6,10 @@ use common::{DETECT, TestServer, config, data};
 use gpubackend::client::metric_value;
 use serde_json::Value;
 
-/// Checks a success envelope against `objects_detect_response` in the Vision OpenAPI file.
+/// Checks a success envelope against `objects_detect_response` in the Vision OpenAPI file, plus
+/// what the docs say beyond the schema (envelope fields, per-file error text, coord shape).
 fn assert_objects_schema(v: &Value) {
+    common::schema::OpenApi::load().assert_valid("objects_detect_response", v);
     assert_eq!(v["status"], 200);
     assert_eq!(v["htmlencoded"], false);
     assert_eq!(v["last_modified"], 0);
@@ -38,8 +40,30 @@ fn assert_error(resp: &gpubackend::client::Response, http: u16, envelope: u64, b
     assert_eq!(v["status"], envelope);
     assert_eq!(v["htmlencoded"], false);
     assert_eq!(v["last_modified"], 0);
+    if envelope != 404 {
+        common::schema::OpenApi::load().assert_valid("error_response", &v);
+    }
     let got = v["body"].as_str().expect("error body is a string");
     assert!(got.contains(body), "body {got:?} lacks {body:?}");
+}
+
+#[test]
+fn schema_checker_catches_violations() {
+    use serde_json::json;
+    let api = common::schema::OpenApi::load();
+    let label = json!({"eng": "Cat", "rus": "Кошка", "prob": 0.5, "coord": [0, 0, 1, 1]});
+    let ok = json!({"status": 200, "body": {"object_labels": [{"status": 0, "name": "f", "labels": [label]}]}});
+    api.validate("objects_detect_response", &ok).unwrap();
+    for bad in [
+        json!({"status": 200, "body": {"object_labels": [{"name": "f", "labels": []}]}}),
+        json!({"status": 200, "body": {"object_labels": [{"status": 7, "name": "f", "labels": []}]}}),
+        json!({"status": 200, "body": {"object_labels": [{"status": 0, "name": "f", "labels": [{"eng": "x", "rus": "y", "prob": 1.5}]}]}}),
+        json!({"status": 200, "body": {"object_labels": [{"status": 0, "name": "f", "labels": [{"eng": "x", "rus": "y", "prob": 0.1, "coord": [1, 2]}]}]}}),
+        json!({"status": 201, "body": {}}),
+    ] {
+        assert!(api.validate("objects_detect_response", &bad).is_err(), "accepted {bad}");
+    }
+    assert!(api.validate("error_response", &json!({"status": 418, "body": "x"})).is_err());
 }
 
 #[test]

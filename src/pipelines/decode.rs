@@ -103,6 +103,16 @@ mod tests {
     }
 
     #[test]
+    fn decodes_tiff_and_grey_images_to_rgb() {
+        let img = image::GrayImage::from_fn(9, 7, |x, _| image::Luma([x as u8 * 10]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Tiff).unwrap();
+        let d = decode(&out.into_inner(), &Limits::default()).unwrap();
+        assert_eq!((d.width, d.height), (9, 7));
+        assert_eq!(&d.rgb[3..6], &[10, 10, 10]);
+    }
+
+    #[test]
     fn rejects_bad_inputs_with_clear_errors() {
         let l = Limits::default();
         assert_eq!(decode(b"", &l).unwrap_err(), DecodeError::Empty);

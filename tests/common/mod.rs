@@ -1,6 +1,8 @@
 //! Starts the real server on 127.0.0.1:0 in its own actix System thread.
 #![allow(dead_code)]
 
+pub mod schema;
+
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
