@@ -146,57 +146,32 @@ fn documented_request_errors() {
     let img = data("chelsea.jpg");
     let meta_file = br#"{"mode":["object"],"images":[{"name":"file"}]}"#;
 
-    let r = c
-        .post_multipart(
-            DETECT,
-            &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":["object"],"images":[{"name":"file1"}]}"#)],
-        )
-        .unwrap();
-    assert_error(&r, 400, 400, "could not get image by name file1: http: no such file");
+    // One image part named `file`, with each of these metas.
+    let cases: [(&[u8], &str); 9] = [
+        (
+            br#"{"mode":["object"],"images":[{"name":"file1"}]}"#,
+            "could not get image by name file1: http: no such file",
+        ),
+        (b"{not json", "invalid meta"),
+        (br#"{"mode":[],"images":[{"name":"file"}]}"#, "mode is required non-empty"),
+        (br#"{"mode":["object"]}"#, "images is required non-empty"),
+        (br#"{"mode":["object"],"images":[]}"#, "images is required non-empty"),
+        (br#"{"mode":["sceneaaaa"],"images":[{"name":"file"}]}"#, "unknown mode: sceneaaaa"),
+        (
+            br#"{"mode":["object","scene"],"images":[{"name":"file"}]}"#,
+            "mode scene is not served by this server (served: object)",
+        ),
+        (br#"{"mode":["object"],"images":[{"name":"file"},{"name":"file"}]}"#, "duplicate image name: file"),
+        (br#"{"mode":"object","images":[{"name":"file"}]}"#, "invalid meta"),
+    ];
+    for (meta, expected) in cases {
+        let r = c.post_multipart(DETECT, &[("file", Some("x.jpg"), &img), ("meta", None, meta)]).unwrap();
+        assert_error(&r, 400, 400, expected);
+    }
     let r = c.post_multipart(DETECT, &[("file", Some("empty.jpg"), b""), ("meta", None, meta_file)]).unwrap();
     assert_error(&r, 400, 400, "empty image");
-    let r = c.post_multipart(DETECT, &[("file", Some("x.jpg"), &img), ("meta", None, b"{not json")]).unwrap();
-    assert_error(&r, 400, 400, "invalid meta");
     let r = c.post_multipart(DETECT, &[("file", Some("x.jpg"), &img)]).unwrap();
     assert_error(&r, 400, 400, "meta is required");
-    let r = c
-        .post_multipart(
-            DETECT,
-            &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":[],"images":[{"name":"file"}]}"#)],
-        )
-        .unwrap();
-    assert_error(&r, 400, 400, "mode is required non-empty");
-    let r = c
-        .post_multipart(DETECT, &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":["object"],"images":[]}"#)])
-        .unwrap();
-    assert_error(&r, 400, 400, "images is required non-empty");
-    let r = c
-        .post_multipart(
-            DETECT,
-            &[("file", Some("x.jpg"), &img), ("meta", None, br#"{"mode":["sceneaaaa"],"images":[{"name":"file"}]}"#)],
-        )
-        .unwrap();
-    assert_error(&r, 400, 400, "unknown mode: sceneaaaa");
-    let r = c
-        .post_multipart(
-            DETECT,
-            &[
-                ("file", Some("x.jpg"), &img),
-                ("meta", None, br#"{"mode":["object","scene"],"images":[{"name":"file"}]}"#),
-            ],
-        )
-        .unwrap();
-    assert_error(&r, 400, 400, "mode scene is not served by this server (served: object)");
-    let r = c
-        .post_multipart(
-            DETECT,
-            &[
-                ("file", Some("x.jpg"), &img),
-                ("meta", None, br#"{"mode":["object"],"images":[{"name":"file"},{"name":"file"}]}"#),
-            ],
-        )
-        .unwrap();
-    assert_error(&r, 400, 400, "duplicate image name: file");
     let r = c.request("POST", DETECT, Some("application/json"), b"{}").unwrap();
     assert_error(&r, 400, 400, "multipart");
     let r = c.get("/api/v1/nope").unwrap();
