@@ -167,6 +167,10 @@ pub struct ModelConfig {
     /// Items waiting for a worker; beyond it requests are refused.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// Longest an image may wait for a worker (e.g. while none is alive) before it is answered
+    /// with a temporary error (per-file status 2).
+    #[serde(default = "default_max_queue_wait_ms")]
+    pub max_queue_wait_ms: u64,
     /// Labels below this probability are not returned.
     #[serde(default = "default_threshold")]
     pub threshold: f32,
@@ -184,6 +188,9 @@ fn default_max_delay_ms() -> u64 {
 fn default_queue_capacity() -> usize {
     512
 }
+fn default_max_queue_wait_ms() -> u64 {
+    30_000
+}
 fn default_threshold() -> f32 {
     0.1
 }
@@ -194,6 +201,10 @@ fn default_top_k() -> usize {
 impl ModelConfig {
     pub fn max_delay(&self) -> Duration {
         Duration::from_millis(self.max_delay_ms)
+    }
+
+    pub fn max_queue_wait(&self) -> Duration {
+        Duration::from_millis(self.max_queue_wait_ms)
     }
 }
 
@@ -291,6 +302,9 @@ impl Config {
             let f = |k: &str| format!("models.{name}.{k}");
             if m.max_batch == 0 {
                 return Err(invalid(f("max_batch"), "must be at least 1"));
+            }
+            if m.max_queue_wait_ms <= m.max_delay_ms {
+                return Err(invalid(f("max_queue_wait_ms"), "must exceed max_delay_ms"));
             }
             if m.queue_capacity == 0 {
                 return Err(invalid(f("queue_capacity"), "must be at least 1"));

@@ -54,7 +54,10 @@ fn describe() {
     describe_counter!(BATCHES, "Batches sent, by model and reason (full, deadline, isolated)");
     describe_gauge!(QUEUE_SIZE, "Items waiting in a model's batcher queue (the autoscaling metric)");
     describe_counter!(WORKER_RESTARTS, "Worker restarts after a failed forward pass or load, by device and model");
-    describe_counter!(REFUSALS, "Requests refused before inference, by reason (queue_full, admission)");
+    describe_counter!(
+        REFUSALS,
+        "Requests or images refused before inference, by reason (queue_full, admission, not_ready, queue_timeout)"
+    );
     describe_counter!(DROPPED, "Queued items dropped before inference because the client went away, by model");
     describe_gauge!(INFLIGHT_IMAGES, "Images admitted and not yet answered");
 }
@@ -195,7 +198,7 @@ mod tests {
 /// Exports every counter and gauge at zero from the start, so dashboards and alerts see the series
 /// before the first event (a restart or a refusal may never happen).
 pub fn register_zero(workers: &[(String, String)]) {
-    for reason in ["queue_full", "admission"] {
+    for reason in ["queue_full", "admission", "not_ready", "queue_timeout"] {
         metrics::counter!(REFUSALS, "reason" => reason).increment(0);
     }
     metrics::gauge!(INFLIGHT_IMAGES).increment(0.0);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Recipient, SpawnHandle, WrapFuture};
 use tokio::sync::oneshot;
 
-use super::worker::RunBatch;
+use super::worker::{RunBatch, WorkerHealth};
 use crate::metrics;
 use crate::pipelines::batching::{BatchPolicy, BatchQueue, ISOLATE_AFTER_FAILURES, Queued, SendReason};
 use crate::pipelines::preprocess::ModelInput;
@@ -31,8 +31,22 @@ pub struct Prediction {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum InferError {
+    /// Failed even alone, after the worker restarted: a permanent error for this image.
     #[error("inference failed on this image: {0}")]
     Failed(String),
+    /// No live worker took the image in time: a temporary error, retry later.
+    #[error("model {model} unavailable: no live worker within {waited_ms} ms, retry later")]
+    Unavailable { model: String, waited_ms: u64 },
+}
+
+impl InferError {
+    /// The Vision per-file status: 1 permanent, 2 temporary.
+    pub fn file_status(&self) -> u8 {
+        match self {
+            Self::Failed(_) => 1,
+            Self::Unavailable { .. } => 2,
+        }
+    }
 }
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -50,37 +64,58 @@ fn now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+/// How often the batcher looks again while none of its workers is alive (restarting).
+const REVIVAL_POLL: Duration = Duration::from_millis(20);
+
 struct WorkerSlot {
     addr: Recipient<RunBatch>,
+    health: Arc<WorkerHealth>,
     busy: bool,
+}
+
+impl WorkerSlot {
+    fn ready(&self) -> bool {
+        !self.busy && self.health.is_alive()
+    }
 }
 
 pub struct Batcher {
     model: String,
     capacity: usize,
+    max_queue_wait: Duration,
     queue: BatchQueue<Job>,
     workers: Vec<WorkerSlot>,
     timer: Option<SpawnHandle>,
 }
 
 impl Batcher {
-    /// `workers`: the model's InferenceWorkers (any actor answering `RunBatch`).
-    pub fn new(model: &str, policy: BatchPolicy, workers: Vec<Recipient<RunBatch>>) -> Self {
+    /// `workers`: the model's InferenceWorkers (any actor answering `RunBatch`) with their health.
+    pub fn new(model: &str, policy: BatchPolicy, workers: Vec<(Recipient<RunBatch>, Arc<WorkerHealth>)>) -> Self {
         Self {
             model: model.to_string(),
             capacity: policy.capacity,
+            max_queue_wait: policy.max_queue_wait,
             queue: BatchQueue::new(policy),
-            workers: workers.into_iter().map(|addr| WorkerSlot { addr, busy: false }).collect(),
+            workers: workers.into_iter().map(|(addr, health)| WorkerSlot { addr, health, busy: false }).collect(),
             timer: None,
         }
     }
 
+    /// Sends every due batch to a ready (idle and alive) worker, then sets the next wake-up.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         let dropped = self.queue.retain(|job| !job.reply.is_closed());
         if dropped > 0 {
             ::metrics::counter!(metrics::DROPPED, "model" => self.model.clone()).increment(dropped as u64);
         }
-        while let Some(w) = self.workers.iter().position(|w| !w.busy) {
+        let expired = self.queue.expire(now());
+        if !expired.is_empty() {
+            ::metrics::counter!(metrics::REFUSALS, "reason" => "queue_timeout").increment(expired.len() as u64);
+            let waited_ms = self.max_queue_wait.as_millis() as u64;
+            for q in expired {
+                let _ = q.item.reply.send(Err(InferError::Unavailable { model: self.model.clone(), waited_ms }));
+            }
+        }
+        while let Some(w) = self.workers.iter().position(WorkerSlot::ready) {
             let Some((batch, reason)) = self.queue.next_batch(now()) else { break };
             self.send(w, batch, reason, ctx);
         }
@@ -88,10 +123,17 @@ impl Batcher {
         if let Some(h) = self.timer.take() {
             ctx.cancel_future(h);
         }
-        if self.workers.iter().any(|w| !w.busy)
-            && let Some(deadline) = self.queue.deadline()
-        {
-            let delay = deadline.saturating_duration_since(now());
+        // Wake for the batch deadline if a worker could take it, to look again if none is alive
+        // (a busy live worker wakes us when it answers), and for the oldest item's expiry.
+        let wake = if self.workers.iter().any(WorkerSlot::ready) {
+            self.queue.deadline()
+        } else if !self.queue.is_empty() && !self.workers.iter().any(|w| w.health.is_alive()) {
+            Some(now() + REVIVAL_POLL)
+        } else {
+            None
+        };
+        if let Some(wake) = [wake, self.queue.next_expiry()].into_iter().flatten().min() {
+            let delay = wake.saturating_duration_since(now());
             self.timer = Some(ctx.run_later(delay, |act, ctx| {
                 act.timer = None;
                 act.dispatch(ctx);
@@ -165,6 +207,7 @@ mod tests {
 
     use super::*;
     use crate::actors::worker::{BatchOutput, WorkerFault};
+    use crate::models::DeviceSpec;
 
     /// Records when each batch arrives and how big it is; each forward "takes" `forward` of
     /// (paused) time.
@@ -204,14 +247,23 @@ mod tests {
 
     const MS: fn(u64) -> Duration = Duration::from_millis;
 
+    fn policy(max_batch: usize, capacity: usize) -> BatchPolicy {
+        BatchPolicy { max_batch, max_delay: MS(50), capacity, max_queue_wait: MS(1_000) }
+    }
+
+    fn health(alive: bool) -> Arc<WorkerHealth> {
+        let h = Arc::new(WorkerHealth::new("m", &DeviceSpec::Cpu));
+        h.alive.store(alive, std::sync::atomic::Ordering::Release);
+        h
+    }
+
     #[test]
     fn deadline_full_and_idle_worker_rules() {
         paused_system().block_on(async {
             let log = Arc::new(Mutex::new(Vec::new()));
             let t0 = TokioInstant::now();
             let worker = RecordingWorker { log: log.clone(), t0, forward: MS(100) }.start();
-            let policy = BatchPolicy { max_batch: 4, max_delay: MS(50), capacity: 16 };
-            let batcher = Batcher::new("m", policy, vec![worker.recipient()]).start();
+            let batcher = Batcher::new("m", policy(4, 16), vec![(worker.recipient(), health(true))]).start();
 
             // One item: sent when it has waited max_delay, not before.
             let (j, rx) = job();
@@ -243,8 +295,7 @@ mod tests {
         paused_system().block_on(async {
             let log = Arc::new(Mutex::new(Vec::new()));
             let worker = RecordingWorker { log: log.clone(), t0: TokioInstant::now(), forward: MS(1) }.start();
-            let policy = BatchPolicy { max_batch: 4, max_delay: MS(50), capacity: 16 };
-            let batcher = Batcher::new("m", policy, vec![worker.recipient()]).start();
+            let batcher = Batcher::new("m", policy(4, 16), vec![(worker.recipient(), health(true))]).start();
             let (gone, gone_rx) = job();
             let (kept, kept_rx) = job();
             batcher.send(Enqueue(gone)).await.unwrap().unwrap();
@@ -259,8 +310,7 @@ mod tests {
     fn full_queue_refuses() {
         paused_system().block_on(async {
             let worker = RecordingWorker { log: Default::default(), t0: TokioInstant::now(), forward: MS(1) }.start();
-            let policy = BatchPolicy { max_batch: 8, max_delay: MS(50), capacity: 2 };
-            let batcher = Batcher::new("m", policy, vec![worker.recipient()]).start();
+            let batcher = Batcher::new("m", policy(8, 2), vec![(worker.recipient(), health(true))]).start();
             let mut keep = Vec::new();
             for _ in 0..2 {
                 let (j, rx) = job();
@@ -269,6 +319,35 @@ mod tests {
             }
             let (j, _rx) = job();
             assert!(matches!(batcher.send(Enqueue(j)).await.unwrap(), Err(Refused::QueueFull { capacity: 2, .. })));
+        });
+    }
+
+    #[test]
+    fn waits_for_a_live_worker_and_gives_up_after_max_queue_wait() {
+        paused_system().block_on(async {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let t0 = TokioInstant::now();
+            let worker = RecordingWorker { log: log.clone(), t0, forward: MS(1) }.start();
+            let h = health(false);
+            let batcher = Batcher::new("m", policy(4, 16), vec![(worker.recipient(), h.clone())]).start();
+
+            // No live worker: nothing is sent; after max_queue_wait the image gets a temporary error.
+            let (j, rx) = job();
+            batcher.send(Enqueue(j)).await.unwrap().unwrap();
+            let err = rx.await.unwrap().unwrap_err();
+            assert_eq!(err.file_status(), 2);
+            assert_eq!(t0.elapsed(), MS(1_000));
+            assert!(log.lock().unwrap().is_empty());
+
+            // The worker comes back while an image waits: the image is sent within a poll period.
+            let (j, rx) = job();
+            batcher.send(Enqueue(j)).await.unwrap().unwrap();
+            advance(MS(300)).await;
+            h.alive.store(true, std::sync::atomic::Ordering::Release);
+            rx.await.unwrap().unwrap();
+            let (at, n) = log.lock().unwrap()[0];
+            assert_eq!(n, 1);
+            assert!(at >= MS(1_300) && at <= MS(1_300) + REVIVAL_POLL, "sent at {at:?}");
         });
     }
 }

@@ -34,6 +34,13 @@ pub struct ServedModel {
     pub labels: LabelMap,
     pub threshold: f32,
     pub top_k: usize,
+    pub workers: Vec<Arc<WorkerHealth>>,
+}
+
+impl ServedModel {
+    pub fn has_live_worker(&self) -> bool {
+        self.workers.iter().any(|w| w.is_alive())
+    }
 }
 
 pub struct AppState {
@@ -102,20 +109,33 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
             for _ in 0..p.instances {
                 let health = Arc::new(WorkerHealth::new(name, &device));
                 all_workers.push(health.clone());
+                let worker_health = health.clone();
                 let (mc, device, sup) = (mc.clone(), device.clone(), config.supervisor.clone());
                 let arbiter = Arbiter::new();
                 let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
                     InferenceWorker::new(mc, device, health, sup, fault_injection)
                 });
-                addrs.push(addr.recipient());
+                addrs.push((addr.recipient(), worker_health));
                 // The arbiter thread lives until the System stops.
                 std::mem::forget(arbiter);
             }
         }
-        let policy = BatchPolicy { max_batch: mc.max_batch, max_delay: mc.max_delay(), capacity: mc.queue_capacity };
+        let policy = BatchPolicy {
+            max_batch: mc.max_batch,
+            max_delay: mc.max_delay(),
+            capacity: mc.queue_capacity,
+            max_queue_wait: mc.max_queue_wait(),
+        };
+        let health: Vec<_> = addrs.iter().map(|(_, h)| h.clone()).collect();
         let batcher = Batcher::new(name, policy, addrs).start();
-        let served =
-            Arc::new(ServedModel { name: name.clone(), batcher, labels, threshold: mc.threshold, top_k: mc.top_k });
+        let served = Arc::new(ServedModel {
+            name: name.clone(),
+            batcher,
+            labels,
+            threshold: mc.threshold,
+            top_k: mc.top_k,
+            workers: health,
+        });
         for mode in &mc.modes {
             modes.insert(mode.clone(), served.clone());
         }

@@ -130,6 +130,13 @@ async fn handle(
     // Only `object` is served today; it is the one mode validated above.
     let model = state.modes.get(&meta.mode[0]).expect("mode validated above. This is a bug.").clone();
 
+    if !model.has_live_worker() {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
+        return Err(ApiError::Overloaded(format!(
+            "model {} is not ready: no live worker (loading or restarting), retry later",
+            model.name
+        )));
+    }
     let _permit = state.admission.clone().try_acquire_many_owned(images.len() as u32).map_err(|_| {
         ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);
         ApiError::Overloaded(format!(
@@ -226,7 +233,12 @@ async fn run_images(
                     );
                     FileResult { status: 0, error: None, name: name.clone(), labels }
                 }
-                Ok(Err(e)) => FileResult { status: 1, error: Some(e.to_string()), name: name.clone(), labels: vec![] },
+                Ok(Err(e)) => FileResult {
+                    status: e.file_status(),
+                    error: Some(e.to_string()),
+                    name: name.clone(),
+                    labels: vec![],
+                },
                 Err(_) => FileResult {
                     status: 2,
                     error: Some("inference was cancelled (server shutting down), retry".into()),

@@ -17,6 +17,8 @@ pub struct BatchPolicy {
     pub max_delay: Duration,
     /// Queued items (admission bound); requeued items of a failed batch are not counted against it.
     pub capacity: usize,
+    /// Longest an item may wait for a worker (e.g. while none is alive) before it is given up.
+    pub max_queue_wait: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +95,19 @@ impl<T> BatchQueue<T> {
         before - self.items.len()
     }
 
+    /// Removes and returns the items that have waited `max_queue_wait` or longer.
+    pub fn expire(&mut self, now: Instant) -> Vec<Queued<T>> {
+        let max = self.policy.max_queue_wait;
+        let (expired, kept): (Vec<_>, Vec<_>) = self.items.drain(..).partition(|q| now >= q.enqueued_at + max);
+        self.items = kept.into();
+        expired
+    }
+
+    /// When the oldest item will have waited `max_queue_wait`.
+    pub fn next_expiry(&self) -> Option<Instant> {
+        self.items.iter().map(|q| q.enqueued_at).min().map(|t| t + self.policy.max_queue_wait)
+    }
+
     /// When the next batch is due if nothing else arrives.
     pub fn deadline(&self) -> Option<Instant> {
         let front = self.items.front()?;
@@ -122,7 +137,12 @@ mod tests {
     use super::*;
 
     fn queue(max_batch: usize, capacity: usize) -> BatchQueue<u32> {
-        BatchQueue::new(BatchPolicy { max_batch, max_delay: Duration::from_millis(50), capacity })
+        BatchQueue::new(BatchPolicy {
+            max_batch,
+            max_delay: Duration::from_millis(50),
+            capacity,
+            max_queue_wait: Duration::from_secs(30),
+        })
     }
 
     fn items(b: &[Queued<u32>]) -> Vec<u32> {
@@ -199,6 +219,19 @@ mod tests {
         q.push(9, t0).unwrap();
         assert_eq!(items(&q.next_batch(t0).unwrap().0), vec![7]);
         assert_eq!(items(&q.next_batch(t0 + Duration::from_millis(50)).unwrap().0), vec![8, 9]);
+    }
+
+    #[test]
+    fn items_waiting_too_long_expire() {
+        let t0 = Instant::now();
+        let mut q = queue(4, 10);
+        q.push(1, t0).unwrap();
+        q.push(2, t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(q.next_expiry(), Some(t0 + Duration::from_secs(30)));
+        assert!(q.expire(t0 + Duration::from_secs(29)).is_empty());
+        assert_eq!(items(&q.expire(t0 + Duration::from_secs(30))), vec![1]);
+        assert_eq!(q.next_expiry(), Some(t0 + Duration::from_secs(40)));
+        assert_eq!(q.len(), 1);
     }
 
     #[test]

@@ -16,6 +16,13 @@ pub struct TestServer {
 
 impl TestServer {
     pub fn start(config: Config) -> Self {
+        let server = Self::start_unready(config);
+        server.wait_ready(Duration::from_secs(600));
+        server
+    }
+
+    /// Starts the server without waiting for its workers.
+    pub fn start_unready(config: Config) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
@@ -26,9 +33,7 @@ impl TestServer {
             })
         });
         let (addr, handle) = rx.recv().expect("server thread started");
-        let server = Self { addr, handle };
-        server.wait_ready(Duration::from_secs(600));
-        server
+        Self { addr, handle }
     }
 
     pub fn conn(&self) -> Conn {
