@@ -144,18 +144,33 @@ async fn handle(
             state.limits.max_inflight_images
         ))
     })?;
-    let inflight = ::metrics::gauge!(metrics::INFLIGHT_IMAGES);
-    inflight.increment(images.len() as f64);
+    let _inflight = InflightImages::new(images.len());
     let answers = tokio::select! {
         answers = run_images(state, &model, &images) => answers,
         () = client_gone(req) => Err(ApiError::ClientGone("client closed the connection".into())),
     };
-    inflight.decrement(images.len() as f64);
     let object_labels = answers?;
     for r in &object_labels {
         ::metrics::counter!(metrics::IMAGES, "endpoint" => ENDPOINT, "status" => r.status.to_string()).increment(1);
     }
     Ok(ObjectsBody { object_labels })
+}
+
+/// `gpubackend_inflight_images` held up while a request's images are in the pipeline, however the
+/// handler ends.
+struct InflightImages(f64);
+
+impl InflightImages {
+    fn new(n: usize) -> Self {
+        ::metrics::gauge!(metrics::INFLIGHT_IMAGES).increment(n as f64);
+        Self(n as f64)
+    }
+}
+
+impl Drop for InflightImages {
+    fn drop(&mut self) {
+        ::metrics::gauge!(metrics::INFLIGHT_IMAGES).decrement(self.0);
+    }
 }
 
 /// Stage timings of one image, recorded once when it is answered.
