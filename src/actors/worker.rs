@@ -122,7 +122,14 @@ impl Actor for InferenceWorker {
         // This arbiter thread runs forward passes only: name it so its CPU counts as inference.
         metrics::name_current_thread("gb-infer");
         let t = Instant::now();
-        match catch_unwind(AssertUnwindSafe(|| Model::load(&self.model_config, &self.device))) {
+        // Load, then one warm-up pass (kernel compilation on GPU backends), before taking batches.
+        let load = || {
+            let model = Model::load(&self.model_config, &self.device).map_err(|e| e.to_string())?;
+            let zeros = vec![0f32; model.input_len()];
+            model.forward(&[&zeros]).map_err(|e| format!("warm-up pass failed: {e}"))?;
+            Ok::<_, String>(model)
+        };
+        match catch_unwind(AssertUnwindSafe(load)) {
             Ok(Ok(model)) => {
                 self.model = Some(model);
                 self.health.alive.store(true, Ordering::Release);
