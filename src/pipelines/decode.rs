@@ -134,6 +134,21 @@ mod tests {
     }
 
     #[test]
+    fn huge_declared_dimensions_are_refused_before_decoding() {
+        // A real 16×16 JPEG whose frame header is patched to claim 60000×50000 pixels (a
+        // decompression bomb): refused from the header, nothing allocated for the raster.
+        let img = image::RgbImage::from_fn(16, 16, |_, _| image::Rgb([1, 2, 3]));
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Jpeg).unwrap();
+        let mut jpeg = out.into_inner();
+        let sof = jpeg.windows(2).position(|w| w == [0xFF, 0xC0]).expect("baseline SOF0");
+        jpeg[sof + 5..sof + 7].copy_from_slice(&50_000u16.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&60_000u16.to_be_bytes());
+        let err = decode(&jpeg, &Limits::default()).unwrap_err();
+        assert_eq!(err, DecodeError::TooLarge { width: 60_000, height: 50_000, max_width: 3840, max_height: 2160 });
+    }
+
+    #[test]
     fn exif_orientation_is_applied() {
         // A 16×8 JPEG whose EXIF says "rotate 90° CW" decodes as 8×16.
         let img = image::RgbImage::from_fn(16, 8, |_, _| image::Rgb([200, 10, 10]));
