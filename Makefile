@@ -1,5 +1,5 @@
 # gpubackend — run `make help` for the targets.
-CARGO_TARGET_DIR ?= $(HOME)/.cache/gpubackend-target
+CARGO_TARGET_DIR ?= $(or $(HOME),/root)/.cache/gpubackend-target
 export CARGO_TARGET_DIR
 PORT ?= 8080
 
