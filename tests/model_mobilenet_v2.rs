@@ -2,6 +2,10 @@
 //! tools/reference/mobilenet_v2.py from the same torchvision weights), on real images.
 //! Tolerances: preprocessing 1e-4 per value; logits 1e-4 per value (absolute).
 
+mod common;
+
+use common::read_f32s;
+
 use std::path::Path;
 
 use gpubackend::config::Limits;
@@ -12,11 +16,6 @@ use gpubackend::pipelines::preprocess::{ClassifierSpec, classifier_input};
 
 const WEIGHTS: &str = "models/mobilenet_v2/mobilenet_v2-b0353104.pth";
 const IMAGES: [&str; 2] = ["chelsea", "coffee"];
-
-fn f32s(path: &str) -> Vec<f32> {
-    let bytes = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).unwrap();
-    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
-}
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len());
@@ -33,7 +32,7 @@ fn preprocessing_matches_the_reference() {
         let bytes = std::fs::read(format!("{}/tests/data/{name}.png", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let img = decode(&bytes, &Limits::default()).unwrap();
         let ours = classifier_input(&img, ClassifierSpec::IMAGENET);
-        let reference = f32s(&format!("tests/fixtures/mobilenet_v2/{name}.input.f32"));
+        let reference = read_f32s(&format!("tests/fixtures/mobilenet_v2/{name}.input.f32"));
         let d = max_abs_diff(&ours.data, &reference);
         assert!(d <= 1e-4, "{name}: preprocessing differs by {d}");
     }
@@ -43,12 +42,12 @@ fn preprocessing_matches_the_reference() {
 fn logits_match_onnxruntime_on_cpu_batched() {
     let model = Classifier::load(Path::new(WEIGHTS), DeviceSpec::Cpu.device().unwrap()).unwrap();
     let inputs: Vec<Vec<f32>> =
-        IMAGES.iter().map(|n| f32s(&format!("tests/fixtures/mobilenet_v2/{n}.input.f32"))).collect();
+        IMAGES.iter().map(|n| read_f32s(&format!("tests/fixtures/mobilenet_v2/{n}.input.f32"))).collect();
     assert!(inputs.iter().all(|i| i.len() == INPUT_LEN));
     let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
     let outputs = model.forward(&refs).unwrap();
     for (name, out) in IMAGES.iter().zip(&outputs) {
-        let reference = f32s(&format!("tests/fixtures/mobilenet_v2/{name}.logits.f32"));
+        let reference = read_f32s(&format!("tests/fixtures/mobilenet_v2/{name}.logits.f32"));
         assert_eq!(out.len(), NUM_CLASSES);
         let d = max_abs_diff(out, &reference);
         println!("{name}: max |burn - onnxruntime| = {d:e}");

@@ -81,8 +81,6 @@ impl WorkerSlot {
 
 pub struct Batcher {
     model: String,
-    capacity: usize,
-    max_queue_wait: Duration,
     queue: BatchQueue<Job>,
     workers: Vec<WorkerSlot>,
     timer: Option<SpawnHandle>,
@@ -93,8 +91,6 @@ impl Batcher {
     pub fn new(model: &str, policy: BatchPolicy, workers: Vec<(Recipient<RunBatch>, Arc<WorkerHealth>)>) -> Self {
         Self {
             model: model.to_string(),
-            capacity: policy.capacity,
-            max_queue_wait: policy.max_queue_wait,
             queue: BatchQueue::new(policy),
             workers: workers.into_iter().map(|(addr, health)| WorkerSlot { addr, health, busy: false }).collect(),
             timer: None,
@@ -110,7 +106,7 @@ impl Batcher {
         let expired = self.queue.expire(now());
         if !expired.is_empty() {
             ::metrics::counter!(metrics::REFUSALS, "reason" => "queue_timeout").increment(expired.len() as u64);
-            let waited_ms = self.max_queue_wait.as_millis() as u64;
+            let waited_ms = self.queue.policy().max_queue_wait.as_millis() as u64;
             for q in expired {
                 let _ = q.item.reply.send(Err(InferError::Unavailable { model: self.model.clone(), waited_ms }));
             }
@@ -190,7 +186,7 @@ impl Handler<Enqueue> for Batcher {
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
         if self.queue.push(msg.0, now()).is_err() {
             ::metrics::counter!(metrics::REFUSALS, "reason" => "queue_full").increment(1);
-            return Err(Refused::QueueFull { model: self.model.clone(), capacity: self.capacity });
+            return Err(Refused::QueueFull { model: self.model.clone(), capacity: self.queue.policy().capacity });
         }
         self.dispatch(ctx);
         Ok(())

@@ -63,6 +63,10 @@ impl<T> BatchQueue<T> {
         Self { policy, items: VecDeque::with_capacity(policy.capacity) }
     }
 
+    pub fn policy(&self) -> BatchPolicy {
+        self.policy
+    }
+
     pub fn len(&self) -> usize {
         self.items.len()
     }

@@ -73,6 +73,12 @@ pub fn config() -> Config {
     c
 }
 
+/// A raw little-endian f32 file (the reference fixtures), path relative to the crate root.
+pub fn read_f32s(path: &str) -> Vec<f32> {
+    let bytes = std::fs::read(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
 pub fn data(name: &str) -> Vec<u8> {
     std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
