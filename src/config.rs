@@ -177,6 +177,10 @@ pub struct ModelConfig {
     /// At most this many labels per image.
     #[serde(default = "default_top_k")]
     pub top_k: usize,
+    /// Autoscaling target: queued items per replica that the HPA / KEDA keep (exported as
+    /// `gpubackend_queue_target`). Default: four full batches, at most `queue_capacity`.
+    #[serde(default)]
+    pub queue_target: Option<usize>,
 }
 
 fn default_max_batch() -> usize {
@@ -199,6 +203,10 @@ fn default_top_k() -> usize {
 }
 
 impl ModelConfig {
+    pub fn queue_target(&self) -> usize {
+        self.queue_target.unwrap_or(4 * self.max_batch).min(self.queue_capacity)
+    }
+
     pub fn max_delay(&self) -> Duration {
         Duration::from_millis(self.max_delay_ms)
     }
@@ -309,6 +317,9 @@ impl Config {
             if m.queue_capacity == 0 {
                 return Err(invalid(f("queue_capacity"), "must be at least 1"));
             }
+            if m.queue_target.is_some_and(|t| t == 0 || t > m.queue_capacity) {
+                return Err(invalid(f("queue_target"), "must be within 1..=queue_capacity"));
+            }
             if m.queue_capacity < m.max_batch {
                 tracing::warn!(model = %name, "queue_capacity < max_batch: batches can never fill, only the deadline sends them");
             }
@@ -407,6 +418,20 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("device = \"cpu\"", "device = \"tpu\"");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("placement[0].device"), "{err}");
+    }
+
+    #[test]
+    fn queue_target_defaults_to_four_batches_within_the_capacity() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.models["mobilenet_v2"].queue_target(), 16);
+        let mut m = c.models["mobilenet_v2"].clone();
+        m.queue_target = None;
+        assert_eq!(m.queue_target(), 16);
+        m.queue_capacity = 10;
+        assert_eq!(m.queue_target(), 10);
+        let text = EMBEDDED_DEFAULT.replace("queue_target = 16", "queue_target = 513");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("models.mobilenet_v2.queue_target"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub const STAGE_DURATION: &str = "gpubackend_stage_duration_seconds";
 pub const BATCH_SIZE: &str = "gpubackend_batch_size";
 pub const BATCHES: &str = "gpubackend_batches_total";
 pub const QUEUE_SIZE: &str = "gpubackend_queue_size";
+pub const QUEUE_CAPACITY: &str = "gpubackend_queue_capacity";
+pub const QUEUE_TARGET: &str = "gpubackend_queue_target";
+pub const REQUEST_DURATION: &str = "gpubackend_request_duration_seconds";
 // Computed at scrape time by `render` (float counters and per-worker state):
 pub const WORKER_BUSY_RATIO: &str = "gpubackend_worker_busy_ratio";
 pub const WORKER_BUSY_SECONDS: &str = "gpubackend_worker_busy_seconds_total";
@@ -50,9 +53,19 @@ fn describe() {
         Unit::Seconds,
         "Time per stage (decode, preprocess, queue_wait, inference, total) by model"
     );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Whole HTTP request, from the handler's start to the answer, by endpoint"
+    );
     describe_histogram!(BATCH_SIZE, "Items per batch sent to a worker, by model");
     describe_counter!(BATCHES, "Batches sent, by model and reason (full, deadline, isolated)");
     describe_gauge!(QUEUE_SIZE, "Items waiting in a model's batcher queue (the autoscaling metric)");
+    describe_gauge!(
+        QUEUE_CAPACITY,
+        "Bound of a model's queue (models.<name>.queue_capacity); beyond it requests get 503"
+    );
+    describe_gauge!(QUEUE_TARGET, "Autoscaling target: queued items per replica (models.<name>.queue_target)");
     describe_counter!(WORKER_RESTARTS, "Worker restarts after a failed forward pass or load, by device and model");
     describe_counter!(
         REFUSALS,
@@ -69,6 +82,7 @@ pub fn install() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new()
                 .set_buckets_for_metric(Matcher::Full(STAGE_DURATION.into()), LATENCY_BUCKETS)
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
                 .expect("static bucket lists are non-empty. This is a bug.")
                 .build_recorder();
@@ -149,6 +163,10 @@ impl BusyMeter {
         }
     }
 
+    pub fn is_running(&self) -> bool {
+        self.running_since.is_some()
+    }
+
     /// Busy share of the window ending at `now` (or of the meter's lifetime, if shorter).
     pub fn ratio(&self, now: Instant) -> f64 {
         let from = now.checked_sub(BUSY_WINDOW).map_or(self.created, |t| t.max(self.created));
@@ -163,7 +181,8 @@ impl BusyMeter {
             .copied()
             .chain(running)
             .map(|(s, e)| e.min(now).saturating_duration_since(s.max(from)).as_secs_f64())
-            .sum();
+            // A fold from +0.0: `sum()` of no floats is -0.0, which would print as "-0".
+            .fold(0.0, |a, b| a + b);
         (busy / span).min(1.0)
     }
 }
@@ -186,6 +205,7 @@ mod tests {
         m.end(t0 + s(4));
         // After the window has moved past, only the recent part counts: [10, 20] holds nothing.
         assert_eq!(m.ratio(t0 + s(20)), 0.0);
+        assert!(m.ratio(t0 + s(20)).is_sign_positive(), "an idle worker reads 0, not -0");
         assert!((m.ratio(t0 + s(12)) - 0.2).abs() < 1e-9);
     }
 
@@ -207,6 +227,12 @@ pub fn register_zero(workers: &[(String, String)]) {
         metrics::counter!(DROPPED, "model" => model.clone()).increment(0);
         metrics::gauge!(QUEUE_SIZE, "model" => model.clone()).increment(0.0);
     }
+}
+
+/// A served model's queue bound and autoscaling target, constant for the process.
+pub fn register_model(model: &str, queue_capacity: usize, queue_target: usize) {
+    metrics::gauge!(QUEUE_CAPACITY, "model" => model.to_string()).set(queue_capacity as f64);
+    metrics::gauge!(QUEUE_TARGET, "model" => model.to_string()).set(queue_target as f64);
 }
 
 pub fn counter_restart(model: &str, device: &str) {

@@ -67,8 +67,10 @@ pub async fn detect(
     };
     ::metrics::counter!(metrics::REQUESTS, "endpoint" => ENDPOINT, "mode" => mode_label.clone(), "outcome" => outcome)
         .increment(1);
+    let elapsed = started.elapsed().as_secs_f64();
     ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "total", "model" => mode_model(&state, &mode_label))
-        .record(started.elapsed().as_secs_f64());
+        .record(elapsed);
+    ::metrics::histogram!(metrics::REQUEST_DURATION, "endpoint" => ENDPOINT).record(elapsed);
     match result {
         Ok(body) => HttpResponse::Ok().json(Envelope::ok(body)),
         Err(e) => actix_web::ResponseError::error_response(&e),
