@@ -193,6 +193,19 @@ impl Handler<Enqueue> for Batcher {
     }
 }
 
+/// How many items wait in the queue now (for the placement view).
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct QueueLen;
+
+impl Handler<QueueLen> for Batcher {
+    type Result = usize;
+
+    fn handle(&mut self, _: QueueLen, _: &mut Context<Self>) -> usize {
+        self.queue.len()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The batching rules driven by the real actor, in paused tokio time.

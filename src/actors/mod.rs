@@ -6,6 +6,6 @@ pub mod batcher;
 pub mod decoder;
 pub mod worker;
 
-pub use batcher::{Batcher, Enqueue, InferError, Job, Prediction, Refused};
+pub use batcher::{Batcher, Enqueue, InferError, Job, Prediction, QueueLen, Refused};
 pub use decoder::{Decode, Decoder, Preprocess, Preprocessor};
 pub use worker::{InferenceWorker, RunBatch, WorkerHealth};

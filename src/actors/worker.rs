@@ -25,6 +25,8 @@ pub struct WorkerHealth {
     pub meter: std::sync::Mutex<BusyMeter>,
     /// Total forward time in nanoseconds (exported as seconds).
     pub busy_nanos: AtomicU64,
+    /// Supervisor restarts of this worker.
+    pub restarts: AtomicU64,
 }
 
 impl WorkerHealth {
@@ -35,6 +37,7 @@ impl WorkerHealth {
             alive: AtomicBool::new(false),
             meter: std::sync::Mutex::new(BusyMeter::new(Instant::now())),
             busy_nanos: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
         }
     }
 
@@ -49,6 +52,17 @@ impl WorkerHealth {
             alive: self.is_alive(),
             busy_seconds_total: self.busy_nanos.load(Ordering::Relaxed) as f64 / 1e9,
             busy_ratio: self.meter.lock().expect("meter lock. This is a bug.").ratio(now),
+        }
+    }
+
+    /// `loading` (starting or restarting), `busy` (in a forward pass) or `idle`.
+    pub fn state(&self) -> &'static str {
+        if !self.is_alive() {
+            "loading"
+        } else if self.meter.lock().expect("meter lock. This is a bug.").is_running() {
+            "busy"
+        } else {
+            "idle"
         }
     }
 }
@@ -148,6 +162,7 @@ impl Actor for InferenceWorker {
 impl Supervised for InferenceWorker {
     fn restarting(&mut self, _: &mut Context<Self>) {
         metrics::counter_restart(&self.health.model, &self.health.device);
+        self.health.restarts.fetch_add(1, Ordering::Relaxed);
         // This arbiter thread belongs to this worker alone: waiting here blocks nobody else.
         std::thread::sleep(self.backoff);
         self.backoff = (self.backoff * 2).min(Duration::from_millis(self.supervisor.max_backoff_ms));

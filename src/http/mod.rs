@@ -4,6 +4,7 @@ mod auth;
 mod disconnect;
 mod multipart;
 mod objects;
+mod placement;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -30,6 +31,9 @@ use crate::pipelines::classify::LabelMap;
 /// A model this process serves: its batcher and how its outputs become labels.
 pub struct ServedModel {
     pub name: String,
+    pub modes: Vec<String>,
+    pub queue_capacity: usize,
+    pub queue_target: usize,
     pub batcher: Addr<Batcher>,
     pub labels: LabelMap,
     pub threshold: f32,
@@ -48,6 +52,8 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Vision API mode → model.
     pub modes: HashMap<String, Arc<ServedModel>>,
+    /// Every served model, in placement order.
+    pub models: Vec<Arc<ServedModel>>,
     pub decoder: Addr<Decoder>,
     pub preprocessor: Addr<Preprocessor>,
     /// Images admitted and not yet answered, over all requests.
@@ -57,6 +63,7 @@ pub struct AppState {
     pub placed_models: Vec<String>,
     pub panic_marker: Option<String>,
     pub metrics: PrometheusHandle,
+    pub started: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +105,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     let preprocessor = SyncArbiter::start(config.pipeline.preprocessors, || Preprocessor);
 
     let mut modes = HashMap::new();
+    let mut served_models = Vec::new();
     let mut all_workers = Vec::new();
     for name in &placed {
         let mc: &ModelConfig = &config.models[name];
@@ -128,8 +136,12 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         };
         let health: Vec<_> = addrs.iter().map(|(_, h)| h.clone()).collect();
         let batcher = Batcher::new(name, policy, addrs).start();
+        metrics::register_model(name, mc.queue_capacity, mc.queue_target());
         let served = Arc::new(ServedModel {
             name: name.clone(),
+            modes: mc.modes.clone(),
+            queue_capacity: mc.queue_capacity,
+            queue_target: mc.queue_target(),
             batcher,
             labels,
             threshold: mc.threshold,
@@ -139,6 +151,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         for mode in &mc.modes {
             modes.insert(mode.clone(), served.clone());
         }
+        served_models.push(served);
     }
 
     metrics::register_zero(&all_workers.iter().map(|w| (w.model.clone(), w.device.clone())).collect::<Vec<_>>());
@@ -146,6 +159,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         auth: Auth::new(tokens, config.auth.providers.clone()),
         limits: Arc::new(config.limits.clone()),
         modes,
+        models: served_models,
         decoder,
         preprocessor,
         admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),
@@ -153,6 +167,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         placed_models: placed,
         panic_marker: config.fault_injection.panic_marker.clone(),
         metrics: metrics_handle,
+        started: Instant::now(),
     });
 
     let listener = match listener {
@@ -170,6 +185,8 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
             .route("/metrics", web::get().to(metrics_page))
             .route("/health/live", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "live"})) }))
             .route("/health/ready", web::get().to(ready))
+            .route("/admin/placement", web::get().to(placement::json))
+            .route("/admin", web::get().to(placement::page))
             .default_service(web::to(not_found))
     })
     .on_connect(disconnect::on_connect)

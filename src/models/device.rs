@@ -50,6 +50,17 @@ impl DeviceSpec {
     }
 }
 
+impl DeviceSpec {
+    /// The lecture's name of the device on a node's page: `gpu #0`, `gpu (default adapter)`, `cpu`.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Cpu => "cpu".into(),
+            Self::Wgpu(None) => "gpu (default adapter)".into(),
+            Self::Wgpu(Some(i)) | Self::Cuda(i) => format!("gpu #{i}"),
+        }
+    }
+}
+
 impl fmt::Display for DeviceSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
