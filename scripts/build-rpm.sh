@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the gpu_backend RPM from a release binary: `scripts/build-rpm.sh BINARY OUTDIR`.
+# `make rpm` builds the binary first (cargo build --release). Needs rpmbuild (Debian: rpm) and the
+# weights (scripts/fetch-weights.sh). Prints the path of the .rpm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bin=${1:?usage: build-rpm.sh BINARY OUTDIR}
+out=${2:?usage: build-rpm.sh BINARY OUTDIR}
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+top=$(mktemp -d)
+trap 'rm -rf "$top"' EXIT
+mkdir -p "$top/SOURCES" "$out"
+cp "$bin" "$top/SOURCES/gpubackend"
+cp config/gpu.toml "$top/SOURCES/gpubackend.conf"
+cp packaging/gpubackend.service "$top/SOURCES/"
+cp models/mobilenet_v2/mobilenet_v2-b0353104.pth models/mobilenet_v2/labels.json "$top/SOURCES/"
+# --nodeps: BuildRequires name RPM-world packages; on a Debian build host they are not in rpm's db.
+rpmbuild -bb --nodeps --quiet \
+  --define "_topdir $top" --define "_rpmdir $out" --define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \
+  --define "gb_version $version" packaging/gpu_backend.spec >&2
+ls "$out"/gpu_backend-"$version"-1*.rpm
