@@ -9,29 +9,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{DETECT, TestServer, config, data};
+use common::{ChildGuard, DETECT, TestServer, config, data, repo, tempdir};
 use gpubackend::client::Conn;
 use serde_json::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpubackend-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn encode(text: &str) -> String {
     text.bytes()
@@ -49,7 +29,7 @@ fn unix_now() -> f64 {
 /// A real Prometheus scraping `target` every second, with the repository's alert rules loaded.
 struct Prometheus {
     addr: SocketAddr,
-    _child: Child,
+    _child: ChildGuard,
 }
 
 impl Prometheus {
@@ -72,7 +52,7 @@ impl Prometheus {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("prometheus (Debian package `prometheus`; `make setup` installs it)");
-        let mut child = Child(child);
+        let mut child = ChildGuard(child);
         let start = Instant::now();
         while !Conn::new(addr).get("/-/ready").map(|r| r.status == 200).unwrap_or(false) {
             assert!(child.0.try_wait().unwrap().is_none(), "prometheus exited");

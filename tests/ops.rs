@@ -10,14 +10,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::{ChildGuard, repo, tempdir};
 use gpubackend::client::{Conn, metric_value};
 use gpubackend::config::Config;
 use serde::Deserialize;
 use serde_yaml::Value;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
 
 /// The debug server binary cargo built for these tests.
 fn binary() -> PathBuf {
@@ -266,13 +265,6 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
     run(Command::new("promtool").args(["check", "config", "prometheus.yml"]).current_dir(&tmp));
 }
 
-fn tempdir(tag: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("gpubackend-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 // ---------------------------------------------------------------------------------------------
 // Kubernetes
 
@@ -449,15 +441,6 @@ fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-struct Child(std::process::Child);
-
-impl Drop for Child {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// SIGTERM while requests are in flight: every one of them is answered in full, no new
 /// connection is accepted, and the process exits 0.
 #[test]
@@ -477,7 +460,7 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = Child(child);
+    let mut child = ChildGuard(child);
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let start = Instant::now();
     while !Conn::new(addr).get("/health/ready").map(|r| r.status == 200).unwrap_or(false) {
