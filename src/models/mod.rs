@@ -3,6 +3,7 @@
 
 mod device;
 pub mod mobilenet_v2;
+pub mod mtcnn;
 
 pub use device::{DeviceError, DeviceSpec};
 

@@ -3,4 +3,5 @@
 pub mod batching;
 pub mod classify;
 pub mod decode;
+pub mod face_detect;
 pub mod preprocess;

@@ -1,0 +1,277 @@
+//! MTCNN (Zhang et al., 2016) — P-Net, R-Net and O-Net — in burn, loaded from facenet-pytorch's
+//! state dicts (`pnet.pt`, `rnet.pt`, `onet.pt`). Field names follow facenet-pytorch, so the only key
+//! remap is PReLU's `weight` → burn's `alpha`. As there: max-pools round up (`ceil_mode`), and R-Net /
+//! O-Net permute (N,C,H,W) → (N,W,H,C) before flattening into their dense layers.
+//! Inputs are RGB, `(x − 127.5) × 0.0078125`, NCHW.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, LinearConfig, PRelu, PReluConfig};
+use burn::prelude::{Device, Tensor, TensorData};
+use burn::store::{ModuleSnapshot, PytorchStore};
+use burn::tensor::activation::softmax;
+
+use super::LoadError;
+use crate::pipelines::face_detect::{FaceNets, NetOutput};
+
+use crate::pipelines::face_detect::{ONET_SIZE, RNET_SIZE};
+
+fn conv(c: [usize; 2], k: usize, device: &Device) -> Conv2d {
+    Conv2dConfig::new(c, [k, k]).init(device)
+}
+
+fn prelu(c: usize, device: &Device) -> PRelu {
+    PReluConfig::new().with_num_parameters(c).init(device)
+}
+
+fn pool(k: usize, s: usize) -> MaxPool2d {
+    MaxPool2dConfig::new([k, k]).with_strides([s, s]).with_ceil_mode(true).init()
+}
+
+/// (N,C,H,W) → (N, W·H·C), facenet-pytorch's `permute(0, 3, 2, 1)` then flatten.
+fn flatten_whc(x: Tensor<4>) -> Tensor<2> {
+    let [n, c, h, w] = x.dims();
+    x.permute([0, 3, 2, 1]).reshape([n, w * h * c])
+}
+
+/// Loads facenet-pytorch's weights into `model`; every tensor must be used and every field filled.
+fn load<M: ModuleSnapshot>(mut model: M, weights: &Path) -> Result<M, LoadError> {
+    super::check_weights(weights)?;
+    let mut store = PytorchStore::from_file(weights)
+        .map_indices_contiguous(false)
+        .allow_partial(false)
+        .with_key_remapping(r"^(prelu\d+)\.weight$", "$1.alpha");
+    let result = model
+        .load_from(&mut store)
+        .map_err(|e| LoadError::Weights { path: weights.to_path_buf(), message: e.to_string() })?;
+    if let Some(extra) = result.unused.first() {
+        return Err(LoadError::Weights {
+            path: weights.to_path_buf(),
+            message: format!("unexpected tensor `{extra}`"),
+        });
+    }
+    Ok(model)
+}
+
+/// Proposal network: fully convolutional, any input size ≥ 12×12; per 12×12 window (stride 2)
+/// a face probability and a box regression.
+#[derive(Module, Debug)]
+pub struct PNet {
+    conv1: Conv2d,
+    prelu1: PRelu,
+    pool1: MaxPool2d,
+    conv2: Conv2d,
+    prelu2: PRelu,
+    conv3: Conv2d,
+    prelu3: PRelu,
+    conv4_1: Conv2d,
+    conv4_2: Conv2d,
+}
+
+/// P-Net maps: box regression (N,4,h,w) and face probability (N,2,h,w; channel 1 = face).
+#[derive(Debug)]
+pub struct PNetOutput {
+    pub reg: Tensor<4>,
+    pub prob: Tensor<4>,
+}
+
+impl PNet {
+    pub fn new(device: &Device) -> Self {
+        Self {
+            conv1: conv([3, 10], 3, device),
+            prelu1: prelu(10, device),
+            pool1: pool(2, 2),
+            conv2: conv([10, 16], 3, device),
+            prelu2: prelu(16, device),
+            conv3: conv([16, 32], 3, device),
+            prelu3: prelu(32, device),
+            conv4_1: conv([32, 2], 1, device),
+            conv4_2: conv([32, 4], 1, device),
+        }
+    }
+
+    pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
+        load(Self::new(device), weights)
+    }
+
+    pub fn forward(&self, x: Tensor<4>) -> PNetOutput {
+        let x = self.pool1.forward(self.prelu1.forward(self.conv1.forward(x)));
+        let x = self.prelu2.forward(self.conv2.forward(x));
+        let x = self.prelu3.forward(self.conv3.forward(x));
+        PNetOutput { reg: self.conv4_2.forward(x.clone()), prob: softmax(self.conv4_1.forward(x), 1) }
+    }
+}
+
+/// Refinement network on 24×24 crops of the P-Net candidates.
+#[derive(Module, Debug)]
+pub struct RNet {
+    conv1: Conv2d,
+    prelu1: PRelu,
+    pool1: MaxPool2d,
+    conv2: Conv2d,
+    prelu2: PRelu,
+    pool2: MaxPool2d,
+    conv3: Conv2d,
+    prelu3: PRelu,
+    dense4: Linear,
+    prelu4: PRelu,
+    dense5_1: Linear,
+    dense5_2: Linear,
+}
+
+/// Per crop: box regression (N,4), face probability (N,2; column 1 = face), and for O-Net the five
+/// landmarks (N,10: x1..x5 then y1..y5, relative to the box).
+#[derive(Debug)]
+pub struct CropOutput {
+    pub reg: Tensor<2>,
+    pub prob: Tensor<2>,
+    pub landmarks: Option<Tensor<2>>,
+}
+
+impl RNet {
+    pub fn new(device: &Device) -> Self {
+        Self {
+            conv1: conv([3, 28], 3, device),
+            prelu1: prelu(28, device),
+            pool1: pool(3, 2),
+            conv2: conv([28, 48], 3, device),
+            prelu2: prelu(48, device),
+            pool2: pool(3, 2),
+            conv3: conv([48, 64], 2, device),
+            prelu3: prelu(64, device),
+            dense4: LinearConfig::new(576, 128).init(device),
+            prelu4: prelu(128, device),
+            dense5_1: LinearConfig::new(128, 2).init(device),
+            dense5_2: LinearConfig::new(128, 4).init(device),
+        }
+    }
+
+    pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
+        load(Self::new(device), weights)
+    }
+
+    /// `x`: (N,3,24,24).
+    pub fn forward(&self, x: Tensor<4>) -> CropOutput {
+        let x = self.pool1.forward(self.prelu1.forward(self.conv1.forward(x)));
+        let x = self.pool2.forward(self.prelu2.forward(self.conv2.forward(x)));
+        let x = self.prelu3.forward(self.conv3.forward(x));
+        let x = self.prelu4.forward(self.dense4.forward(flatten_whc(x)));
+        CropOutput {
+            reg: self.dense5_2.forward(x.clone()),
+            prob: softmax(self.dense5_1.forward(x), 1),
+            landmarks: None,
+        }
+    }
+}
+
+/// Output network on 48×48 crops: final boxes and five landmarks.
+#[derive(Module, Debug)]
+pub struct ONet {
+    conv1: Conv2d,
+    prelu1: PRelu,
+    pool1: MaxPool2d,
+    conv2: Conv2d,
+    prelu2: PRelu,
+    pool2: MaxPool2d,
+    conv3: Conv2d,
+    prelu3: PRelu,
+    pool3: MaxPool2d,
+    conv4: Conv2d,
+    prelu4: PRelu,
+    dense5: Linear,
+    prelu5: PRelu,
+    dense6_1: Linear,
+    dense6_2: Linear,
+    dense6_3: Linear,
+}
+
+impl ONet {
+    pub fn new(device: &Device) -> Self {
+        Self {
+            conv1: conv([3, 32], 3, device),
+            prelu1: prelu(32, device),
+            pool1: pool(3, 2),
+            conv2: conv([32, 64], 3, device),
+            prelu2: prelu(64, device),
+            pool2: pool(3, 2),
+            conv3: conv([64, 64], 3, device),
+            prelu3: prelu(64, device),
+            pool3: pool(2, 2),
+            conv4: conv([64, 128], 2, device),
+            prelu4: prelu(128, device),
+            dense5: LinearConfig::new(1152, 256).init(device),
+            prelu5: prelu(256, device),
+            dense6_1: LinearConfig::new(256, 2).init(device),
+            dense6_2: LinearConfig::new(256, 4).init(device),
+            dense6_3: LinearConfig::new(256, 10).init(device),
+        }
+    }
+
+    pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
+        load(Self::new(device), weights)
+    }
+
+    /// `x`: (N,3,48,48).
+    pub fn forward(&self, x: Tensor<4>) -> CropOutput {
+        let x = self.pool1.forward(self.prelu1.forward(self.conv1.forward(x)));
+        let x = self.pool2.forward(self.prelu2.forward(self.conv2.forward(x)));
+        let x = self.pool3.forward(self.prelu3.forward(self.conv3.forward(x)));
+        let x = self.prelu4.forward(self.conv4.forward(x));
+        let x = self.prelu5.forward(self.dense5.forward(flatten_whc(x)));
+        CropOutput {
+            reg: self.dense6_2.forward(x.clone()),
+            prob: softmax(self.dense6_1.forward(x.clone()), 1),
+            landmarks: Some(self.dense6_3.forward(x)),
+        }
+    }
+}
+
+/// The three networks on one device: `dir` holds `pnet.pt`, `rnet.pt`, `onet.pt`.
+#[derive(Debug)]
+pub struct Mtcnn {
+    pnet: PNet,
+    rnet: RNet,
+    onet: ONet,
+    device: Device,
+}
+
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
+    t.try_into_data().map_err(|e| format!("{e:?}"))?.try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
+}
+
+impl Mtcnn {
+    pub fn load(dir: &Path, device: Device) -> Result<Self, LoadError> {
+        Ok(Self {
+            pnet: PNet::load(&dir.join("pnet.pt"), &device)?,
+            rnet: RNet::load(&dir.join("rnet.pt"), &device)?,
+            onet: ONet::load(&dir.join("onet.pt"), &device)?,
+            device,
+        })
+    }
+
+    fn tensor(&self, data: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(data, shape), &self.device)
+    }
+}
+
+impl FaceNets for Mtcnn {
+    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, String> {
+        let out = self.pnet.forward(self.tensor(input, [1, 3, h, w]));
+        let [_, _, mh, mw] = out.prob.dims();
+        Ok(NetOutput { reg: to_vec(out.reg)?, prob: to_vec(out.prob)?, landmarks: Vec::new(), map: (mh, mw) })
+    }
+
+    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String> {
+        let out = self.rnet.forward(self.tensor(input, [n, 3, RNET_SIZE, RNET_SIZE]));
+        Ok(NetOutput { reg: to_vec(out.reg)?, prob: to_vec(out.prob)?, ..NetOutput::default() })
+    }
+
+    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String> {
+        let out = self.onet.forward(self.tensor(input, [n, 3, ONET_SIZE, ONET_SIZE]));
+        let landmarks = out.landmarks.ok_or("O-Net returned no landmarks")?;
+        Ok(NetOutput { reg: to_vec(out.reg)?, prob: to_vec(out.prob)?, landmarks: to_vec(landmarks)?, map: (0, 0) })
+    }
+}

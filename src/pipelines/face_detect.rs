@@ -1,0 +1,396 @@
+//! The MTCNN cascade's logic around the three networks (facenet-pytorch 2.6.0's `detect_face`, step
+//! by step): image pyramid, P-Net windows → boxes, NMS, box regression, squaring, crops for the next
+//! network, landmarks. Pure functions; the networks run elsewhere (models::mtcnn), so each stage's
+//! crops can be batched across requests. Boxes are pixels `[x1, y1, x2, y2]` of the original image.
+
+use super::decode::DecodedImage;
+
+/// Detector settings; the defaults are facenet-pytorch's.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DetectParams {
+    /// Smallest face side in pixels that the pyramid looks for.
+    pub min_face: f64,
+    /// Face-probability thresholds of P-Net, R-Net and O-Net.
+    pub thresholds: [f32; 3],
+    /// Scale step between pyramid levels.
+    pub factor: f64,
+}
+
+impl Default for DetectParams {
+    fn default() -> Self {
+        Self { min_face: 20.0, thresholds: [0.6, 0.7, 0.7], factor: 0.709 }
+    }
+}
+
+/// One pyramid level: the image scaled by `scale` to `width × height`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Level {
+    pub scale: f64,
+    pub width: usize,
+    pub height: usize,
+}
+
+/// A box with its score and the regression the network proposed for it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    pub bbox: [f32; 4],
+    pub score: f32,
+    pub reg: [f32; 4],
+}
+
+/// A detected face: box, O-Net probability, five landmarks (eyes, nose, mouth corners) as (x, y).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Face {
+    pub bbox: [f32; 4],
+    pub score: f32,
+    pub landmarks: [[f32; 2]; 5],
+}
+
+/// Overlap measure of an NMS pass: torchvision's IoU (stages 1 and 2) or facenet-pytorch's "Min"
+/// with +1 pixel areas (stage 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overlap {
+    Union,
+    MinPlusOne,
+}
+
+pub const RNET_SIZE: usize = 24;
+pub const ONET_SIZE: usize = 48;
+
+/// Pyramid scales `m · factor^k` (m = 12 / min_face) while the shorter side stays ≥ 12 pixels.
+pub fn pyramid(width: u32, height: u32, params: &DetectParams) -> Vec<Level> {
+    let (w, h) = (f64::from(width), f64::from(height));
+    let m = 12.0 / params.min_face;
+    let mut min_side = w.min(h) * m;
+    let mut scale = m;
+    let mut levels = Vec::new();
+    while min_side >= 12.0 {
+        levels.push(Level { scale, width: (w * scale + 1.0) as usize, height: (h * scale + 1.0) as usize });
+        scale *= params.factor;
+        min_side *= params.factor;
+    }
+    levels
+}
+
+/// Index windows of adaptive average pooling from `n_in` to `n_out` (torch's rule).
+fn area_windows(n_in: usize, n_out: usize) -> Vec<(usize, usize)> {
+    (0..n_out).map(|i| ((i * n_in) / n_out, ((i + 1) * n_in).div_ceil(n_out))).collect()
+}
+
+/// The region `[x0, x1) × [y0, y1)` of `img` resized to `out_w × out_h` by area interpolation
+/// (torch's `interpolate(mode="area")`), normalised `(x − 127.5) × 0.0078125`, planar RGB (3·h·w).
+pub fn area_resize(img: &DecodedImage, region: [usize; 4], out_w: usize, out_h: usize) -> Vec<f32> {
+    let [x0, y0, x1, y1] = region;
+    let stride = img.width as usize * 3;
+    let cols = area_windows(x1 - x0, out_w);
+    let rows = area_windows(y1 - y0, out_h);
+    // Columns first, per source row: (region rows) × out_w × 3 sums.
+    let mut by_col = vec![0f32; (y1 - y0) * out_w * 3];
+    for y in y0..y1 {
+        let src = &img.rgb[y * stride..(y + 1) * stride];
+        let dst = &mut by_col[(y - y0) * out_w * 3..(y - y0 + 1) * out_w * 3];
+        for (o, &(a, b)) in cols.iter().enumerate() {
+            let mut acc = [0f32; 3];
+            for x in x0 + a..x0 + b {
+                for c in 0..3 {
+                    acc[c] += f32::from(src[x * 3 + c]);
+                }
+            }
+            for c in 0..3 {
+                dst[o * 3 + c] = acc[c] / (b - a) as f32;
+            }
+        }
+    }
+    let plane = out_w * out_h;
+    let mut out = vec![0f32; 3 * plane];
+    for (oy, &(a, b)) in rows.iter().enumerate() {
+        for ox in 0..out_w {
+            for c in 0..3 {
+                let sum: f32 = (a..b).map(|r| by_col[(r * out_w + ox) * 3 + c]).sum();
+                out[c * plane + oy * out_w + ox] = (sum / (b - a) as f32 - 127.5) * 0.0078125;
+            }
+        }
+    }
+    out
+}
+
+/// The input of P-Net for one level: the whole image at the level's size.
+pub fn level_input(img: &DecodedImage, level: &Level) -> Vec<f32> {
+    area_resize(img, [0, 0, img.width as usize, img.height as usize], level.width, level.height)
+}
+
+/// P-Net maps of one level → windows with face probability ≥ `threshold` (stride 2, cell 12), as
+/// boxes in original pixels. `reg` is (4, h, w) and `prob` (2, h, w) of one image.
+pub fn pnet_candidates(reg: &[f32], prob: &[f32], map: (usize, usize), scale: f64, threshold: f32) -> Vec<Candidate> {
+    let (h, w) = map;
+    let plane = h * w;
+    let mut out = Vec::new();
+    for y in 0..h {
+        for x in 0..w {
+            let i = y * w + x;
+            let p = prob[plane + i];
+            if p >= threshold {
+                let (xf, yf) = (x as f64, y as f64);
+                let bbox = [
+                    ((2.0 * xf + 1.0) / scale).floor() as f32,
+                    ((2.0 * yf + 1.0) / scale).floor() as f32,
+                    ((2.0 * xf + 12.0) / scale).floor() as f32,
+                    ((2.0 * yf + 12.0) / scale).floor() as f32,
+                ];
+                let reg = [reg[i], reg[plane + i], reg[2 * plane + i], reg[3 * plane + i]];
+                out.push(Candidate { bbox, score: p, reg });
+            }
+        }
+    }
+    out
+}
+
+/// Greedy non-maximum suppression by descending score (ties keep input order); returns the kept
+/// indices in that order.
+pub fn nms(boxes: &[[f32; 4]], scores: &[f32], threshold: f32, overlap: Overlap) -> Vec<usize> {
+    let add = if overlap == Overlap::MinPlusOne { 1.0 } else { 0.0 };
+    let area = |b: &[f32; 4]| (b[2] - b[0] + add) * (b[3] - b[1] + add);
+    let mut order: Vec<usize> = (0..boxes.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let mut keep = Vec::new();
+    let mut suppressed = vec![false; boxes.len()];
+    for (k, &i) in order.iter().enumerate() {
+        if suppressed[i] {
+            continue;
+        }
+        keep.push(i);
+        let a = &boxes[i];
+        for &j in &order[k + 1..] {
+            if suppressed[j] {
+                continue;
+            }
+            let b = &boxes[j];
+            let iw = (a[2].min(b[2]) - a[0].max(b[0]) + add).max(0.0);
+            let ih = (a[3].min(b[3]) - a[1].max(b[1]) + add).max(0.0);
+            let inter = iw * ih;
+            let o = match overlap {
+                Overlap::Union => inter / (area(a) + area(b) - inter),
+                Overlap::MinPlusOne => inter / area(a).min(area(b)),
+            };
+            if o > threshold {
+                suppressed[j] = true;
+            }
+        }
+    }
+    keep
+}
+
+/// Makes a box square around its centre (side = the longer side).
+pub fn rerec(b: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0], b[3] - b[1]);
+    let side = w.max(h);
+    let x1 = b[0] + w * 0.5 - side * 0.5;
+    let y1 = b[1] + h * 0.5 - side * 0.5;
+    [x1, y1, x1 + side, y1 + side]
+}
+
+/// R-Net / O-Net box regression (sizes with +1, as facenet-pytorch's `bbreg`).
+pub fn bbreg(b: [f32; 4], reg: [f32; 4]) -> [f32; 4] {
+    let (w, h) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+    [b[0] + reg[0] * w, b[1] + reg[1] * h, b[2] + reg[2] * w, b[3] + reg[3] * h]
+}
+
+/// Stage 1 after P-Net: NMS 0.5 within each level, 0.7 over all levels, P-Net's regression
+/// (sizes without +1), squared.
+pub fn stage1(levels: Vec<Vec<Candidate>>) -> Vec<Candidate> {
+    let mut all = Vec::new();
+    for level in levels {
+        let boxes: Vec<[f32; 4]> = level.iter().map(|c| c.bbox).collect();
+        let scores: Vec<f32> = level.iter().map(|c| c.score).collect();
+        all.extend(nms(&boxes, &scores, 0.5, Overlap::Union).into_iter().map(|i| level[i]));
+    }
+    let boxes: Vec<[f32; 4]> = all.iter().map(|c| c.bbox).collect();
+    let scores: Vec<f32> = all.iter().map(|c| c.score).collect();
+    nms(&boxes, &scores, 0.7, Overlap::Union)
+        .into_iter()
+        .map(|i| {
+            let Candidate { bbox: b, score, reg: r } = all[i];
+            let (w, h) = (b[2] - b[0], b[3] - b[1]);
+            let moved = [b[0] + r[0] * w, b[1] + r[1] * h, b[2] + r[2] * w, b[3] + r[3] * h];
+            Candidate { bbox: rerec(moved), score, reg: [0.0; 4] }
+        })
+        .collect()
+}
+
+/// The pixels a box crops (facenet-pytorch's `pad`: truncate, clip to 1..=w / 1..=h, then the
+/// 1-based inclusive range as `[x − 1, ex)`); `None` when nothing is left.
+pub fn crop_region(b: [f32; 4], width: u32, height: u32) -> Option<[usize; 4]> {
+    let x = (b[0].trunc() as i64).max(1);
+    let y = (b[1].trunc() as i64).max(1);
+    let ex = (b[2].trunc() as i64).min(i64::from(width));
+    let ey = (b[3].trunc() as i64).min(i64::from(height));
+    (ex > x - 1 && ey > y - 1).then(|| [(x - 1) as usize, (y - 1) as usize, ex as usize, ey as usize])
+}
+
+/// The next network's inputs for `boxes`: crops resized to `size`², with the indices of the boxes
+/// that had pixels to crop.
+pub fn crops(img: &DecodedImage, boxes: &[Candidate], size: usize) -> (Vec<f32>, Vec<usize>) {
+    let mut data = Vec::with_capacity(boxes.len() * 3 * size * size);
+    let mut kept = Vec::with_capacity(boxes.len());
+    for (i, c) in boxes.iter().enumerate() {
+        if let Some(region) = crop_region(c.bbox, img.width, img.height) {
+            data.extend(area_resize(img, region, size, size));
+            kept.push(i);
+        }
+    }
+    (data, kept)
+}
+
+/// Stage 2 after R-Net (`reg` N×4, `prob` N×2 for the boxes cropped): keep p > t2, NMS 0.7,
+/// regression, squared.
+pub fn stage2(boxes: &[Candidate], reg: &[f32], prob: &[f32], threshold: f32) -> Vec<Candidate> {
+    let passed: Vec<Candidate> = boxes
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| prob[i * 2 + 1] > threshold)
+        .map(|(i, c)| Candidate {
+            bbox: c.bbox,
+            score: prob[i * 2 + 1],
+            reg: [reg[i * 4], reg[i * 4 + 1], reg[i * 4 + 2], reg[i * 4 + 3]],
+        })
+        .collect();
+    let b: Vec<[f32; 4]> = passed.iter().map(|c| c.bbox).collect();
+    let s: Vec<f32> = passed.iter().map(|c| c.score).collect();
+    nms(&b, &s, 0.7, Overlap::Union)
+        .into_iter()
+        .map(|i| Candidate { bbox: rerec(bbreg(passed[i].bbox, passed[i].reg)), score: passed[i].score, reg: [0.0; 4] })
+        .collect()
+}
+
+/// Stage 3 after O-Net (`reg` N×4, `landmarks` N×10, `prob` N×2): keep p > t3, landmarks from the
+/// box before regression, regression, NMS 0.7 with the "Min" overlap.
+pub fn stage3(boxes: &[Candidate], reg: &[f32], landmarks: &[f32], prob: &[f32], threshold: f32) -> Vec<Face> {
+    let mut faces = Vec::new();
+    for (i, c) in boxes.iter().enumerate() {
+        let p = prob[i * 2 + 1];
+        if p <= threshold {
+            continue;
+        }
+        let b = c.bbox;
+        let (w, h) = (b[2] - b[0] + 1.0, b[3] - b[1] + 1.0);
+        let l = &landmarks[i * 10..i * 10 + 10];
+        let points = std::array::from_fn(|k| [w * l[k] + b[0] - 1.0, h * l[5 + k] + b[1] - 1.0]);
+        let r = [reg[i * 4], reg[i * 4 + 1], reg[i * 4 + 2], reg[i * 4 + 3]];
+        faces.push(Face { bbox: bbreg(b, r), score: p, landmarks: points });
+    }
+    let b: Vec<[f32; 4]> = faces.iter().map(|f| f.bbox).collect();
+    let s: Vec<f32> = faces.iter().map(|f| f.score).collect();
+    nms(&b, &s, 0.7, Overlap::MinPlusOne).into_iter().map(|i| faces[i]).collect()
+}
+
+/// Flat outputs of one of the networks: `reg` (4 per window or crop), `prob` (2, face second),
+/// `landmarks` (O-Net: 10 per crop), and for P-Net the map size (h, w).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetOutput {
+    pub reg: Vec<f32>,
+    pub prob: Vec<f32>,
+    pub landmarks: Vec<f32>,
+    pub map: (usize, usize),
+}
+
+/// The three networks as the cascade needs them: each takes a batch (planar RGB, normalised).
+/// `Err` carries the device's message.
+pub trait FaceNets {
+    /// One image of `h × w` → maps (4, h', w') and (2, h', w').
+    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, String>;
+    /// `n` crops of 24².
+    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
+    /// `n` crops of 48², with landmarks.
+    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
+}
+
+/// The whole cascade on one image, each stage's networks run by `nets` (batched within the image).
+pub fn detect(img: &DecodedImage, params: &DetectParams, nets: &impl FaceNets) -> Result<Vec<Face>, String> {
+    let mut levels = Vec::new();
+    for level in pyramid(img.width, img.height, params) {
+        let out = nets.pnet(level_input(img, &level), level.height, level.width)?;
+        levels.push(pnet_candidates(&out.reg, &out.prob, out.map, level.scale, params.thresholds[0]));
+    }
+    let boxes = stage1(levels);
+    let (input, kept) = crops(img, &boxes, RNET_SIZE);
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
+    let out = nets.rnet(input, boxes.len())?;
+    let boxes = stage2(&boxes, &out.reg, &out.prob, params.thresholds[1]);
+    let (input, kept) = crops(img, &boxes, ONET_SIZE);
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
+    let out = nets.onet(input, boxes.len())?;
+    Ok(stage3(&boxes, &out.reg, &out.landmarks, &out.prob, params.thresholds[2]))
+}
+
+/// Intersection over union of two boxes (no +1).
+pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pyramid_follows_facenet_pytorch() {
+        // 640×480, min face 20: m = 0.6; levels while 480·scale ≥ 12.
+        let levels = pyramid(640, 480, &DetectParams::default());
+        assert_eq!(levels[0], Level { scale: 0.6, width: 385, height: 289 });
+        let last = levels.last().unwrap();
+        assert!(480.0 * last.scale >= 12.0 && 480.0 * last.scale * 0.709 < 12.0);
+        assert_eq!(levels.len(), 10);
+    }
+
+    #[test]
+    fn area_resize_averages_whole_and_partial_windows() {
+        // 3×1 image of grey levels 0, 127.5-ish, 255 → 2×1: windows [0,2) and [1,3).
+        let img = DecodedImage { width: 3, height: 1, rgb: vec![0, 0, 0, 100, 100, 100, 200, 200, 200] };
+        let out = area_resize(&img, [0, 0, 3, 1], 2, 1);
+        let expect = |v: f32| (v - 127.5) * 0.0078125;
+        assert_eq!(out.len(), 6);
+        assert!((out[0] - expect(50.0)).abs() < 1e-6 && (out[1] - expect(150.0)).abs() < 1e-6);
+        // Identity size is a plain normalisation.
+        let same = area_resize(&img, [0, 0, 3, 1], 3, 1);
+        assert!((same[1] - expect(100.0)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn nms_keeps_the_best_of_overlapping_boxes() {
+        let boxes = [[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0], [20.0, 20.0, 30.0, 30.0], [0.0, 0.0, 5.0, 5.0]];
+        let scores = [0.8, 0.9, 0.7, 0.95];
+        // IoU(0,1) = 81/119 > 0.5; box 3 is inside box 0 (IoU 0.25) but "Min" overlap is 1.
+        assert_eq!(nms(&boxes, &scores, 0.5, Overlap::Union), vec![3, 1, 2]);
+        assert_eq!(nms(&boxes, &scores, 0.7, Overlap::MinPlusOne), vec![3, 1, 2]);
+        assert_eq!(nms(&boxes, &scores, 0.9, Overlap::Union), vec![3, 1, 0, 2]);
+    }
+
+    #[test]
+    fn boxes_square_regress_and_crop_like_the_reference() {
+        assert_eq!(rerec([10.0, 20.0, 30.0, 60.0]), [0.0, 20.0, 40.0, 60.0]);
+        assert_eq!(bbreg([0.0, 0.0, 9.0, 19.0], [0.1, -0.1, 0.0, 0.5]), [1.0, -2.0, 9.0, 29.0]);
+        // pad(): clipped to the image, 1-based inclusive → [x−1, ex).
+        assert_eq!(crop_region([-5.7, 3.9, 50.2, 200.0], 40, 100), Some([0, 2, 40, 100]));
+        assert_eq!(crop_region([45.0, 10.0, 60.0, 20.0], 40, 100), None);
+    }
+
+    #[test]
+    fn pnet_windows_map_back_to_pixels() {
+        // A 2×3 map with one window over the threshold at (x=2, y=1), scale 0.5.
+        let mut prob = vec![0f32; 12];
+        prob[6 + 5] = 0.9;
+        let reg: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let c = pnet_candidates(&reg, &prob, (2, 3), 0.5, 0.6);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].bbox, [10.0, 6.0, 32.0, 28.0]);
+        assert_eq!(c[0].reg, [5.0, 11.0, 17.0, 23.0]);
+    }
+}
