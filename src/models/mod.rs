@@ -4,6 +4,8 @@
 mod device;
 pub mod mobilenet_v2;
 pub mod mtcnn;
+pub mod onnx_weights;
+pub mod sface;
 
 pub use device::{DeviceError, DeviceSpec};
 
