@@ -1,5 +1,6 @@
 //! Stage logic, pure and unit-tested where it lives: no actix, no HTTP.
 
+pub mod align;
 pub mod batching;
 pub mod classify;
 pub mod decode;
