@@ -7,9 +7,11 @@
 //! - `config`: TOML topology + CLI overrides, validated with errors naming the field.
 //! - `error`: request errors → Vision envelope and HTTP status, in one place.
 //! - `http`: routes, shared state, server start-up and placement of workers.
-//! - `pipelines`: pure stage logic (decode, preprocess, batching window, labels).
+//! - `pipelines`: pure stage logic (decode, preprocess, batching window, labels, the MTCNN cascade,
+//!   face alignment).
 //! - `actors`: thin actix actors owning threads, mailboxes and supervision.
 //! - `models`: burn model definitions, devices and weight loading.
+//! - `store`: the person store (face embeddings per space), embedded SQLite.
 //! - `metrics`: every exported metric, described in one place.
 //! - `client`: a minimal HTTP/1.1 client for tests and the benchmark (no extra dependencies).
 
@@ -21,3 +23,4 @@ pub mod http;
 pub mod metrics;
 pub mod models;
 pub mod pipelines;
+pub mod store;

@@ -5,6 +5,8 @@
 //!                 CPU ms per request (from the server's /metrics).
 //! `bench model`   runs the forward pass alone in a loop at a given batch size on a device.
 //! `bench compare` runs both (model-only at the e2e mean batch size) and prints e2e / model-only.
+//! `bench persons` fills a person store space with N synthetic 128-d embeddings and times exact
+//!                 cosine search (and the writes), to size `persons per space`.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -39,6 +41,56 @@ enum Cmd {
         #[arg(long, default_value = "models/mobilenet_v2/mobilenet_v2-b0353104.pth")]
         weights: PathBuf,
     },
+    Persons(PersonsArgs),
+}
+
+#[derive(Args, Clone)]
+struct PersonsArgs {
+    /// Persons in the space (the Vision docs' limit is 75,000).
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000,75000")]
+    counts: Vec<usize>,
+    /// Searches timed per size.
+    #[arg(long, default_value_t = 200)]
+    queries: usize,
+}
+
+/// Fills one space per size and times `best_match` (exact cosine over the whole space).
+fn run_persons(a: &PersonsArgs) -> anyhow::Result<()> {
+    use gpubackend::store::PersonStore;
+    let dim = gpubackend::models::sface::EMBEDDING_LEN;
+    // A deterministic spread of directions (no randomness crate needed).
+    let vector = |i: usize| -> Vec<f32> { (0..dim).map(|k| ((i * 7919 + k * 104_729) as f32 * 0.618).sin()).collect() };
+    let dir = std::env::temp_dir().join(format!("gpubackend-bench-persons-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut store = PersonStore::open(&dir, dim)?;
+    println!("persons: exact cosine search, {dim}-d, store in {}", dir.display());
+    for (space, &count) in a.counts.iter().enumerate() {
+        let space = space as u32;
+        let t = Instant::now();
+        let faces: Vec<(i64, Vec<f32>)> = (0..count).map(|i| (i as i64 + 1, vector(i))).collect();
+        for chunk in faces.chunks(5000) {
+            let refs: Vec<(i64, &[f32])> = chunk.iter().map(|(id, v)| (*id, v.as_slice())).collect();
+            store.add_faces(space, &refs)?;
+        }
+        let fill = t.elapsed();
+        let t = Instant::now();
+        let mut hits = 0;
+        for q in 0..a.queries {
+            let i = (q * 37) % count;
+            hits += usize::from(store.best_match(space, &vector(i))?.is_some_and(|m| m.person_id == i as i64 + 1));
+        }
+        let per = t.elapsed().as_secs_f64() * 1e3 / a.queries as f64;
+        let t = Instant::now();
+        store.add_face(space, 1, &vector(0))?;
+        let write = t.elapsed().as_secs_f64() * 1e3;
+        println!(
+            "  {count:>7} persons: search {per:.3} ms/face ({hits}/{} found themselves), one write {write:.2} ms, bulk fill {:.1} s",
+            a.queries,
+            fill.as_secs_f64()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -208,6 +260,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Model(a) => {
             run_model(&a)?;
         }
+        Cmd::Persons(a) => run_persons(&a)?,
         Cmd::Compare { e2e, device, weights } => {
             let r = run_e2e(&e2e)?;
             let batch = r.mean_batch.round().max(1.0) as usize;
