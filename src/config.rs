@@ -42,7 +42,22 @@ pub struct Config {
     /// Which models each device serves (the lecture's "gpu #0: [face]" table).
     pub placement: Vec<Placement>,
     #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
     pub fault_injection: FaultInjection,
+}
+
+/// Where the person store keeps its file (`<dir>/persons.sqlite3`), relative to the working directory.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub dir: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self { dir: PathBuf::from("data") }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -147,18 +162,78 @@ impl Default for SupervisorConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Architecture {
     MobilenetV2,
+    /// Face detection (MTCNN) + embeddings (SFace) for the persons endpoints.
+    Face,
+}
+
+/// The face model's settings (`[models.<name>.faces]`); defaults are facenet-pytorch's MTCNN
+/// and OpenCV's SFace threshold.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaceConfig {
+    /// SFace ONNX file.
+    pub embedder: PathBuf,
+    /// Smallest face side (pixels) the detector looks for.
+    #[serde(default = "default_min_face")]
+    pub min_face: f64,
+    /// Face-probability thresholds of P-Net, R-Net, O-Net.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: [f32; 3],
+    /// Pyramid scale step.
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    /// Side of the fixed tiles P-Net runs on (batched across requests); even.
+    #[serde(default = "default_canvas")]
+    pub canvas: usize,
+    /// Tiles per P-Net batch.
+    #[serde(default = "default_pnet_max_batch")]
+    pub pnet_max_batch: usize,
+    /// Cosine similarity from which a face is the person.
+    #[serde(default = "default_similarity")]
+    pub similarity_threshold: f32,
+    /// Faces embedded per image at most (the most probable first).
+    #[serde(default = "default_max_faces")]
+    pub max_faces: usize,
+}
+
+fn default_min_face() -> f64 {
+    20.0
+}
+fn default_thresholds() -> [f32; 3] {
+    [0.6, 0.7, 0.7]
+}
+fn default_factor() -> f64 {
+    0.709
+}
+fn default_canvas() -> usize {
+    128
+}
+fn default_pnet_max_batch() -> usize {
+    8
+}
+fn default_similarity() -> f32 {
+    0.363
+}
+fn default_max_faces() -> usize {
+    50
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
     pub architecture: Architecture,
-    /// Weights file (PyTorch state dict), relative paths from the working directory.
+    /// Weights file (PyTorch state dict), relative paths from the working directory; for `face`,
+    /// the directory holding MTCNN's `pnet.pt`, `rnet.pt`, `onet.pt`.
     pub weights: PathBuf,
-    /// Class → Vision label table (`models/<model>/labels.json`).
-    pub labels: PathBuf,
-    /// Vision API modes this model answers (`object`).
+    /// Class → Vision label table (`models/<model>/labels.json`); classifiers only.
+    #[serde(default)]
+    pub labels: Option<PathBuf>,
+    /// Vision API modes this model answers (`object`); classifiers only.
+    #[serde(default)]
     pub modes: Vec<String>,
+    /// Face model settings; `face` only.
+    #[serde(default)]
+    pub faces: Option<FaceConfig>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait of the oldest queued item before a partial batch is sent.
@@ -203,6 +278,29 @@ fn default_top_k() -> usize {
 }
 
 impl ModelConfig {
+    /// The networks this model's workers load, one batcher each: `(stage name, spec, max_batch)`.
+    /// A classifier is one stage named like the model; `face` is `<name>_pnet`, `_rnet`, `_onet`,
+    /// `_embed`.
+    pub fn stages(&self, name: &str) -> Vec<(String, crate::models::ModelSpec, usize)> {
+        use crate::models::ModelSpec;
+        match (&self.architecture, &self.faces) {
+            (Architecture::Face, Some(fc)) => {
+                let net = |file: &str| self.weights.join(file);
+                vec![
+                    (
+                        format!("{name}_pnet"),
+                        ModelSpec::PNet { weights: net("pnet.pt"), canvas: fc.canvas },
+                        fc.pnet_max_batch,
+                    ),
+                    (format!("{name}_rnet"), ModelSpec::RNet { weights: net("rnet.pt") }, self.max_batch),
+                    (format!("{name}_onet"), ModelSpec::ONet { weights: net("onet.pt") }, self.max_batch),
+                    (format!("{name}_embed"), ModelSpec::SFace { weights: fc.embedder.clone() }, self.max_batch),
+                ]
+            }
+            _ => vec![(name.to_string(), ModelSpec::MobilenetV2 { weights: self.weights.clone() }, self.max_batch)],
+        }
+    }
+
     pub fn queue_target(&self) -> usize {
         self.queue_target.unwrap_or(4 * self.max_batch).min(self.queue_capacity)
     }
@@ -329,8 +427,44 @@ impl Config {
             if m.top_k == 0 {
                 return Err(invalid(f("top_k"), "must be at least 1"));
             }
-            if m.modes.is_empty() {
-                return Err(invalid(f("modes"), "must name at least one Vision API mode"));
+            match m.architecture {
+                Architecture::MobilenetV2 => {
+                    if m.modes.is_empty() {
+                        return Err(invalid(f("modes"), "must name at least one Vision API mode"));
+                    }
+                    if m.labels.is_none() {
+                        return Err(invalid(f("labels"), "a classifier needs its label table"));
+                    }
+                }
+                Architecture::Face => {
+                    let Some(fc) = &m.faces else {
+                        return Err(invalid(f("faces"), "a face model needs [models.<name>.faces] (embedder, …)"));
+                    };
+                    if !m.modes.is_empty() {
+                        return Err(invalid(f("modes"), "a face model serves the persons endpoints, not modes"));
+                    }
+                    if fc.canvas < 24 || fc.canvas % 2 != 0 {
+                        return Err(invalid(f("faces.canvas"), "must be even and at least 24"));
+                    }
+                    if fc.min_face < 12.0 {
+                        return Err(invalid(f("faces.min_face"), "must be at least 12 (P-Net's window)"));
+                    }
+                    if !(0.1..1.0).contains(&fc.factor) {
+                        return Err(invalid(f("faces.factor"), "must be within 0.1..1"));
+                    }
+                    if fc.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
+                        return Err(invalid(f("faces.thresholds"), "each must be within 0..=1"));
+                    }
+                    if !(-1.0..=1.0).contains(&fc.similarity_threshold) {
+                        return Err(invalid(f("faces.similarity_threshold"), "must be within -1..=1"));
+                    }
+                    if fc.pnet_max_batch == 0 || fc.max_faces == 0 {
+                        return Err(invalid(
+                            f("faces.pnet_max_batch"),
+                            "pnet_max_batch and max_faces must be at least 1",
+                        ));
+                    }
+                }
             }
             for mode in &m.modes {
                 if let Some(other) = modes.insert(mode.clone(), name.clone()) {

@@ -52,7 +52,9 @@ fn main() -> anyhow::Result<()> {
     }
     if cli.check {
         for m in config.placed_models() {
-            gpubackend::models::check_weights(&config.models[&m].weights)?;
+            for (_, spec, _) in config.models[&m].stages(&m) {
+                gpubackend::models::check_weights(spec.weights())?;
+            }
         }
         println!("config OK");
         return Ok(());

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorContext, Context, Handler, Message, Supervised};
 
-use crate::config::{ModelConfig, SupervisorConfig};
+use crate::config::SupervisorConfig;
 use crate::metrics::{self, BusyMeter};
-use crate::models::{DeviceSpec, Model};
+use crate::models::{DeviceSpec, Model, ModelSpec};
 use crate::pipelines::preprocess::ModelInput;
 
 /// What the rest of the server can see of a worker: readiness and busy time.
@@ -91,7 +91,7 @@ pub struct BatchOutput {
 }
 
 pub struct InferenceWorker {
-    model_config: ModelConfig,
+    spec: ModelSpec,
     device: DeviceSpec,
     health: Arc<WorkerHealth>,
     supervisor: SupervisorConfig,
@@ -103,14 +103,14 @@ pub struct InferenceWorker {
 
 impl InferenceWorker {
     pub fn new(
-        model_config: ModelConfig,
+        spec: ModelSpec,
         device: DeviceSpec,
         health: Arc<WorkerHealth>,
         supervisor: SupervisorConfig,
         fault_injection: bool,
     ) -> Self {
         let backoff = Duration::from_millis(supervisor.initial_backoff_ms);
-        Self { model_config, device, health, supervisor, fault_injection, model: None, backoff }
+        Self { spec, device, health, supervisor, fault_injection, model: None, backoff }
     }
 
     fn fail(&mut self, ctx: &mut Context<Self>, reason: String) -> WorkerFault {
@@ -138,7 +138,7 @@ impl Actor for InferenceWorker {
         let t = Instant::now();
         // Load, then one warm-up pass (kernel compilation on GPU backends), before taking batches.
         let load = || {
-            let model = Model::load(&self.model_config, &self.device).map_err(|e| e.to_string())?;
+            let model = Model::load(&self.spec, &self.device).map_err(|e| e.to_string())?;
             let zeros = vec![0f32; model.input_len()];
             model.forward(&[&zeros]).map_err(|e| format!("warm-up pass failed: {e}"))?;
             Ok::<_, String>(model)

@@ -11,7 +11,7 @@ pub use device::{DeviceError, DeviceSpec};
 
 use std::path::{Path, PathBuf};
 
-use crate::config::{Architecture, ModelConfig};
+use crate::pipelines::face_detect::{ONET_SIZE, RNET_SIZE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -32,33 +32,136 @@ pub enum ForwardError {
     Device(String),
 }
 
+/// What one worker loads: a whole model, or one network of a cascade (the face model's stages).
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSpec {
+    MobilenetV2 {
+        weights: PathBuf,
+    },
+    /// MTCNN P-Net on fixed `canvas`² tiles of the pyramid levels.
+    PNet {
+        weights: PathBuf,
+        canvas: usize,
+    },
+    RNet {
+        weights: PathBuf,
+    },
+    ONet {
+        weights: PathBuf,
+    },
+    SFace {
+        weights: PathBuf,
+    },
+}
+
+impl ModelSpec {
+    pub fn weights(&self) -> &Path {
+        match self {
+            Self::MobilenetV2 { weights }
+            | Self::PNet { weights, .. }
+            | Self::RNet { weights }
+            | Self::ONet { weights }
+            | Self::SFace { weights } => weights,
+        }
+    }
+}
+
+/// Side of P-Net's output map for a `canvas`² input (conv 3, pool 2 ceil, conv 3, conv 3).
+pub fn pnet_map_side(canvas: usize) -> usize {
+    canvas.saturating_sub(2).div_ceil(2).saturating_sub(4)
+}
+
 /// A loaded model on its device. The worker owns one and runs batches on it.
 #[derive(Debug)]
 pub enum Model {
-    MobilenetV2(mobilenet_v2::Classifier),
+    MobilenetV2(Box<mobilenet_v2::Classifier>),
+    PNet { net: Box<mtcnn::PNet>, canvas: usize, device: burn::prelude::Device },
+    RNet { net: Box<mtcnn::RNet>, device: burn::prelude::Device },
+    ONet { net: Box<mtcnn::ONet>, device: burn::prelude::Device },
+    SFace(Box<sface::Embedder>),
+}
+
+fn tensor4(
+    inputs: &[&[f32]],
+    side: usize,
+    device: &burn::prelude::Device,
+) -> Result<burn::prelude::Tensor<4>, ForwardError> {
+    let len = 3 * side * side;
+    let mut flat = Vec::with_capacity(inputs.len() * len);
+    for input in inputs {
+        if input.len() != len {
+            return Err(ForwardError::BadInput { got: input.len(), expected: len });
+        }
+        flat.extend_from_slice(input);
+    }
+    Ok(burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(flat, [inputs.len(), 3, side, side]), device))
+}
+
+fn rows<const D: usize>(t: burn::prelude::Tensor<D>, n: usize) -> Result<Vec<Vec<f32>>, ForwardError> {
+    let v = t
+        .try_into_data()
+        .map_err(|e| ForwardError::Device(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| ForwardError::Device(format!("{e:?}")))?;
+    let per = v.len() / n.max(1);
+    Ok(v.chunks(per.max(1)).map(<[f32]>::to_vec).collect())
+}
+
+/// Per item: the heads' rows side by side (`reg` then `landmarks` then `prob`).
+fn concat(parts: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
+    let n = parts.first().map_or(0, Vec::len);
+    (0..n).map(|i| parts.iter().flat_map(|p| p[i].iter().copied()).collect()).collect()
 }
 
 impl Model {
-    pub fn load(config: &ModelConfig, device: &DeviceSpec) -> Result<Self, LoadError> {
-        check_weights(&config.weights)?;
-        match config.architecture {
-            Architecture::MobilenetV2 => {
-                Ok(Self::MobilenetV2(mobilenet_v2::Classifier::load(&config.weights, device.device()?)?))
+    pub fn load(spec: &ModelSpec, device: &DeviceSpec) -> Result<Self, LoadError> {
+        check_weights(spec.weights())?;
+        let d = device.device()?;
+        Ok(match spec {
+            ModelSpec::MobilenetV2 { weights } => {
+                Self::MobilenetV2(Box::new(mobilenet_v2::Classifier::load(weights, d)?))
             }
-        }
+            ModelSpec::PNet { weights, canvas } => {
+                Self::PNet { net: Box::new(mtcnn::PNet::load(weights, &d)?), canvas: *canvas, device: d }
+            }
+            ModelSpec::RNet { weights } => Self::RNet { net: Box::new(mtcnn::RNet::load(weights, &d)?), device: d },
+            ModelSpec::ONet { weights } => Self::ONet { net: Box::new(mtcnn::ONet::load(weights, &d)?), device: d },
+            ModelSpec::SFace { weights } => Self::SFace(Box::new(sface::Embedder::load(weights, d)?)),
+        })
     }
 
     /// Values per input item (C×H×W).
     pub fn input_len(&self) -> usize {
         match self {
             Self::MobilenetV2(_) => mobilenet_v2::INPUT_LEN,
+            Self::PNet { canvas, .. } => 3 * canvas * canvas,
+            Self::RNet { .. } => 3 * RNET_SIZE * RNET_SIZE,
+            Self::ONet { .. } => 3 * ONET_SIZE * ONET_SIZE,
+            Self::SFace(_) => sface::INPUT_LEN,
         }
     }
 
-    /// Runs one batch: `inputs` are item-major; returns one output vector per item.
+    /// Runs one batch: `inputs` are item-major; returns one output vector per item. P-Net: the
+    /// `reg` map then the `prob` map; R-Net: `reg` (4) then `prob` (2); O-Net: `reg` (4),
+    /// `landmarks` (10), `prob` (2); SFace: the embedding.
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
+        let n = inputs.len();
         match self {
             Self::MobilenetV2(m) => m.forward(inputs),
+            Self::SFace(m) => m.forward(inputs),
+            Self::PNet { net, canvas, device } => {
+                let out = net.forward(tensor4(inputs, *canvas, device)?);
+                Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?]))
+            }
+            Self::RNet { net, device } => {
+                let out = net.forward(tensor4(inputs, RNET_SIZE, device)?);
+                Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?]))
+            }
+            Self::ONet { net, device } => {
+                let out = net.forward(tensor4(inputs, ONET_SIZE, device)?);
+                let landmarks = out.landmarks.ok_or_else(|| ForwardError::Device("O-Net gave no landmarks".into()))?;
+                Ok(concat(vec![rows(out.reg, n)?, rows(landmarks, n)?, rows(out.prob, n)?]))
+            }
         }
     }
 }
