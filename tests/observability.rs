@@ -106,9 +106,25 @@ fn substitute(expr: &str, vars: &[(String, String)]) -> String {
     e
 }
 
-/// Good requests, client errors and an unknown path, from two threads, for `duration`.
+/// Good requests, client errors and an unknown path, from two threads, and face recognition from
+/// a third, for `duration`.
 fn drive_load(server: &TestServer, duration: Duration) {
     let addr = server.addr;
+    let faces = std::thread::spawn(move || {
+        let photo = data("obama2.jpg");
+        let mut c = Conn::new(addr);
+        let end = Instant::now() + duration;
+        let meta = br#"{"space":"1","create_new":true,"images":[{"name":"file"}]}"#;
+        while Instant::now() < end {
+            let r = c
+                .post_multipart(
+                    &DETECT.replace("objects/detect", "persons/recognize"),
+                    &[("file", Some("o.jpg"), &photo), ("meta", None, meta)],
+                )
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    });
     let image = data("chelsea.jpg");
     let threads: Vec<_> = (0..2)
         .map(|i| {
@@ -136,6 +152,7 @@ fn drive_load(server: &TestServer, duration: Duration) {
     for t in threads {
         t.join().unwrap();
     }
+    faces.join().unwrap();
 }
 
 #[test]
@@ -229,11 +246,21 @@ fn placement_page_renders_in_headless_chromium() {
     let view = Conn::new(server.addr).get("/admin/placement").unwrap().json();
     assert_eq!(view["devices"][0]["device"], "cpu");
     assert_eq!(view["devices"][0]["label"], "cpu");
-    assert_eq!(view["devices"][0]["models"], serde_json::json!(["mobilenet_v2"]));
+    assert_eq!(view["devices"][0]["models"], serde_json::json!(["face", "mobilenet_v2"]));
+    assert_eq!(view["devices"][0]["workers"].as_array().unwrap().len(), 5, "4 face stages + mobilenet_v2");
     assert_eq!(view["devices"][0]["workers"][0]["state"], "idle");
-    assert_eq!(view["models"][0]["queue_capacity"], 512);
-    assert_eq!(view["models"][0]["queue_target"], 16);
-    assert_eq!(view["models"][0]["live_workers"], 1);
+    let mobilenet = view["models"].as_array().unwrap().iter().find(|m| m["name"] == "mobilenet_v2").unwrap();
+    assert_eq!(mobilenet["queue_capacity"], 512);
+    assert_eq!(mobilenet["queue_target"], 16);
+    assert_eq!(mobilenet["live_workers"], 1);
+    let stages: Vec<&str> = view["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["model"] == "face")
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(stages, ["face_pnet", "face_rnet", "face_onet", "face_embed"]);
     assert_eq!(view["ready"], true);
     let node = view["node"].as_str().unwrap().to_string();
 
@@ -243,9 +270,12 @@ fn placement_page_renders_in_headless_chromium() {
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dom.contains(&format!("<span id=\"node\">{node}</span>")), "{dom}");
-    assert!(dom.contains("cpu: [\"mobilenet_v2\"]  (cpu)"), "{dom}");
+    assert!(dom.contains("cpu: [\"face\", \"mobilenet_v2\"]  (cpu)"), "{dom}");
     assert!(dom.contains("<td class=\"idle\">idle</td>"), "{dom}");
-    assert!(dom.contains("<td>1 / 1</td><td>0</td><td>512</td><td>16</td>"), "{dom}");
+    assert!(
+        dom.contains("<td>mobilenet_v2</td><td>object</td><td>1 / 1</td><td>0</td><td>512</td><td>16</td>"),
+        "{dom}"
+    );
 
     // The screenshot stays in the test output (target dir) for a person to look at.
     let shot = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("placement.png");

@@ -197,8 +197,14 @@ fn dockerfiles_run_the_binary_with_flags_it_accepts() {
         check_args(&args);
         // The weights and labels the config names are copied to the same relative place.
         let config = Config::load(Some(Path::new(&args[args.iter().position(|a| a == "-c").unwrap() + 1]))).unwrap();
-        for m in config.models.values() {
-            for rel in [&m.weights, &m.labels] {
+        for (name, m) in &config.models {
+            let files: Vec<PathBuf> = m
+                .stages(name)
+                .iter()
+                .map(|(_, spec, _)| spec.weights().to_path_buf())
+                .chain(m.labels.clone())
+                .collect();
+            for rel in &files {
                 let dest = format!("/usr/local/gpu/{}", rel.display());
                 let dir = format!("{}/", Path::new(&dest).parent().unwrap().display());
                 assert!(
@@ -412,6 +418,13 @@ fn rpm_builds_from_the_release_binary_with_the_lectures_layout() {
             "/usr/local/gpu/models/mobilenet_v2",
             "/usr/local/gpu/models/mobilenet_v2/labels.json",
             "/usr/local/gpu/models/mobilenet_v2/mobilenet_v2-b0353104.pth",
+            "/usr/local/gpu/models/mtcnn",
+            "/usr/local/gpu/models/mtcnn/onet.pt",
+            "/usr/local/gpu/models/mtcnn/pnet.pt",
+            "/usr/local/gpu/models/mtcnn/rnet.pt",
+            "/usr/local/gpu/models/sface",
+            "/usr/local/gpu/models/sface/face_recognition_sface_2021dec.onnx",
+            "/var/lib/gpubackend",
         ]
     );
     let conf = run(Command::new("rpm").args(["-qcp"]).arg(&rpm));
@@ -451,6 +464,7 @@ fn sigterm_drains_in_flight_requests_then_exits() {
         .replace("max_delay_ms = 50", "max_delay_ms = 3000")
         .replace("max_batch = 4", "max_batch = 16");
     let dir = tempdir("drain");
+    let text = text.replace("dir = \"data\"", &format!("dir = {:?}", dir.join("store")));
     std::fs::write(dir.join("drain.toml"), text).unwrap();
     let port = free_port();
     let child = Command::new(binary())

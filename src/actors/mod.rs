@@ -4,8 +4,10 @@
 
 pub mod batcher;
 pub mod decoder;
+pub mod store;
 pub mod worker;
 
 pub use batcher::{Batcher, Enqueue, InferError, Job, Prediction, QueueLen, Refused};
-pub use decoder::{Decode, Decoder, Preprocess, Preprocessor};
+pub use decoder::{Decode, Decoder, FacePrep, FacePrepared, Preprocess, Preprocessor};
+pub use store::StoreActor;
 pub use worker::{InferenceWorker, RunBatch, WorkerHealth};

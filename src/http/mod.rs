@@ -4,6 +4,7 @@ mod auth;
 mod disconnect;
 mod multipart;
 mod objects;
+mod persons;
 mod placement;
 
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use tokio::sync::Semaphore;
 
 pub use auth::{Auth, AuthQuery};
 
-use crate::actors::{Batcher, Decoder, InferenceWorker, Preprocessor, WorkerHealth};
+use crate::actors::{Batcher, Decoder, InferenceWorker, Preprocessor, StoreActor, WorkerHealth};
 use crate::config::{Config, Limits, ModelConfig};
 use crate::error::ApiError;
 use crate::metrics;
@@ -28,14 +29,36 @@ use crate::models::{self, DeviceSpec, mobilenet_v2};
 use crate::pipelines::batching::BatchPolicy;
 use crate::pipelines::classify::LabelMap;
 
-/// A model this process serves: its batcher and how its outputs become labels.
-pub struct ServedModel {
+/// The face model: its four stages (each a `ServedModel` with its own batcher and workers), its
+/// settings and the person store.
+pub struct FaceService {
     pub name: String,
+    pub pnet: Arc<ServedModel>,
+    pub rnet: Arc<ServedModel>,
+    pub onet: Arc<ServedModel>,
+    pub embed: Arc<ServedModel>,
+    pub config: crate::config::FaceConfig,
+    pub store: Addr<StoreActor>,
+}
+
+impl FaceService {
+    pub fn stages(&self) -> [&Arc<ServedModel>; 4] {
+        [&self.pnet, &self.rnet, &self.onet, &self.embed]
+    }
+}
+
+/// A model stage this process serves: its batcher and (classifiers) how outputs become labels.
+pub struct ServedModel {
+    /// The stage's name (the model's own for a classifier; `<model>_pnet` … for the face model).
+    pub name: String,
+    /// The configured model it belongs to.
+    pub model: String,
     pub modes: Vec<String>,
     pub queue_capacity: usize,
     pub queue_target: usize,
     pub batcher: Addr<Batcher>,
-    pub labels: LabelMap,
+    /// Classifiers only.
+    pub labels: Option<LabelMap>,
     pub threshold: f32,
     pub top_k: usize,
     pub workers: Vec<Arc<WorkerHealth>>,
@@ -52,14 +75,16 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     /// Vision API mode → model.
     pub modes: HashMap<String, Arc<ServedModel>>,
-    /// Every served model, in placement order.
+    /// Every served model stage (a classifier, or one network of the face cascade), in placement order.
     pub models: Vec<Arc<ServedModel>>,
+    /// The face model's stages and the person store, when a face model is placed here.
+    pub face: Option<Arc<FaceService>>,
     pub decoder: Addr<Decoder>,
     pub preprocessor: Addr<Preprocessor>,
     /// Images admitted and not yet answered, over all requests.
     pub admission: Arc<Semaphore>,
     pub workers: Vec<Arc<WorkerHealth>>,
-    /// Models with at least one worker here; ready when each has a live worker.
+    /// Model stages with at least one worker here; ready when each has a live worker.
     pub placed_models: Vec<String>,
     pub panic_marker: Option<String>,
     pub metrics: PrometheusHandle,
@@ -74,6 +99,8 @@ pub enum StartError {
     Load(#[from] models::LoadError),
     #[error(transparent)]
     Labels(#[from] crate::pipelines::classify::LabelError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: String, source: std::io::Error },
 }
@@ -107,52 +134,84 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     let mut modes = HashMap::new();
     let mut served_models = Vec::new();
     let mut all_workers = Vec::new();
+    let mut face = None;
     for name in &placed {
         let mc: &ModelConfig = &config.models[name];
-        models::check_weights(&mc.weights)?;
-        let labels = LabelMap::load(&mc.labels, mobilenet_v2::NUM_CLASSES)?;
-        let mut addrs = Vec::new();
-        for p in config.placement.iter().filter(|p| p.models.contains(name)) {
-            let device = DeviceSpec::parse(&p.device).map_err(models::LoadError::from)?;
-            for _ in 0..p.instances {
-                let health = Arc::new(WorkerHealth::new(name, &device));
-                all_workers.push(health.clone());
-                let worker_health = health.clone();
-                let (mc, device, sup) = (mc.clone(), device.clone(), config.supervisor.clone());
-                let arbiter = Arbiter::new();
-                let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
-                    InferenceWorker::new(mc, device, health, sup, fault_injection)
-                });
-                addrs.push((addr.recipient(), worker_health));
-                // The arbiter thread lives until the System stops.
-                std::mem::forget(arbiter);
-            }
-        }
-        let policy = BatchPolicy {
-            max_batch: mc.max_batch,
-            max_delay: mc.max_delay(),
-            capacity: mc.queue_capacity,
-            max_queue_wait: mc.max_queue_wait(),
+        let labels = match &mc.labels {
+            Some(path) => Some(LabelMap::load(path, mobilenet_v2::NUM_CLASSES)?),
+            None => None,
         };
-        let health: Vec<_> = addrs.iter().map(|(_, h)| h.clone()).collect();
-        let batcher = Batcher::new(name, policy, addrs).start();
-        metrics::register_model(name, mc.queue_capacity, mc.queue_target());
-        let served = Arc::new(ServedModel {
-            name: name.clone(),
-            modes: mc.modes.clone(),
-            queue_capacity: mc.queue_capacity,
-            queue_target: mc.queue_target(),
-            batcher,
-            labels,
-            threshold: mc.threshold,
-            top_k: mc.top_k,
-            workers: health,
-        });
-        for mode in &mc.modes {
-            modes.insert(mode.clone(), served.clone());
+        let mut stages = Vec::new();
+        for (stage, spec, max_batch) in mc.stages(name) {
+            models::check_weights(spec.weights())?;
+            let mut addrs = Vec::new();
+            for p in config.placement.iter().filter(|p| p.models.contains(name)) {
+                let device = DeviceSpec::parse(&p.device).map_err(models::LoadError::from)?;
+                for _ in 0..p.instances {
+                    let health = Arc::new(WorkerHealth::new(&stage, &device));
+                    all_workers.push(health.clone());
+                    let worker_health = health.clone();
+                    let (spec, device, sup) = (spec.clone(), device.clone(), config.supervisor.clone());
+                    let arbiter = Arbiter::new();
+                    let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                        InferenceWorker::new(spec, device, health, sup, fault_injection)
+                    });
+                    addrs.push((addr.recipient(), worker_health));
+                    // The arbiter thread lives until the System stops.
+                    std::mem::forget(arbiter);
+                }
+            }
+            let policy = BatchPolicy {
+                max_batch,
+                max_delay: mc.max_delay(),
+                capacity: mc.queue_capacity,
+                max_queue_wait: mc.max_queue_wait(),
+            };
+            let health: Vec<_> = addrs.iter().map(|(_, h)| h.clone()).collect();
+            let batcher = Batcher::new(&stage, policy, addrs).start();
+            metrics::register_model(&stage, mc.queue_capacity, mc.queue_target());
+            let served = Arc::new(ServedModel {
+                name: stage.clone(),
+                model: name.clone(),
+                modes: mc.modes.clone(),
+                queue_capacity: mc.queue_capacity,
+                queue_target: mc.queue_target(),
+                batcher,
+                labels: labels.clone(),
+                threshold: mc.threshold,
+                top_k: mc.top_k,
+                workers: health,
+            });
+            for mode in &mc.modes {
+                modes.insert(mode.clone(), served.clone());
+            }
+            served_models.push(served.clone());
+            stages.push(served);
         }
-        served_models.push(served);
+        if let (Some(fc), [pnet, rnet, onet, embed]) = (&mc.faces, stages.as_slice()) {
+            if face.is_some() {
+                return Err(StartError::Config(crate::config::ConfigError::Invalid {
+                    field: format!("models.{name}"),
+                    message: "only one face model can be placed per process".into(),
+                }));
+            }
+            let store = crate::store::PersonStore::open(&config.store.dir, crate::models::sface::EMBEDDING_LEN)?;
+            let store = SyncArbiter::start(1, {
+                let cell = std::sync::Mutex::new(Some(store));
+                move || StoreActor::new(cell.lock().expect("store cell. This is a bug.").take())
+            });
+            face = Some(Arc::new(FaceService {
+                name: name.clone(),
+                pnet: pnet.clone(),
+                rnet: rnet.clone(),
+                onet: onet.clone(),
+                embed: embed.clone(),
+                config: fc.clone(),
+                store,
+            }));
+        }
     }
+    let placed: Vec<String> = served_models.iter().map(|m| m.name.clone()).collect();
 
     metrics::register_zero(&all_workers.iter().map(|w| (w.model.clone(), w.device.clone())).collect::<Vec<_>>());
     let state = Data::new(AppState {
@@ -160,6 +219,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         limits: Arc::new(config.limits.clone()),
         modes,
         models: served_models,
+        face,
         decoder,
         preprocessor,
         admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),
@@ -182,6 +242,10 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         App::new()
             .app_data(state.clone())
             .route("/api/v1/objects/detect", web::post().to(objects::detect))
+            .route("/api/v1/persons/set", web::post().to(persons::set))
+            .route("/api/v1/persons/recognize", web::post().to(persons::recognize))
+            .route("/api/v1/persons/delete", web::post().to(persons::delete))
+            .route("/api/v1/persons/truncate", web::post().to(persons::truncate))
             .route("/metrics", web::get().to(metrics_page))
             .route("/health/live", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "live"})) }))
             .route("/health/ready", web::get().to(ready))

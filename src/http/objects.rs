@@ -160,10 +160,10 @@ async fn handle(
 
 /// `gpubackend_inflight_images` held up while a request's images are in the pipeline, however the
 /// handler ends.
-struct InflightImages(f64);
+pub(super) struct InflightImages(f64);
 
 impl InflightImages {
-    fn new(n: usize) -> Self {
+    pub(super) fn new(n: usize) -> Self {
         ::metrics::gauge!(metrics::INFLIGHT_IMAGES).increment(n as f64);
         Self(n as f64)
     }
@@ -241,13 +241,11 @@ async fn run_images(
             Ok((image, rx, t)) => match rx.await {
                 Ok(Ok(prediction)) => {
                     record_timings(&model.name, &t, &prediction);
-                    let labels = model.labels.labels(
-                        &prediction.output,
-                        model.threshold,
-                        model.top_k,
-                        image.width,
-                        image.height,
-                    );
+                    let labels = model
+                        .labels
+                        .as_ref()
+                        .expect("classifiers have labels (config). This is a bug.")
+                        .labels(&prediction.output, model.threshold, model.top_k, image.width, image.height);
                     FileResult { status: 0, error: None, name: name.clone(), labels }
                 }
                 Ok(Err(e)) => FileResult {

@@ -46,7 +46,10 @@ pub struct WorkerView {
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct ModelView {
+    /// The stage (a classifier's own name, or `face_pnet` …).
     pub name: String,
+    /// The configured model it belongs to.
+    pub model: String,
     pub modes: Vec<String>,
     pub queue_size: usize,
     pub queue_capacity: usize,
@@ -62,7 +65,12 @@ fn host_name() -> String {
 async fn collect(state: &AppState) -> PlacementView {
     let now = Instant::now();
     let mut devices: Vec<DeviceView> = Vec::new();
+    // A worker's model as configured (the face model's stages list as `face`).
+    let model_of = |stage: &str| {
+        state.models.iter().find(|m| m.name == stage).map_or_else(|| stage.to_string(), |m| m.model.clone())
+    };
     for w in &state.workers {
+        let model = model_of(&w.model);
         let sample = w.sample(now);
         let worker = WorkerView {
             model: w.model.clone(),
@@ -72,15 +80,15 @@ async fn collect(state: &AppState) -> PlacementView {
         };
         match devices.iter_mut().find(|d| d.device == w.device) {
             Some(d) => {
-                if !d.models.contains(&w.model) {
-                    d.models.push(w.model.clone());
+                if !d.models.contains(&model) {
+                    d.models.push(model);
                 }
                 d.workers.push(worker);
             }
             None => devices.push(DeviceView {
                 device: w.device.clone(),
                 label: DeviceSpec::parse(&w.device).map_or_else(|_| w.device.clone(), |d| d.label()),
-                models: vec![w.model.clone()],
+                models: vec![model],
                 workers: vec![worker],
             }),
         }
@@ -91,6 +99,7 @@ async fn collect(state: &AppState) -> PlacementView {
         let queue_size = m.batcher.send(QueueLen).await.unwrap_or(0);
         models.push(ModelView {
             name: m.name.clone(),
+            model: m.model.clone(),
             modes: m.modes.clone(),
             queue_size,
             queue_capacity: m.queue_capacity,
@@ -183,7 +192,7 @@ pub fn render_html(view: &PlacementView) -> String {
             );
         }
     }
-    h.push_str("</table><h2>Models</h2><table id=\"models\"><tr><th>model</th><th>modes</th><th>live workers</th><th>queue</th><th>capacity</th><th>autoscaling target</th></tr>");
+    h.push_str("</table><h2>Models</h2><table id=\"models\"><tr><th>stage</th><th>modes</th><th>live workers</th><th>queue</th><th>capacity</th><th>autoscaling target</th></tr>");
     for m in &view.models {
         let _ = write!(
             h,
@@ -224,7 +233,8 @@ mod tests {
                 }],
             }],
             models: vec![ModelView {
-                name: "face".into(),
+                name: "face_pnet".into(),
+                model: "face".into(),
                 modes: vec!["person".into()],
                 queue_size: 5,
                 queue_capacity: 512,

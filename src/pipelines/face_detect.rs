@@ -145,6 +145,94 @@ pub fn pnet_candidates(reg: &[f32], prob: &[f32], map: (usize, usize), scale: f6
     out
 }
 
+/// One fixed-size P-Net input cut from a pyramid level: tiles let P-Net batch across images and
+/// levels of any size. Tiles start every `canvas − 10` pixels, so their output maps (side
+/// `canvas / 2 − 5`) partition the level's map exactly; the part of a tile beyond the level is
+/// zero (the normalised mid-grey) and its windows are dropped. Only windows wholly inside the level
+/// count: on an odd-sized level that drops the one partial (ceil-mode) column or row the whole-level
+/// pass would also have, a difference measured by the detector test.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tile {
+    pub level: usize,
+    /// The tile's first output position in the level's map (x, y).
+    pub origin: (usize, usize),
+    /// Planar RGB canvas × canvas, normalised.
+    pub input: Vec<f32>,
+}
+
+/// Windows wholly inside a level of `side` pixels (P-Net: 12-pixel window, stride 2).
+pub fn level_map_side(side: usize) -> usize {
+    if side < 12 { 0 } else { (side - 12) / 2 + 1 }
+}
+
+/// The pyramid of `img` cut into `canvas`² tiles.
+pub fn pyramid_tiles(img: &DecodedImage, params: &DetectParams, canvas: usize) -> (Vec<Level>, Vec<Tile>) {
+    let levels = pyramid(img.width, img.height, params);
+    let map = crate::models::pnet_map_side(canvas);
+    let step = canvas - 10;
+    let mut tiles = Vec::new();
+    for (li, level) in levels.iter().enumerate() {
+        let (w, h) = (level.width, level.height);
+        let (mw, mh) = (level_map_side(w), level_map_side(h));
+        if mw == 0 || mh == 0 {
+            continue;
+        }
+        let plane = level_input(img, level);
+        for ty in 0..mh.div_ceil(map) {
+            for tx in 0..mw.div_ceil(map) {
+                let (x0, y0) = (tx * step, ty * step);
+                let mut input = vec![0f32; 3 * canvas * canvas];
+                let (cw, ch) = (canvas.min(w - x0), canvas.min(h - y0));
+                for c in 0..3 {
+                    for y in 0..ch {
+                        let src = c * w * h + (y0 + y) * w + x0;
+                        let dst = c * canvas * canvas + y * canvas;
+                        input[dst..dst + cw].copy_from_slice(&plane[src..src + cw]);
+                    }
+                }
+                tiles.push(Tile { level: li, origin: (tx * map, ty * map), input });
+            }
+        }
+    }
+    (levels, tiles)
+}
+
+/// P-Net's output for one tile (`reg` map then `prob` maps, side `map`) → the windows over
+/// `threshold` that lie wholly inside the level, as boxes in original pixels.
+pub fn tile_candidates(output: &[f32], map: usize, tile: &Tile, level: &Level, threshold: f32) -> Vec<Candidate> {
+    let plane = map * map;
+    let (mw, mh) = (level_map_side(level.width), level_map_side(level.height));
+    let (reg, prob) = output.split_at(4 * plane);
+    let mut out = Vec::new();
+    for y in 0..map {
+        for x in 0..map {
+            let (lx, ly) = (tile.origin.0 + x, tile.origin.1 + y);
+            let i = y * map + x;
+            let p = prob[plane + i];
+            if lx >= mw || ly >= mh || p < threshold {
+                continue;
+            }
+            let (xf, yf, scale) = (lx as f64, ly as f64, level.scale);
+            out.push(Candidate {
+                bbox: [
+                    ((2.0 * xf + 1.0) / scale).floor() as f32,
+                    ((2.0 * yf + 1.0) / scale).floor() as f32,
+                    ((2.0 * xf + 12.0) / scale).floor() as f32,
+                    ((2.0 * yf + 12.0) / scale).floor() as f32,
+                ],
+                score: p,
+                reg: [reg[i], reg[plane + i], reg[2 * plane + i], reg[3 * plane + i]],
+            });
+        }
+    }
+    out
+}
+
+/// One crop per box for the next network (`None` where a box has no pixels inside the image).
+pub fn crop_each(img: &DecodedImage, boxes: &[Candidate], size: usize) -> Vec<Option<Vec<f32>>> {
+    boxes.iter().map(|c| crop_region(c.bbox, img.width, img.height).map(|r| area_resize(img, r, size, size))).collect()
+}
+
 /// Greedy non-maximum suppression by descending score (ties keep input order); returns the kept
 /// indices in that order.
 pub fn nms(boxes: &[[f32; 4]], scores: &[f32], threshold: f32, overlap: Overlap) -> Vec<usize> {
@@ -380,6 +468,23 @@ mod tests {
         // pad(): clipped to the image, 1-based inclusive → [x−1, ex).
         assert_eq!(crop_region([-5.7, 3.9, 50.2, 200.0], 40, 100), Some([0, 2, 40, 100]));
         assert_eq!(crop_region([45.0, 10.0, 60.0, 20.0], 40, 100), None);
+    }
+
+    #[test]
+    fn tiles_partition_the_level_map() {
+        // 300×130 image, min face 40 → first level 0.3: 91×40 pixels, map 40×15.
+        let img = DecodedImage { width: 300, height: 130, rgb: vec![128; 300 * 130 * 3] };
+        let params = DetectParams { min_face: 40.0, ..DetectParams::default() };
+        let (levels, tiles) = pyramid_tiles(&img, &params, 32);
+        assert_eq!((levels[0].width, levels[0].height), (91, 40));
+        // Map side of a 32 tile: 11; level 0 needs ceil(40/11) × ceil(15/11) = 4 × 2 tiles.
+        let first: Vec<_> = tiles.iter().filter(|t| t.level == 0).map(|t| t.origin).collect();
+        assert_eq!(first, vec![(0, 0), (11, 0), (22, 0), (33, 0), (0, 11), (11, 11), (22, 11), (33, 11)]);
+        // The last tile row starts at pixel 22 and holds the level's rows 22..40, then zeros.
+        let t = tiles.iter().find(|t| t.level == 0 && t.origin == (0, 11)).unwrap();
+        assert!(t.input[17 * 32] != 0.0 && t.input[18 * 32] == 0.0);
+        assert_eq!(level_map_side(11), 0);
+        assert_eq!(level_map_side(13), 1);
     }
 
     #[test]

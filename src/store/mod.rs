@@ -27,6 +27,8 @@ pub enum StoreError {
     Space(u32),
     #[error("embedding has {got} values, the store holds {expected}")]
     Dimension { got: usize, expected: usize },
+    #[error("the person store is unavailable after an internal error; restart the server")]
+    Unavailable,
 }
 
 /// The best match of a face in a space.
@@ -98,6 +100,16 @@ impl Space {
         }
         best
     }
+}
+
+/// What persons/recognize says of one face: the person (None = `undefined`), the similarity to
+/// them (1 for a person created from this face; for an unknown face, the best similarity found),
+/// and whether this face created them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recognition {
+    pub person_id: Option<i64>,
+    pub similarity: f32,
+    pub created: bool,
 }
 
 pub struct PersonStore {
@@ -279,6 +291,39 @@ impl PersonStore {
         Ok(n)
     }
 
+    /// persons/recognize for the faces of one image: each face's best match in `space`; a match at
+    /// or above `threshold` is that person (and, with `update`, the face joins their mean); below
+    /// it, with `create_new`, the face becomes a new person, else it stays unknown.
+    pub fn recognize(
+        &mut self,
+        space: u32,
+        faces: &[Vec<f32>],
+        threshold: f32,
+        create_new: bool,
+        update: bool,
+    ) -> Result<Vec<Recognition>, StoreError> {
+        let mut out = Vec::with_capacity(faces.len());
+        for face in faces {
+            let best = self.best_match(space, face)?;
+            let r = match best {
+                Some(m) if m.similarity >= threshold => {
+                    if update {
+                        self.add_face(space, m.person_id, face)?;
+                    }
+                    Recognition { person_id: Some(m.person_id), similarity: m.similarity, created: false }
+                }
+                _ if create_new => {
+                    let id = self.next_id(space);
+                    self.add_face(space, id, face)?;
+                    Recognition { person_id: Some(id), similarity: 1.0, created: true }
+                }
+                _ => Recognition { person_id: None, similarity: best.map_or(0.0, |m| m.similarity), created: false },
+            };
+            out.push(r);
+        }
+        Ok(out)
+    }
+
     /// SQLite's own consistency check of the file ("ok" when sound).
     pub fn integrity_check(&self) -> Result<String, StoreError> {
         self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| self.sql(e))
@@ -387,6 +432,23 @@ mod tests {
             assert_eq!(s.best_match(0, &v).unwrap().unwrap(), Match { person_id: id, similarity: 1.0 });
         }
         assert_eq!(s.len(0), 2);
+    }
+
+    #[test]
+    fn recognize_matches_creates_or_leaves_unknown() {
+        let d = dir("recognize");
+        let mut s = PersonStore::open(&d, 4).unwrap();
+        s.add_face(5, 1, &e(&[1.0, 0.0])).unwrap();
+        let faces = vec![e(&[1.0, 0.1]), e(&[0.0, 1.0])];
+        let r = s.recognize(5, &faces, 0.9, false, false).unwrap();
+        assert_eq!(r[0].person_id, Some(1));
+        assert!(r[0].similarity > 0.99);
+        assert_eq!((r[1].person_id, r[1].created), (None, false));
+        assert_eq!(s.samples(5, 1), Some(1), "update_embedding = false leaves the person alone");
+        let r = s.recognize(5, &faces, 0.9, true, true).unwrap();
+        assert_eq!(s.samples(5, 1), Some(2));
+        assert_eq!((r[1].person_id, r[1].similarity, r[1].created), (Some(2), 1.0, true));
+        assert_eq!(s.recognize(5, &faces[1..], 0.9, false, false).unwrap()[0].person_id, Some(2));
     }
 
     #[test]

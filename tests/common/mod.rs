@@ -65,11 +65,14 @@ impl Drop for TestServer {
     }
 }
 
-/// The embedded default config, with test-friendly threads.
+/// The embedded default config, with test-friendly threads and a person store of its own.
 pub fn config() -> Config {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
     let mut c = Config::load(None).unwrap();
     c.server.http_workers = 1;
     c.pipeline.decoders = 1;
+    c.store.dir = tempdir(&format!("store-{}", N.fetch_add(1, Ordering::Relaxed)));
     c
 }
 

@@ -1,0 +1,531 @@
+//! `POST /api/v1/persons/{set,recognize,delete,truncate}`, read top to bottom: auth → upload →
+//! meta (space, images) → per image: decode → the face cascade (P-Net tiles, R-Net and O-Net crops,
+//! each network behind its own batcher, so images of all requests batch together) → alignment →
+//! SFace embedding (batched too) → the person store → Vision envelope.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix_web::web::{Data, Payload, Query};
+use actix_web::{HttpRequest, HttpResponse};
+use futures_util::future::join_all;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::sync::oneshot;
+
+use super::auth::AuthQuery;
+use super::disconnect::client_gone;
+use super::multipart::read_upload;
+use super::objects::InflightImages;
+use super::{AppState, FaceService, ServedModel};
+use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
+use crate::actors::{Decode, Enqueue, FacePrep, FacePrepared, InferError, Job, Prediction};
+use crate::error::{ApiError, Envelope};
+use crate::metrics;
+use crate::pipelines::decode::DecodedImage;
+use crate::pipelines::face_detect::{self, Candidate, DetectParams, Face, ONET_SIZE, RNET_SIZE};
+use crate::pipelines::preprocess::ModelInput;
+use crate::store::SPACES;
+
+const NO_SINGLE_FACE: &str = "face set required only one face per image";
+
+#[derive(Debug, Deserialize)]
+struct PersonImage {
+    #[serde(default)]
+    name: String,
+    person_id: Option<i64>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PersonsMeta {
+    space: Option<Value>,
+    #[serde(default)]
+    images: Vec<PersonImage>,
+    #[serde(default)]
+    create_new: bool,
+    #[serde(default = "yes")]
+    update_embedding: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One file's answer (`base_work_result_property`, plus `persons` for recognize).
+#[derive(Debug, Serialize)]
+struct FileResult {
+    status: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    name: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    persons: Option<Vec<PersonAnswer>>,
+}
+
+impl FileResult {
+    fn ok(name: &str) -> Self {
+        Self { status: 0, error: None, name: name.to_string(), persons: None }
+    }
+
+    fn failed(name: &str, status: u8, error: String) -> Self {
+        Self { status, error: Some(error), name: name.to_string(), persons: None }
+    }
+}
+
+/// `person_property`: the fields the docs tie to models we do not have (sex, age, emotion,
+/// valence, arousal, awesomeness) are omitted.
+#[derive(Debug, Serialize)]
+struct PersonAnswer {
+    tag: String,
+    coord: [i64; 4],
+    confidence: f32,
+    similarity: f32,
+}
+
+#[derive(Debug, Serialize)]
+struct ObjectsBody {
+    objects: Vec<FileResult>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    aliases_changed: Option<bool>,
+}
+
+/// The Vision API's space parameter: a string (or number) 0–9. The messages follow the
+/// documented one for a missing space (Go's strconv.Atoi).
+fn parse_space(space: Option<&Value>) -> Result<u32, ApiError> {
+    let text = match space {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let n: i64 = text.trim().parse().map_err(|_| {
+        ApiError::BadRequest(format!("wrong space param : strconv.Atoi: parsing {text:?}: invalid syntax"))
+    })?;
+    u32::try_from(n)
+        .ok()
+        .filter(|&s| s < SPACES)
+        .ok_or_else(|| ApiError::BadRequest(format!("wrong space param : space {n} is out of range 0..{}", SPACES - 1)))
+}
+
+fn parse_meta(meta: Option<&[u8]>) -> Result<PersonsMeta, ApiError> {
+    let meta = meta.ok_or_else(|| ApiError::BadRequest("meta is required".into()))?;
+    serde_json::from_slice(meta).map_err(|e| ApiError::BadRequest(format!("invalid meta: {e}")))
+}
+
+fn face_service(state: &AppState) -> Result<Arc<FaceService>, ApiError> {
+    state.face.clone().ok_or_else(|| {
+        ApiError::BadRequest("the persons methods are not served by this server (no face model placed)".into())
+    })
+}
+
+/// Runs `handle`, counts and times the request, and answers with the envelope.
+async fn respond(
+    endpoint: &'static str,
+    handle: impl std::future::Future<Output = Result<ObjectsBody, ApiError>>,
+) -> HttpResponse {
+    let started = Instant::now();
+    let result = handle.await;
+    let outcome = match &result {
+        Ok(_) => "ok",
+        Err(e) => e.error_type(),
+    };
+    ::metrics::counter!(metrics::REQUESTS, "endpoint" => endpoint, "mode" => "", "outcome" => outcome).increment(1);
+    ::metrics::histogram!(metrics::REQUEST_DURATION, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
+    match result {
+        Ok(body) => {
+            for r in &body.objects {
+                ::metrics::counter!(metrics::IMAGES, "endpoint" => endpoint, "status" => r.status.to_string())
+                    .increment(1);
+            }
+            if body.objects.is_empty() && body.aliases_changed.is_none() {
+                // truncate: the documented empty body.
+                return HttpResponse::Ok().json(Envelope::ok(serde_json::json!({})));
+            }
+            HttpResponse::Ok().json(Envelope::ok(body))
+        }
+        Err(e) => actix_web::ResponseError::error_response(&e),
+    }
+}
+
+pub async fn set(state: Data<AppState>, query: Query<AuthQuery>, req: HttpRequest, payload: Payload) -> HttpResponse {
+    respond("persons/set", handle_set(&state, &query, &req, payload)).await
+}
+
+pub async fn recognize(
+    state: Data<AppState>,
+    query: Query<AuthQuery>,
+    req: HttpRequest,
+    payload: Payload,
+) -> HttpResponse {
+    respond("persons/recognize", handle_recognize(&state, &query, &req, payload)).await
+}
+
+pub async fn delete(
+    state: Data<AppState>,
+    query: Query<AuthQuery>,
+    req: HttpRequest,
+    payload: Payload,
+) -> HttpResponse {
+    respond("persons/delete", handle_delete(&state, &query, &req, payload)).await
+}
+
+pub async fn truncate(
+    state: Data<AppState>,
+    query: Query<AuthQuery>,
+    req: HttpRequest,
+    payload: Payload,
+) -> HttpResponse {
+    respond("persons/truncate", handle_truncate(&state, &query, &req, payload)).await
+}
+
+/// The images of `meta`, in order, with their bytes; the documented request errors.
+fn images_of(
+    meta: &PersonsMeta,
+    upload: &super::multipart::Upload,
+    limits: &crate::config::Limits,
+) -> Result<Vec<(String, actix_web::web::Bytes)>, ApiError> {
+    if meta.images.is_empty() {
+        return Err(ApiError::BadRequest("images is required non-empty".into()));
+    }
+    if meta.images.len() > limits.max_images {
+        return Err(ApiError::BadRequest(format!("too many images: at most {} per request", limits.max_images)));
+    }
+    let mut out = Vec::with_capacity(meta.images.len());
+    for (i, img) in meta.images.iter().enumerate() {
+        if img.name.is_empty() {
+            return Err(ApiError::BadRequest("image name is required non-empty".into()));
+        }
+        if meta.images[..i].iter().any(|m| m.name == img.name) {
+            return Err(ApiError::BadRequest(format!("duplicate image name: {}", img.name)));
+        }
+        let bytes = upload.file(&img.name).ok_or_else(|| {
+            ApiError::BadRequest(format!("could not get image by name {}: http: no such file", img.name))
+        })?;
+        if bytes.is_empty() {
+            return Err(ApiError::BadRequest("empty image".into()));
+        }
+        out.push((img.name.clone(), bytes.clone()));
+    }
+    Ok(out)
+}
+
+async fn handle_set(
+    state: &AppState,
+    query: &AuthQuery,
+    req: &HttpRequest,
+    payload: Payload,
+) -> Result<ObjectsBody, ApiError> {
+    state.auth.check(query)?;
+    let face = face_service(state)?;
+    let upload = read_upload(req, payload, &state.limits).await?;
+    let meta = parse_meta(upload.meta.as_deref())?;
+    let space = parse_space(meta.space.as_ref())?;
+    if meta.images.iter().any(|i| i.person_id.is_none()) {
+        return Err(ApiError::BadRequest("no person_id has been provided".into()));
+    }
+    let images = images_of(&meta, &upload, &state.limits)?;
+    let analysed = analyse(state, &face, req, &images).await?;
+    let mut objects = Vec::with_capacity(images.len());
+    let mut faces = Vec::new();
+    for ((name, _), (img, result)) in images.iter().zip(meta.images.iter().zip(analysed)) {
+        objects.push(match result {
+            Err(r) => r,
+            Ok(found) if found.len() != 1 => FileResult::failed(name, 1, NO_SINGLE_FACE.into()),
+            Ok(mut found) => {
+                faces.push((img.person_id.expect("checked above. This is a bug."), found.remove(0).1));
+                FileResult::ok(name)
+            }
+        });
+    }
+    if !faces.is_empty() {
+        face.store
+            .send(SetFaces { space, faces })
+            .await
+            .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+    }
+    Ok(ObjectsBody { objects, aliases_changed: None })
+}
+
+async fn handle_recognize(
+    state: &AppState,
+    query: &AuthQuery,
+    req: &HttpRequest,
+    payload: Payload,
+) -> Result<ObjectsBody, ApiError> {
+    state.auth.check(query)?;
+    let face = face_service(state)?;
+    let upload = read_upload(req, payload, &state.limits).await?;
+    let meta = parse_meta(upload.meta.as_deref())?;
+    let space = parse_space(meta.space.as_ref())?;
+    let images = images_of(&meta, &upload, &state.limits)?;
+    let analysed = analyse(state, &face, req, &images).await?;
+    let mut objects = Vec::with_capacity(images.len());
+    let mut aliases_changed = false;
+    for ((name, _), result) in images.iter().zip(analysed) {
+        let found = match result {
+            Err(r) => {
+                objects.push(r);
+                continue;
+            }
+            Ok(found) => found,
+        };
+        let recognised = face
+            .store
+            .send(Recognize {
+                space,
+                faces: found.iter().map(|(_, e)| e.clone()).collect(),
+                threshold: face.config.similarity_threshold,
+                create_new: meta.create_new,
+                update: meta.update_embedding,
+            })
+            .await
+            .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
+            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        let persons = found
+            .iter()
+            .zip(recognised)
+            .map(|((f, _), r)| {
+                aliases_changed |= r.created;
+                PersonAnswer {
+                    tag: r.person_id.map_or_else(|| "undefined".to_string(), |id| format!("person{id}")),
+                    coord: coord(f),
+                    confidence: round4(f.score),
+                    similarity: round4(r.similarity.clamp(0.0, 1.0)),
+                }
+            })
+            .collect();
+        objects.push(FileResult { status: 0, error: None, name: name.clone(), persons: Some(persons) });
+    }
+    Ok(ObjectsBody { objects, aliases_changed: Some(aliases_changed) })
+}
+
+async fn handle_delete(
+    state: &AppState,
+    query: &AuthQuery,
+    req: &HttpRequest,
+    payload: Payload,
+) -> Result<ObjectsBody, ApiError> {
+    state.auth.check(query)?;
+    let face = face_service(state)?;
+    let upload = read_upload(req, payload, &state.limits).await?;
+    let meta = parse_meta(upload.meta.as_deref())?;
+    let space = parse_space(meta.space.as_ref())?;
+    if meta.images.is_empty() {
+        return Err(ApiError::BadRequest("images is required non-empty".into()));
+    }
+    let Some(ids) = meta.images.iter().map(|i| i.person_id).collect::<Option<Vec<i64>>>() else {
+        return Err(ApiError::BadRequest("no person_id has been provided".into()));
+    };
+    let deleted = face
+        .store
+        .send(DeletePersons { space, ids: ids.clone() })
+        .await
+        .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let objects = meta
+        .images
+        .iter()
+        .zip(ids.iter().zip(deleted))
+        .map(|(img, (id, existed))| {
+            if existed {
+                FileResult::ok(&img.name)
+            } else {
+                FileResult::failed(&img.name, 1, format!("no person {id} in space {space}"))
+            }
+        })
+        .collect();
+    Ok(ObjectsBody { objects, aliases_changed: None })
+}
+
+async fn handle_truncate(
+    state: &AppState,
+    query: &AuthQuery,
+    req: &HttpRequest,
+    payload: Payload,
+) -> Result<ObjectsBody, ApiError> {
+    state.auth.check(query)?;
+    let face = face_service(state)?;
+    let upload = read_upload(req, payload, &state.limits).await?;
+    let meta = parse_meta(upload.meta.as_deref())?;
+    let space = parse_space(meta.space.as_ref())?;
+    face.store
+        .send(Truncate { space })
+        .await
+        .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(ObjectsBody { objects: Vec::new(), aliases_changed: None })
+}
+
+fn round4(x: f32) -> f32 {
+    (x * 1e4).round() / 1e4
+}
+
+/// `[x1, y1, x2, y2]` in the original image's pixels.
+fn coord(f: &Face) -> [i64; 4] {
+    f.bbox.map(|v| v.round() as i64)
+}
+
+/// Each image's faces (most probable first, at most `max_faces`) with their embeddings, or its
+/// per-file error. Admission, readiness and client hang-up are handled here for the request.
+async fn analyse(
+    state: &AppState,
+    face: &FaceService,
+    req: &HttpRequest,
+    images: &[(String, actix_web::web::Bytes)],
+) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, FileResult>>, ApiError> {
+    if let Some(stage) = face.stages().into_iter().find(|s| !s.has_live_worker()) {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
+        return Err(ApiError::Overloaded(format!(
+            "model {} is not ready: no live worker (loading or restarting), retry later",
+            stage.name
+        )));
+    }
+    let _permit = state.admission.clone().try_acquire_many_owned(images.len() as u32).map_err(|_| {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);
+        ApiError::Overloaded(format!(
+            "server overloaded: more than {} images in flight, retry later",
+            state.limits.max_inflight_images
+        ))
+    })?;
+    let _inflight = InflightImages::new(images.len());
+    let work = join_all(images.iter().map(|(name, bytes)| async move {
+        let decoded = state
+            .decoder
+            .send(Decode { bytes: bytes.clone(), limits: state.limits.clone() })
+            .await
+            .map_err(|e| ApiError::Internal(format!("decoder unavailable: {e}")))?;
+        match decoded {
+            Err(e) => Ok(Err(FileResult::failed(name, 1, e.to_string()))),
+            Ok(img) => match faces_with_embeddings(state, face, Arc::new(img)).await {
+                Ok(found) => Ok(Ok(found)),
+                Err(StageError::Image(e)) => Ok(Err(FileResult::failed(name, e.file_status(), e.to_string()))),
+                Err(StageError::Request(e)) => Err(e),
+            },
+        }
+    }));
+    let results = tokio::select! {
+        results = work => results,
+        () = client_gone(req) => return Err(ApiError::ClientGone("client closed the connection".into())),
+    };
+    results.into_iter().collect()
+}
+
+/// A stage failed for one image (per-file status) or for the whole request (queue full).
+enum StageError {
+    Image(InferError),
+    Request(ApiError),
+}
+
+/// Sends every input through `stage`'s batcher and waits for all of them.
+async fn infer(stage: &ServedModel, inputs: Vec<Vec<f32>>) -> Result<Vec<Prediction>, StageError> {
+    let mut pending = Vec::with_capacity(inputs.len());
+    for data in inputs {
+        let (tx, rx) = oneshot::channel();
+        stage
+            .batcher
+            .send(Enqueue(Job { input: Arc::new(ModelInput { data }), poisoned: false, reply: tx }))
+            .await
+            .map_err(|e| StageError::Request(ApiError::Internal(format!("batcher unavailable: {e}"))))?
+            .map_err(|refused| StageError::Request(ApiError::Overloaded(refused.to_string())))?;
+        pending.push(rx);
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for rx in pending {
+        let p = rx
+            .await
+            .map_err(|_| StageError::Image(InferError::Unavailable { model: stage.name.clone(), waited_ms: 0 }))?
+            .map_err(StageError::Image)?;
+        for (name, d) in [("queue_wait", p.queue_wait), ("inference", p.inference)] {
+            ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => name, "model" => stage.name.clone())
+                .record(d.as_secs_f64());
+        }
+        out.push(p);
+    }
+    Ok(out)
+}
+
+async fn prepare(state: &AppState, msg: FacePrep) -> Result<FacePrepared, StageError> {
+    state
+        .preprocessor
+        .send(msg)
+        .await
+        .map_err(|e| StageError::Request(ApiError::Internal(format!("preprocessor unavailable: {e}"))))
+}
+
+/// Boxes that had pixels to crop, and their crops.
+fn kept(boxes: Vec<Candidate>, crops: Vec<Option<Vec<f32>>>) -> (Vec<Candidate>, Vec<Vec<f32>>) {
+    boxes.into_iter().zip(crops).filter_map(|(b, c)| c.map(|c| (b, c))).unzip()
+}
+
+/// One image through the cascade and the embedder.
+async fn faces_with_embeddings(
+    state: &AppState,
+    face: &FaceService,
+    image: Arc<DecodedImage>,
+) -> Result<Vec<(Face, Vec<f32>)>, StageError> {
+    let fc = &face.config;
+    let params = DetectParams { min_face: fc.min_face, thresholds: fc.thresholds, factor: fc.factor };
+    // Stage 1: P-Net on fixed tiles of every pyramid level.
+    let FacePrepared::Tiles(levels, tiles) =
+        prepare(state, FacePrep::Pyramid { image: image.clone(), params, canvas: fc.canvas }).await?
+    else {
+        unreachable!("Pyramid answers Tiles. This is a bug.")
+    };
+    let map = crate::models::pnet_map_side(fc.canvas);
+    let outputs = infer(&face.pnet, tiles.iter().map(|t| t.input.clone()).collect()).await?;
+    let mut per_level = vec![Vec::new(); levels.len()];
+    for (tile, out) in tiles.iter().zip(outputs) {
+        per_level[tile.level].extend(face_detect::tile_candidates(
+            &out.output,
+            map,
+            tile,
+            &levels[tile.level],
+            params.thresholds[0],
+        ));
+    }
+    let boxes = face_detect::stage1(per_level);
+    // Stage 2: R-Net on 24×24 crops.
+    let FacePrepared::Crops(crops) =
+        prepare(state, FacePrep::Crops { image: image.clone(), boxes: boxes.clone(), size: RNET_SIZE }).await?
+    else {
+        unreachable!("Crops answers Crops. This is a bug.")
+    };
+    let (boxes, crops) = kept(boxes, crops);
+    let (reg, prob) = split_heads(infer(&face.rnet, crops).await?, &[4, 2]);
+    let boxes = face_detect::stage2(&boxes, &reg[0], &prob, params.thresholds[1]);
+    // Stage 3: O-Net on 48×48 crops.
+    let FacePrepared::Crops(crops) =
+        prepare(state, FacePrep::Crops { image: image.clone(), boxes: boxes.clone(), size: ONET_SIZE }).await?
+    else {
+        unreachable!("Crops answers Crops. This is a bug.")
+    };
+    let (boxes, crops) = kept(boxes, crops);
+    let (heads, prob) = split_heads(infer(&face.onet, crops).await?, &[4, 10, 2]);
+    let mut faces = face_detect::stage3(&boxes, &heads[0], &heads[1], &prob, params.thresholds[2]);
+    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
+    faces.truncate(fc.max_faces);
+    if faces.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Embeddings of the aligned faces.
+    let FacePrepared::Aligned(aligned) = prepare(state, FacePrep::Align { image, faces: faces.clone() }).await? else {
+        unreachable!("Align answers Aligned. This is a bug.")
+    };
+    let embeddings = infer(&face.embed, aligned).await?;
+    Ok(faces.into_iter().zip(embeddings.into_iter().map(|p| p.output)).collect())
+}
+
+/// Per-item outputs laid side by side (`widths` per head) → one flat array per head except the
+/// last, and the last (the probabilities) apart.
+fn split_heads(outputs: Vec<Prediction>, widths: &[usize]) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let mut heads = vec![Vec::new(); widths.len()];
+    for p in &outputs {
+        let mut at = 0;
+        for (h, &w) in widths.iter().enumerate() {
+            heads[h].extend_from_slice(&p.output[at..at + w]);
+            at += w;
+        }
+    }
+    let prob = heads.pop().unwrap_or_default();
+    (heads, prob)
+}
