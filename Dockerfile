@@ -22,9 +22,13 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends curl \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gpubackend
+ && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin gpubackend \
+ && mkdir -p /usr/local/gpu/data /var/lib/gpubackend \
+ && chown 10001:10001 /usr/local/gpu/data /var/lib/gpubackend
 COPY --from=build /src/target/release/gpubackend /usr/local/gpu/gpubackend
 COPY --from=weights /src/models/mobilenet_v2/mobilenet_v2-b0353104.pth /usr/local/gpu/models/mobilenet_v2/
+COPY --from=weights /src/models/mtcnn/pnet.pt /src/models/mtcnn/rnet.pt /src/models/mtcnn/onet.pt /usr/local/gpu/models/mtcnn/
+COPY --from=weights /src/models/sface/face_recognition_sface_2021dec.onnx /usr/local/gpu/models/sface/
 COPY models/mobilenet_v2/labels.json /usr/local/gpu/models/mobilenet_v2/
 COPY config/default.toml config/gpu.toml /etc/gpubackend/
 WORKDIR /usr/local/gpu

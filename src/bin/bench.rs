@@ -5,6 +5,11 @@
 //!                 CPU ms per request (from the server's /metrics).
 //! `bench model`   runs the forward pass alone in a loop at a given batch size on a device.
 //! `bench compare` runs both (model-only at the e2e mean batch size) and prints e2e / model-only.
+//! `bench faces`   drives a running server's persons/recognize with real faces: the four portraits
+//!                 of tests/data and a 2×2 collage of them (4 faces in one photo; no real group
+//!                 photo is available from the package registries here), and prints req/s, faces/s,
+//!                 p50/p99 and, per face stage (P-Net tiles, R-Net, O-Net, embedder), the mean
+//!                 batch size, batches/s, worker busy share and mean queue wait.
 //! `bench persons` fills a person store space with N synthetic 128-d embeddings and times exact
 //!                 cosine search (and the writes), to size `persons per space`.
 
@@ -42,6 +47,121 @@ enum Cmd {
         weights: PathBuf,
     },
     Persons(PersonsArgs),
+    Faces(FacesArgs),
+}
+
+#[derive(Args, Clone)]
+struct FacesArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    addr: String,
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Seconds of measured load (after a warm-up of 10 % of it).
+    #[arg(long, default_value_t = 20.0)]
+    duration: f64,
+    #[arg(long, default_value = "test")]
+    token: String,
+    /// The face model's name in the server's config.
+    #[arg(long, default_value = "face")]
+    model: String,
+}
+
+/// The four portraits side by side, 2×2, each scaled to 480 pixels wide: a real 4-face photo.
+fn collage() -> anyhow::Result<Vec<u8>> {
+    let names = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"];
+    let tiles: Vec<image::RgbImage> = names
+        .iter()
+        .map(|n| -> anyhow::Result<image::RgbImage> {
+            let img = image::open(format!("tests/data/{n}"))?.to_rgb8();
+            let h = (img.height() as f64 * 480.0 / img.width() as f64) as u32;
+            Ok(image::imageops::resize(&img, 480, h, image::imageops::FilterType::Triangle))
+        })
+        .collect::<Result<_, _>>()?;
+    let cell_h = tiles.iter().map(|t| t.height()).max().unwrap_or(0);
+    let mut out = image::RgbImage::from_pixel(960, 2 * cell_h, image::Rgb([255, 255, 255]));
+    for (i, t) in tiles.iter().enumerate() {
+        image::imageops::overlay(&mut out, t, (i as i64 % 2) * 480, (i as i64 / 2) * cell_h as i64);
+    }
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(out).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)?;
+    Ok(bytes)
+}
+
+fn run_faces(a: &FacesArgs) -> anyhow::Result<()> {
+    let addr = a.addr.to_socket_addrs()?.next().context("address")?;
+    let mut photos: Vec<Vec<u8>> = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
+        .iter()
+        .map(|n| std::fs::read(format!("tests/data/{n}")).with_context(|| format!("read tests/data/{n}")))
+        .collect::<Result<_, _>>()?;
+    photos.push(collage()?);
+    let photos = Arc::new(photos);
+    let path = Arc::new(format!("/api/v1/persons/recognize?oauth_provider=mcs&oauth_token={}", a.token));
+    let meta: &'static [u8] = br#"{"space":"9","create_new":true,"update_embedding":false,"images":[{"name":"file"}]}"#;
+    let load = |until: Instant| -> Vec<std::thread::JoinHandle<(Vec<Duration>, usize, usize)>> {
+        (0..a.concurrency)
+            .map(|i| {
+                let (photos, path) = (photos.clone(), path.clone());
+                std::thread::spawn(move || {
+                    let mut c = Conn::new(addr);
+                    let (mut lat, mut faces, mut errors, mut k) = (Vec::new(), 0usize, 0usize, i);
+                    while Instant::now() < until {
+                        let photo = &photos[k % photos.len()];
+                        k += 1;
+                        let t = Instant::now();
+                        match c.post_multipart(&path, &[("file", Some("photo.jpg"), photo), ("meta", None, meta)]) {
+                            Ok(r) if r.status == 200 => {
+                                lat.push(t.elapsed());
+                                faces += r.json()["body"]["objects"][0]["persons"].as_array().map_or(0, Vec::len);
+                            }
+                            _ => errors += 1,
+                        }
+                    }
+                    (lat, faces, errors)
+                })
+            })
+            .collect()
+    };
+    for h in load(Instant::now() + Duration::from_secs_f64(a.duration * 0.1)) {
+        h.join().expect("client thread");
+    }
+    let before = scrape(addr)?;
+    let start = Instant::now();
+    let (mut lat, mut faces, mut errors) = (Vec::new(), 0, 0);
+    for h in load(start + Duration::from_secs_f64(a.duration)) {
+        let (l, f, e) = h.join().expect("client thread");
+        lat.extend(l);
+        faces += f;
+        errors += e;
+    }
+    let wall = start.elapsed().as_secs_f64();
+    let after = scrape(addr)?;
+    lat.sort();
+    println!(
+        "faces e2e: persons/recognize, {} clients, {:.0} s, photos: 4 portraits + a 4-face collage",
+        a.concurrency, wall
+    );
+    println!("  requests/s          {:.2}  ({errors} errors)", lat.len() as f64 / wall);
+    println!("  faces/s             {:.2}", faces as f64 / wall);
+    println!("  latency p50 / p99   {:.0} / {:.0} ms", percentile(&lat, 0.5), percentile(&lat, 0.99));
+    println!("  stage         mean batch   batches/s   worker busy   mean queue wait");
+    for stage in ["pnet", "rnet", "onet", "embed"] {
+        let model = format!("{}_{stage}", a.model);
+        let d = |name: &str, labels: &[(&str, &str)]| {
+            metric_value(&after, name, labels) - metric_value(&before, name, labels)
+        };
+        let m = [("model", model.as_str())];
+        let batches = d("gpubackend_batch_size_count", &m);
+        let waits = d("gpubackend_stage_duration_seconds_count", &[("model", &model), ("stage", "queue_wait")]);
+        println!(
+            "  {model:<13} {:>10.1} {:>11.1} {:>12.1} % {:>14.1} ms",
+            d("gpubackend_batch_size_sum", &m) / batches.max(1.0),
+            batches / wall,
+            100.0 * d("gpubackend_worker_busy_seconds_total", &m) / wall,
+            1e3 * d("gpubackend_stage_duration_seconds_sum", &[("model", &model), ("stage", "queue_wait")])
+                / waits.max(1.0),
+        );
+    }
+    Ok(())
 }
 
 #[derive(Args, Clone)]
@@ -261,6 +381,7 @@ fn main() -> anyhow::Result<()> {
             run_model(&a)?;
         }
         Cmd::Persons(a) => run_persons(&a)?,
+        Cmd::Faces(a) => run_faces(&a)?,
         Cmd::Compare { e2e, device, weights } => {
             let r = run_e2e(&e2e)?;
             let batch = r.mean_batch.round().max(1.0) as usize;
