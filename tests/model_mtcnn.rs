@@ -88,23 +88,24 @@ fn a_wrong_weights_file_is_refused_with_its_path() {
 /// face, landmarks within 5 % of the box side. Probabilities are printed, not compared: on a small
 /// borderline face a one-pixel shift of an intermediate box (f32 here, f64 in the reference)
 /// changes the next crop, and O-Net's probability with it (seen: 0.94 vs 0.82 on a 55-pixel box).
-#[test]
-fn detector_matches_the_reference_algorithm_on_real_photos() {
+/// Run three ways: P-Net on whole levels, and on the server's fixed tiles (128, and 32 to cut
+/// every level into many tiles).
+fn check_against_reference(
+    detect: impl Fn(&gpubackend::pipelines::decode::DecodedImage) -> Vec<gpubackend::pipelines::face_detect::Face>,
+) {
     use gpubackend::config::Limits;
-    use gpubackend::models::mtcnn::Mtcnn;
     use gpubackend::pipelines::decode::decode;
-    use gpubackend::pipelines::face_detect::{DetectParams, detect, iou};
+    use gpubackend::pipelines::face_detect::iou;
 
     let text = std::fs::read_to_string(format!("{}/tests/fixtures/mtcnn/detections.json", env!("CARGO_MANIFEST_DIR")))
         .unwrap();
     let reference: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let mtcnn = Mtcnn::load(Path::new("models/mtcnn"), DeviceSpec::Cpu.device().unwrap()).unwrap();
     let images = reference["images"].as_object().unwrap();
     assert!(images.len() >= 5);
     for (name, faces) in images {
         let bytes = std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
         let img = decode(&bytes, &Limits::default()).unwrap();
-        let ours = detect(&img, &DetectParams::default(), &mtcnn).unwrap();
+        let ours = detect(&img);
         let faces = faces.as_array().unwrap();
         println!("{name}: {} faces (reference {})", ours.len(), faces.len());
         assert_eq!(ours.len(), faces.len(), "{name}: {ours:?}");
@@ -122,5 +123,26 @@ fn detector_matches_the_reference_algorithm_on_real_photos() {
                 assert!(d <= 0.05 * side, "{name}: landmark {k} off by {d} px (box side {side})");
             }
         }
+    }
+}
+
+fn mtcnn() -> gpubackend::models::mtcnn::Mtcnn {
+    gpubackend::models::mtcnn::Mtcnn::load(Path::new("models/mtcnn"), DeviceSpec::Cpu.device().unwrap()).unwrap()
+}
+
+#[test]
+fn detector_matches_the_reference_algorithm_on_real_photos() {
+    use gpubackend::pipelines::face_detect::{DetectParams, detect};
+    let nets = mtcnn();
+    check_against_reference(|img| detect(img, &DetectParams::default(), &nets).unwrap());
+}
+
+#[test]
+fn tiled_detector_as_served_matches_the_reference() {
+    use gpubackend::pipelines::face_detect::{DetectParams, detect_tiled};
+    let nets = mtcnn();
+    for canvas in [128, 32] {
+        println!("canvas {canvas}");
+        check_against_reference(|img| detect_tiled(img, &DetectParams::default(), canvas, &nets).unwrap());
     }
 }

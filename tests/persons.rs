@@ -157,3 +157,35 @@ fn request_errors_are_the_documented_ones() {
     assert_eq!((r.status, &v["body"]["objects"][0]["status"]), (200, &json!(1)), "{v}");
     OpenApi::load().assert_valid("persons_recognize_response", &v);
 }
+
+/// Several faces in one photo and several photos in one request: the collage holds the four
+/// portraits (Obama ×3, Biden) at 480 pixels wide.
+#[test]
+fn every_face_of_a_group_photo_is_recognised() {
+    let server = TestServer::start(config());
+    let mut c = server.conn();
+    let (_, v) = call(
+        &mut c,
+        "set",
+        json!({"space":"3","images":[{"name":"o","person_id":7},{"name":"b","person_id":8}]}),
+        &[("o", "obama2.jpg"), ("b", "biden.jpg")],
+    );
+    assert!(v["body"]["objects"].as_array().unwrap().iter().all(|o| o["status"] == 0), "{v}");
+    let (_, v) = call(
+        &mut c,
+        "recognize",
+        json!({"space":"3","images":[{"name":"group"},{"name":"single"}]}),
+        &[("group", "collage.jpg"), ("single", "obama3.jpg")],
+    );
+    let group = persons(&v, 0);
+    let tags: Vec<&str> = group.iter().map(|p| p["tag"].as_str().unwrap()).collect();
+    println!("collage: {tags:?}");
+    assert_eq!(tags.iter().filter(|t| **t == "person7").count(), 3, "{v}");
+    assert_eq!(tags.iter().filter(|t| **t == "person8").count(), 1, "{v}");
+    // Faces come most probable first, each inside the photo.
+    for p in &group {
+        let c: Vec<i64> = serde_json::from_value(p["coord"].clone()).unwrap();
+        assert!(c[0] < c[2] && c[1] < c[3] && c[2] <= 960 + 5, "{c:?}");
+    }
+    assert_eq!(persons(&v, 1)[0]["tag"], "person7");
+}

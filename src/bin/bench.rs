@@ -6,8 +6,8 @@
 //! `bench model`   runs the forward pass alone in a loop at a given batch size on a device.
 //! `bench compare` runs both (model-only at the e2e mean batch size) and prints e2e / model-only.
 //! `bench faces`   drives a running server's persons/recognize with real faces: the four portraits
-//!                 of tests/data and a 2×2 collage of them (4 faces in one photo; no real group
-//!                 photo is available from the package registries here), and prints req/s, faces/s,
+//!                 of tests/data and tests/data/collage.jpg (a 2×2 collage of them: 4 faces in one
+//!                 photo; no real group photo is available from the package registries here), and prints req/s, faces/s,
 //!                 p50/p99 and, per face stage (P-Net tiles, R-Net, O-Net, embedder), the mean
 //!                 batch size, batches/s, worker busy share and mean queue wait.
 //! `bench persons` fills a person store space with N synthetic 128-d embeddings and times exact
@@ -66,34 +66,12 @@ struct FacesArgs {
     model: String,
 }
 
-/// The four portraits side by side, 2×2, each scaled to 480 pixels wide: a real 4-face photo.
-fn collage() -> anyhow::Result<Vec<u8>> {
-    let names = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"];
-    let tiles: Vec<image::RgbImage> = names
-        .iter()
-        .map(|n| -> anyhow::Result<image::RgbImage> {
-            let img = image::open(format!("tests/data/{n}"))?.to_rgb8();
-            let h = (img.height() as f64 * 480.0 / img.width() as f64) as u32;
-            Ok(image::imageops::resize(&img, 480, h, image::imageops::FilterType::Triangle))
-        })
-        .collect::<Result<_, _>>()?;
-    let cell_h = tiles.iter().map(|t| t.height()).max().unwrap_or(0);
-    let mut out = image::RgbImage::from_pixel(960, 2 * cell_h, image::Rgb([255, 255, 255]));
-    for (i, t) in tiles.iter().enumerate() {
-        image::imageops::overlay(&mut out, t, (i as i64 % 2) * 480, (i as i64 / 2) * cell_h as i64);
-    }
-    let mut bytes = Vec::new();
-    image::DynamicImage::ImageRgb8(out).write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Jpeg)?;
-    Ok(bytes)
-}
-
 fn run_faces(a: &FacesArgs) -> anyhow::Result<()> {
     let addr = a.addr.to_socket_addrs()?.next().context("address")?;
-    let mut photos: Vec<Vec<u8>> = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg"]
+    let photos: Vec<Vec<u8>> = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "collage.jpg"]
         .iter()
         .map(|n| std::fs::read(format!("tests/data/{n}")).with_context(|| format!("read tests/data/{n}")))
         .collect::<Result<_, _>>()?;
-    photos.push(collage()?);
     let photos = Arc::new(photos);
     let path = Arc::new(format!("/api/v1/persons/recognize?oauth_provider=mcs&oauth_token={}", a.token));
     let meta: &'static [u8] = br#"{"space":"9","create_new":true,"update_embedding":false,"images":[{"name":"file"}]}"#;

@@ -416,6 +416,39 @@ pub fn detect(img: &DecodedImage, params: &DetectParams, nets: &impl FaceNets) -
     Ok(stage3(&boxes, &out.reg, &out.landmarks, &out.prob, params.thresholds[2]))
 }
 
+/// The cascade as the server runs it (P-Net on `canvas`² tiles instead of whole levels), one
+/// image at a time; for tests and tools.
+pub fn detect_tiled(
+    img: &DecodedImage,
+    params: &DetectParams,
+    canvas: usize,
+    nets: &impl FaceNets,
+) -> Result<Vec<Face>, String> {
+    let (levels, tiles) = pyramid_tiles(img, params, canvas);
+    let map = crate::models::pnet_map_side(canvas);
+    let mut per_level = vec![Vec::new(); levels.len()];
+    for tile in &tiles {
+        let out = nets.pnet(tile.input.clone(), canvas, canvas)?;
+        let flat: Vec<f32> = out.reg.iter().chain(&out.prob).copied().collect();
+        per_level[tile.level].extend(tile_candidates(&flat, map, tile, &levels[tile.level], params.thresholds[0]));
+    }
+    let boxes = stage1(per_level);
+    let (input, kept) = crops(img, &boxes, RNET_SIZE);
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
+    let out = nets.rnet(input, boxes.len())?;
+    let boxes = stage2(&boxes, &out.reg, &out.prob, params.thresholds[1]);
+    let (input, kept) = crops(img, &boxes, ONET_SIZE);
+    if kept.is_empty() {
+        return Ok(Vec::new());
+    }
+    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
+    let out = nets.onet(input, boxes.len())?;
+    Ok(stage3(&boxes, &out.reg, &out.landmarks, &out.prob, params.thresholds[2]))
+}
+
 /// Intersection over union of two boxes (no +1).
 pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
