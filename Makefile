@@ -3,7 +3,7 @@ CARGO_TARGET_DIR ?= $(or $(HOME),/root)/.cache/gpubackend-target
 export CARGO_TARGET_DIR
 PORT ?= 8080
 
-.PHONY: help setup weights run test release rpm fmt clippy ci bench bench-model reference reference-mtcnn labels
+.PHONY: help setup weights run test release rpm fmt clippy ci bench bench-faces bench-model reference reference-mtcnn reference-sface labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ ci: ## what CI runs
 bench: weights ## start a server, run the e2e + model-only comparison, stop the server
 	bash scripts/bench.sh
 
+bench-faces: weights ## start a server on the defaults, drive persons/recognize (CONCURRENCY=8 DURATION=20), stop it
+	bash scripts/bench.sh faces
+
 bench-model: weights ## forward pass alone (BATCH=16 DEVICE=cpu)
 	cargo run --bin bench -- model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16)
 
@@ -52,6 +55,12 @@ reference-mtcnn: weights ## regenerate tests/fixtures/mtcnn (networks + whole de
 	  --out ../../tests/fixtures/mtcnn ../../tests/data/obama.jpg ../../tests/data/biden.jpg
 	cd tools/reference && ../../.venv-ref/bin/python mtcnn_detect.py --weights ../../models/mtcnn --out ../../tests/fixtures/mtcnn \
 	  $(addprefix ../../tests/data/,obama.jpg obama2.jpg obama3.jpg biden.jpg chelsea.png)
+
+reference-sface: weights ## regenerate tests/fixtures/sface (aligned faces + onnxruntime embeddings; after reference-mtcnn)
+	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt
+	cd tools/reference && ../../.venv-ref/bin/python sface.py --model ../../models/sface/face_recognition_sface_2021dec.onnx \
+	  --detections ../../tests/fixtures/mtcnn/detections.json --data ../../tests/data --out ../../tests/fixtures/sface \
+	  obama.jpg obama2.jpg obama3.jpg biden.jpg
 
 labels: ## regenerate models/mobilenet_v2/labels.json (needs Debian wordnet-base)
 	rm -rf .labels-src && mkdir .labels-src && python3 -m pip download -q --no-deps --only-binary=:all: -d .labels-src timm==1.0.31 torchvision==0.29.2

@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Starts a server on the embedded defaults (or $CONFIG), runs `bench compare`, stops the server.
+# Starts a server on the embedded defaults (or $CONFIG), runs `bench compare` (or, with the
+# argument `faces`, `bench faces`), stops the server. The person store goes to a temporary directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-18080}
 cargo build --bin gpubackend --bin bench
 bin=${CARGO_TARGET_DIR:-target}/debug
-args=(--port "$PORT")
-[ -n "${CONFIG:-}" ] && args+=(-c "$CONFIG")
+store=$(mktemp -d)
+sed "s|^dir = \"data\"|dir = \"$store\"|" "${CONFIG:-config/default.toml}" > "$store/bench.toml"
+args=(--port "$PORT" -c "$store/bench.toml")
 RUST_LOG=warn "$bin/gpubackend" "${args[@]}" &
 server=$!
-trap 'kill $server 2>/dev/null; wait $server 2>/dev/null' EXIT
+trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$store"' EXIT
 for _ in $(seq 1 600); do
   curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null 2>&1 && break
   sleep 0.5
 done
-"$bin/bench" compare --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" --device "${DEVICE:-cpu}"
+if [ "${1:-}" = faces ]; then
+  "$bin/bench" faces --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-8}" --duration "${DURATION:-20}"
+else
+  "$bin/bench" compare --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" --device "${DEVICE:-cpu}"
+fi
