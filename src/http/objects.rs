@@ -132,21 +132,7 @@ async fn handle(
     // Only `object` is served today; it is the one mode validated above.
     let model = state.modes.get(&meta.mode[0]).expect("mode validated above. This is a bug.").clone();
 
-    if !model.has_live_worker() {
-        ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
-        return Err(ApiError::Overloaded(format!(
-            "model {} is not ready: no live worker (loading or restarting), retry later",
-            model.name
-        )));
-    }
-    let _permit = state.admission.clone().try_acquire_many_owned(images.len() as u32).map_err(|_| {
-        ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);
-        ApiError::Overloaded(format!(
-            "server overloaded: more than {} images in flight, retry later",
-            state.limits.max_inflight_images
-        ))
-    })?;
-    let _inflight = InflightImages::new(images.len());
+    let _admitted = admit(state, &[&model], images.len())?;
     let answers = tokio::select! {
         answers = run_images(state, &model, &images) => answers,
         () = client_gone(req) => Err(ApiError::ClientGone("client closed the connection".into())),
@@ -158,12 +144,38 @@ async fn handle(
     Ok(ObjectsBody { object_labels })
 }
 
+/// A request's images, admitted: the in-flight permits and gauge, released however it ends.
+pub(super) struct Admitted {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _inflight: InflightImages,
+}
+
+/// Admits `n` images for `stages`, or refuses at once (503): a stage without a live worker, or
+/// more than `limits.max_inflight_images` images in flight.
+pub(super) fn admit(state: &AppState, stages: &[&ServedModel], n: usize) -> Result<Admitted, ApiError> {
+    if let Some(stage) = stages.iter().find(|s| !s.has_live_worker()) {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
+        return Err(ApiError::Overloaded(format!(
+            "model {} is not ready: no live worker (loading or restarting), retry later",
+            stage.name
+        )));
+    }
+    let permit = state.admission.clone().try_acquire_many_owned(n as u32).map_err(|_| {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);
+        ApiError::Overloaded(format!(
+            "server overloaded: more than {} images in flight, retry later",
+            state.limits.max_inflight_images
+        ))
+    })?;
+    Ok(Admitted { _permit: permit, _inflight: InflightImages::new(n) })
+}
+
 /// `gpubackend_inflight_images` held up while a request's images are in the pipeline, however the
 /// handler ends.
-pub(super) struct InflightImages(f64);
+struct InflightImages(f64);
 
 impl InflightImages {
-    pub(super) fn new(n: usize) -> Self {
+    fn new(n: usize) -> Self {
         ::metrics::gauge!(metrics::INFLIGHT_IMAGES).increment(n as f64);
         Self(n as f64)
     }

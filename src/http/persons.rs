@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::auth::AuthQuery;
 use super::disconnect::client_gone;
 use super::multipart::read_upload;
-use super::objects::InflightImages;
+use super::objects::admit;
 use super::{AppState, FaceService, ServedModel};
 use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
 use crate::actors::{Decode, Enqueue, FacePrep, FacePrepared, InferError, Job, Prediction};
@@ -117,6 +117,35 @@ fn face_service(state: &AppState) -> Result<Arc<FaceService>, ApiError> {
     })
 }
 
+/// The start every persons method shares: auth, the face model, the upload, meta and space.
+async fn begin(
+    state: &AppState,
+    query: &AuthQuery,
+    req: &HttpRequest,
+    payload: Payload,
+) -> Result<(Arc<FaceService>, super::multipart::Upload, PersonsMeta, u32), ApiError> {
+    state.auth.check(query)?;
+    let face = face_service(state)?;
+    let upload = read_upload(req, payload, &state.limits).await?;
+    let meta = parse_meta(upload.meta.as_deref())?;
+    let space = parse_space(meta.space.as_ref())?;
+    Ok((face, upload, meta, space))
+}
+
+/// One request to the person store's thread.
+async fn ask<M, R>(face: &FaceService, msg: M) -> Result<R, ApiError>
+where
+    M: actix::Message<Result = Result<R, crate::store::StoreError>> + Send + 'static,
+    R: Send + 'static,
+    crate::actors::StoreActor: actix::Handler<M>,
+{
+    face.store
+        .send(msg)
+        .await
+        .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))
+}
+
 /// Runs `handle`, counts and times the request, and answers with the envelope.
 async fn respond(
     endpoint: &'static str,
@@ -214,11 +243,7 @@ async fn handle_set(
     req: &HttpRequest,
     payload: Payload,
 ) -> Result<ObjectsBody, ApiError> {
-    state.auth.check(query)?;
-    let face = face_service(state)?;
-    let upload = read_upload(req, payload, &state.limits).await?;
-    let meta = parse_meta(upload.meta.as_deref())?;
-    let space = parse_space(meta.space.as_ref())?;
+    let (face, upload, meta, space) = begin(state, query, req, payload).await?;
     if meta.images.iter().any(|i| i.person_id.is_none()) {
         return Err(ApiError::BadRequest("no person_id has been provided".into()));
     }
@@ -237,11 +262,7 @@ async fn handle_set(
         });
     }
     if !faces.is_empty() {
-        face.store
-            .send(SetFaces { space, faces })
-            .await
-            .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+        ask(&face, SetFaces { space, faces }).await?;
     }
     Ok(ObjectsBody { objects, aliases_changed: None })
 }
@@ -252,11 +273,7 @@ async fn handle_recognize(
     req: &HttpRequest,
     payload: Payload,
 ) -> Result<ObjectsBody, ApiError> {
-    state.auth.check(query)?;
-    let face = face_service(state)?;
-    let upload = read_upload(req, payload, &state.limits).await?;
-    let meta = parse_meta(upload.meta.as_deref())?;
-    let space = parse_space(meta.space.as_ref())?;
+    let (face, upload, meta, space) = begin(state, query, req, payload).await?;
     let images = images_of(&meta, &upload, &state.limits)?;
     let analysed = analyse(state, &face, req, &images).await?;
     let mut objects = Vec::with_capacity(images.len());
@@ -269,18 +286,17 @@ async fn handle_recognize(
             }
             Ok(found) => found,
         };
-        let recognised = face
-            .store
-            .send(Recognize {
+        let recognised = ask(
+            &face,
+            Recognize {
                 space,
                 faces: found.iter().map(|(_, e)| e.clone()).collect(),
                 threshold: face.config.similarity_threshold,
                 create_new: meta.create_new,
                 update: meta.update_embedding,
-            })
-            .await
-            .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
-            .map_err(|e| ApiError::Internal(e.to_string()))?;
+            },
+        )
+        .await?;
         let persons = found
             .iter()
             .zip(recognised)
@@ -305,23 +321,14 @@ async fn handle_delete(
     req: &HttpRequest,
     payload: Payload,
 ) -> Result<ObjectsBody, ApiError> {
-    state.auth.check(query)?;
-    let face = face_service(state)?;
-    let upload = read_upload(req, payload, &state.limits).await?;
-    let meta = parse_meta(upload.meta.as_deref())?;
-    let space = parse_space(meta.space.as_ref())?;
+    let (face, _upload, meta, space) = begin(state, query, req, payload).await?;
     if meta.images.is_empty() {
         return Err(ApiError::BadRequest("images is required non-empty".into()));
     }
     let Some(ids) = meta.images.iter().map(|i| i.person_id).collect::<Option<Vec<i64>>>() else {
         return Err(ApiError::BadRequest("no person_id has been provided".into()));
     };
-    let deleted = face
-        .store
-        .send(DeletePersons { space, ids: ids.clone() })
-        .await
-        .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let deleted = ask(&face, DeletePersons { space, ids: ids.clone() }).await?;
     let objects = meta
         .images
         .iter()
@@ -343,16 +350,8 @@ async fn handle_truncate(
     req: &HttpRequest,
     payload: Payload,
 ) -> Result<ObjectsBody, ApiError> {
-    state.auth.check(query)?;
-    let face = face_service(state)?;
-    let upload = read_upload(req, payload, &state.limits).await?;
-    let meta = parse_meta(upload.meta.as_deref())?;
-    let space = parse_space(meta.space.as_ref())?;
-    face.store
-        .send(Truncate { space })
-        .await
-        .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let (face, _, _, space) = begin(state, query, req, payload).await?;
+    ask(&face, Truncate { space }).await?;
     Ok(ObjectsBody { objects: Vec::new(), aliases_changed: None })
 }
 
@@ -373,21 +372,8 @@ async fn analyse(
     req: &HttpRequest,
     images: &[(String, actix_web::web::Bytes)],
 ) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, FileResult>>, ApiError> {
-    if let Some(stage) = face.stages().into_iter().find(|s| !s.has_live_worker()) {
-        ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
-        return Err(ApiError::Overloaded(format!(
-            "model {} is not ready: no live worker (loading or restarting), retry later",
-            stage.name
-        )));
-    }
-    let _permit = state.admission.clone().try_acquire_many_owned(images.len() as u32).map_err(|_| {
-        ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);
-        ApiError::Overloaded(format!(
-            "server overloaded: more than {} images in flight, retry later",
-            state.limits.max_inflight_images
-        ))
-    })?;
-    let _inflight = InflightImages::new(images.len());
+    let stages = face.stages();
+    let _admitted = admit(state, &stages.map(|s| s.as_ref()), images.len())?;
     let work = join_all(images.iter().map(|(name, bytes)| async move {
         let decoded = state
             .decoder

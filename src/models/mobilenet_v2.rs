@@ -8,7 +8,7 @@ use std::path::Path;
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PaddingConfig2d};
-use burn::prelude::{Device, Tensor, TensorData};
+use burn::prelude::{Device, Tensor};
 use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::relu6;
 use burn::tensor::module::adaptive_avg_pool2d;
@@ -185,21 +185,7 @@ impl Classifier {
     }
 
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
-        let mut flat = Vec::with_capacity(inputs.len() * INPUT_LEN);
-        for input in inputs {
-            if input.len() != INPUT_LEN {
-                return Err(ForwardError::BadInput { got: input.len(), expected: INPUT_LEN });
-            }
-            flat.extend_from_slice(input);
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(flat, [inputs.len(), 3, INPUT_SIZE, INPUT_SIZE]), &self.device);
-        let logits = self
-            .model
-            .forward(x)
-            .try_into_data()
-            .map_err(|e| ForwardError::Device(format!("{e:?}")))?
-            .try_into_vec::<f32>()
-            .map_err(|e| ForwardError::Device(format!("{e:?}")))?;
-        Ok(logits.chunks(NUM_CLASSES).map(<[f32]>::to_vec).collect())
+        let x = super::batch_tensor(inputs, INPUT_SIZE, &self.device)?;
+        super::rows(self.model.forward(x), inputs.len())
     }
 }

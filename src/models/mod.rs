@@ -81,7 +81,8 @@ pub enum Model {
     SFace(Box<sface::Embedder>),
 }
 
-fn tensor4(
+/// A batch of planar RGB `side`² inputs as one (N, 3, side, side) tensor; every input is checked.
+pub(crate) fn batch_tensor(
     inputs: &[&[f32]],
     side: usize,
     device: &burn::prelude::Device,
@@ -97,7 +98,8 @@ fn tensor4(
     Ok(burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(flat, [inputs.len(), 3, side, side]), device))
 }
 
-fn rows<const D: usize>(t: burn::prelude::Tensor<D>, n: usize) -> Result<Vec<Vec<f32>>, ForwardError> {
+/// A model output as one row per batch item.
+pub(crate) fn rows<const D: usize>(t: burn::prelude::Tensor<D>, n: usize) -> Result<Vec<Vec<f32>>, ForwardError> {
     let v = t
         .try_into_data()
         .map_err(|e| ForwardError::Device(format!("{e:?}")))?
@@ -150,15 +152,15 @@ impl Model {
             Self::MobilenetV2(m) => m.forward(inputs),
             Self::SFace(m) => m.forward(inputs),
             Self::PNet { net, canvas, device } => {
-                let out = net.forward(tensor4(inputs, *canvas, device)?);
+                let out = net.forward(batch_tensor(inputs, *canvas, device)?);
                 Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?]))
             }
             Self::RNet { net, device } => {
-                let out = net.forward(tensor4(inputs, RNET_SIZE, device)?);
+                let out = net.forward(batch_tensor(inputs, RNET_SIZE, device)?);
                 Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?]))
             }
             Self::ONet { net, device } => {
-                let out = net.forward(tensor4(inputs, ONET_SIZE, device)?);
+                let out = net.forward(batch_tensor(inputs, ONET_SIZE, device)?);
                 let landmarks = out.landmarks.ok_or_else(|| ForwardError::Device("O-Net gave no landmarks".into()))?;
                 Ok(concat(vec![rows(out.reg, n)?, rows(landmarks, n)?, rows(out.prob, n)?]))
             }

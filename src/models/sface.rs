@@ -173,22 +173,8 @@ impl Embedder {
 
     /// Aligned 112×112 faces, planar RGB 0–255 → one 128-d embedding each.
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
-        let mut flat = Vec::with_capacity(inputs.len() * INPUT_LEN);
-        for input in inputs {
-            if input.len() != INPUT_LEN {
-                return Err(ForwardError::BadInput { got: input.len(), expected: INPUT_LEN });
-            }
-            flat.extend_from_slice(input);
-        }
-        let x = Tensor::<4>::from_data(TensorData::new(flat, [inputs.len(), 3, INPUT_SIZE, INPUT_SIZE]), &self.device);
-        let out = self
-            .net
-            .forward(x)
-            .try_into_data()
-            .map_err(|e| ForwardError::Device(format!("{e:?}")))?
-            .try_into_vec::<f32>()
-            .map_err(|e| ForwardError::Device(format!("{e:?}")))?;
-        Ok(out.chunks(EMBEDDING_LEN).map(<[f32]>::to_vec).collect())
+        let x = super::batch_tensor(inputs, INPUT_SIZE, &self.device)?;
+        super::rows(self.net.forward(x), inputs.len())
     }
 }
 

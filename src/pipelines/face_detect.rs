@@ -399,21 +399,7 @@ pub fn detect(img: &DecodedImage, params: &DetectParams, nets: &impl FaceNets) -
         let out = nets.pnet(level_input(img, &level), level.height, level.width)?;
         levels.push(pnet_candidates(&out.reg, &out.prob, out.map, level.scale, params.thresholds[0]));
     }
-    let boxes = stage1(levels);
-    let (input, kept) = crops(img, &boxes, RNET_SIZE);
-    if kept.is_empty() {
-        return Ok(Vec::new());
-    }
-    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
-    let out = nets.rnet(input, boxes.len())?;
-    let boxes = stage2(&boxes, &out.reg, &out.prob, params.thresholds[1]);
-    let (input, kept) = crops(img, &boxes, ONET_SIZE);
-    if kept.is_empty() {
-        return Ok(Vec::new());
-    }
-    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
-    let out = nets.onet(input, boxes.len())?;
-    Ok(stage3(&boxes, &out.reg, &out.landmarks, &out.prob, params.thresholds[2]))
+    refine(img, params, nets, stage1(levels))
 }
 
 /// The cascade as the server runs it (P-Net on `canvas`² tiles instead of whole levels), one
@@ -432,7 +418,16 @@ pub fn detect_tiled(
         let flat: Vec<f32> = out.reg.iter().chain(&out.prob).copied().collect();
         per_level[tile.level].extend(tile_candidates(&flat, map, tile, &levels[tile.level], params.thresholds[0]));
     }
-    let boxes = stage1(per_level);
+    refine(img, params, nets, stage1(per_level))
+}
+
+/// Stages 2 and 3 (R-Net, O-Net) on stage 1's boxes.
+fn refine(
+    img: &DecodedImage,
+    params: &DetectParams,
+    nets: &impl FaceNets,
+    boxes: Vec<Candidate>,
+) -> Result<Vec<Face>, String> {
     let (input, kept) = crops(img, &boxes, RNET_SIZE);
     if kept.is_empty() {
         return Ok(Vec::new());
