@@ -21,6 +21,34 @@ impl Upload {
     pub fn file(&self, name: &str) -> Option<&Bytes> {
         self.files.iter().find(|(n, _)| n == name).map(|(_, b)| b)
     }
+
+    /// The images `meta` names, in its order, with the documented request errors: none, too
+    /// many, an unnamed or duplicate name, a name with no part, an empty part.
+    pub fn images(&self, names: &[&str], limits: &Limits) -> Result<Vec<(String, Bytes)>, ApiError> {
+        if names.is_empty() {
+            return Err(ApiError::BadRequest("images is required non-empty".into()));
+        }
+        if names.len() > limits.max_images {
+            return Err(ApiError::BadRequest(format!("too many images: at most {} per request", limits.max_images)));
+        }
+        let mut out = Vec::with_capacity(names.len());
+        for (i, &name) in names.iter().enumerate() {
+            if name.is_empty() {
+                return Err(ApiError::BadRequest("image name is required non-empty".into()));
+            }
+            if names[..i].contains(&name) {
+                return Err(ApiError::BadRequest(format!("duplicate image name: {name}")));
+            }
+            let bytes = self.file(name).ok_or_else(|| {
+                ApiError::BadRequest(format!("could not get image by name {name}: http: no such file"))
+            })?;
+            if bytes.is_empty() {
+                return Err(ApiError::BadRequest("empty image".into()));
+            }
+            out.push((name.to_string(), bytes.clone()));
+        }
+        Ok(out)
+    }
 }
 
 pub async fn read_upload(req: &HttpRequest, payload: Payload, limits: &Limits) -> Result<Upload, ApiError> {

@@ -110,25 +110,8 @@ async fn handle(
         }
     }
     *mode_label = meta.mode.join("+");
-    if meta.images.is_empty() {
-        return Err(ApiError::BadRequest("images is required non-empty".into()));
-    }
-    if meta.images.len() > state.limits.max_images {
-        return Err(ApiError::BadRequest(format!("too many images: at most {} per request", state.limits.max_images)));
-    }
-    let mut images = Vec::with_capacity(meta.images.len());
-    for (i, img) in meta.images.iter().enumerate() {
-        if meta.images[..i].iter().any(|m| m.name == img.name) {
-            return Err(ApiError::BadRequest(format!("duplicate image name: {}", img.name)));
-        }
-        let bytes = upload.file(&img.name).ok_or_else(|| {
-            ApiError::BadRequest(format!("could not get image by name {}: http: no such file", img.name))
-        })?;
-        if bytes.is_empty() {
-            return Err(ApiError::BadRequest("empty image".into()));
-        }
-        images.push((img.name.clone(), bytes.clone()));
-    }
+    let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
+    let images = upload.images(&names, &state.limits)?;
     // Only `object` is served today; it is the one mode validated above.
     let model = state.modes.get(&meta.mode[0]).expect("mode validated above. This is a bug.").clone();
 

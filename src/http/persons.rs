@@ -206,35 +206,14 @@ pub async fn truncate(
     respond("persons/truncate", handle_truncate(&state, &query, &req, payload)).await
 }
 
-/// The images of `meta`, in order, with their bytes; the documented request errors.
+/// The images `meta` names, with their bytes.
 fn images_of(
     meta: &PersonsMeta,
     upload: &super::multipart::Upload,
     limits: &crate::config::Limits,
 ) -> Result<Vec<(String, actix_web::web::Bytes)>, ApiError> {
-    if meta.images.is_empty() {
-        return Err(ApiError::BadRequest("images is required non-empty".into()));
-    }
-    if meta.images.len() > limits.max_images {
-        return Err(ApiError::BadRequest(format!("too many images: at most {} per request", limits.max_images)));
-    }
-    let mut out = Vec::with_capacity(meta.images.len());
-    for (i, img) in meta.images.iter().enumerate() {
-        if img.name.is_empty() {
-            return Err(ApiError::BadRequest("image name is required non-empty".into()));
-        }
-        if meta.images[..i].iter().any(|m| m.name == img.name) {
-            return Err(ApiError::BadRequest(format!("duplicate image name: {}", img.name)));
-        }
-        let bytes = upload.file(&img.name).ok_or_else(|| {
-            ApiError::BadRequest(format!("could not get image by name {}: http: no such file", img.name))
-        })?;
-        if bytes.is_empty() {
-            return Err(ApiError::BadRequest("empty image".into()));
-        }
-        out.push((img.name.clone(), bytes.clone()));
-    }
-    Ok(out)
+    let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
+    upload.images(&names, limits)
 }
 
 async fn handle_set(
