@@ -53,37 +53,53 @@ impl Handler<Preprocess> for Preprocessor {
     }
 }
 
-/// The face cascade's CPU work between its networks, on the preprocessing pool.
+/// The face cascade's CPU work between its networks, on the preprocessing pool: the pyramid of an
+/// image cut into P-Net tiles.
 #[derive(Message)]
-#[rtype(result = "FacePrepared")]
-pub enum FacePrep {
-    /// The pyramid of an image, cut into P-Net tiles.
-    Pyramid { image: Arc<DecodedImage>, params: DetectParams, canvas: usize },
-    /// One `size`² crop per box (R-Net 24, O-Net 48).
-    Crops { image: Arc<DecodedImage>, boxes: Vec<Candidate>, size: usize },
-    /// Each face aligned to the embedder's template.
-    Align { image: Arc<DecodedImage>, faces: Vec<Face> },
+#[rtype(result = "(Vec<Level>, Vec<Tile>)")]
+pub struct Pyramid {
+    pub image: Arc<DecodedImage>,
+    pub params: DetectParams,
+    pub canvas: usize,
 }
 
-pub enum FacePrepared {
-    Tiles(Vec<Level>, Vec<Tile>),
-    Crops(Vec<Option<Vec<f32>>>),
-    Aligned(Vec<Vec<f32>>),
+impl Handler<Pyramid> for Preprocessor {
+    type Result = actix::MessageResult<Pyramid>;
+
+    fn handle(&mut self, msg: Pyramid, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(pyramid_tiles(&msg.image, &msg.params, msg.canvas))
+    }
 }
 
-impl Handler<FacePrep> for Preprocessor {
-    type Result = actix::MessageResult<FacePrep>;
+/// One `size`² crop per box (R-Net 24, O-Net 48); `None` where a box has no pixels.
+#[derive(Message)]
+#[rtype(result = "Vec<Option<Vec<f32>>>")]
+pub struct CropFaces {
+    pub image: Arc<DecodedImage>,
+    pub boxes: Vec<Candidate>,
+    pub size: usize,
+}
 
-    fn handle(&mut self, msg: FacePrep, _: &mut SyncContext<Self>) -> Self::Result {
-        actix::MessageResult(match msg {
-            FacePrep::Pyramid { image, params, canvas } => {
-                let (levels, tiles) = pyramid_tiles(&image, &params, canvas);
-                FacePrepared::Tiles(levels, tiles)
-            }
-            FacePrep::Crops { image, boxes, size } => FacePrepared::Crops(crop_each(&image, &boxes, size)),
-            FacePrep::Align { image, faces } => {
-                FacePrepared::Aligned(faces.iter().map(|f| aligned_face(&image, &f.landmarks)).collect())
-            }
-        })
+impl Handler<CropFaces> for Preprocessor {
+    type Result = actix::MessageResult<CropFaces>;
+
+    fn handle(&mut self, msg: CropFaces, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(crop_each(&msg.image, &msg.boxes, msg.size))
+    }
+}
+
+/// Each face aligned to the embedder's template.
+#[derive(Message)]
+#[rtype(result = "Vec<Vec<f32>>")]
+pub struct AlignFaces {
+    pub image: Arc<DecodedImage>,
+    pub faces: Vec<Face>,
+}
+
+impl Handler<AlignFaces> for Preprocessor {
+    type Result = actix::MessageResult<AlignFaces>;
+
+    fn handle(&mut self, msg: AlignFaces, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(msg.faces.iter().map(|f| aligned_face(&msg.image, &f.landmarks)).collect())
     }
 }

@@ -19,7 +19,7 @@ use super::multipart::read_upload;
 use super::objects::admit;
 use super::{AppState, FaceService, ServedModel};
 use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
-use crate::actors::{Decode, Enqueue, FacePrep, FacePrepared, InferError, Job, Prediction};
+use crate::actors::{AlignFaces, CropFaces, Decode, Enqueue, InferError, Job, Prediction, Pyramid};
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
 use crate::pipelines::decode::DecodedImage;
@@ -409,7 +409,13 @@ async fn infer(stage: &ServedModel, inputs: Vec<Vec<f32>>) -> Result<Vec<Predict
     Ok(out)
 }
 
-async fn prepare(state: &AppState, msg: FacePrep) -> Result<FacePrepared, StageError> {
+/// CPU work on the preprocessing pool.
+async fn prepare<M>(state: &AppState, msg: M) -> Result<M::Result, StageError>
+where
+    M: actix::Message + Send + 'static,
+    M::Result: Send,
+    crate::actors::Preprocessor: actix::Handler<M>,
+{
     state
         .preprocessor
         .send(msg)
@@ -431,11 +437,7 @@ async fn faces_with_embeddings(
     let fc = &face.config;
     let params = DetectParams { min_face: fc.min_face, thresholds: fc.thresholds, factor: fc.factor };
     // Stage 1: P-Net on fixed tiles of every pyramid level.
-    let FacePrepared::Tiles(levels, tiles) =
-        prepare(state, FacePrep::Pyramid { image: image.clone(), params, canvas: fc.canvas }).await?
-    else {
-        unreachable!("Pyramid answers Tiles. This is a bug.")
-    };
+    let (levels, tiles) = prepare(state, Pyramid { image: image.clone(), params, canvas: fc.canvas }).await?;
     let map = crate::models::pnet_map_side(fc.canvas);
     let outputs = infer(&face.pnet, tiles.iter().map(|t| t.input.clone()).collect()).await?;
     let mut per_level = vec![Vec::new(); levels.len()];
@@ -450,20 +452,12 @@ async fn faces_with_embeddings(
     }
     let boxes = face_detect::stage1(per_level);
     // Stage 2: R-Net on 24×24 crops.
-    let FacePrepared::Crops(crops) =
-        prepare(state, FacePrep::Crops { image: image.clone(), boxes: boxes.clone(), size: RNET_SIZE }).await?
-    else {
-        unreachable!("Crops answers Crops. This is a bug.")
-    };
+    let crops = prepare(state, CropFaces { image: image.clone(), boxes: boxes.clone(), size: RNET_SIZE }).await?;
     let (boxes, crops) = kept(boxes, crops);
     let (reg, prob) = split_heads(infer(&face.rnet, crops).await?, &[4, 2]);
     let boxes = face_detect::stage2(&boxes, &reg[0], &prob, params.thresholds[1]);
     // Stage 3: O-Net on 48×48 crops.
-    let FacePrepared::Crops(crops) =
-        prepare(state, FacePrep::Crops { image: image.clone(), boxes: boxes.clone(), size: ONET_SIZE }).await?
-    else {
-        unreachable!("Crops answers Crops. This is a bug.")
-    };
+    let crops = prepare(state, CropFaces { image: image.clone(), boxes: boxes.clone(), size: ONET_SIZE }).await?;
     let (boxes, crops) = kept(boxes, crops);
     let (heads, prob) = split_heads(infer(&face.onet, crops).await?, &[4, 10, 2]);
     let mut faces = face_detect::stage3(&boxes, &heads[0], &heads[1], &prob, params.thresholds[2]);
@@ -473,9 +467,7 @@ async fn faces_with_embeddings(
         return Ok(Vec::new());
     }
     // Embeddings of the aligned faces.
-    let FacePrepared::Aligned(aligned) = prepare(state, FacePrep::Align { image, faces: faces.clone() }).await? else {
-        unreachable!("Align answers Aligned. This is a bug.")
-    };
+    let aligned = prepare(state, AlignFaces { image, faces: faces.clone() }).await?;
     let embeddings = infer(&face.embed, aligned).await?;
     Ok(faces.into_iter().zip(embeddings.into_iter().map(|p| p.output)).collect())
 }
