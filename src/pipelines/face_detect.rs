@@ -119,6 +119,22 @@ pub fn level_input(img: &DecodedImage, level: &Level) -> Vec<f32> {
     area_resize(img, [0, 0, img.width as usize, img.height as usize], level.width, level.height)
 }
 
+/// The P-Net window at level-map position `(x, y)` (stride 2, cell 12) as a box in original
+/// pixels, with its regression read from map index `i` of the `reg` planes.
+fn window_candidate(reg: &[f32], plane: usize, i: usize, (x, y): (usize, usize), scale: f64, score: f32) -> Candidate {
+    let (xf, yf) = (x as f64, y as f64);
+    Candidate {
+        bbox: [
+            ((2.0 * xf + 1.0) / scale).floor() as f32,
+            ((2.0 * yf + 1.0) / scale).floor() as f32,
+            ((2.0 * xf + 12.0) / scale).floor() as f32,
+            ((2.0 * yf + 12.0) / scale).floor() as f32,
+        ],
+        score,
+        reg: [reg[i], reg[plane + i], reg[2 * plane + i], reg[3 * plane + i]],
+    }
+}
+
 /// P-Net maps of one level → windows with face probability ≥ `threshold` (stride 2, cell 12), as
 /// boxes in original pixels. `reg` is (4, h, w) and `prob` (2, h, w) of one image.
 pub fn pnet_candidates(reg: &[f32], prob: &[f32], map: (usize, usize), scale: f64, threshold: f32) -> Vec<Candidate> {
@@ -130,15 +146,7 @@ pub fn pnet_candidates(reg: &[f32], prob: &[f32], map: (usize, usize), scale: f6
             let i = y * w + x;
             let p = prob[plane + i];
             if p >= threshold {
-                let (xf, yf) = (x as f64, y as f64);
-                let bbox = [
-                    ((2.0 * xf + 1.0) / scale).floor() as f32,
-                    ((2.0 * yf + 1.0) / scale).floor() as f32,
-                    ((2.0 * xf + 12.0) / scale).floor() as f32,
-                    ((2.0 * yf + 12.0) / scale).floor() as f32,
-                ];
-                let reg = [reg[i], reg[plane + i], reg[2 * plane + i], reg[3 * plane + i]];
-                out.push(Candidate { bbox, score: p, reg });
+                out.push(window_candidate(reg, plane, i, (x, y), scale, p));
             }
         }
     }
@@ -212,17 +220,7 @@ pub fn tile_candidates(output: &[f32], map: usize, tile: &Tile, level: &Level, t
             if lx >= mw || ly >= mh || p < threshold {
                 continue;
             }
-            let (xf, yf, scale) = (lx as f64, ly as f64, level.scale);
-            out.push(Candidate {
-                bbox: [
-                    ((2.0 * xf + 1.0) / scale).floor() as f32,
-                    ((2.0 * yf + 1.0) / scale).floor() as f32,
-                    ((2.0 * xf + 12.0) / scale).floor() as f32,
-                    ((2.0 * yf + 12.0) / scale).floor() as f32,
-                ],
-                score: p,
-                reg: [reg[i], reg[plane + i], reg[2 * plane + i], reg[3 * plane + i]],
-            });
+            out.push(window_candidate(reg, plane, i, (lx, ly), level.scale, p));
         }
     }
     out
@@ -320,9 +318,9 @@ pub fn crop_region(b: [f32; 4], width: u32, height: u32) -> Option<[usize; 4]> {
 pub fn crops(img: &DecodedImage, boxes: &[Candidate], size: usize) -> (Vec<f32>, Vec<usize>) {
     let mut data = Vec::with_capacity(boxes.len() * 3 * size * size);
     let mut kept = Vec::with_capacity(boxes.len());
-    for (i, c) in boxes.iter().enumerate() {
-        if let Some(region) = crop_region(c.bbox, img.width, img.height) {
-            data.extend(area_resize(img, region, size, size));
+    for (i, crop) in crop_each(img, boxes, size).into_iter().enumerate() {
+        if let Some(crop) = crop {
+            data.extend(crop);
             kept.push(i);
         }
     }

@@ -42,8 +42,6 @@ pub struct Match {
 struct Person {
     /// Running mean of unit embeddings (not unit itself).
     mean: Vec<f32>,
-    /// `mean` scaled to unit length, what search compares against.
-    unit: Vec<f32>,
     samples: u32,
 }
 
@@ -63,13 +61,15 @@ impl Space {
     }
 
     fn insert(&mut self, id: i64, person: Person) {
-        let dim = person.unit.len();
+        // The matrix holds `mean` scaled to unit length, what search compares against.
+        let u = unit(&person.mean);
+        let dim = u.len();
         match self.rows.get(&id) {
-            Some(&row) => self.units[row * dim..(row + 1) * dim].copy_from_slice(&person.unit),
+            Some(&row) => self.units[row * dim..(row + 1) * dim].copy_from_slice(&u),
             None => {
                 self.rows.insert(id, self.ids.len());
                 self.ids.push(id);
-                self.units.extend_from_slice(&person.unit);
+                self.units.extend_from_slice(&u);
             }
         }
         self.persons.insert(id, person);
@@ -77,7 +77,7 @@ impl Space {
 
     fn remove(&mut self, id: i64) {
         let Some(row) = self.rows.remove(&id) else { return };
-        let dim = self.persons.remove(&id).map_or(0, |p| p.unit.len());
+        let dim = self.persons.remove(&id).map_or(0, |p| p.mean.len());
         let last = self.ids.len() - 1;
         if row != last {
             let moved = self.ids[last];
@@ -177,7 +177,7 @@ impl PersonStore {
                 let (space, id, blob, samples) = row.map_err(err)?;
                 let mean = from_blob(&blob);
                 if space < SPACES && mean.len() == dim {
-                    spaces[space as usize].insert(id, Person { unit: unit(&mean), mean, samples });
+                    spaces[space as usize].insert(id, Person { mean, samples });
                 }
             }
         }
@@ -260,7 +260,7 @@ impl PersonStore {
             }
             None => (face, 1),
         };
-        Person { unit: unit(&mean), mean, samples }
+        Person { mean, samples }
     }
 
     /// A new person id in `space` (one above the largest).
