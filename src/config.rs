@@ -323,6 +323,16 @@ pub struct Placement {
     /// Workers per model on this device (the lecture's rule: 1).
     #[serde(default = "default_instances")]
     pub instances: usize,
+    /// Batches a worker holds at once: 2 stages, uploads and launches the next batch while the
+    /// device runs the current one; 1 runs them one after another. Default: 1 on `cpu`, 2 on GPUs.
+    #[serde(default)]
+    pub depth: Option<usize>,
+}
+
+impl Placement {
+    pub fn depth(&self) -> usize {
+        self.depth.unwrap_or(if self.device == "cpu" { 1 } else { 2 })
+    }
 }
 
 fn default_instances() -> usize {
@@ -365,7 +375,7 @@ impl Config {
             None => self.placement.first().map(|p| p.device.clone()).unwrap_or_else(|| "cpu".into()),
         };
         let models = models.unwrap_or_else(|| self.placement.iter().flat_map(|p| p.models.clone()).collect());
-        self.placement = vec![Placement { device, models, instances: 1 }];
+        self.placement = vec![Placement { device, models, instances: 1, depth: None }];
         self.validate()
     }
 
@@ -481,6 +491,9 @@ impl Config {
             if p.instances == 0 {
                 return Err(invalid(format!("placement[{i}].instances"), "must be at least 1"));
             }
+            if !(1..=4).contains(&p.depth()) {
+                return Err(invalid(format!("placement[{i}].depth"), "must be between 1 and 4"));
+            }
             for m in &p.models {
                 if !self.models.contains_key(m) {
                     return Err(invalid(format!("placement[{i}].models"), format!("unknown model `{m}`")));
@@ -574,7 +587,7 @@ mod tests {
         c.override_placement(Some(1), Some(vec!["mobilenet_v2".into()])).unwrap();
         assert_eq!(
             c.placement,
-            vec![Placement { device: "wgpu:1".into(), models: vec!["mobilenet_v2".into()], instances: 1 }]
+            vec![Placement { device: "wgpu:1".into(), models: vec!["mobilenet_v2".into()], instances: 1, depth: None }]
         );
         assert!(c.override_placement(None, Some(vec!["nope".into()])).is_err());
     }

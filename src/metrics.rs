@@ -167,6 +167,11 @@ impl BusyMeter {
         self.running_since.is_some()
     }
 
+    /// When the current busy interval began, if the worker is busy.
+    pub fn running_since(&self) -> Option<Instant> {
+        self.running_since
+    }
+
     /// Busy share of the window ending at `now` (or of the meter's lifetime, if shorter).
     pub fn ratio(&self, now: Instant) -> f64 {
         let from = now.checked_sub(BUSY_WINDOW).map_or(self.created, |t| t.max(self.created));

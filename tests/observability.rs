@@ -270,7 +270,8 @@ fn placement_page_renders_in_headless_chromium() {
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dom.contains(&format!("<span id=\"node\">{node}</span>")), "{dom}");
-    assert!(dom.contains("cpu: [\"face\", \"mobilenet_v2\"]  (cpu)"), "{dom}");
+    assert!(dom.contains("cpu: [\"face\", \"mobilenet_v2\"]  (cpu on "), "{dom}");
+    assert!(dom.contains("(CPU, Cpu, driver burn flex))"), "the adapter: {dom}");
     assert!(dom.contains("<td class=\"idle\">idle</td>"), "{dom}");
     assert!(
         dom.contains("<td>mobilenet_v2</td><td>object</td><td>1 / 1</td><td>0</td><td>512</td><td>16</td>"),

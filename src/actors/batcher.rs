@@ -1,5 +1,7 @@
 //! Batcher: one per model. Drives `pipelines::batching::BatchQueue` with actix timers and sends
-//! each due batch to an idle worker, so the next batch forms while one runs.
+//! each due batch to a worker with room for it (fewer batches in flight than its `depth`: one on
+//! the CPU, so the next batch forms while one runs; two on GPUs, so the next is staged and
+//! launched while the device runs the current one).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -70,12 +72,13 @@ const REVIVAL_POLL: Duration = Duration::from_millis(20);
 struct WorkerSlot {
     addr: Recipient<RunBatch>,
     health: Arc<WorkerHealth>,
-    busy: bool,
+    /// Batches sent and not answered yet.
+    in_flight: usize,
 }
 
 impl WorkerSlot {
     fn ready(&self) -> bool {
-        !self.busy && self.health.is_alive()
+        self.in_flight < self.health.depth && self.health.is_alive()
     }
 }
 
@@ -92,12 +95,13 @@ impl Batcher {
         Self {
             model: model.to_string(),
             queue: BatchQueue::new(policy),
-            workers: workers.into_iter().map(|(addr, health)| WorkerSlot { addr, health, busy: false }).collect(),
+            workers: workers.into_iter().map(|(addr, health)| WorkerSlot { addr, health, in_flight: 0 }).collect(),
             timer: None,
         }
     }
 
-    /// Sends every due batch to a ready (idle and alive) worker, then sets the next wake-up.
+    /// Sends every due batch to a ready worker (alive, with room), the least loaded first, then
+    /// sets the next wake-up.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
         let dropped = self.queue.retain(|job| !job.reply.is_closed());
         if dropped > 0 {
@@ -111,7 +115,9 @@ impl Batcher {
                 let _ = q.item.reply.send(Err(InferError::Unavailable { model: self.model.clone(), waited_ms }));
             }
         }
-        while let Some(w) = self.workers.iter().position(WorkerSlot::ready) {
+        while let Some(w) =
+            (0..self.workers.len()).filter(|&i| self.workers[i].ready()).min_by_key(|&i| self.workers[i].in_flight)
+        {
             let Some((batch, reason)) = self.queue.next_batch(now()) else { break };
             self.send(w, batch, reason, ctx);
         }
@@ -138,7 +144,7 @@ impl Batcher {
     }
 
     fn send(&mut self, w: usize, batch: Vec<Queued<Job>>, reason: SendReason, ctx: &mut Context<Self>) {
-        self.workers[w].busy = true;
+        self.workers[w].in_flight += 1;
         let size = batch.len();
         ::metrics::histogram!(metrics::BATCH_SIZE, "model" => self.model.clone()).record(size as f64);
         ::metrics::counter!(metrics::BATCHES, "model" => self.model.clone(), "reason" => reason.as_str()).increment(1);
@@ -149,7 +155,7 @@ impl Batcher {
         };
         let fut = self.workers[w].addr.send(msg);
         ctx.spawn(fut.into_actor(self).map(move |result, act, ctx| {
-            act.workers[w].busy = false;
+            act.workers[w].in_flight -= 1;
             let fault = match result {
                 Ok(Ok(out)) if out.outputs.len() == size => {
                     for (q, output) in batch.into_iter().zip(out.outputs) {
@@ -261,7 +267,7 @@ mod tests {
     }
 
     fn health(alive: bool) -> Arc<WorkerHealth> {
-        let h = Arc::new(WorkerHealth::new("m", &DeviceSpec::Cpu));
+        let h = Arc::new(WorkerHealth::new("m", &DeviceSpec::Cpu, 1));
         h.alive.store(alive, std::sync::atomic::Ordering::Release);
         h
     }
@@ -296,6 +302,29 @@ mod tests {
             }
             let log = log.lock().unwrap().clone();
             assert_eq!(log[1..], [(MS(150), 4), (MS(250), 4)]);
+        });
+    }
+
+    #[test]
+    fn a_worker_of_depth_two_gets_the_next_batch_while_one_runs() {
+        paused_system().block_on(async {
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let t0 = TokioInstant::now();
+            let worker = RecordingWorker { log: log.clone(), t0, forward: MS(100) }.start();
+            let h = Arc::new(WorkerHealth::new("m", &DeviceSpec::Cpu, 2));
+            h.alive.store(true, std::sync::atomic::Ordering::Release);
+            let batcher = Batcher::new("m", policy(4, 16), vec![(worker.recipient(), h)]).start();
+            let mut rxs = Vec::new();
+            for _ in 0..12 {
+                let (j, rx) = job();
+                batcher.send(Enqueue(j)).await.unwrap().unwrap();
+                rxs.push(rx);
+            }
+            for rx in rxs {
+                rx.await.unwrap().unwrap();
+            }
+            // Two full batches at once; the third when the first answers.
+            assert_eq!(log.lock().unwrap().as_slice(), [(MS(0), 4), (MS(0), 4), (MS(100), 4)]);
         });
     }
 

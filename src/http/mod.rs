@@ -127,6 +127,19 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         tracing::warn!("fault injection is ON: inputs carrying the panic marker crash their worker");
     }
 
+    // Each GPU device is probed once, here on one thread, before its workers start: the log says
+    // which adapter it runs on, or what is missing. (Probing creates and drops a Vulkan instance,
+    // which the loader does not tolerate on several threads at once.)
+    for p in config.placement.iter().filter(|p| p.models.iter().any(|m| placed.contains(m))) {
+        let device = DeviceSpec::parse(&p.device).map_err(models::LoadError::from)?;
+        match device.probe() {
+            Ok(adapter) => tracing::info!(device = %device, %adapter, "device found"),
+            Err(e) => {
+                tracing::error!(device = %device, reason = %e, "device unavailable: its workers will keep retrying")
+            }
+        }
+    }
+
     let decoders = config.pipeline.decoders;
     let decoder = SyncArbiter::start(decoders, || Decoder);
     let preprocessor = SyncArbiter::start(config.pipeline.preprocessors, || Preprocessor);
@@ -148,7 +161,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
             for p in config.placement.iter().filter(|p| p.models.contains(name)) {
                 let device = DeviceSpec::parse(&p.device).map_err(models::LoadError::from)?;
                 for _ in 0..p.instances {
-                    let health = Arc::new(WorkerHealth::new(&stage, &device));
+                    let health = Arc::new(WorkerHealth::new(&stage, &device, p.depth()));
                     all_workers.push(health.clone());
                     let worker_health = health.clone();
                     let (spec, device, sup) = (spec.clone(), device.clone(), config.supervisor.clone());
@@ -280,7 +293,25 @@ async fn ready(state: Data<AppState>) -> HttpResponse {
         })
         .collect();
     let ready = per_model.values().all(|v| v.as_u64().unwrap_or(0) > 0);
-    let body = json!({"status": if ready { "ready" } else { "not ready" }, "live_workers": per_model});
+    // Why each model without a live worker has none (what its workers last failed on).
+    let why: serde_json::Map<String, serde_json::Value> = state
+        .placed_models
+        .iter()
+        .filter(|m| per_model[*m].as_u64() == Some(0))
+        .map(|m| {
+            let reasons: Vec<String> = state
+                .workers
+                .iter()
+                .filter(|w| &w.model == m)
+                .map(|w| format!("{}: {}", w.device, w.last_error().unwrap_or_else(|| "loading".into())))
+                .collect();
+            (m.clone(), json!(reasons))
+        })
+        .collect();
+    let mut body = json!({"status": if ready { "ready" } else { "not ready" }, "live_workers": per_model});
+    if !why.is_empty() {
+        body["not_ready"] = json!(why);
+    }
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 

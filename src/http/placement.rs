@@ -32,6 +32,8 @@ pub struct DeviceView {
     /// The lecture's name: `gpu #0`, or `cpu`.
     pub label: String,
     pub models: Vec<String>,
+    /// The adapter its workers run on (`NVIDIA H200 (Vulkan, DiscreteGpu, driver …)`), once one has loaded.
+    pub adapter: Option<String>,
     pub workers: Vec<WorkerView>,
 }
 
@@ -42,6 +44,8 @@ pub struct WorkerView {
     pub state: String,
     pub busy_ratio: f64,
     pub restarts: u64,
+    /// Why the worker is not live (device cannot be opened and what is missing, weights, a failed pass).
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -77,18 +81,22 @@ async fn collect(state: &AppState) -> PlacementView {
             state: w.state().to_string(),
             busy_ratio: (sample.busy_ratio * 1000.0).round() / 1000.0,
             restarts: w.restarts.load(std::sync::atomic::Ordering::Relaxed),
+            error: w.last_error(),
         };
+        let adapter = w.adapter();
         match devices.iter_mut().find(|d| d.device == w.device) {
             Some(d) => {
                 if !d.models.contains(&model) {
                     d.models.push(model);
                 }
+                d.adapter = d.adapter.take().or(adapter);
                 d.workers.push(worker);
             }
             None => devices.push(DeviceView {
                 device: w.device.clone(),
                 label: DeviceSpec::parse(&w.device).map_or_else(|_| w.device.clone(), |d| d.label()),
                 models: vec![model],
+                adapter,
                 workers: vec![worker],
             }),
         }
@@ -154,7 +162,7 @@ fn model_list(models: &[String]) -> String {
 const STYLE: &str = "body{font:14px/1.4 system-ui,sans-serif;margin:2em;color:#222}\
 table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:.3em .7em;text-align:left}\
 th{background:#f3f3f3}.idle{color:#1a7f37}.busy{color:#9a6700}.loading{color:#cf222e;font-weight:bold}\
-code{font-size:15px}.bar{display:inline-block;height:.7em;background:#4c8bf5;vertical-align:middle;margin-right:.4em}";
+code{font-size:15px}.error{color:#cf222e;max-width:60em}.bar{display:inline-block;height:.7em;background:#4c8bf5;vertical-align:middle;margin-right:.4em}";
 
 /// The page: one line per device in the lecture's form, then workers and queues. It reloads
 /// itself every 5 s; the same data is at `/admin/placement`.
@@ -174,21 +182,27 @@ pub fn render_html(view: &PlacementView) -> String {
         ready = if view.ready { "ready" } else { "NOT READY" },
     );
     for d in &view.devices {
-        let _ = writeln!(h, "{}: {}  ({})", escape(&d.label), escape(&model_list(&d.models)), escape(&d.device));
+        let _ = write!(h, "{}: {}  ({}", escape(&d.label), escape(&model_list(&d.models)), escape(&d.device));
+        if let Some(a) = &d.adapter {
+            let _ = write!(h, " on {}", escape(a));
+        }
+        h.push_str(")\n");
     }
-    h.push_str("</pre><h2>Workers</h2><table id=\"workers\"><tr><th>device</th><th>model</th><th>state</th><th>busy (10 s)</th><th>restarts</th></tr>");
+    h.push_str("</pre><h2>Workers</h2><table id=\"workers\"><tr><th>device</th><th>model</th><th>state</th><th>busy (10 s)</th><th>restarts</th><th>why not live</th></tr>");
     for d in &view.devices {
         for w in &d.workers {
             let _ = write!(
                 h,
                 "<tr><td>{dev}</td><td>{model}</td><td class=\"{state}\">{state}</td>\
-                 <td><span class=\"bar\" style=\"width:{px}px\"></span>{pct:.1} %</td><td>{restarts}</td></tr>",
+                 <td><span class=\"bar\" style=\"width:{px}px\"></span>{pct:.1} %</td><td>{restarts}</td>\
+                 <td class=\"error\">{error}</td></tr>",
                 dev = escape(&d.label),
                 model = escape(&w.model),
                 state = escape(&w.state),
                 px = (w.busy_ratio * 100.0).round() as u32,
                 pct = w.busy_ratio * 100.0,
                 restarts = w.restarts,
+                error = escape(w.error.as_deref().unwrap_or("")),
             );
         }
     }
@@ -225,11 +239,13 @@ mod tests {
                 device: "wgpu:0".into(),
                 label: "gpu #0".into(),
                 models: vec!["face".into(), "car".into()],
+                adapter: Some("NVIDIA H200 (Vulkan, DiscreteGpu, driver NVIDIA 580.159.04)".into()),
                 workers: vec![WorkerView {
                     model: "face".into(),
                     state: "loading".into(),
                     busy_ratio: 0.25,
                     restarts: 3,
+                    error: Some("device wgpu:0 cannot be opened: install <libegl1>".into()),
                 }],
             }],
             models: vec![ModelView {
@@ -248,7 +264,11 @@ mod tests {
     #[test]
     fn page_lists_devices_in_the_lectures_form_and_escapes_names() {
         let html = render_html(&view());
-        assert!(html.contains("gpu #0: [&quot;face&quot;, &quot;car&quot;]  (wgpu:0)"), "{html}");
+        assert!(
+            html.contains("gpu #0: [&quot;face&quot;, &quot;car&quot;]  (wgpu:0 on NVIDIA H200 (Vulkan, DiscreteGpu, driver NVIDIA 580.159.04))"),
+            "{html}"
+        );
+        assert!(html.contains("install &lt;libegl1&gt;"), "the failure reason is shown, escaped: {html}");
         assert!(html.contains("node-&lt;1&gt;") && !html.contains("node-<1>"));
         assert!(html.contains("<td class=\"loading\">loading</td>"));
         assert!(html.contains("25.0 %") && html.contains("NOT READY"));

@@ -1,4 +1,5 @@
-//! Device names from config (`cpu`, `wgpu`, `wgpu:N`, `cuda:N`) → burn `Device`.
+//! Device names from config (`cpu`, `wgpu`, `wgpu:N`, `cuda:N`) → burn `Device`, opened only once
+//! `probe` has found the adapter (or said why there is none).
 
 use std::fmt;
 
@@ -20,6 +21,9 @@ pub enum DeviceError {
     Unknown(String),
     #[error("device `{0}` needs a build with the `cuda` feature (cargo build --features cuda)")]
     CudaNotBuilt(String),
+    /// The probe found no usable adapter; `reason` says what is missing.
+    #[error("device {device} cannot be opened: {reason}")]
+    Unavailable { device: String, reason: String },
 }
 
 impl DeviceSpec {
@@ -37,6 +41,24 @@ impl DeviceSpec {
         }
     }
 
+    /// The adapter this device runs on, or why it cannot be opened (probed once per process).
+    pub fn probe(&self) -> Result<super::probe::Adapter, DeviceError> {
+        if let Self::Cuda(i) = self
+            && !cfg!(feature = "cuda")
+        {
+            return Err(DeviceError::CudaNotBuilt(format!("cuda:{i}")));
+        }
+        super::probe::probe(self).map_err(|reason| DeviceError::Unavailable { device: self.to_string(), reason })
+    }
+
+    /// The burn device, after the probe found its adapter: a device that cannot be created fails
+    /// here with the probe's reason instead of inside burn's device thread.
+    pub fn open(&self) -> Result<Device, DeviceError> {
+        self.probe()?;
+        self.device()
+    }
+
+    /// The burn device, unprobed (burn creates the runtime lazily, on first use).
     pub fn device(&self) -> Result<Device, DeviceError> {
         Ok(match self {
             Self::Cpu => Device::flex(),

@@ -186,6 +186,15 @@ impl Classifier {
 
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
         let x = super::batch_tensor(inputs, INPUT_SIZE, &self.device)?;
-        super::rows(self.model.forward(x), inputs.len())
+        super::rows(self.logits(x), inputs.len())
+    }
+
+    /// N×3×224×224 normalised RGB → N×1000 logits, queued on the device.
+    pub fn logits(&self, x: Tensor<4>) -> Tensor<2> {
+        self.model.forward(x)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 }

@@ -5,6 +5,7 @@ mod device;
 pub mod mobilenet_v2;
 pub mod mtcnn;
 pub mod onnx_weights;
+pub mod probe;
 pub mod sface;
 
 pub use device::{DeviceError, DeviceSpec};
@@ -55,6 +56,17 @@ pub enum ModelSpec {
 }
 
 impl ModelSpec {
+    /// Side of the square input the model takes (each item is 3 × side × side).
+    pub fn input_side(&self) -> usize {
+        match self {
+            Self::MobilenetV2 { .. } => mobilenet_v2::INPUT_SIZE,
+            Self::PNet { canvas, .. } => *canvas,
+            Self::RNet { .. } => RNET_SIZE,
+            Self::ONet { .. } => ONET_SIZE,
+            Self::SFace { .. } => sface::INPUT_SIZE,
+        }
+    }
+
     pub fn weights(&self) -> &Path {
         match self {
             Self::MobilenetV2 { weights }
@@ -81,12 +93,29 @@ pub enum Model {
     SFace(Box<sface::Embedder>),
 }
 
-/// A batch of planar RGB `side`² inputs as one (N, 3, side, side) tensor; every input is checked.
-pub(crate) fn batch_tensor(
-    inputs: &[&[f32]],
-    side: usize,
-    device: &burn::prelude::Device,
-) -> Result<burn::prelude::Tensor<4>, ForwardError> {
+/// A batch staged on the CPU: planar RGB `side`² inputs as one contiguous (N, 3, side, side)
+/// buffer, ready to upload. Built by the worker's actor thread while the device runs the previous batch.
+pub struct StagedBatch {
+    data: burn::prelude::TensorData,
+    n: usize,
+}
+
+impl StagedBatch {
+    pub fn len(&self) -> usize {
+        self.n
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.n == 0
+    }
+
+    fn tensor(self, device: &burn::prelude::Device) -> burn::prelude::Tensor<4> {
+        burn::prelude::Tensor::from_data(self.data, device)
+    }
+}
+
+/// Stages a batch of `side`² inputs; every input's length is checked.
+pub fn stage(inputs: &[&[f32]], side: usize) -> Result<StagedBatch, ForwardError> {
     let len = 3 * side * side;
     let mut flat = Vec::with_capacity(inputs.len() * len);
     for input in inputs {
@@ -95,7 +124,27 @@ pub(crate) fn batch_tensor(
         }
         flat.extend_from_slice(input);
     }
-    Ok(burn::prelude::Tensor::from_data(burn::prelude::TensorData::new(flat, [inputs.len(), 3, side, side]), device))
+    Ok(StagedBatch { data: burn::prelude::TensorData::new(flat, [inputs.len(), 3, side, side]), n: inputs.len() })
+}
+
+/// A batch of planar RGB `side`² inputs as one (N, 3, side, side) tensor; every input is checked.
+pub(crate) fn batch_tensor(
+    inputs: &[&[f32]],
+    side: usize,
+    device: &burn::prelude::Device,
+) -> Result<burn::prelude::Tensor<4>, ForwardError> {
+    Ok(stage(inputs, side)?.tensor(device))
+}
+
+/// A batch launched on its device (uploaded, kernels queued and flushed to the device); `read`
+/// waits for the device and returns one output vector per item.
+#[must_use = "a launched batch is only finished when read"]
+pub struct Pending(Box<dyn FnOnce() -> Result<Vec<Vec<f32>>, ForwardError>>);
+
+impl Pending {
+    pub fn read(self) -> Result<Vec<Vec<f32>>, ForwardError> {
+        (self.0)()
+    }
 }
 
 /// A model output as one row per batch item.
@@ -118,7 +167,7 @@ fn concat(parts: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
 impl Model {
     pub fn load(spec: &ModelSpec, device: &DeviceSpec) -> Result<Self, LoadError> {
         check_weights(spec.weights())?;
-        let d = device.device()?;
+        let d = device.open()?;
         Ok(match spec {
             ModelSpec::MobilenetV2 { weights } => {
                 Self::MobilenetV2(Box::new(mobilenet_v2::Classifier::load(weights, d)?))
@@ -132,39 +181,70 @@ impl Model {
         })
     }
 
+    /// Side of the square input (each item is 3 × side × side).
+    pub fn input_side(&self) -> usize {
+        match self {
+            Self::MobilenetV2(_) => mobilenet_v2::INPUT_SIZE,
+            Self::PNet { canvas, .. } => *canvas,
+            Self::RNet { .. } => RNET_SIZE,
+            Self::ONet { .. } => ONET_SIZE,
+            Self::SFace(_) => sface::INPUT_SIZE,
+        }
+    }
+
     /// Values per input item (C×H×W).
     pub fn input_len(&self) -> usize {
+        3 * self.input_side() * self.input_side()
+    }
+
+    fn device(&self) -> &burn::prelude::Device {
         match self {
-            Self::MobilenetV2(_) => mobilenet_v2::INPUT_LEN,
-            Self::PNet { canvas, .. } => 3 * canvas * canvas,
-            Self::RNet { .. } => 3 * RNET_SIZE * RNET_SIZE,
-            Self::ONet { .. } => 3 * ONET_SIZE * ONET_SIZE,
-            Self::SFace(_) => sface::INPUT_LEN,
+            Self::MobilenetV2(m) => m.device(),
+            Self::SFace(m) => m.device(),
+            Self::PNet { device, .. } | Self::RNet { device, .. } | Self::ONet { device, .. } => device,
         }
+    }
+
+    /// Uploads a staged batch and queues its forward pass on the device without waiting for it
+    /// (GPU backends run it asynchronously; the CPU backend computes it here).
+    pub fn launch(&self, batch: StagedBatch) -> Result<Pending, ForwardError> {
+        let n = batch.len();
+        let device = self.device().clone();
+        let x = batch.tensor(&device);
+        let read: Box<dyn FnOnce() -> Result<Vec<Vec<f32>>, ForwardError>> = match self {
+            Self::MobilenetV2(m) => {
+                let out = m.logits(x);
+                Box::new(move || rows(out, n))
+            }
+            Self::SFace(m) => {
+                let out = m.embed(x);
+                Box::new(move || rows(out, n))
+            }
+            Self::PNet { net, .. } => {
+                let out = net.forward(x);
+                Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?])))
+            }
+            Self::RNet { net, .. } => {
+                let out = net.forward(x);
+                Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?])))
+            }
+            Self::ONet { net, .. } => {
+                let out = net.forward(x);
+                let landmarks = out.landmarks.ok_or_else(|| ForwardError::Device("O-Net gave no landmarks".into()))?;
+                Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(landmarks, n)?, rows(out.prob, n)?])))
+            }
+        };
+        // Fusion buffers operations until a read; hand them to the device now so it works while
+        // the worker stages the next batch.
+        device.flush().map_err(|e| ForwardError::Device(format!("{e:?}")))?;
+        Ok(Pending(read))
     }
 
     /// Runs one batch: `inputs` are item-major; returns one output vector per item. P-Net: the
     /// `reg` map then the `prob` map; R-Net: `reg` (4) then `prob` (2); O-Net: `reg` (4),
     /// `landmarks` (10), `prob` (2); SFace: the embedding.
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
-        let n = inputs.len();
-        match self {
-            Self::MobilenetV2(m) => m.forward(inputs),
-            Self::SFace(m) => m.forward(inputs),
-            Self::PNet { net, canvas, device } => {
-                let out = net.forward(batch_tensor(inputs, *canvas, device)?);
-                Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?]))
-            }
-            Self::RNet { net, device } => {
-                let out = net.forward(batch_tensor(inputs, RNET_SIZE, device)?);
-                Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?]))
-            }
-            Self::ONet { net, device } => {
-                let out = net.forward(batch_tensor(inputs, ONET_SIZE, device)?);
-                let landmarks = out.landmarks.ok_or_else(|| ForwardError::Device("O-Net gave no landmarks".into()))?;
-                Ok(concat(vec![rows(out.reg, n)?, rows(landmarks, n)?, rows(out.prob, n)?]))
-            }
-        }
+        self.launch(stage(inputs, self.input_side())?)?.read()
     }
 }
 

@@ -174,7 +174,16 @@ impl Embedder {
     /// Aligned 112×112 faces, planar RGB 0–255 → one 128-d embedding each.
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
         let x = super::batch_tensor(inputs, INPUT_SIZE, &self.device)?;
-        super::rows(self.net.forward(x), inputs.len())
+        super::rows(self.embed(x), inputs.len())
+    }
+
+    /// N×3×112×112 aligned faces (0–255) → N×128 embeddings, queued on the device.
+    pub fn embed(&self, x: Tensor<4>) -> Tensor<2> {
+        self.net.forward(x)
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 }
 
