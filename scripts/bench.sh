@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-18080}
-cargo build --bin gpubackend --bin bench
+cargo build ${FEATURES:+--features "$FEATURES"} --bin gpubackend
 bin=${CARGO_TARGET_DIR:-target}/debug
 store=$(mktemp -d)
 sed "s|^dir = \"data\"|dir = \"$store\"|" "${CONFIG:-config/default.toml}" > "$store/bench.toml"
@@ -17,7 +17,7 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 if [ "${1:-}" = faces ]; then
-  "$bin/bench" faces --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-8}" --duration "${DURATION:-20}"
+  "$bin/gpubackend" bench faces --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-8}" --duration "${DURATION:-20}"
 else
-  "$bin/bench" compare --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" --device "${DEVICE:-cpu}"
+  "$bin/gpubackend" bench compare --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" --device "${DEVICE:-cpu}"
 fi

@@ -10,12 +10,15 @@
 //! - `pipelines`: pure stage logic (decode, preprocess, batching window, labels, the MTCNN cascade,
 //!   face alignment).
 //! - `actors`: thin actix actors owning threads, mailboxes and supervision.
-//! - `models`: burn model definitions, devices and weight loading.
+//! - `models`: burn model definitions, devices (probed: the adapter, or what is missing) and weight loading.
 //! - `store`: the person store (face embeddings per space), embedded SQLite.
 //! - `metrics`: every exported metric, described in one place.
 //! - `client`: a minimal HTTP/1.1 client for tests and the benchmark (no extra dependencies).
+//! - `verify`: every network on a device against the committed onnxruntime fixtures (`gpubackend verify`).
+//! - `bench`: the benchmarks (`gpubackend bench …`).
 
 pub mod actors;
+pub mod bench;
 pub mod client;
 pub mod config;
 pub mod error;
@@ -24,3 +27,4 @@ pub mod metrics;
 pub mod models;
 pub mod pipelines;
 pub mod store;
+pub mod verify;

@@ -1,22 +1,35 @@
-//! `gpubackend -c gpubackend.toml [--gpu N --models a,b]`: the lecture's pod command line.
+//! `gpubackend -c gpubackend.toml [--gpu N --models a,b]`: the lecture's pod command line; plus the
+//! tools that must run wherever the server runs, from the same binary: `devices`, `verify`, `bench`.
 
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::Parser;
+use clap::{Args, Parser, Subcommand};
 
 use gpubackend::config::Config;
+use gpubackend::models::DeviceSpec;
 
 /// Computer-vision inference server speaking the Vision API.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+    #[command(flatten)]
+    serve: Serve,
+}
+
+#[derive(Debug, Args)]
+struct Serve {
     /// Config file (TOML). Without it the embedded default runs: CPU backend, local queue.
     #[arg(short = 'c', long, env = "GPUBACKEND_CONFIG")]
     config: Option<PathBuf>,
     /// Serve only on this GPU index (device `<server.gpu_backend>:N`), one pod = one GPU.
     #[arg(long, env = "GPUBACKEND_GPU")]
     gpu: Option<u32>,
+    /// The backend of `--gpu N`, overriding `server.gpu_backend` (`wgpu` or `cuda`).
+    #[arg(long, env = "GPUBACKEND_GPU_BACKEND")]
+    gpu_backend: Option<String>,
     /// Serve only these models (comma-separated), e.g. `--models mobilenet_v2`.
     #[arg(long, env = "GPUBACKEND_MODELS", value_delimiter = ',')]
     models: Option<Vec<String>>,
@@ -26,20 +39,95 @@ struct Cli {
     /// Listen port, overriding `server.port`.
     #[arg(long, env = "GPUBACKEND_PORT")]
     port: Option<u16>,
-    /// Validate the config (and that weight files exist), print the placement, and exit.
+    /// Validate the config and the weight files, open each placed device once (printing its
+    /// adapter, or what is missing), print the placement, and exit (non-zero if anything fails).
     #[arg(long)]
     check: bool,
+    /// With --check: do not open the devices (a build host without the target's GPUs).
+    #[arg(long, requires = "check")]
+    skip_devices: bool,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// What this machine offers the GPU backends: Vulkan loader, ICDs, EGL vendor files, adapters;
+    /// the CUDA driver, its version and devices. Exits non-zero when neither backend has a GPU.
+    Devices {
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Every network on a device against the committed onnxruntime fixtures (run from the
+    /// repository root, or give --root), with the CPU tests' tolerances. Exits non-zero on a mismatch.
+    Verify {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Where tests/fixtures and models/ are.
+        #[arg(long, default_value = ".")]
+        root: PathBuf,
+        /// MobileNetV2 is also checked at this batch size (the fixtures repeated).
+        #[arg(long, default_value_t = 16)]
+        batch: usize,
+        /// Only these networks (mobilenet_v2, mtcnn, sface); default all.
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+        /// Also write the report as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
+    /// Benchmarks: e2e, model, compare, faces, persons (see `gpubackend bench --help`).
+    #[command(subcommand)]
+    Bench(gpubackend::bench::Cmd),
 }
 
 fn main() -> anyhow::Result<()> {
+    // Logs go to stderr: stdout carries what the tools print (`devices --json`, `verify`, `bench`).
     tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,wgpu_core=warn,wgpu_hal=warn".into()),
         )
         .init();
     let cli = Cli::parse();
+    match cli.cmd {
+        None => serve(cli.serve),
+        Some(Cmd::Bench(cmd)) => gpubackend::bench::run(cmd),
+        Some(Cmd::Devices { json }) => {
+            let report = gpubackend::models::probe::Report::gather();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print!("{report}");
+            }
+            let any_gpu =
+                report.wgpu_adapters.iter().any(|a| a.device_type != "Cpu") || !report.cuda.devices.is_empty();
+            if !any_gpu {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Some(Cmd::Verify { device, root, batch, only, json }) => {
+            let spec = DeviceSpec::parse(&device)?;
+            let report = gpubackend::verify::run(&spec, &root, batch, &only)?;
+            print!("{report}");
+            if let Some(p) = json {
+                std::fs::write(&p, serde_json::to_vec_pretty(&report)?)
+                    .with_context(|| format!("write {}", p.display()))?;
+            }
+            if !report.ok {
+                anyhow::bail!("{} differs from the reference beyond tolerance", report.device);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn serve(cli: Serve) -> anyhow::Result<()> {
     let mut config = Config::load(cli.config.as_deref())?;
+    if let Some(b) = cli.gpu_backend {
+        config.server.gpu_backend = b;
+    }
     config.override_placement(cli.gpu, cli.models)?;
     if let Some(h) = cli.host {
         config.server.host = h;
@@ -47,14 +135,35 @@ fn main() -> anyhow::Result<()> {
     if let Some(p) = cli.port {
         config.server.port = p;
     }
+    config.validate()?;
     for p in &config.placement {
-        tracing::info!(device = %p.device, models = ?p.models, instances = p.instances, "placement");
+        tracing::info!(device = %p.device, models = ?p.models, instances = p.instances, depth = p.depth(), "placement");
     }
     if cli.check {
         for m in config.placed_models() {
             for (_, spec, _) in config.models[&m].stages(&m) {
                 gpubackend::models::check_weights(spec.weights())?;
             }
+        }
+        let mut unavailable = 0;
+        if !cli.skip_devices {
+            let placed = config.placed_models();
+            for p in config.placement.iter().filter(|p| p.models.iter().any(|m| placed.contains(m))) {
+                match DeviceSpec::parse(&p.device)?.probe() {
+                    Ok(adapter) => println!("device {}: {adapter}", p.device),
+                    Err(e) => {
+                        let why = match e {
+                            gpubackend::models::DeviceError::Unavailable { reason, .. } => reason,
+                            other => other.to_string(),
+                        };
+                        println!("device {}: UNAVAILABLE: {why}", p.device);
+                        unavailable += 1;
+                    }
+                }
+            }
+        }
+        if unavailable > 0 {
+            anyhow::bail!("config OK, but {unavailable} device(s) cannot be opened");
         }
         println!("config OK");
         return Ok(());

@@ -1,0 +1,225 @@
+//! `gpubackend verify --device D`: every served network on device D against the committed
+//! onnxruntime fixtures (tests/fixtures, made by tools/reference/*.py from the same weights on real
+//! images), with the tolerances the CPU tests use. This is how a GPU machine proves its numbers:
+//! the same fixtures, no Python, no network.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use burn::prelude::{Device, Tensor, TensorData};
+use serde::Serialize;
+
+use crate::models::mobilenet_v2::{Classifier, NUM_CLASSES};
+use crate::models::mtcnn::{ONet, PNet, RNet};
+use crate::models::sface::{EMBEDDING_LEN, Embedder};
+use crate::models::{DeviceSpec, ForwardError, LoadError};
+
+/// Per value, absolute: the tolerance of tests/model_*.rs.
+pub const TOLERANCE: f32 = 1e-4;
+
+/// One output compared with its reference.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    /// `mobilenet_v2`, `pnet`, …
+    pub model: String,
+    /// What was compared: `logits (2 images)`, `reg`, …
+    pub output: String,
+    pub max_abs_diff: f32,
+    pub tolerance: f32,
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub device: String,
+    pub adapter: String,
+    pub checks: Vec<Check>,
+    pub ok: bool,
+    /// Wall time, kernel compilation and autotuning included.
+    pub seconds: f64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error(transparent)]
+    Device(#[from] crate::models::DeviceError),
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    #[error("fixture {path}: {message}")]
+    Fixture { path: PathBuf, message: String },
+}
+
+struct Fixtures {
+    root: PathBuf,
+}
+
+impl Fixtures {
+    fn f32s(&self, rel: &str) -> Result<Vec<f32>, VerifyError> {
+        let path = self.root.join("tests/fixtures").join(rel);
+        let bytes =
+            std::fs::read(&path).map_err(|e| VerifyError::Fixture { path: path.clone(), message: e.to_string() })?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4-byte chunk. This is a bug.")))
+            .collect())
+    }
+
+    fn json(&self, rel: &str) -> Result<serde_json::Value, VerifyError> {
+        let path = self.root.join("tests/fixtures").join(rel);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| VerifyError::Fixture { path: path.clone(), message: e.to_string() })?;
+        serde_json::from_str(&text).map_err(|e| VerifyError::Fixture { path, message: e.to_string() })
+    }
+
+    fn weights(&self, rel: &str) -> PathBuf {
+        self.root.join("models").join(rel)
+    }
+}
+
+fn max_abs_diff(ours: &[f32], reference: &[f32]) -> f32 {
+    if ours.len() != reference.len() {
+        return f32::INFINITY;
+    }
+    ours.iter().zip(reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max)
+}
+
+fn check(model: &str, output: impl Into<String>, ours: &[f32], reference: &[f32]) -> Check {
+    let d = max_abs_diff(ours, reference);
+    Check { model: model.into(), output: output.into(), max_abs_diff: d, tolerance: TOLERANCE, ok: d <= TOLERANCE }
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, ForwardError> {
+    t.try_into_data()
+        .map_err(|e| ForwardError::Device(format!("{e:?}")))?
+        .try_into_vec::<f32>()
+        .map_err(|e| ForwardError::Device(format!("{e:?}")))
+}
+
+/// MobileNetV2: the two fixture images batched, and repeated to `big_batch` (the batched kernels a
+/// GPU picks for serving batches must give the same logits).
+fn mobilenet(fx: &Fixtures, device: &Device, big_batch: usize) -> Result<Vec<Check>, VerifyError> {
+    let model = Classifier::load(&fx.weights("mobilenet_v2/mobilenet_v2-b0353104.pth"), device.clone())?;
+    let names = ["chelsea", "coffee"];
+    let mut inputs = Vec::new();
+    let mut reference = Vec::new();
+    for n in names {
+        inputs.push(fx.f32s(&format!("mobilenet_v2/{n}.input.f32"))?);
+        reference.extend(fx.f32s(&format!("mobilenet_v2/{n}.logits.f32"))?);
+    }
+    let refs: Vec<&[f32]> = inputs.iter().map(Vec::as_slice).collect();
+    let ours: Vec<f32> = model.forward(&refs)?.concat();
+    let mut checks = vec![check("mobilenet_v2", "logits (2 images)", &ours, &reference)];
+    let argmax = |v: &[f32]| (0..v.len()).max_by(|&a, &b| v[a].total_cmp(&v[b]));
+    let top1 = ours.chunks(NUM_CLASSES).map(argmax).eq(reference.chunks(NUM_CLASSES).map(argmax));
+    checks.push(Check {
+        model: "mobilenet_v2".into(),
+        output: "top-1 class".into(),
+        max_abs_diff: if top1 { 0.0 } else { f32::INFINITY },
+        tolerance: 0.0,
+        ok: top1,
+    });
+    if big_batch > 2 {
+        let batch: Vec<&[f32]> = (0..big_batch).map(|i| refs[i % 2]).collect();
+        let ours: Vec<f32> = model.forward(&batch)?.concat();
+        let expected: Vec<f32> = (0..big_batch)
+            .flat_map(|i| reference.chunks(NUM_CLASSES).nth(i % 2).into_iter().flatten().copied())
+            .collect();
+        checks.push(check("mobilenet_v2", format!("logits (batch {big_batch})"), &ours, &expected));
+    }
+    Ok(checks)
+}
+
+fn mtcnn(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
+    let manifest = fx.json("mtcnn/manifest.json")?;
+    let input = |net: &str| -> Result<Tensor<4>, VerifyError> {
+        let dims: Vec<usize> = serde_json::from_value(manifest["nets"][net]["input"].clone())
+            .map_err(|e| VerifyError::Fixture { path: "mtcnn/manifest.json".into(), message: e.to_string() })?;
+        let dims: [usize; 4] = dims.try_into().map_err(|_| VerifyError::Fixture {
+            path: "mtcnn/manifest.json".into(),
+            message: format!("{net}.input is not 4-d"),
+        })?;
+        Ok(Tensor::from_data(TensorData::new(fx.f32s(&format!("mtcnn/{net}.input.f32"))?, dims), device))
+    };
+    let reference = |net: &str, out: &str| fx.f32s(&format!("mtcnn/{net}.{out}.f32"));
+    let mut checks = Vec::new();
+    let p = PNet::load(&fx.weights("mtcnn/pnet.pt"), device)?.forward(input("pnet")?);
+    checks.push(check("pnet", "reg", &values(p.reg)?, &reference("pnet", "reg")?));
+    checks.push(check("pnet", "prob", &values(p.prob)?, &reference("pnet", "prob")?));
+    let r = RNet::load(&fx.weights("mtcnn/rnet.pt"), device)?.forward(input("rnet")?);
+    checks.push(check("rnet", "reg", &values(r.reg)?, &reference("rnet", "reg")?));
+    checks.push(check("rnet", "prob", &values(r.prob)?, &reference("rnet", "prob")?));
+    let o = ONet::load(&fx.weights("mtcnn/onet.pt"), device)?.forward(input("onet")?);
+    checks.push(check("onet", "reg", &values(o.reg)?, &reference("onet", "reg")?));
+    checks.push(check("onet", "prob", &values(o.prob)?, &reference("onet", "prob")?));
+    let landmarks = o.landmarks.ok_or_else(|| ForwardError::Device("O-Net gave no landmarks".into()))?;
+    checks.push(check("onet", "landmarks", &values(landmarks)?, &reference("onet", "landmarks")?));
+    Ok(checks)
+}
+
+fn sface(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
+    let embedder = Embedder::load(&fx.weights("sface/face_recognition_sface_2021dec.onnx"), device.clone())?;
+    let inputs = fx.f32s("sface/sface.input.f32")?;
+    let reference = fx.f32s("sface/sface.embedding.f32")?;
+    let faces: Vec<&[f32]> = inputs.chunks(crate::models::sface::INPUT_LEN).collect();
+    let ours: Vec<f32> = embedder.forward(&faces)?.concat();
+    let n = reference.len() / EMBEDDING_LEN;
+    Ok(vec![check("sface", format!("embeddings ({n} aligned faces)"), &ours, &reference)])
+}
+
+/// The networks `run` can check.
+pub const NETWORKS: [&str; 3] = ["mobilenet_v2", "mtcnn", "sface"];
+
+/// Runs the checks of `networks` (all of `NETWORKS` when empty) on `device`, with fixtures and
+/// weights under `root` (the repository root).
+pub fn run(device: &DeviceSpec, root: &Path, big_batch: usize, networks: &[String]) -> Result<Report, VerifyError> {
+    let t = Instant::now();
+    let wanted = |n: &str| networks.is_empty() || networks.iter().any(|w| w == n);
+    if let Some(unknown) = networks.iter().find(|n| !NETWORKS.contains(&n.as_str())) {
+        return Err(VerifyError::Fixture {
+            path: PathBuf::from(unknown),
+            message: format!("unknown network; expected one of {}", NETWORKS.join(", ")),
+        });
+    }
+    let adapter = device.probe()?.to_string();
+    let d = device.open()?;
+    let fx = Fixtures { root: root.to_path_buf() };
+    let mut checks = Vec::new();
+    if wanted("mobilenet_v2") {
+        checks.extend(mobilenet(&fx, &d, big_batch)?);
+    }
+    if wanted("mtcnn") {
+        checks.extend(mtcnn(&fx, &d)?);
+    }
+    if wanted("sface") {
+        checks.extend(sface(&fx, &d)?);
+    }
+    let ok = checks.iter().all(|c| c.ok);
+    Ok(Report { device: device.to_string(), adapter, checks, ok, seconds: t.elapsed().as_secs_f64() })
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "verify on {} ({}): {} in {:.1} s",
+            self.device,
+            self.adapter,
+            if self.ok { "OK" } else { "FAILED" },
+            self.seconds
+        )?;
+        for c in &self.checks {
+            writeln!(
+                f,
+                "  {:<4} {:<13} {:<28} max |ours - onnxruntime| = {:.2e} (tolerance {:.0e})",
+                if c.ok { "ok" } else { "FAIL" },
+                c.model,
+                c.output,
+                c.max_abs_diff,
+                c.tolerance
+            )?;
+        }
+        Ok(())
+    }
+}
