@@ -19,6 +19,7 @@ work=$(mktemp -d /tmp/gpu-check.XXXX)
 DURATION=${DURATION:-12}
 BATCHES=${BATCHES:-"1 16 64"}
 BUDGET=${BUDGET:-420}
+READY_TIMEOUT=${READY_TIMEOUT:-120} # seconds for a server to load, compile and warm up
 log="$OUT/gpu-check.log"
 exec > >(tee "$log") 2>&1
 t0=$(date +%s)
@@ -65,24 +66,33 @@ fi
 "$bin" devices --json > "$work/devices-before.json"
 "$bin" devices
 # A driver mounted under /usr/local/nvidia (GKE-style) keeps its ICD and EGL vendor files where the
-# loaders do not look; point them there when wgpu sees no NVIDIA adapter (what the probe advises).
-if ! grep -q '"name": "NVIDIA' "$work/devices-before.json"; then
+# loaders do not look. When wgpu sees no NVIDIA adapter, try what the probe advises, then the EGL-only
+# ICD manifest Dockerfile.gpu ships (no glvnd libEGL, no X11 on that path); keep the first that works.
+nvidia_seen() { "$bin" devices --json 2>/dev/null | grep -q '"name": "NVIDIA'; }
+if ! nvidia_seen; then
+  printf '{"file_format_version":"1.0.0","ICD":{"library_path":"libEGL_nvidia.so.0","api_version":"1.3"}}\n' \
+    > "$work/nvidia_egl_icd.json"
+  icd=""
   for j in /usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json /usr/local/nvidia/etc/vulkan/icd.d/nvidia_icd.json; do
-    [ -f "$j" ] && export VK_DRIVER_FILES=$j && break
+    [ -f "$j" ] && icd=$j && break
   done
-  e=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
-  [ -f "$e" ] && export __EGL_VENDOR_LIBRARY_FILENAMES=$e
-  echo "retrying with VK_DRIVER_FILES=${VK_DRIVER_FILES:-} __EGL_VENDOR_LIBRARY_FILENAMES=${__EGL_VENDOR_LIBRARY_FILENAMES:-}"
-  "$bin" devices --json > "$work/devices-glx.json"
-  "$bin" devices
-  if ! grep -q '"name": "NVIDIA' "$work/devices-glx.json"; then
-    # The EGL-only ICD manifest Dockerfile.gpu ships: no glvnd libEGL, no X11 on that path.
-    printf '{"file_format_version":"1.0.0","ICD":{"library_path":"libEGL_nvidia.so.0","api_version":"1.3"}}\n' \
-      > "$work/nvidia_egl_icd.json"
-    export VK_DRIVER_FILES="$work/nvidia_egl_icd.json"
-    echo "retrying with the EGL ICD manifest"
-    "$bin" devices
+  egl=/usr/local/nvidia/share/glvnd/egl_vendor.d/10_nvidia.json
+  [ -f "$egl" ] || egl=""
+  found=no
+  for try in "$icd|$egl" "$work/nvidia_egl_icd.json|$egl" "$work/nvidia_egl_icd.json|"; do
+    export VK_DRIVER_FILES=${try%%|*} __EGL_VENDOR_LIBRARY_FILENAMES=${try#*|}
+    [ -n "$VK_DRIVER_FILES" ] || continue
+    echo "retrying with VK_DRIVER_FILES=$VK_DRIVER_FILES __EGL_VENDOR_LIBRARY_FILENAMES=$__EGL_VENDOR_LIBRARY_FILENAMES"
+    if nvidia_seen; then found=yes; break; fi
+  done
+  if [ $found = yes ]; then
+    echo "wgpu sees the NVIDIA GPU with these settings"
+    [ -n "$__EGL_VENDOR_LIBRARY_FILENAMES" ] || unset __EGL_VENDOR_LIBRARY_FILENAMES
+  else
+    echo "no setting made wgpu see an NVIDIA GPU; the probe's reason stands"
+    unset VK_DRIVER_FILES __EGL_VENDOR_LIBRARY_FILENAMES
   fi
+  "$bin" devices
 fi
 "$bin" devices --json > "$work/devices.json"
 env | grep -E '^(VK_|__EGL|NVIDIA_)' > "$work/env.txt" || true
@@ -111,7 +121,7 @@ for b in cuda wgpu; do
     > "$work/server-$b.log" 2>&1 &
   server=$!
   ready=no
-  for _ in $(seq 1 240); do
+  for _ in $(seq 1 $(( READY_TIMEOUT * 2 ))); do
     if curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1; then ready=yes; break; fi
     kill -0 $server 2>/dev/null || break
     sleep 0.5
