@@ -53,6 +53,9 @@ pub struct CudaFacts {
     pub devices: Vec<CudaDevice>,
     /// The kernel module's version line, when /proc/driver/nvidia/version exists.
     pub kernel_driver: Option<String>,
+    /// The NVRTC library found, if any. Informational: this build compiles kernels to PTX with
+    /// LLVM and needs no NVRTC; a build with cubecl's C++ back-end would.
+    pub nvrtc: Option<String>,
 }
 
 impl Default for CudaFacts {
@@ -68,6 +71,7 @@ impl Default for CudaFacts {
 }
 
 const LIBRARIES: [&str; 2] = ["libcuda.so.1", "libcuda.so"];
+const NVRTC: [&str; 4] = ["libnvrtc.so.13", "libnvrtc.so.12", "libnvrtc.so", "libnvrtc.so.11.2"];
 
 type CuInit = unsafe extern "C" fn(c_uint) -> c_int;
 type CuGetInt = unsafe extern "C" fn(*mut c_int) -> c_int;
@@ -85,12 +89,13 @@ impl CudaFacts {
         let kernel_driver = std::fs::read_to_string("/proc/driver/nvidia/version")
             .ok()
             .and_then(|s| s.lines().next().map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ")));
+        let nvrtc = NVRTC.iter().find(|n| super::vulkan::try_dlopen(n).is_ok()).map(|n| n.to_string());
         let mut errors = Vec::new();
         for name in LIBRARIES {
             // SAFETY: libcuda's initialisers; cudarc loads the same library in `cuda` builds.
             match unsafe { libloading::Library::new(name) } {
                 Ok(lib) => {
-                    let mut facts = Self { library: Ok(name.into()), kernel_driver, ..Self::default() };
+                    let mut facts = Self { library: Ok(name.into()), kernel_driver, nvrtc, ..Self::default() };
                     // SAFETY: the driver API's C signatures (cuda.h); every out-pointer is valid.
                     unsafe { facts.query(&lib) };
                     std::mem::forget(lib); // the runtime keeps using the driver
@@ -99,7 +104,7 @@ impl CudaFacts {
                 Err(e) => errors.push(e.to_string()),
             }
         }
-        Self { library: Err(errors.join("; ")), kernel_driver, ..Self::default() }
+        Self { library: Err(errors.join("; ")), kernel_driver, nvrtc, ..Self::default() }
     }
 
     unsafe fn query(&mut self, lib: &libloading::Library) {
@@ -228,6 +233,10 @@ impl fmt::Display for CudaFacts {
         if let Some(e) = &self.init_error {
             writeln!(f, "  {e}")?;
         }
+        match &self.nvrtc {
+            Some(n) => writeln!(f, "  NVRTC: {n} (not needed: kernels compile to PTX with LLVM)")?,
+            None => writeln!(f, "  NVRTC: none (not needed: kernels compile to PTX with LLVM)")?,
+        }
         for (i, d) in self.devices.iter().enumerate() {
             writeln!(
                 f,
@@ -257,6 +266,7 @@ mod tests {
                 memory_bytes: 150 << 30,
             }],
             kernel_driver: Some("NVRM version: NVIDIA UNIX x86_64 Kernel Module 580.159.04".into()),
+            nvrtc: None,
         }
     }
 
