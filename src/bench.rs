@@ -8,6 +8,9 @@
 //!                 `--depth` batches in flight as the server's worker does (the next launched
 //!                 before the current one is read back); `--torch PYTHON` runs PyTorch's eager
 //!                 torchvision MobileNetV2 (same weights, batch, device, threads) beside it.
+//! `bench layers`  times every op of the CPU forward pass (MobileNetV2 or P-Net) and sums them per
+//!                 kind (stem, depthwise, pointwise, BatchNorm, ReLU6, …): ms per item, share and
+//!                 GFLOP/s; for MobileNetV2 both torchvision's graph and as served (BatchNorm folded).
 //! `bench compare` runs both (model-only at the e2e mean batch size) and prints e2e / model-only.
 //! `bench faces`   drives a running server's persons/recognize with real faces: the four portraits
 //!                 of tests/data and tests/data/collage.jpg (a 2×2 collage of them: 4 faces in one
@@ -28,6 +31,7 @@ use serde::Serialize;
 
 use crate::client::{Conn, metric_value};
 use crate::config::Limits;
+use crate::models::profile::OpTime;
 use crate::models::{DeviceSpec, Model, ModelSpec};
 use crate::pipelines::decode::decode;
 use crate::pipelines::preprocess::{ClassifierSpec, classifier_input};
@@ -50,6 +54,8 @@ pub enum Cmd {
         #[arg(long, default_value = "models/mobilenet_v2/mobilenet_v2-b0353104.pth")]
         weights: PathBuf,
     },
+    /// Where the CPU forward pass spends its time, per op kind (MobileNetV2, CPU backend).
+    Layers(LayersArgs),
     /// Person store search and writes at 1k…75k persons per space.
     Persons(PersonsArgs),
     /// Drive a running server's persons/recognize with real faces.
@@ -292,7 +298,7 @@ pub struct ModelArgs {
     /// Batches kept in flight (default: the server's, 1 on cpu, 2 on GPUs).
     #[arg(long)]
     depth: Option<usize>,
-    /// CPU threads of burn flex's pool (cpu only; default: one per core).
+    /// CPU threads of the forward pass (cpu only; default: one per core, and with --torch also 1).
     #[arg(long)]
     threads: Option<usize>,
     #[arg(long, default_value = "models/mobilenet_v2/mobilenet_v2-b0353104.pth")]
@@ -304,6 +310,250 @@ pub struct ModelArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct LayersArgs {
+    /// `mobilenet_v2` (224² images) or `pnet` (MTCNN P-Net on 128² tiles, as the face model runs it).
+    #[arg(long, default_value = "mobilenet_v2")]
+    model: String,
+    /// Images (MobileNetV2) or tiles (P-Net) per forward pass.
+    #[arg(long, default_value_t = 4)]
+    batch: usize,
+    /// Timed forward passes (after 2 warm-up passes).
+    #[arg(long, default_value_t = 10)]
+    passes: usize,
+    /// CPU threads of burn flex's pool (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// The model's weights (default: the fetched MobileNetV2 or P-Net file).
+    #[arg(long)]
+    weights: Option<PathBuf>,
+    /// Also write the results as JSON.
+    #[arg(long)]
+    json: Option<PathBuf>,
+}
+
+#[derive(Serialize)]
+struct LayerRow {
+    kind: &'static str,
+    ops_per_pass: usize,
+    ms_per_item: f64,
+    share: f64,
+    gflops: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct LayersReport {
+    model: String,
+    cpu: String,
+    simd: Vec<&'static str>,
+    /// The SIMD level of the fused kernels' loops (gemm picks the same).
+    kernels: &'static str,
+    threads: usize,
+    batch: usize,
+    /// A 1024³ f32 matmul on the same backend and threads: the attainable GFLOP/s reference.
+    matmul_gflops: f64,
+    /// MobileNetV2: torchvision's graph as loaded (conv → BatchNorm → ReLU6); P-Net: burn flex's ops.
+    unfolded: Option<Vec<LayerRow>>,
+    unfolded_ms_per_item: Option<f64>,
+    /// MobileNetV2 only: BatchNorm folded, burn flex's own convolution and ReLU6.
+    folded: Option<Vec<LayerRow>>,
+    folded_ms_per_item: Option<f64>,
+    /// As served (MobileNetV2: BatchNorm folded into the convolutions).
+    served: Vec<LayerRow>,
+    served_ms_per_item: f64,
+}
+
+fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn simd_features() -> Vec<&'static str> {
+    #[allow(unused_mut)]
+    let mut v = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        for (name, on) in [
+            ("sse4.2", is_x86_feature_detected!("sse4.2")),
+            ("avx2", is_x86_feature_detected!("avx2")),
+            ("fma", is_x86_feature_detected!("fma")),
+            ("avx512f", is_x86_feature_detected!("avx512f")),
+            ("avx512vl", is_x86_feature_detected!("avx512vl")),
+        ] {
+            if on {
+                v.push(name);
+            }
+        }
+    }
+    v
+}
+
+/// Runs `pass` (one forward pass, its ops timed into the vector) 2 + `passes` times and sums the
+/// timed passes per op kind; also the total ms per item.
+fn profile(pass: impl Fn(&mut Vec<OpTime>), batch: usize, passes: usize) -> (Vec<LayerRow>, f64) {
+    let mut ops = Vec::new();
+    for _ in 0..2 {
+        pass(&mut ops);
+    }
+    ops.clear();
+    for _ in 0..passes {
+        pass(&mut ops);
+    }
+    let total: f64 = ops.iter().map(|o| o.seconds).sum();
+    let mut kinds: Vec<&'static str> = Vec::new();
+    for o in &ops {
+        if !kinds.contains(&o.kind) {
+            kinds.push(o.kind);
+        }
+    }
+    let rows = kinds
+        .into_iter()
+        .map(|kind| {
+            let of: Vec<_> = ops.iter().filter(|o| o.kind == kind).collect();
+            let secs: f64 = of.iter().map(|o| o.seconds).sum();
+            let flops: f64 = of.iter().map(|o| o.flops).sum();
+            LayerRow {
+                kind,
+                ops_per_pass: of.len() / passes,
+                ms_per_item: secs * 1e3 / (passes * batch) as f64,
+                share: secs / total,
+                gflops: (flops > 0.0).then(|| flops / secs / 1e9),
+            }
+        })
+        .collect();
+    (rows, total * 1e3 / (passes * batch) as f64)
+}
+
+fn print_layers(title: &str, unit: &str, rows: &[LayerRow], total: f64) {
+    println!("{title}: {total:.2} ms per {unit}");
+    println!("  {:<24} {:>5} {:>9} {:>7} {:>9}", "op", "ops", "ms/item", "share", "GFLOP/s");
+    for r in rows {
+        let g = r.gflops.map_or("-".to_string(), |g| format!("{g:.1}"));
+        println!("  {:<24} {:>5} {:>9.3} {:>6.1}% {:>9}", r.kind, r.ops_per_pass, r.ms_per_item, r.share * 100.0, g);
+    }
+}
+
+fn print_header(a: &LayersArgs, matmul_gflops: f64) {
+    println!(
+        "{} on cpu: {} [{}], fused kernels at {}, {} threads, batch {}, {} passes",
+        a.model,
+        cpu_name(),
+        simd_features().join(" "),
+        crate::models::cpu::Level::detect().name(),
+        rayon::current_num_threads(),
+        a.batch,
+        a.passes
+    );
+    println!("  reference: 1024³ f32 matmul {matmul_gflops:.1} GFLOP/s on burn flex, same threads");
+}
+
+fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
+    use crate::models::mobilenet_v2::{Classifier, INPUT_SIZE};
+    use crate::models::mtcnn::PNet;
+    use burn::prelude::{Tensor, TensorData};
+    if let Some(t) = a.threads {
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
+    }
+    let device = burn::prelude::Device::flex();
+
+    let n = 1024;
+    let m = Tensor::<2>::from_data(TensorData::new(vec![0.5f32; n * n], [n, n]), &device);
+    m.clone().matmul(m.clone()).into_data();
+    let start = Instant::now();
+    for _ in 0..3 {
+        m.clone().matmul(m.clone()).into_data();
+    }
+    let matmul_gflops = 3.0 * 2.0 * (n * n * n) as f64 / start.elapsed().as_secs_f64() / 1e9;
+
+    let (unfolded, folded, served) = match a.model.as_str() {
+        "mobilenet_v2" => {
+            let weights = a.weights.clone().unwrap_or_else(|| "models/mobilenet_v2/mobilenet_v2-b0353104.pth".into());
+            let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Limits::default())?;
+            let input = classifier_input(&img, ClassifierSpec::IMAGENET);
+            let data: Vec<f32> = (0..a.batch).flat_map(|_| input.data.iter().copied()).collect();
+            let x = Tensor::<4>::from_data(TensorData::new(data, [a.batch, 3, INPUT_SIZE, INPUT_SIZE]), &device);
+            let run = |fold: bool, fused: bool| -> anyhow::Result<(Vec<LayerRow>, f64)> {
+                let net = Classifier::load_variant(&weights, device.clone(), fold, fused)?;
+                Ok(profile(
+                    |ops| {
+                        net.network().forward_profiled(x.clone(), ops).into_data();
+                    },
+                    a.batch,
+                    a.passes,
+                ))
+            };
+            let unfolded = run(false, false)?;
+            let folded = run(true, false)?;
+            let served = run(true, true)?;
+            print_header(a, matmul_gflops);
+            print_layers("torchvision graph on burn flex (conv → BatchNorm → ReLU6)", "image", &unfolded.0, unfolded.1);
+            print_layers("BatchNorm folded, burn flex ops", "image", &folded.0, folded.1);
+            print_layers("as served: folded + fused CPU kernels", "image", &served.0, served.1);
+            (Some(unfolded), Some(folded), served)
+        }
+        "pnet" => {
+            let weights = a.weights.clone().unwrap_or_else(|| "models/mtcnn/pnet.pt".into());
+            let img = decode(&std::fs::read("tests/data/obama2.jpg")?, &Limits::default())?;
+            let side = 128;
+            // A 128² tile of the photo, planar RGB scaled as P-Net takes it ((v − 127.5) / 128).
+            let mut tile = vec![0f32; 3 * side * side];
+            for c in 0..3 {
+                for y in 0..side {
+                    for x in 0..side {
+                        let (px, py) = (x.min(img.width as usize - 1), y.min(img.height as usize - 1));
+                        let v = img.rgb[(py * img.width as usize + px) * 3 + c];
+                        tile[(c * side + y) * side + x] = (f32::from(v) - 127.5) * 0.0078125;
+                    }
+                }
+            }
+            let data: Vec<f32> = (0..a.batch).flat_map(|_| tile.iter().copied()).collect();
+            let x = Tensor::<4>::from_data(TensorData::new(data, [a.batch, 3, side, side]), &device);
+            let fused = PNet::load(&weights, &device)?;
+            let run = |net: &PNet| {
+                profile(
+                    |ops| {
+                        let out = net.forward_profiled(x.clone(), ops);
+                        out.prob.into_data();
+                        out.reg.into_data();
+                    },
+                    a.batch,
+                    a.passes,
+                )
+            };
+            let unfused = run(&fused.unfused());
+            let served = run(&fused);
+            print_header(a, matmul_gflops);
+            print_layers("burn flex ops", "128² tile", &unfused.0, unfused.1);
+            print_layers("as served: fused CPU kernels", "128² tile", &served.0, served.1);
+            (Some(unfused), None, served)
+        }
+        other => bail!("--model {other}: expected mobilenet_v2 or pnet"),
+    };
+
+    let report = LayersReport {
+        model: a.model.clone(),
+        cpu: cpu_name(),
+        simd: simd_features(),
+        kernels: crate::models::cpu::Level::detect().name(),
+        threads: rayon::current_num_threads(),
+        batch: a.batch,
+        matmul_gflops,
+        unfolded_ms_per_item: unfolded.as_ref().map(|u| u.1),
+        unfolded: unfolded.map(|u| u.0),
+        folded_ms_per_item: folded.as_ref().map(|u| u.1),
+        folded: folded.map(|u| u.0),
+        served_ms_per_item: served.1,
+        served: served.0,
+    };
+    write_json(&a.json, &report)
 }
 
 #[derive(Serialize)]
@@ -329,6 +579,8 @@ struct ModelReport {
     adapter: String,
     batch: usize,
     depth: usize,
+    /// CPU threads (the rayon pool the forward pass ran in; on GPUs: the cores).
+    threads: usize,
     passes: usize,
     seconds: f64,
     images_per_s: f64,
@@ -452,28 +704,17 @@ fn process_cpu() -> f64 {
 }
 
 /// The forward loop: keeps `depth` batches launched (the next staged, uploaded and queued before
-/// the oldest is read back), as the server's worker does.
-fn run_model(a: &ModelArgs) -> anyhow::Result<ModelReport> {
-    let spec = DeviceSpec::parse(&a.device)?;
-    if let Some(t) = a.threads {
-        // The CPU backend's rayon pool; only the first call in a process takes effect.
-        let _ = rayon::ThreadPoolBuilder::new().num_threads(t).build_global();
-    }
-    let depth = a.depth.unwrap_or(if spec == DeviceSpec::Cpu { 1 } else { 2 }).max(1);
-    let adapter = spec.probe()?.to_string();
-    let model = Model::load(&ModelSpec::MobilenetV2 { weights: a.weights.clone() }, &spec)?;
-    let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Limits::default())?;
-    let input = classifier_input(&img, ClassifierSpec::IMAGENET);
-    let batch: Vec<&[f32]> = (0..a.batch).map(|_| input.data.as_slice()).collect();
+/// the oldest is read back), as the server's worker does. Passes and wall seconds.
+fn forward_loop(model: &Model, batch: &[&[f32]], depth: usize, duration: f64) -> anyhow::Result<(usize, f64)> {
     let side = model.input_side();
     for _ in 0..2 {
-        model.forward(&batch)?;
+        model.forward(batch)?;
     }
-    let (start, cpu0) = (Instant::now(), process_cpu());
+    let start = Instant::now();
     let mut passes = 0usize;
     let mut launched = std::collections::VecDeque::new();
-    while start.elapsed().as_secs_f64() < a.duration || passes + launched.len() < 3 {
-        launched.push_back(model.launch(crate::models::stage(&batch, side)?)?);
+    while start.elapsed().as_secs_f64() < duration || passes + launched.len() < 3 {
+        launched.push_back(model.launch(crate::models::stage(batch, side)?)?);
         if launched.len() >= depth {
             launched.pop_front().expect("non-empty. This is a bug.").read()?;
             passes += 1;
@@ -483,50 +724,82 @@ fn run_model(a: &ModelArgs) -> anyhow::Result<ModelReport> {
         p.read()?;
         passes += 1;
     }
-    let wall = start.elapsed().as_secs_f64();
-    let images = (passes * a.batch) as f64;
-    let cpu_ms = (process_cpu() - cpu0) * 1e3 / images;
-    println!(
-        "model-only: mobilenet_v2 on {} ({adapter}), batch {}, depth {depth}, {passes} passes in {wall:.1} s",
-        a.device, a.batch
-    );
-    println!("  images/s            {:.1}", images / wall);
-    println!("  ms per batch        {:.1}", wall * 1e3 / passes as f64);
-    println!("  CPU per image       {cpu_ms:.2} ms");
-    let torch = match &a.torch {
-        Some(python) => Some(run_torch(python, a, &spec)?),
-        None => None,
+    Ok((passes, start.elapsed().as_secs_f64()))
+}
+
+fn run_model(a: &ModelArgs) -> anyhow::Result<ModelReport> {
+    let spec = DeviceSpec::parse(&a.device)?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let depth = a.depth.unwrap_or(if spec == DeviceSpec::Cpu { 1 } else { 2 }).max(1);
+    let adapter = spec.probe()?.to_string();
+    let model = Model::load(&ModelSpec::MobilenetV2 { weights: a.weights.clone() }, &spec)?;
+    let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Limits::default())?;
+    let input = classifier_input(&img, ClassifierSpec::IMAGENET);
+    let batch: Vec<&[f32]> = (0..a.batch).map(|_| input.data.as_slice()).collect();
+    // On the CPU each thread count runs in its own rayon pool (burn flex's ops and gemm use the
+    // pool they are called from); with --torch and no --threads: 1 thread and one per core.
+    let thread_counts: Vec<usize> = match (a.threads, &a.torch, &spec) {
+        (Some(t), _, _) => vec![t],
+        (None, Some(_), DeviceSpec::Cpu) if cores > 1 => vec![1, cores],
+        (None, _, _) => vec![cores],
     };
-    if let Some(t) = &torch {
-        let theirs = t["images_per_s"].as_f64().unwrap_or(f64::NAN);
-        println!("  PyTorch eager       {theirs:.1} images/s ({})", t["label"].as_str().unwrap_or("torch"));
-        println!("  ours / PyTorch      {:.2}", images / wall / theirs);
+    let mut runs = Vec::new();
+    for &threads in &thread_counts {
+        let cpu0 = process_cpu();
+        let (passes, wall) = if spec == DeviceSpec::Cpu {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
+            pool.install(|| forward_loop(&model, &batch, depth, a.duration))?
+        } else {
+            forward_loop(&model, &batch, depth, a.duration)?
+        };
+        let images = (passes * a.batch) as f64;
+        let cpu_ms = (process_cpu() - cpu0) * 1e3 / images;
+        println!(
+            "model-only: mobilenet_v2 on {} ({adapter}), batch {}, depth {depth}, {threads} thread(s), {passes} passes in {wall:.1} s",
+            a.device, a.batch
+        );
+        println!("  images/s            {:.1}", images / wall);
+        println!("  ms per batch        {:.1}", wall * 1e3 / passes as f64);
+        println!("  CPU per image       {cpu_ms:.2} ms");
+        let torch = match &a.torch {
+            Some(python) => Some(run_torch(python, a, &spec, threads)?),
+            None => None,
+        };
+        if let Some(t) = &torch {
+            let theirs = t["images_per_s"].as_f64().unwrap_or(f64::NAN);
+            println!("  PyTorch eager       {theirs:.1} images/s ({})", t["label"].as_str().unwrap_or("torch"));
+            println!("  ours / PyTorch      {:.2}", images / wall / theirs);
+        }
+        runs.push(ModelReport {
+            device: a.device.clone(),
+            adapter: adapter.clone(),
+            batch: a.batch,
+            depth,
+            threads,
+            passes,
+            seconds: wall,
+            images_per_s: images / wall,
+            ms_per_batch: wall * 1e3 / passes as f64,
+            cpu_ms_per_image: cpu_ms,
+            torch,
+        });
     }
-    let report = ModelReport {
-        device: a.device.clone(),
-        adapter,
-        batch: a.batch,
-        depth,
-        passes,
-        seconds: wall,
-        images_per_s: images / wall,
-        ms_per_batch: wall * 1e3 / passes as f64,
-        cpu_ms_per_image: cpu_ms,
-        torch,
-    };
-    write_json(&a.json, &report)?;
-    Ok(report)
+    let last = runs.pop().expect("at least one thread count. This is a bug.");
+    match runs.pop() {
+        Some(first) => write_json(&a.json, &[&first, &last])?,
+        None => write_json(&a.json, &last)?,
+    }
+    Ok(last)
 }
 
 /// PyTorch eager torchvision MobileNetV2 on the same weights, batch and device
 /// (tools/bench/torch_mobilenet.py); its JSON result.
-fn run_torch(python: &str, a: &ModelArgs, spec: &DeviceSpec) -> anyhow::Result<serde_json::Value> {
+fn run_torch(python: &str, a: &ModelArgs, spec: &DeviceSpec, threads: usize) -> anyhow::Result<serde_json::Value> {
     let device = match spec {
         DeviceSpec::Cpu => "cpu".to_string(),
         DeviceSpec::Cuda(i) | DeviceSpec::Wgpu(Some(i)) => format!("cuda:{i}"),
         DeviceSpec::Wgpu(None) => "cuda:0".to_string(),
     };
-    let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let out = std::process::Command::new(python)
         .args(["tools/bench/torch_mobilenet.py", "--weights"])
         .arg(&a.weights)
@@ -550,6 +823,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
             run_model(&a)?;
         }
         Cmd::Persons(a) => run_persons(&a)?,
+        Cmd::Layers(a) => run_layers(&a)?,
         Cmd::Faces(a) => run_faces(&a)?,
         Cmd::Compare { e2e, device, depth, weights } => {
             let r = run_e2e(&E2eArgs { json: None, ..e2e.clone() })?;

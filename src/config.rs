@@ -136,11 +136,14 @@ pub struct PipelineConfig {
     pub decoders: usize,
     /// Preprocessor threads (SyncArbiter pool).
     pub preprocessors: usize,
+    /// Threads of the CPU device's forward passes (the rayon pool burn flex and the fused kernels
+    /// run on); 0 = one per core.
+    pub cpu_threads: usize,
 }
 
 impl Default for PipelineConfig {
     fn default() -> Self {
-        Self { decoders: 2, preprocessors: 1 }
+        Self { decoders: 2, preprocessors: 1, cpu_threads: 0 }
     }
 }
 

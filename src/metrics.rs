@@ -129,10 +129,13 @@ pub fn name_current_thread(name: &str) {
     let _ = std::fs::write("/proc/thread-self/comm", name);
 }
 
-/// Names the CPU backend's rayon pool threads `gb-rayon-N`. Must run before the first forward
-/// pass; later calls (another server in the same test process) change nothing.
-pub fn name_rayon_pool() {
-    let _ = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("gb-rayon-{i}")).build_global();
+/// Sizes (`pipeline.cpu_threads`) and names the CPU backend's rayon pool threads `gb-rayon-N`.
+/// Must run before the first forward pass; later calls (another server in the same test process)
+/// change nothing.
+pub fn name_rayon_pool(threads: usize) {
+    // 0: rayon's default, one per core.
+    let _ =
+        rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("gb-rayon-{i}")).build_global();
 }
 
 /// Forward-pass intervals of one worker over the last `BUSY_WINDOW`.

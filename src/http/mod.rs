@@ -114,7 +114,7 @@ pub struct RunningServer {
 /// Starts actors and the HTTP server inside the current actix `System`.
 pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningServer, StartError> {
     let metrics_handle = metrics::install();
-    metrics::name_rayon_pool();
+    metrics::name_rayon_pool(config.pipeline.cpu_threads);
     let tokens = config.load_tokens()?;
     if tokens.is_empty() {
         tracing::warn!("NO AUTH TOKENS CONFIGURED: every request is accepted. Set auth.tokens or auth.tokens_file.");

@@ -4,6 +4,7 @@
 //! global average pool → linear 1280→1000. BatchNorm ε = 1e-5, ReLU6 activations.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -13,6 +14,8 @@ use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::relu6;
 use burn::tensor::module::adaptive_avg_pool2d;
 
+use super::cpu::{self, HostConv};
+use super::profile::{OpTime, conv_flops, timed};
 use super::{ForwardError, LoadError};
 
 pub const INPUT_SIZE: usize = 224;
@@ -25,9 +28,13 @@ const SETTINGS: [(usize, usize, usize, usize); 7] =
 #[derive(Module, Debug)]
 struct ConvBnAct {
     conv: Conv2d,
-    bn: BatchNorm,
+    /// Present while loading; folded into `conv` (which then has a bias) before serving.
+    bn: Option<BatchNorm>,
     /// ReLU6 after the norm; false for the linear bottleneck projection.
     relu6: bool,
+    /// On the CPU device, after folding: the fused kernel (conv + bias + ReLU6 + residual).
+    #[module(skip)]
+    host: Option<Arc<HostConv>>,
 }
 
 impl ConvBnAct {
@@ -40,14 +47,72 @@ impl ConvBnAct {
                 .with_padding(PaddingConfig2d::Explicit(p, p, p, p))
                 .with_bias(false)
                 .init(device),
-            bn: BatchNormConfig::new(channels[1]).with_epsilon(1e-5).init(device),
+            bn: Some(BatchNormConfig::new(channels[1]).with_epsilon(1e-5).init(device)),
             relu6,
+            host: None,
         }
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let x = self.bn.forward(self.conv.forward(x));
-        if self.relu6 { relu6(x) } else { x }
+        self.forward_add(x, None)
+    }
+
+    /// `forward`, then `residual` added.
+    fn forward_add(&self, x: Tensor<4>, residual: Option<Tensor<4>>) -> Tensor<4> {
+        if let Some(host) = &self.host {
+            return cpu::forward(host, x, residual);
+        }
+        let x = self.conv.forward(x);
+        let x = match &self.bn {
+            Some(bn) => bn.forward(x),
+            None => x,
+        };
+        let x = if self.relu6 { relu6(x) } else { x };
+        match residual {
+            Some(r) => x + r,
+            None => x,
+        }
+    }
+
+    /// `forward`, each op timed into `ops` under `kind` (the conv's), "batch_norm" and "relu6".
+    fn forward_profiled(
+        &self,
+        x: Tensor<4>,
+        residual: Option<Tensor<4>>,
+        kind: &'static str,
+        ops: &mut Vec<OpTime>,
+    ) -> Tensor<4> {
+        if let Some(host) = &self.host {
+            let fused = if residual.is_some() { "+ residual" } else { "" };
+            let label = match kind {
+                "conv 3x3 stem" => "stem 3x3 fused",
+                "conv 3x3 depthwise" => "depthwise 3x3 fused",
+                _ if fused.is_empty() => "pointwise 1x1 fused",
+                _ => "pointwise 1x1 fused + residual",
+            };
+            return timed(ops, label, |y: &Tensor<4>| conv_flops(&self.conv, y), || cpu::forward(host, x, residual));
+        }
+        let x = timed(ops, kind, |y: &Tensor<4>| conv_flops(&self.conv, y), || self.conv.forward(x));
+        let x = match &self.bn {
+            Some(bn) => timed(ops, "batch_norm", |_| 0.0, || bn.forward(x)),
+            None => x,
+        };
+        let x = if self.relu6 { timed(ops, "relu6", |_| 0.0, || relu6(x)) } else { x };
+        match residual {
+            Some(r) => timed(ops, "residual add", |_| 0.0, || x + r),
+            None => x,
+        }
+    }
+
+    /// Folds the BatchNorm into the convolution; on the CPU device also builds the fused kernel.
+    fn fold(&mut self, cpu: bool) {
+        if let Some(bn) = self.bn.take() {
+            super::fold::fold_batch_norm(&mut self.conv, &bn);
+        }
+        if cpu {
+            let act = if self.relu6 { cpu::Act::Relu6 } else { cpu::Act::Identity };
+            self.host = cpu::host_conv(&self.conv, act).map(Arc::new);
+        }
     }
 }
 
@@ -77,8 +142,25 @@ impl InvertedResidual {
             Some(e) => e.forward(x.clone()),
             None => x.clone(),
         };
-        let h = self.project.forward(self.depthwise.forward(h));
-        if self.residual { h + x } else { h }
+        let h = self.depthwise.forward(h);
+        self.project.forward_add(h, self.residual.then_some(x))
+    }
+
+    fn forward_profiled(&self, x: Tensor<4>, ops: &mut Vec<OpTime>) -> Tensor<4> {
+        let h = match &self.expand {
+            Some(e) => e.forward_profiled(x.clone(), None, "conv 1x1 (pointwise)", ops),
+            None => x.clone(),
+        };
+        let h = self.depthwise.forward_profiled(h, None, "conv 3x3 depthwise", ops);
+        self.project.forward_profiled(h, self.residual.then_some(x), "conv 1x1 (pointwise)", ops)
+    }
+
+    fn fold(&mut self, cpu: bool) {
+        if let Some(e) = &mut self.expand {
+            e.fold(cpu);
+        }
+        self.depthwise.fold(cpu);
+        self.project.fold(cpu);
     }
 }
 
@@ -108,6 +190,16 @@ impl MobileNetV2 {
         }
     }
 
+    /// Folds every BatchNorm into its convolution (see `models::fold`): the form the network is
+    /// served in. `cpu`: also build the fused CPU kernels (`models::cpu`) the forward pass then uses.
+    pub fn fold_batch_norms(&mut self, cpu: bool) {
+        self.stem.fold(cpu);
+        for b in &mut self.blocks {
+            b.fold(cpu);
+        }
+        self.head.fold(cpu);
+    }
+
     /// `x`: N×3×224×224 normalised RGB → N×1000 logits.
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
         let mut x = self.stem.forward(x);
@@ -116,6 +208,23 @@ impl MobileNetV2 {
         }
         let x = adaptive_avg_pool2d(self.head.forward(x), [1, 1]).flatten::<2>(1, 3);
         self.classifier.forward(x)
+    }
+
+    /// `forward` with every op timed into `ops` (`bench layers`). Only meaningful on a backend that
+    /// runs ops eagerly (the CPU backend): on a GPU the times are of queueing, not of the work.
+    pub fn forward_profiled(&self, x: Tensor<4>, ops: &mut Vec<OpTime>) -> Tensor<2> {
+        let mut x = self.stem.forward_profiled(x, None, "conv 3x3 stem", ops);
+        for block in &self.blocks {
+            x = block.forward_profiled(x, ops);
+        }
+        let x = self.head.forward_profiled(x, None, "conv 1x1 (pointwise)", ops);
+        let x = timed(ops, "avg pool", |_| 0.0, || adaptive_avg_pool2d(x, [1, 1]).flatten::<2>(1, 3));
+        timed(
+            ops,
+            "linear",
+            |y: &Tensor<2>| 2.0 * (y.dims()[0] * y.dims()[1] * 1280) as f64,
+            || self.classifier.forward(x),
+        )
     }
 }
 
@@ -165,7 +274,25 @@ pub struct Classifier {
 }
 
 impl Classifier {
+    /// Loads the weights and folds every BatchNorm into its convolution; on the CPU device the
+    /// convolutions then run as fused kernels (`models::cpu`).
     pub fn load(weights: &Path, device: Device) -> Result<Self, LoadError> {
+        let cpu = cpu::is_cpu(&device);
+        Self::load_variant(weights, device, true, cpu)
+    }
+
+    /// For comparisons (`bench layers`): `fold` the BatchNorms or not, and with `fused` (CPU only)
+    /// the fused kernels or burn flex's own ops.
+    pub fn load_variant(weights: &Path, device: Device, fold: bool, fused: bool) -> Result<Self, LoadError> {
+        let mut c = Self::load_unfolded(weights, device)?;
+        if fold {
+            c.model.fold_batch_norms(fused && cpu::is_cpu(&c.device));
+        }
+        Ok(c)
+    }
+
+    /// The network exactly as torchvision defines it (conv → BatchNorm → ReLU6), for comparison.
+    pub fn load_unfolded(weights: &Path, device: Device) -> Result<Self, LoadError> {
         let mut model = MobileNetV2::new(&device);
         let mut store = PytorchStore::from_file(weights).map_indices_contiguous(false).allow_partial(false);
         for (from, to) in key_remaps() {
@@ -196,5 +323,9 @@ impl Classifier {
 
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    pub fn network(&self) -> &MobileNetV2 {
+        &self.model
     }
 }

@@ -1,11 +1,14 @@
 //! burn model definitions and weight loading. No actix, no HTTP: a model is built on a `Device`
 //! (which picks the backend at run time) and maps a batch of inputs to outputs.
 
+pub mod cpu;
 mod device;
+pub mod fold;
 pub mod mobilenet_v2;
 pub mod mtcnn;
 pub mod onnx_weights;
 pub mod probe;
+pub mod profile;
 pub mod sface;
 
 pub use device::{DeviceError, DeviceSpec};

@@ -6,12 +6,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::{Module, Param, RunningState};
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PRelu, PReluConfig, PaddingConfig2d};
 use burn::prelude::{Device, Tensor, TensorData};
 
+use super::cpu::{self, HostConv};
 use super::onnx_weights::{OnnxTensor, initializers};
 use super::{ForwardError, LoadError};
 
@@ -59,7 +61,8 @@ impl Weights<'_> {
         Ok(bn)
     }
 
-    /// `<prefix>_conv2d` (no bias) → `<prefix>_batchnorm` → `<prefix>_relu` (PReLU).
+    /// `<prefix>_conv2d` (no bias) → `<prefix>_batchnorm` → `<prefix>_relu` (PReLU), the norm folded
+    /// into the convolution.
     fn unit(
         &mut self,
         prefix: &str,
@@ -80,20 +83,29 @@ impl Weights<'_> {
         let bn = self.batch_norm(&format!("{prefix}_batchnorm"), c[1], 1e-3)?;
         let mut prelu = PReluConfig::new().with_num_parameters(c[1]).init(self.device);
         prelu.alpha = Param::from_tensor(self.take(&format!("{prefix}_relu_gamma"), [c[1]])?);
-        Ok(Unit { conv, bn, prelu })
+        super::fold::fold_batch_norm(&mut conv, &bn);
+        let host =
+            if cpu::is_cpu(self.device) { cpu::host_conv(&conv, cpu::prelu_act(&prelu)).map(Arc::new) } else { None };
+        Ok(Unit { conv, prelu, host })
     }
 }
 
 #[derive(Module, Debug)]
 struct Unit {
+    /// The convolution with its BatchNorm folded in (see `models::fold`).
     conv: Conv2d,
-    bn: BatchNorm,
     prelu: PRelu,
+    /// On the CPU device: conv + bias + PReLU as one fused kernel (`models::cpu`).
+    #[module(skip)]
+    host: Option<Arc<HostConv>>,
 }
 
 impl Unit {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.prelu.forward(self.bn.forward(self.conv.forward(x)))
+        if let Some(h) = &self.host {
+            return cpu::forward(h, x, None);
+        }
+        self.prelu.forward(self.conv.forward(x))
     }
 }
 

@@ -66,6 +66,7 @@ impl Default for CudaFacts {
             driver_version: None,
             devices: Vec::new(),
             kernel_driver: None,
+            nvrtc: None,
         }
     }
 }
