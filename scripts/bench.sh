@@ -1,15 +1,18 @@
 #!/usr/bin/env bash
 # Starts a server on the embedded defaults (or $CONFIG), runs `bench compare` (or, with the
 # argument `faces`, `bench faces`), stops the server. The person store goes to a temporary directory.
+# GPUBACKEND=path runs another build of the binary (e.g. a release build, or an older one to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PORT=${PORT:-18080}
-cargo build ${FEATURES:+--features "$FEATURES"} --bin gpubackend
-bin=${CARGO_TARGET_DIR:-target}/debug
+if [ -z "${GPUBACKEND:-}" ]; then
+  cargo build ${FEATURES:+--features "$FEATURES"} --bin gpubackend
+fi
+exe=${GPUBACKEND:-${CARGO_TARGET_DIR:-target}/debug/gpubackend}
 store=$(mktemp -d)
 sed "s|^dir = \"data\"|dir = \"$store\"|" "${CONFIG:-config/default.toml}" > "$store/bench.toml"
 args=(--port "$PORT" -c "$store/bench.toml")
-RUST_LOG=warn "$bin/gpubackend" "${args[@]}" &
+RUST_LOG=warn "$exe" "${args[@]}" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$store"' EXIT
 for _ in $(seq 1 600); do
@@ -17,7 +20,7 @@ for _ in $(seq 1 600); do
   sleep 0.5
 done
 if [ "${1:-}" = faces ]; then
-  "$bin/gpubackend" bench faces --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-8}" --duration "${DURATION:-20}"
+  "$exe" bench faces --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-8}" --duration "${DURATION:-20}"
 else
-  "$bin/gpubackend" bench compare --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" --device "${DEVICE:-cpu}"
+  "$exe" bench compare --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" --device "${DEVICE:-cpu}"
 fi

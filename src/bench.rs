@@ -354,7 +354,7 @@ struct LayersReport {
     batch: usize,
     /// A 1024³ f32 matmul on the same backend and threads: the attainable GFLOP/s reference.
     matmul_gflops: f64,
-    /// MobileNetV2: torchvision's graph as loaded (conv → BatchNorm → ReLU6); P-Net: burn flex's ops.
+    /// MobileNetV2 only: torchvision's graph as loaded (conv → BatchNorm → ReLU6).
     unfolded: Option<Vec<LayerRow>>,
     unfolded_ms_per_item: Option<f64>,
     /// MobileNetV2 only: BatchNorm folded, burn flex's own convolution and ReLU6.
@@ -516,24 +516,19 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
             }
             let data: Vec<f32> = (0..a.batch).flat_map(|_| tile.iter().copied()).collect();
             let x = Tensor::<4>::from_data(TensorData::new(data, [a.batch, 3, side, side]), &device);
-            let fused = PNet::load(&weights, &device)?;
-            let run = |net: &PNet| {
-                profile(
-                    |ops| {
-                        let out = net.forward_profiled(x.clone(), ops);
-                        out.prob.into_data();
-                        out.reg.into_data();
-                    },
-                    a.batch,
-                    a.passes,
-                )
-            };
-            let unfused = run(&fused.unfused());
-            let served = run(&fused);
+            let net = PNet::load(&weights, &device)?;
+            let served = profile(
+                |ops| {
+                    let out = net.forward_profiled(x.clone(), ops);
+                    out.prob.into_data();
+                    out.reg.into_data();
+                },
+                a.batch,
+                a.passes,
+            );
             print_header(a, matmul_gflops);
-            print_layers("burn flex ops", "128² tile", &unfused.0, unfused.1);
-            print_layers("as served: fused CPU kernels", "128² tile", &served.0, served.1);
-            (Some(unfused), None, served)
+            print_layers("as served (burn flex ops)", "128² tile", &served.0, served.1);
+            (None, None, served)
         }
         other => bail!("--model {other}: expected mobilenet_v2 or pnet"),
     };

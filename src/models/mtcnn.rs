@@ -5,7 +5,6 @@
 //! Inputs are RGB, `(x − 127.5) × 0.0078125`, NCHW.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -16,7 +15,6 @@ use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::softmax;
 
 use super::LoadError;
-use super::cpu::{self, HostConv};
 use super::profile::{OpTime, conv_flops, timed};
 use crate::pipelines::face_detect::{FaceNets, NetOutput};
 
@@ -30,29 +28,13 @@ fn prelu(c: usize, device: &Device) -> PRelu {
     PReluConfig::new().with_num_parameters(c).init(device)
 }
 
-/// On the CPU device, each conv + its PReLU as one fused kernel (`models::cpu`) where the kernels
-/// cover it, in layer order.
-type Fused = Option<Arc<Vec<Option<HostConv>>>>;
-
-fn fuse(layers: &[(&Conv2d, Option<&PRelu>)], device: &Device) -> Fused {
-    if !cpu::is_cpu(device) {
-        return None;
-    }
-    let convs = layers.iter().map(|(c, p)| cpu::host_conv(c, p.map_or(cpu::Act::Identity, cpu::prelu_act)));
-    Some(Arc::new(convs.collect()))
-}
-
-/// Layer `i`: `conv` then `prelu`, fused when `fused` has its kernel.
-fn conv_prelu(fused: &Fused, i: usize, conv: &Conv2d, prelu: Option<&PRelu>, x: Tensor<4>) -> Tensor<4> {
-    match fused.as_ref().and_then(|f| f[i].as_ref()) {
-        Some(h) => cpu::forward(h, x, None),
-        None => {
-            let y = conv.forward(x);
-            match prelu {
-                Some(p) => p.forward(y),
-                None => y,
-            }
-        }
+/// `conv`, then `prelu` when given. (MTCNN's convolutions stay on burn flex on the CPU: the fused
+/// kernels were slower for these small channel counts in a release build, `bench layers --model pnet`.)
+fn conv_prelu(conv: &Conv2d, prelu: Option<&PRelu>, x: Tensor<4>) -> Tensor<4> {
+    let y = conv.forward(x);
+    match prelu {
+        Some(p) => p.forward(y),
+        None => y,
     }
 }
 
@@ -98,8 +80,6 @@ pub struct PNet {
     prelu3: PRelu,
     conv4_1: Conv2d,
     conv4_2: Conv2d,
-    #[module(skip)]
-    fused: Fused,
 }
 
 /// P-Net maps: box regression (N,4,h,w) and face probability (N,2,h,w; channel 1 = face).
@@ -121,72 +101,39 @@ impl PNet {
             prelu3: prelu(32, device),
             conv4_1: conv([32, 2], 1, device),
             conv4_2: conv([32, 4], 1, device),
-            fused: None,
         }
     }
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
-        let mut net = load(Self::new(device), weights)?;
-        net.fused = fuse(
-            &[
-                (&net.conv1, Some(&net.prelu1)),
-                (&net.conv2, Some(&net.prelu2)),
-                (&net.conv3, Some(&net.prelu3)),
-                (&net.conv4_1, None),
-                (&net.conv4_2, None),
-            ],
-            device,
-        );
-        Ok(net)
+        load(Self::new(device), weights)
     }
 
     pub fn forward(&self, x: Tensor<4>) -> PNetOutput {
-        let f = &self.fused;
-        let x = self.pool1.forward(conv_prelu(f, 0, &self.conv1, Some(&self.prelu1), x));
-        let x = conv_prelu(f, 1, &self.conv2, Some(&self.prelu2), x);
-        let x = conv_prelu(f, 2, &self.conv3, Some(&self.prelu3), x);
+        let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
+        let x = conv_prelu(&self.conv2, Some(&self.prelu2), x);
+        let x = conv_prelu(&self.conv3, Some(&self.prelu3), x);
         PNetOutput {
-            reg: conv_prelu(f, 4, &self.conv4_2, None, x.clone()),
-            prob: softmax(conv_prelu(f, 3, &self.conv4_1, None, x), 1),
+            reg: conv_prelu(&self.conv4_2, None, x.clone()),
+            prob: softmax(conv_prelu(&self.conv4_1, None, x), 1),
         }
     }
 
     /// `forward` with every op timed into `ops` (`bench layers --model pnet`).
     pub fn forward_profiled(&self, x: Tensor<4>, ops: &mut Vec<OpTime>) -> PNetOutput {
-        let f = &self.fused;
-        let has = |i: usize| f.as_ref().is_some_and(|f| f[i].is_some());
-        let conv = |ops: &mut Vec<OpTime>, i, kind: &'static str, fused_kind: &'static str, c: &Conv2d, p, x| {
-            let kind = if has(i) { fused_kind } else { kind };
-            timed(ops, kind, |y: &Tensor<4>| conv_flops(c, y), || conv_prelu(f, i, c, p, x))
+        let conv = |ops: &mut Vec<OpTime>, kind: &'static str, c: &Conv2d, x| {
+            timed(ops, kind, |y: &Tensor<4>| conv_flops(c, y), || c.forward(x))
         };
-        let x = if has(0) {
-            conv(ops, 0, "", "conv1 3x3 3→10 + PReLU", &self.conv1, Some(&self.prelu1), x)
-        } else {
-            let x = conv(ops, 0, "conv1 3x3 3→10", "", &self.conv1, None, x);
-            timed(ops, "prelu", |_| 0.0, || self.prelu1.forward(x))
-        };
+        let x = conv(ops, "conv1 3x3 3→10", &self.conv1, x);
+        let x = timed(ops, "prelu", |_| 0.0, || self.prelu1.forward(x));
         let x = timed(ops, "max pool 2x2", |_| 0.0, || self.pool1.forward(x));
-        let x = if has(1) {
-            conv(ops, 1, "", "conv2 3x3 10→16 + PReLU", &self.conv2, Some(&self.prelu2), x)
-        } else {
-            let x = conv(ops, 1, "conv2 3x3 10→16", "", &self.conv2, None, x);
-            timed(ops, "prelu", |_| 0.0, || self.prelu2.forward(x))
-        };
-        let x = if has(2) {
-            conv(ops, 2, "", "conv3 3x3 16→32 + PReLU", &self.conv3, Some(&self.prelu3), x)
-        } else {
-            let x = conv(ops, 2, "conv3 3x3 16→32", "", &self.conv3, None, x);
-            timed(ops, "prelu", |_| 0.0, || self.prelu3.forward(x))
-        };
-        let reg = conv(ops, 4, "conv4 1x1 heads", "conv4 1x1 heads", &self.conv4_2, None, x.clone());
-        let p = conv(ops, 3, "conv4 1x1 heads", "conv4 1x1 heads", &self.conv4_1, None, x);
+        let x = conv(ops, "conv2 3x3 10→16", &self.conv2, x);
+        let x = timed(ops, "prelu", |_| 0.0, || self.prelu2.forward(x));
+        let x = conv(ops, "conv3 3x3 16→32", &self.conv3, x);
+        let x = timed(ops, "prelu", |_| 0.0, || self.prelu3.forward(x));
+        let reg = conv(ops, "conv4 1x1 heads", &self.conv4_2, x.clone());
+        let p = conv(ops, "conv4 1x1 heads", &self.conv4_1, x);
         let prob = timed(ops, "softmax", |_| 0.0, || softmax(p, 1));
         PNetOutput { reg, prob }
-    }
-
-    /// The same network without the fused CPU kernels (burn flex's own ops), for comparison.
-    pub fn unfused(&self) -> Self {
-        Self { fused: None, ..self.clone() }
     }
 }
 
@@ -205,8 +152,6 @@ pub struct RNet {
     prelu4: PRelu,
     dense5_1: Linear,
     dense5_2: Linear,
-    #[module(skip)]
-    fused: Fused,
 }
 
 /// Per crop: box regression (N,4), face probability (N,2; column 1 = face), and for O-Net the five
@@ -233,25 +178,18 @@ impl RNet {
             prelu4: prelu(128, device),
             dense5_1: LinearConfig::new(128, 2).init(device),
             dense5_2: LinearConfig::new(128, 4).init(device),
-            fused: None,
         }
     }
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
-        let mut net = load(Self::new(device), weights)?;
-        net.fused = fuse(
-            &[(&net.conv1, Some(&net.prelu1)), (&net.conv2, Some(&net.prelu2)), (&net.conv3, Some(&net.prelu3))],
-            device,
-        );
-        Ok(net)
+        load(Self::new(device), weights)
     }
 
     /// `x`: (N,3,24,24).
     pub fn forward(&self, x: Tensor<4>) -> CropOutput {
-        let f = &self.fused;
-        let x = self.pool1.forward(conv_prelu(f, 0, &self.conv1, Some(&self.prelu1), x));
-        let x = self.pool2.forward(conv_prelu(f, 1, &self.conv2, Some(&self.prelu2), x));
-        let x = conv_prelu(f, 2, &self.conv3, Some(&self.prelu3), x);
+        let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
+        let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
+        let x = conv_prelu(&self.conv3, Some(&self.prelu3), x);
         let x = self.prelu4.forward(self.dense4.forward(flatten_whc(x)));
         CropOutput {
             reg: self.dense5_2.forward(x.clone()),
@@ -280,8 +218,6 @@ pub struct ONet {
     dense6_1: Linear,
     dense6_2: Linear,
     dense6_3: Linear,
-    #[module(skip)]
-    fused: Fused,
 }
 
 impl ONet {
@@ -303,31 +239,19 @@ impl ONet {
             dense6_1: LinearConfig::new(256, 2).init(device),
             dense6_2: LinearConfig::new(256, 4).init(device),
             dense6_3: LinearConfig::new(256, 10).init(device),
-            fused: None,
         }
     }
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
-        let mut net = load(Self::new(device), weights)?;
-        net.fused = fuse(
-            &[
-                (&net.conv1, Some(&net.prelu1)),
-                (&net.conv2, Some(&net.prelu2)),
-                (&net.conv3, Some(&net.prelu3)),
-                (&net.conv4, Some(&net.prelu4)),
-            ],
-            device,
-        );
-        Ok(net)
+        load(Self::new(device), weights)
     }
 
     /// `x`: (N,3,48,48).
     pub fn forward(&self, x: Tensor<4>) -> CropOutput {
-        let f = &self.fused;
-        let x = self.pool1.forward(conv_prelu(f, 0, &self.conv1, Some(&self.prelu1), x));
-        let x = self.pool2.forward(conv_prelu(f, 1, &self.conv2, Some(&self.prelu2), x));
-        let x = self.pool3.forward(conv_prelu(f, 2, &self.conv3, Some(&self.prelu3), x));
-        let x = conv_prelu(f, 3, &self.conv4, Some(&self.prelu4), x);
+        let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
+        let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
+        let x = self.pool3.forward(conv_prelu(&self.conv3, Some(&self.prelu3), x));
+        let x = conv_prelu(&self.conv4, Some(&self.prelu4), x);
         let x = self.prelu5.forward(self.dense5.forward(flatten_whc(x)));
         CropOutput {
             reg: self.dense6_2.forward(x.clone()),

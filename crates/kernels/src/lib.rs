@@ -185,23 +185,28 @@ fn epilogue(level: Level, row: &mut [f32], bias: f32, act: RowAct, res: Option<&
     at_level!(level, epilogue_impl(row: &mut [f32], bias: f32, act: RowAct, res: Option<&[f32]>))
 }
 
-/// One depthwise 3×3 plane (padding 1, stride 1 or 2), bias and activation applied; `split` is
-/// scratch of at least `w + 1` values.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn depthwise_plane_impl<const FMA: bool>(
-    x: &[f32],
+/// One depthwise 3×3 plane's input and parameters (padding 1, stride 1 or 2).
+#[derive(Clone, Copy)]
+struct Plane<'a> {
+    /// The input plane, `h × w`.
+    x: &'a [f32],
     h: usize,
     w: usize,
-    k: &[f32],
+    /// The 3×3 taps, row-major.
+    k: &'a [f32],
     stride: usize,
-    out: &mut [f32],
     ow: usize,
     bias: f32,
     act: RowAct,
-    res: Option<&[f32]>,
-    split: &mut [f32],
-) {
+    /// Added after the activation, `oh × ow`.
+    res: Option<&'a [f32]>,
+}
+
+/// One depthwise plane into `out` (`oh × ow`), bias and activation applied; `split` is scratch of
+/// at least `w + 1` values.
+#[inline(always)]
+fn depthwise_plane_impl<const FMA: bool>(p: &Plane<'_>, out: &mut [f32], split: &mut [f32]) {
+    let Plane { x, h, w, k, stride, ow, bias, act, res } = *p;
     let oh = out.len() / ow;
     for oy in 0..oh {
         let acc = &mut out[oy * ow..(oy + 1) * ow];
@@ -238,37 +243,8 @@ fn depthwise_plane_impl<const FMA: bool>(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn depthwise_plane(
-    level: Level,
-    x: &[f32],
-    h: usize,
-    w: usize,
-    k: &[f32],
-    stride: usize,
-    out: &mut [f32],
-    ow: usize,
-    bias: f32,
-    act: RowAct,
-    res: Option<&[f32]>,
-    split: &mut [f32],
-) {
-    at_level!(
-        level,
-        depthwise_plane_impl(
-            x: &[f32],
-            h: usize,
-            w: usize,
-            k: &[f32],
-            stride: usize,
-            out: &mut [f32],
-            ow: usize,
-            bias: f32,
-            act: RowAct,
-            res: Option<&[f32]>,
-            split: &mut [f32]
-        )
-    )
+fn depthwise_plane(level: Level, p: &Plane<'_>, out: &mut [f32], split: &mut [f32]) {
+    at_level!(level, depthwise_plane_impl(p: &Plane<'_>, out: &mut [f32], split: &mut [f32]))
 }
 
 /// A raw output pointer shared by tasks that write disjoint regions.
@@ -353,20 +329,18 @@ impl HostConv {
             || vec![0f32; w + 1],
             |split, (bc, o)| {
                 let ch = bc % c;
-                depthwise_plane(
-                    level,
-                    &x[bc * plane_in..(bc + 1) * plane_in],
+                let plane = Plane {
+                    x: &x[bc * plane_in..(bc + 1) * plane_in],
                     h,
                     w,
-                    &self.weight[ch * 9..(ch + 1) * 9],
+                    k: &self.weight[ch * 9..(ch + 1) * 9],
                     stride,
-                    o,
                     ow,
-                    self.bias[ch],
-                    self.act.row(ch),
-                    res.map(|r| &r[bc * plane_out..(bc + 1) * plane_out]),
-                    split,
-                );
+                    bias: self.bias[ch],
+                    act: self.act.row(ch),
+                    res: res.map(|r| &r[bc * plane_out..(bc + 1) * plane_out]),
+                };
+                depthwise_plane(level, &plane, o, split);
             },
         );
     }

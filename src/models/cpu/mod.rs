@@ -31,9 +31,8 @@ pub fn host_conv(conv: &Conv2d, act: Act) -> Option<HostConv> {
     };
     let geom =
         Geom { cin: cin_per_group * conv.groups, cout, groups: conv.groups, kernel: kh, stride: conv.stride[0], pad };
-    // burn flex's direct path for a few input and output channels (P-Net's 3→10) beats im2col + gemm
-    // (`bench layers --model pnet`: 0.95 against 1.5 ms per tile), and its 1×1 path the gemm blocks
-    // for a handful of output channels (P-Net's heads: 0.10 against 0.33 ms).
+    // burn flex's direct path for a few input and output channels (3→10) beats im2col + gemm, and
+    // its 1×1 path the gemm blocks for a handful of output channels (measured on P-Net's layers).
     if geom.groups == 1 && ((kh > 1 && geom.cin <= 4 && geom.cout <= 16) || geom.cout < 8) {
         return None;
     }
