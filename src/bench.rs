@@ -281,6 +281,9 @@ pub struct E2eArgs {
     images: Vec<PathBuf>,
     #[arg(long, default_value = "test")]
     token: String,
+    /// The classifier model's name in the server's config: worker busy and batch figures are its own.
+    #[arg(long, default_value = "mobilenet_v2")]
+    model: String,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -650,12 +653,15 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
     let wall = start.elapsed().as_secs_f64();
     let after = scrape(addr)?;
     let delta = |name: &str| metric_value(&after, name, &[]) - metric_value(&before, name, &[]);
+    // Per-model series: the classifier's own (the server may serve other models, e.g. faces).
+    let m = [("model", a.model.as_str())];
+    let delta_m = |name: &str| metric_value(&after, name, &m) - metric_value(&before, name, &m);
     lat.sort();
     let n = lat.len() as f64;
-    let batches = delta("gpubackend_batch_size_count");
-    let mean_batch = delta("gpubackend_batch_size_sum") / batches.max(1.0);
-    let workers = metric_value(&after, "gpubackend_workers_live", &[]).max(1.0);
-    let busy = delta("gpubackend_worker_busy_seconds_total") / wall / workers;
+    let batches = delta_m("gpubackend_batch_size_count");
+    let mean_batch = delta_m("gpubackend_batch_size_sum") / batches.max(1.0);
+    let workers = metric_value(&after, "gpubackend_workers_live", &m).max(1.0);
+    let busy = delta_m("gpubackend_worker_busy_seconds_total") / wall / workers;
     let cpu_ms = delta("gpubackend_process_cpu_seconds_total") * 1e3 / n.max(1.0);
     let serving_ms = (delta("gpubackend_process_cpu_seconds_total") - delta("gpubackend_inference_cpu_seconds_total"))
         * 1e3
