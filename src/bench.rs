@@ -363,6 +363,9 @@ struct LayersReport {
     /// MobileNetV2 only: BatchNorm folded, burn flex's own convolution and ReLU6.
     folded: Option<Vec<LayerRow>>,
     folded_ms_per_item: Option<f64>,
+    /// P-Net only: burn flex's own ops (NCHW), what the GPUs run.
+    burn_ops: Option<Vec<LayerRow>>,
+    burn_ops_ms_per_item: Option<f64>,
     /// As served (MobileNetV2: BatchNorm folded into the convolutions).
     served: Vec<LayerRow>,
     served_ms_per_item: f64,
@@ -476,7 +479,7 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
     }
     let matmul_gflops = 3.0 * 2.0 * (n * n * n) as f64 / start.elapsed().as_secs_f64() / 1e9;
 
-    let (unfolded, folded, served) = match a.model.as_str() {
+    let (unfolded, folded, burn_ops, served) = match a.model.as_str() {
         "mobilenet_v2" => {
             let weights = a.weights.clone().unwrap_or_else(|| "models/mobilenet_v2/mobilenet_v2-b0353104.pth".into());
             let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Limits::default())?;
@@ -500,7 +503,7 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
             print_layers("torchvision graph on burn flex (conv → BatchNorm → ReLU6)", "image", &unfolded.0, unfolded.1);
             print_layers("BatchNorm folded, burn flex ops", "image", &folded.0, folded.1);
             print_layers("as served: folded + fused CPU kernels", "image", &served.0, served.1);
-            (Some(unfolded), Some(folded), served)
+            (Some(unfolded), Some(folded), None, served)
         }
         "pnet" => {
             let weights = a.weights.clone().unwrap_or_else(|| "models/mtcnn/pnet.pt".into());
@@ -519,19 +522,24 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
             }
             let data: Vec<f32> = (0..a.batch).flat_map(|_| tile.iter().copied()).collect();
             let x = Tensor::<4>::from_data(TensorData::new(data, [a.batch, 3, side, side]), &device);
+            let run = |net: &PNet| {
+                profile(
+                    |ops| {
+                        let out = net.forward_profiled(x.clone(), ops);
+                        out.prob.into_data();
+                        out.reg.into_data();
+                    },
+                    a.batch,
+                    a.passes,
+                )
+            };
             let net = PNet::load(&weights, &device)?;
-            let served = profile(
-                |ops| {
-                    let out = net.forward_profiled(x.clone(), ops);
-                    out.prob.into_data();
-                    out.reg.into_data();
-                },
-                a.batch,
-                a.passes,
-            );
+            let burn_ops = run(&net.clone().burn_ops());
+            let served = run(&net);
             print_header(a, matmul_gflops);
-            print_layers("as served (burn flex ops)", "128² tile", &served.0, served.1);
-            (None, None, served)
+            print_layers("burn flex ops (NCHW)", "128² tile", &burn_ops.0, burn_ops.1);
+            print_layers("as served: channels-last trunk (crates/kernels hwc)", "128² tile", &served.0, served.1);
+            (None, None, Some(burn_ops), served)
         }
         other => bail!("--model {other}: expected mobilenet_v2 or pnet"),
     };
@@ -548,6 +556,8 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
         unfolded: unfolded.map(|u| u.0),
         folded_ms_per_item: folded.as_ref().map(|u| u.1),
         folded: folded.map(|u| u.0),
+        burn_ops_ms_per_item: burn_ops.as_ref().map(|u| u.1),
+        burn_ops: burn_ops.map(|u| u.0),
         served_ms_per_item: served.1,
         served: served.0,
     };

@@ -5,6 +5,7 @@
 //! Inputs are RGB, `(x − 127.5) × 0.0078125`, NCHW.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::module::Module;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -15,6 +16,7 @@ use burn::store::{ModuleSnapshot, PytorchStore};
 use burn::tensor::activation::softmax;
 
 use super::LoadError;
+use super::cpu::{self, Act, HwcConv, Layer, Trunk};
 use super::profile::{OpTime, conv_flops, timed};
 use crate::pipelines::face_detect::{FaceNets, NetOutput};
 
@@ -28,8 +30,7 @@ fn prelu(c: usize, device: &Device) -> PRelu {
     PReluConfig::new().with_num_parameters(c).init(device)
 }
 
-/// `conv`, then `prelu` when given. (MTCNN's convolutions stay on burn flex on the CPU: the fused
-/// kernels were slower for these small channel counts in a release build, `bench layers --model pnet`.)
+/// `conv`, then `prelu` when given (burn's ops: the path on GPUs).
 fn conv_prelu(conv: &Conv2d, prelu: Option<&PRelu>, x: Tensor<4>) -> Tensor<4> {
     let y = conv.forward(x);
     match prelu {
@@ -46,6 +47,27 @@ fn pool(k: usize, s: usize) -> MaxPool2d {
 fn flatten_whc(x: Tensor<4>) -> Tensor<2> {
     let [n, c, h, w] = x.dims();
     x.permute([0, 3, 2, 1]).reshape([n, w * h * c])
+}
+
+/// `conv` + `prelu` as a channels-last trunk layer (the CPU device's path for MTCNN: its few
+/// channels on large planes run far faster as direct channels-last loops than as burn flex's NCHW
+/// convolutions, `bench layers --model pnet`).
+fn hwc(conv: &Conv2d, prelu: &PRelu) -> Option<Layer> {
+    cpu::hwc_conv(conv, &cpu::prelu_act(prelu)).map(Layer::Conv)
+}
+
+/// (N,H,W,C) channels-last values → (N, W·H·C) rows, the order `flatten_whc` gives.
+fn hwc_to_whc(v: &[f32], [n, h, w, c]: [usize; 4]) -> Tensor<2> {
+    let mut out = vec![0f32; v.len()];
+    for b in 0..n {
+        let (src, dst) = (&v[b * h * w * c..(b + 1) * h * w * c], &mut out[b * h * w * c..(b + 1) * h * w * c]);
+        for y in 0..h {
+            for x in 0..w {
+                dst[(x * h + y) * c..(x * h + y + 1) * c].copy_from_slice(&src[(y * w + x) * c..(y * w + x + 1) * c]);
+            }
+        }
+    }
+    Tensor::from_data(TensorData::new(out, [n, w * h * c]), &Device::flex())
 }
 
 /// Loads facenet-pytorch's weights into `model`; every tensor must be used and every field filled.
@@ -80,6 +102,10 @@ pub struct PNet {
     prelu3: PRelu,
     conv4_1: Conv2d,
     conv4_2: Conv2d,
+    /// The whole network as one channels-last trunk on the CPU device (both heads as one 1×1
+    /// convolution: `reg`'s 4 channels, then the 2 face logits).
+    #[module(skip)]
+    host: Option<Arc<Trunk>>,
 }
 
 /// P-Net maps: box regression (N,4,h,w) and face probability (N,2,h,w; channel 1 = face).
@@ -101,14 +127,73 @@ impl PNet {
             prelu3: prelu(32, device),
             conv4_1: conv([32, 2], 1, device),
             conv4_2: conv([32, 4], 1, device),
+            host: None,
         }
     }
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
-        load(Self::new(device), weights)
+        let mut net = load(Self::new(device), weights)?;
+        if cpu::is_cpu(device) {
+            net.host = net.trunk().map(Arc::new);
+        }
+        Ok(net)
+    }
+
+    /// The same network on burn's ops only (`bench layers` compares the two).
+    pub fn burn_ops(mut self) -> Self {
+        self.host = None;
+        self
+    }
+
+    fn trunk(&self) -> Option<Trunk> {
+        let values = |t: Tensor<4>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
+        let bias = |c: &Conv2d| c.bias.as_ref().map(|b| b.val().into_data().iter::<f32>().collect::<Vec<f32>>());
+        let mut weight = values(self.conv4_2.weight.val());
+        weight.extend(values(self.conv4_1.weight.val()));
+        let mut heads_bias = bias(&self.conv4_2)?;
+        heads_bias.extend(bias(&self.conv4_1)?);
+        let heads = HwcConv::new(32, 6, 1, &weight, Some(&heads_bias), &Act::Identity);
+        Some(Trunk {
+            cin: 3,
+            layers: vec![
+                hwc(&self.conv1, &self.prelu1)?,
+                Layer::MaxPool(2, 2),
+                hwc(&self.conv2, &self.prelu2)?,
+                hwc(&self.conv3, &self.prelu3)?,
+                Layer::Conv(heads),
+            ],
+        })
+    }
+
+    /// The trunk's channels-last output split into the `reg` and (softmaxed) `prob` maps.
+    fn heads(v: &[f32], [n, mh, mw, c]: [usize; 4]) -> PNetOutput {
+        debug_assert_eq!(c, 6);
+        let plane = mh * mw;
+        let (mut reg, mut prob) = (vec![0f32; n * 4 * plane], vec![0f32; n * 2 * plane]);
+        for b in 0..n {
+            for i in 0..plane {
+                let px = &v[(b * plane + i) * 6..(b * plane + i + 1) * 6];
+                for ch in 0..4 {
+                    reg[(b * 4 + ch) * plane + i] = px[ch];
+                }
+                let m = px[4].max(px[5]);
+                let (e0, e1) = ((px[4] - m).exp(), (px[5] - m).exp());
+                prob[b * 2 * plane + i] = e0 / (e0 + e1);
+                prob[(b * 2 + 1) * plane + i] = e1 / (e0 + e1);
+            }
+        }
+        let device = Device::flex();
+        PNetOutput {
+            reg: Tensor::from_data(TensorData::new(reg, [n, 4, mh, mw]), &device),
+            prob: Tensor::from_data(TensorData::new(prob, [n, 2, mh, mw]), &device),
+        }
     }
 
     pub fn forward(&self, x: Tensor<4>) -> PNetOutput {
+        if let Some(trunk) = &self.host {
+            let (v, shape) = cpu::trunk_forward(trunk, x);
+            return Self::heads(&v, shape);
+        }
         let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
         let x = conv_prelu(&self.conv2, Some(&self.prelu2), x);
         let x = conv_prelu(&self.conv3, Some(&self.prelu3), x);
@@ -120,6 +205,12 @@ impl PNet {
 
     /// `forward` with every op timed into `ops` (`bench layers --model pnet`).
     pub fn forward_profiled(&self, x: Tensor<4>, ops: &mut Vec<OpTime>) -> PNetOutput {
+        if let Some(trunk) = &self.host {
+            let [n, _, h, w] = x.dims();
+            let flops = n as f64 * trunk.flops(h, w);
+            let (v, shape) = timed(ops, "trunk: convs, pool", |_| flops, || cpu::trunk_forward(trunk, x));
+            return timed(ops, "heads split + softmax", |_| 0.0, || Self::heads(&v, shape));
+        }
         let conv = |ops: &mut Vec<OpTime>, kind: &'static str, c: &Conv2d, x| {
             timed(ops, kind, |y: &Tensor<4>| conv_flops(c, y), || c.forward(x))
         };
@@ -152,6 +243,9 @@ pub struct RNet {
     prelu4: PRelu,
     dense5_1: Linear,
     dense5_2: Linear,
+    /// conv1 … prelu3 as one channels-last trunk on the CPU device.
+    #[module(skip)]
+    host: Option<Arc<Trunk>>,
 }
 
 /// Per crop: box regression (N,4), face probability (N,2; column 1 = face), and for O-Net the five
@@ -178,19 +272,45 @@ impl RNet {
             prelu4: prelu(128, device),
             dense5_1: LinearConfig::new(128, 2).init(device),
             dense5_2: LinearConfig::new(128, 4).init(device),
+            host: None,
         }
     }
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
-        load(Self::new(device), weights)
+        let mut net = load(Self::new(device), weights)?;
+        if cpu::is_cpu(device) {
+            net.host = net.trunk().map(Arc::new);
+        }
+        Ok(net)
+    }
+
+    fn trunk(&self) -> Option<Trunk> {
+        Some(Trunk {
+            cin: 3,
+            layers: vec![
+                hwc(&self.conv1, &self.prelu1)?,
+                Layer::MaxPool(3, 2),
+                hwc(&self.conv2, &self.prelu2)?,
+                Layer::MaxPool(3, 2),
+                hwc(&self.conv3, &self.prelu3)?,
+            ],
+        })
     }
 
     /// `x`: (N,3,24,24).
     pub fn forward(&self, x: Tensor<4>) -> CropOutput {
-        let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
-        let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
-        let x = conv_prelu(&self.conv3, Some(&self.prelu3), x);
-        let x = self.prelu4.forward(self.dense4.forward(flatten_whc(x)));
+        let x = match &self.host {
+            Some(trunk) => {
+                let (v, shape) = cpu::trunk_forward(trunk, x);
+                hwc_to_whc(&v, shape)
+            }
+            None => {
+                let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
+                let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
+                flatten_whc(conv_prelu(&self.conv3, Some(&self.prelu3), x))
+            }
+        };
+        let x = self.prelu4.forward(self.dense4.forward(x));
         CropOutput {
             reg: self.dense5_2.forward(x.clone()),
             prob: softmax(self.dense5_1.forward(x), 1),
@@ -218,6 +338,9 @@ pub struct ONet {
     dense6_1: Linear,
     dense6_2: Linear,
     dense6_3: Linear,
+    /// conv1 … prelu4 as one channels-last trunk on the CPU device.
+    #[module(skip)]
+    host: Option<Arc<Trunk>>,
 }
 
 impl ONet {
@@ -239,20 +362,48 @@ impl ONet {
             dense6_1: LinearConfig::new(256, 2).init(device),
             dense6_2: LinearConfig::new(256, 4).init(device),
             dense6_3: LinearConfig::new(256, 10).init(device),
+            host: None,
         }
     }
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
-        load(Self::new(device), weights)
+        let mut net = load(Self::new(device), weights)?;
+        if cpu::is_cpu(device) {
+            net.host = net.trunk().map(Arc::new);
+        }
+        Ok(net)
+    }
+
+    fn trunk(&self) -> Option<Trunk> {
+        Some(Trunk {
+            cin: 3,
+            layers: vec![
+                hwc(&self.conv1, &self.prelu1)?,
+                Layer::MaxPool(3, 2),
+                hwc(&self.conv2, &self.prelu2)?,
+                Layer::MaxPool(3, 2),
+                hwc(&self.conv3, &self.prelu3)?,
+                Layer::MaxPool(2, 2),
+                hwc(&self.conv4, &self.prelu4)?,
+            ],
+        })
     }
 
     /// `x`: (N,3,48,48).
     pub fn forward(&self, x: Tensor<4>) -> CropOutput {
-        let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
-        let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
-        let x = self.pool3.forward(conv_prelu(&self.conv3, Some(&self.prelu3), x));
-        let x = conv_prelu(&self.conv4, Some(&self.prelu4), x);
-        let x = self.prelu5.forward(self.dense5.forward(flatten_whc(x)));
+        let x = match &self.host {
+            Some(trunk) => {
+                let (v, shape) = cpu::trunk_forward(trunk, x);
+                hwc_to_whc(&v, shape)
+            }
+            None => {
+                let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
+                let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
+                let x = self.pool3.forward(conv_prelu(&self.conv3, Some(&self.prelu3), x));
+                flatten_whc(conv_prelu(&self.conv4, Some(&self.prelu4), x))
+            }
+        };
+        let x = self.prelu5.forward(self.dense5.forward(x));
         CropOutput {
             reg: self.dense6_2.forward(x.clone()),
             prob: softmax(self.dense6_1.forward(x.clone()), 1),

@@ -157,6 +157,8 @@ macro_rules! at_level {
     }};
 }
 
+pub mod hwc;
+
 /// `acc[i] += a · x[i]`.
 #[inline(always)]
 fn axpy<const FMA: bool>(acc: &mut [f32], a: f32, x: &[f32]) {

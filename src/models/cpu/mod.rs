@@ -5,6 +5,7 @@
 //! modules' own, read to the host once at load time, and the kernels take and return flex tensors.
 //! On other devices nothing changes (burn's fusion does this job on GPUs).
 
+pub use gpubackend_kernels::hwc::{HwcConv, Layer, Trunk};
 pub use gpubackend_kernels::{Act, Geom, HostConv, Level};
 
 use burn::nn::PaddingConfig2d;
@@ -39,6 +40,29 @@ pub fn host_conv(conv: &Conv2d, act: Act) -> Option<HostConv> {
     let weight: Vec<f32> = conv.weight.val().into_data().iter::<f32>().collect();
     let bias = conv.bias.as_ref().map(|b| b.val().into_data().iter::<f32>().collect());
     HostConv::new(geom, weight, bias, act)
+}
+
+/// `conv` (with `act` after it) as a channels-last trunk layer; `None` unless it has stride 1, no
+/// padding, no dilation and no groups (MTCNN's convolutions all do).
+pub fn hwc_conv(conv: &Conv2d, act: &Act) -> Option<HwcConv> {
+    let [cout, cin, kh, kw] = conv.weight.dims();
+    if kh != kw || conv.stride != [1, 1] || conv.dilation != [1, 1] || conv.groups != 1 {
+        return None;
+    }
+    if !matches!(conv.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)) {
+        return None;
+    }
+    let weight: Vec<f32> = conv.weight.val().into_data().iter::<f32>().collect();
+    let bias: Option<Vec<f32>> = conv.bias.as_ref().map(|b| b.val().into_data().iter::<f32>().collect());
+    Some(HwcConv::new(cin, cout, kh, &weight, bias.as_deref(), act))
+}
+
+/// Runs `trunk` on `x` (N×C×H×W on the CPU device): the output channels-last, `[n, oh, ow, c]`.
+pub fn trunk_forward(trunk: &Trunk, x: Tensor<4>) -> (Vec<f32>, [usize; 4]) {
+    let [n, _, h, w] = x.dims();
+    let (oh, ow, c) = trunk.out_shape(h, w);
+    let x = flex(x);
+    (trunk.forward(values(&x), n, h, w), [n, oh, ow, c])
 }
 
 /// A PReLU's per-channel slopes as the fused kernels' activation.
