@@ -579,6 +579,7 @@ struct E2eReport {
     worker_busy: f64,
     server_cpu_ms_per_req: f64,
     serving_ms_per_req: f64,
+    client_cpu_ms_per_req: f64,
 }
 
 #[derive(Serialize)]
@@ -652,6 +653,7 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         h.join().expect("client thread");
     }
     let before = scrape(addr)?;
+    let client_cpu0 = process_cpu();
     let start = Instant::now();
     let mut lat = Vec::new();
     let mut errors = 0;
@@ -661,6 +663,7 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         errors += e;
     }
     let wall = start.elapsed().as_secs_f64();
+    let client_cpu = process_cpu() - client_cpu0;
     let after = scrape(addr)?;
     let delta = |name: &str| metric_value(&after, name, &[]) - metric_value(&before, name, &[]);
     // Per-model series: the classifier's own (the server may serve other models, e.g. faces).
@@ -688,6 +691,9 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
     println!("  mean batch size     {mean_batch:.2} ({batches} batches)");
     println!("  worker busy ratio   {:.1} %", busy * 100.0);
     println!("  server CPU / req    {cpu_ms:.2} ms (of which serving, outside forward passes: {serving_ms:.2} ms)");
+    // The load generator's own CPU: on a small machine it shares the cores with the server.
+    let client_ms = client_cpu * 1e3 / n.max(1.0);
+    println!("  client CPU / req    {client_ms:.2} ms (this load generator)");
     let report = E2eReport {
         clients: a.concurrency,
         seconds: wall,
@@ -702,6 +708,7 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         worker_busy: busy,
         server_cpu_ms_per_req: cpu_ms,
         serving_ms_per_req: serving_ms,
+        client_cpu_ms_per_req: client_ms,
     };
     write_json(&a.json, &report)?;
     if errors > 0 {

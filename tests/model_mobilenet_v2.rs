@@ -34,6 +34,7 @@ fn preprocessing_matches_the_reference() {
         let ours = classifier_input(&img, ClassifierSpec::IMAGENET);
         let reference = read_f32s(&format!("tests/fixtures/mobilenet_v2/{name}.input.f32"));
         let d = max_abs_diff(&ours.data, &reference);
+        eprintln!("{name}: preprocessing max abs diff {d:e}");
         assert!(d <= 1e-4, "{name}: preprocessing differs by {d}");
     }
 }

@@ -51,40 +51,52 @@ fn resized_size(w: usize, h: usize, short: usize) -> (usize, usize) {
     }
 }
 
-/// Resize (short side) + centre crop + normalise. Only the cropped window is computed.
+/// Resize (short side) + centre crop + normalise. Only the cropped window is computed: the
+/// vertical pass covers the crop's rows and the input columns its columns read, then the
+/// horizontal pass writes CHW. f32 arithmetic (weights computed in f64), which the compiler
+/// vectorises: 1.2e-6 from the f64 numpy reference on the test photos (`tests/model_mobilenet_v2.rs`).
 pub fn classifier_input(img: &DecodedImage, spec: ClassifierSpec) -> ModelInput {
     let (w, h) = (img.width as usize, img.height as usize);
     let (nw, nh) = resized_size(w, h, spec.resize_short);
     let c = spec.crop;
     let (top, left) = (nh.saturating_sub(c) / 2, nw.saturating_sub(c) / 2);
-    let rows = triangle_weights(h, nh);
-    let cols = triangle_weights(w, nw);
-    // Vertical pass over the crop's rows: (c × w × 3).
-    let mut tmp = vec![0f64; c * w * 3];
+    let to_f32 = |v: Vec<(usize, Vec<f64>)>| -> Vec<(usize, Vec<f32>)> {
+        v.into_iter().map(|(lo, w)| (lo, w.into_iter().map(|x| x as f32).collect())).collect()
+    };
+    let rows = to_f32(triangle_weights(h, nh));
+    let cols: Vec<(usize, Vec<f32>)> = to_f32(triangle_weights(w, nw)).into_iter().skip(left).take(c).collect();
+    // The input columns the crop's columns read: [x0, x1).
+    let x0 = cols.iter().map(|(lo, _)| *lo).min().unwrap_or(0);
+    let x1 = cols.iter().map(|(lo, wt)| lo + wt.len()).max().unwrap_or(0);
+    let span = (x1 - x0) * 3;
+    // Vertical pass over the crop's rows and those columns: (c × span).
+    let mut tmp = vec![0f32; c * span];
     for (y, (lo, weights)) in rows.iter().skip(top).take(c).enumerate() {
-        let out = &mut tmp[y * w * 3..(y + 1) * w * 3];
-        for (k, wt) in weights.iter().enumerate() {
-            let src = &img.rgb[(lo + k) * w * 3..(lo + k + 1) * w * 3];
-            for (o, s) in out.iter_mut().zip(src) {
-                *o += wt * f64::from(*s);
+        let out = &mut tmp[y * span..(y + 1) * span];
+        for (k, &wt) in weights.iter().enumerate() {
+            let at = (lo + k) * w * 3 + x0 * 3;
+            let src = &img.rgb[at..at + span];
+            for (o, &s) in out.iter_mut().zip(src) {
+                *o += wt * f32::from(s);
             }
         }
     }
     // Horizontal pass over the crop's columns, then normalise into CHW.
+    let scale = STD.map(|s| 1.0 / (255.0 * s));
+    let shift = [MEAN[0] / STD[0], MEAN[1] / STD[1], MEAN[2] / STD[2]];
     let mut data = vec![0f32; 3 * c * c];
     for y in 0..c {
-        let row = &tmp[y * w * 3..(y + 1) * w * 3];
-        for (x, (lo, weights)) in cols.iter().skip(left).take(c).enumerate() {
-            let mut acc = [0f64; 3];
-            for (k, wt) in weights.iter().enumerate() {
-                let p = &row[(lo + k) * 3..(lo + k) * 3 + 3];
+        let row = &tmp[y * span..(y + 1) * span];
+        for (x, (lo, weights)) in cols.iter().enumerate() {
+            let mut acc = [0f32; 3];
+            for (k, &wt) in weights.iter().enumerate() {
+                let p = &row[(lo - x0 + k) * 3..(lo - x0 + k) * 3 + 3];
                 for ch in 0..3 {
                     acc[ch] += wt * p[ch];
                 }
             }
             for ch in 0..3 {
-                let v = (acc[ch] as f32) / 255.0;
-                data[ch * c * c + y * c + x] = (v - MEAN[ch]) / STD[ch];
+                data[ch * c * c + y * c + x] = acc[ch] * scale[ch] - shift[ch];
             }
         }
     }
