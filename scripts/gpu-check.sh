@@ -6,7 +6,9 @@
 #   2. `gpubackend verify` on wgpu:0 and cuda:0 (MobileNetV2, P/R/O-Net, SFace vs the onnxruntime fixtures)
 #   3. per backend: the server on config/gpu.toml, `bench compare` (objects) and `bench faces`
 #   4. model-only sweep over batch sizes, beside PyTorch eager (when python3 has torch + torchvision)
-#   5. one JSON + one markdown table (tools/bench/gpu_report.py)
+#   5. the host CPU (the CPU engine where the machine has AVX-512): verify on cpu, bench model beside
+#      PyTorch eager on 1, 2 and every core, bench layers (MobileNetV2, P-Net)
+#   6. one JSON + one markdown table (tools/bench/gpu_report.py)
 # Results go to $OUT (the device tool's folder) or ./gpu-check-out. Every step runs even when an
 # earlier one failed; the report says what failed. Time: DURATION seconds per load run (default 12);
 # a step that would start after BUDGET seconds (default 420) is skipped, so the report is always written
@@ -154,6 +156,26 @@ for batch in $BATCHES; do
   done
 done
 
-step "5. report"
+step "5. the host CPU: the CPU engine at this CPU's SIMD level"
+grep -m1 "model name" /proc/cpuinfo
+grep -m1 -o -w -E "avx512f|avx2" /proc/cpuinfo | sort -u | tr '\n' ' '; echo
+if time_for 20 "verify cpu"; then
+  timeout 60 "$bin" verify --device cpu --json "$work/cpu-verify.json" || echo "verify on cpu FAILED (exit $?)"
+fi
+ctorch=""
+python3 -c 'import torch, torchvision' 2>/dev/null && ctorch=python3
+for threads in 1 2 "$(nproc)"; do
+  time_for 30 "bench model cpu, $threads threads" || continue
+  args=(bench model --device cpu --batch 4 --threads "$threads" --duration 4 --json "$work/cpu-model-$threads.json")
+  [ -n "$ctorch" ] && args+=(--torch "$ctorch")
+  timeout 90 "$bin" "${args[@]}" || echo "bench model cpu $threads threads FAILED"
+done
+for m in mobilenet_v2 pnet; do
+  time_for 20 "bench layers $m" || continue
+  timeout 60 "$bin" bench layers --model "$m" --batch "$([ $m = pnet ] && echo 8 || echo 4)" --threads 2 \
+    --json "$work/cpu-layers-$m.json" || echo "bench layers $m FAILED"
+done
+
+step "6. report"
 python3 tools/bench/gpu_report.py "$work" "$OUT" --seconds $(( $(date +%s) - t0 ))
 echo "done in $(( $(date +%s) - t0 )) s"

@@ -36,6 +36,11 @@ def main():
         "faces": {b: w(f"faces-{b}.json") for b in ("wgpu", "cuda")},
         "placement": {b: w(f"placement-{b}.json") for b in ("wgpu", "cuda")},
         "model": {},
+        "cpu": {
+            "verify": w("cpu-verify.json"),
+            "model": [m for m in (load(p) for p in sorted(glob.glob(os.path.join(a.work, "cpu-model-*.json")))) if m],
+            "layers": {m: w(f"cpu-layers-{m}.json") for m in ("mobilenet_v2", "pnet")},
+        },
     }
     try:
         r["env"] = open(os.path.join(a.work, "env.txt")).read().split("\n")
@@ -99,6 +104,20 @@ def main():
         md.append(f"| {batch} | {ours or 0:.0f} | {g['images_per_s'] if g else 0:.0f} | "
                   f"{theirs or 0:.0f} ({(t or {}).get('compute_only_images_per_s', 0):.0f}) | "
                   f"{'—' if ratio is None else f'{ratio:.2f}'} {mark(None if ratio is None else ratio >= 1.0)} |")
+    c = r["cpu"]
+    lay = c["layers"].get("mobilenet_v2") or c["layers"].get("pnet") or {}
+    md += ["", "## The CPU engine on this machine's CPU (MobileNetV2 batch 4, PyTorch eager fp32 beside it)", "",
+           f"CPU: {lay.get('cpu', '?')} [{' '.join(lay.get('simd', []))}], fused kernels at {lay.get('kernels', '?')}; "
+           f"verify on cpu: {mark(c['verify']['ok']) if c['verify'] else 'did not run'}.", "",
+           "| threads | ours img/s | PyTorch img/s | ours / PyTorch (≥ 1.0) |", "|---|---|---|---|"]
+    for m in sorted(c["model"], key=lambda m: m["threads"]):
+        t = m.get("torch") or {}
+        ratio = m["images_per_s"] / t["images_per_s"] if t.get("images_per_s") else None
+        md.append(f"| {m['threads']} | {m['images_per_s']:.1f} | {t.get('images_per_s', 0):.1f} | "
+                  f"{'—' if ratio is None else f'{ratio:.2f}'} {mark(None if ratio is None else ratio >= 1.0)} |")
+    for name, l in c["layers"].items():
+        if l:
+            md.append(f"\n`bench layers --model {name}` (2 threads): {l['served_ms_per_item']:.2f} ms per item as served")
     md.append("")
     with open(os.path.join(a.out, "gpu-check.json"), "w") as f:
         json.dump(r, f, indent=1)
