@@ -32,10 +32,10 @@ time_for() { [ $(( $(date +%s) - t0 + $1 )) -le "$BUDGET" ] || { echo "SKIPPED (
 step "0. artefacts"
 bin="$work/gpubackend"
 packed=$(ls .gpu/*/bin/gpubackend.xz 2>/dev/null | head -1)
-if [ -n "$packed" ]; then
-  xz -dc "$packed" > "$bin" 2>/dev/null || python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$packed" "$bin"
-elif [ -x "${GPUBACKEND:-}" ]; then
+if [ -x "${GPUBACKEND:-}" ]; then
   cp "$GPUBACKEND" "$bin"
+elif [ -n "$packed" ]; then
+  xz -dc "$packed" > "$bin" 2>/dev/null || python3 -c "import lzma,shutil,sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2],'wb'))" "$packed" "$bin"
 else
   echo "no binary: run \`make gpu-pack\` and carry .gpu (or set GPUBACKEND)"; exit 2
 fi
@@ -126,6 +126,8 @@ for b in cuda wgpu; do
   for _ in $(seq 1 $(( READY_TIMEOUT * 2 ))); do
     if curl -fs "http://127.0.0.1:$port/health/ready" >/dev/null 2>&1; then ready=yes; break; fi
     kill -0 $server 2>/dev/null || break
+    # A device that cannot be opened does not come back by waiting (the reason is printed below).
+    curl -s "http://127.0.0.1:$port/health/ready" 2>/dev/null | grep -q "cannot be opened" && break
     sleep 0.5
   done
   echo "ready: $ready"
