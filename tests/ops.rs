@@ -451,8 +451,12 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     const IN_FLIGHT: usize = 4;
     // A long batching window keeps the requests waiting in the queue when SIGTERM arrives.
     let text = gpubackend::config::EMBEDDED_DEFAULT
-        .replace("max_delay_ms = 50", "max_delay_ms = 3000")
-        .replace("max_batch = 4", "max_batch = 16");
+        .replace("max_delay_ms = 5\n", "max_delay_ms = 3000\n")
+        .replace("max_batch = 4\n", "max_batch = 16\n");
+    assert!(
+        text.contains("max_delay_ms = 3000") && text.contains("max_batch = 16"),
+        "the embedded default's MobileNetV2 batching moved: update this test"
+    );
     let dir = tempdir("drain");
     let text = text.replace("dir = \"data\"", &format!("dir = {:?}", dir.join("store")));
     std::fs::write(dir.join("drain.toml"), text).unwrap();
