@@ -266,6 +266,44 @@ impl Out {
     }
 }
 
+/// `dst = lhs · rhs` for row-major operands given as (pointer, row stride): `lhs` is `m × k`, `rhs`
+/// `k × n`, `dst` `m × n`; single-threaded (the callers split the work), `dst` is written without
+/// being read.
+///
+/// # Safety
+/// Each pointer with its row stride covers its operand's extent.
+unsafe fn sgemm(
+    (m, n, k): (usize, usize, usize),
+    (dst, dst_rs): (*mut f32, usize),
+    (lhs, lhs_rs): (*const f32, usize),
+    (rhs, rhs_rs): (*const f32, usize),
+) {
+    // SAFETY: forwarded from the caller; column strides are 1 (row-major).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst,
+            1,
+            dst_rs as isize,
+            false,
+            lhs,
+            1,
+            lhs_rs as isize,
+            rhs,
+            1,
+            rhs_rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 /// Output pixels per task for the gemm-based kernels.
 const PIXEL_BLOCK: usize = 256;
 
@@ -403,26 +441,11 @@ impl HostConv {
             // pointers and strides stay inside `x`, `self.weight` and `out`.
             unsafe {
                 let d = dst.ptr().add(b * m * hw + r0 * hw + j0);
-                gemm::gemm(
-                    r1 - r0,
-                    j1 - j0,
-                    k,
-                    d,
-                    1,
-                    hw as isize,
-                    false,
-                    self.weight.as_ptr().add(r0 * k),
-                    1,
-                    k as isize,
-                    x.as_ptr().add(b * k * hw + j0),
-                    1,
-                    hw as isize,
-                    0.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
+                sgemm(
+                    (r1 - r0, j1 - j0, k),
+                    (d, hw),
+                    (self.weight.as_ptr().add(r0 * k), k),
+                    (x.as_ptr().add(b * k * hw + j0), hw),
                 );
                 for r in r0..r1 {
                     let row = std::slice::from_raw_parts_mut(d.add((r - r0) * hw), j1 - j0);
@@ -481,27 +504,7 @@ impl HostConv {
                 // SAFETY: pixels p0..p1 of image b (every channel) are this task's alone.
                 unsafe {
                     let d = dst.ptr().add(b * m * ohw + p0);
-                    gemm::gemm(
-                        m,
-                        np,
-                        klen,
-                        d,
-                        1,
-                        ohw as isize,
-                        false,
-                        self.weight.as_ptr(),
-                        1,
-                        klen as isize,
-                        cols.as_ptr(),
-                        1,
-                        np as isize,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
+                    sgemm((m, np, klen), (d, ohw), (self.weight.as_ptr(), klen), (cols.as_ptr(), np));
                     for r in 0..m {
                         let row = std::slice::from_raw_parts_mut(d.add(r * ohw), np);
                         let at = b * m * ohw + r * ohw;
