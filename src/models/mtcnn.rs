@@ -56,6 +56,11 @@ fn hwc(conv: &Conv2d, prelu: &PRelu) -> Option<Layer> {
     cpu::hwc_conv(conv, &cpu::prelu_act(prelu)).map(Layer::Conv)
 }
 
+/// The network's channels-last trunk on the CPU device (`None` elsewhere: burn's ops run there).
+fn host_trunk(device: &Device, trunk: impl FnOnce() -> Option<Trunk>) -> Option<Arc<Trunk>> {
+    if cpu::is_cpu(device) { trunk().map(Arc::new) } else { None }
+}
+
 /// (N,H,W,C) channels-last values → (N, W·H·C) rows, the order `flatten_whc` gives.
 fn hwc_to_whc(v: &[f32], [n, h, w, c]: [usize; 4]) -> Tensor<2> {
     let mut out = vec![0f32; v.len()];
@@ -133,9 +138,7 @@ impl PNet {
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
         let mut net = load(Self::new(device), weights)?;
-        if cpu::is_cpu(device) {
-            net.host = net.trunk().map(Arc::new);
-        }
+        net.host = host_trunk(device, || net.trunk());
         Ok(net)
     }
 
@@ -278,9 +281,7 @@ impl RNet {
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
         let mut net = load(Self::new(device), weights)?;
-        if cpu::is_cpu(device) {
-            net.host = net.trunk().map(Arc::new);
-        }
+        net.host = host_trunk(device, || net.trunk());
         Ok(net)
     }
 
@@ -368,9 +369,7 @@ impl ONet {
 
     pub fn load(weights: &Path, device: &Device) -> Result<Self, LoadError> {
         let mut net = load(Self::new(device), weights)?;
-        if cpu::is_cpu(device) {
-            net.host = net.trunk().map(Arc::new);
-        }
+        net.host = host_trunk(device, || net.trunk());
         Ok(net)
     }
 
