@@ -12,7 +12,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,11 @@ reference-mtcnn: weights ## regenerate tests/fixtures/mtcnn (networks + whole de
 	  --out ../../tests/fixtures/mtcnn ../../tests/data/obama.jpg ../../tests/data/biden.jpg
 	cd tools/reference && ../../.venv-ref/bin/python mtcnn_detect.py --weights ../../models/mtcnn --out ../../tests/fixtures/mtcnn \
 	  $(addprefix ../../tests/data/,obama.jpg obama2.jpg obama3.jpg biden.jpg chelsea.png)
+
+reference-ppocr: weights ## regenerate tests/fixtures/ppocr (PP-OCRv6 det on a plate photo) with onnxruntime
+	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt
+	cd tools/reference && ../../.venv-ref/bin/python ppocr.py --models ../../models/ppocr --out ../../tests/fixtures/ppocr \
+	  ../../tests/data/plate_ad799kb.png
 
 reference-sface: weights ## regenerate tests/fixtures/sface (aligned faces + onnxruntime embeddings; after reference-mtcnn)
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt

@@ -6,6 +6,7 @@ mod device;
 pub mod fold;
 pub mod mobilenet_v2;
 pub mod mtcnn;
+pub mod onnx_graph;
 pub mod onnx_weights;
 pub mod probe;
 pub mod profile;

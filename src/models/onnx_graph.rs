@@ -1,0 +1,286 @@
+//! Runs a convolutional ONNX graph as burn ops, node by node in graph order: each node becomes
+//! the burn op it names, its weights (initializers or `Constant` values, read by
+//! `models::onnx_weights`) uploaded to the device once at load time. For networks whose exported
+//! graph is the clearest statement of the architecture (PaddleOCR's, where BatchNorm is folded and
+//! parameters carry no layer names); the op set is what those graphs use, on N×C×H×W tensors, and a
+//! graph with any other op is refused at load time with the op's name.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use burn::prelude::{Device, Tensor, TensorData};
+use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::module::{conv_transpose2d, conv2d, interpolate, max_pool2d};
+use burn::tensor::ops::{ConvOptions, ConvTransposeOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
+
+use super::LoadError;
+use super::onnx_weights::{OnnxAttr, OnnxModel, OnnxNode, read};
+
+/// One node, ready to run: its op with attributes resolved, its inputs by name.
+#[derive(Debug)]
+enum Op {
+    Conv {
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        options: ConvOptions<2>,
+    },
+    ConvTranspose {
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        options: ConvTransposeOptions<2>,
+    },
+    Add,
+    Mul,
+    Div,
+    Relu,
+    Sigmoid,
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    Erf,
+    /// GlobalAveragePool, or ReduceMean over H and W keeping them.
+    MeanHw,
+    /// Nearest, integer scales on H and W.
+    Upsample([usize; 2]),
+    Concat,
+    MaxPool(MaxPoolOptions<2>),
+    Identity,
+}
+
+#[derive(Debug)]
+struct Step {
+    op: Op,
+    inputs: Vec<String>,
+    output: String,
+}
+
+/// A loaded graph: one input, one output.
+#[derive(Debug)]
+pub struct OnnxGraph {
+    steps: Vec<Step>,
+    /// Tensor operands of element-wise nodes (biases, scalars), as N×C×H×W with size-1 axes.
+    constants: HashMap<String, Tensor<4>>,
+    input: String,
+    output: String,
+}
+
+fn bad(path: &Path, message: String) -> LoadError {
+    LoadError::Weights { path: path.to_path_buf(), message }
+}
+
+fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(usize, usize); 2], String> {
+    if let Some(OnnxAttr::Bytes(mode)) = node.attr("auto_pad") {
+        match mode.as_slice() {
+            b"SAME_UPPER" | b"SAME_LOWER" => {
+                // Output = ceil(input / stride); only stride 1 is needed (PP-OCR's stem): k − 1 in all.
+                if stride != [1, 1] {
+                    return Err(format!("{}: auto_pad SAME with stride {stride:?}", node.op_type));
+                }
+                let split = |k: usize| {
+                    let (small, large) = ((k - 1) / 2, (k - 1) - (k - 1) / 2);
+                    if mode.as_slice() == b"SAME_UPPER" { (small, large) } else { (large, small) }
+                };
+                return Ok([split(kernel[0]), split(kernel[1])]);
+            }
+            b"NOTSET" | b"VALID" => {}
+            other => return Err(format!("{}: auto_pad {}", node.op_type, String::from_utf8_lossy(other))),
+        }
+    }
+    match node.attr_ints("pads") {
+        None => Ok([(0, 0), (0, 0)]),
+        // ONNX: [top, left, bottom, right].
+        Some(&[t, l, b, r]) if t >= 0 && l >= 0 && b >= 0 && r >= 0 => {
+            Ok([(t as usize, b as usize), (l as usize, r as usize)])
+        }
+        Some(p) => Err(format!("{}: pads {p:?}", node.op_type)),
+    }
+}
+
+fn pair(node: &OnnxNode, name: &str, default: usize) -> Result<[usize; 2], String> {
+    match node.attr_ints(name) {
+        None => Ok([default, default]),
+        Some(&[a, b]) if a > 0 && b > 0 => Ok([a as usize, b as usize]),
+        Some(v) => Err(format!("{}: {name} {v:?}", node.op_type)),
+    }
+}
+
+fn tensor4(model: &OnnxModel, name: &str, device: &Device) -> Option<Tensor<4>> {
+    let t = model.float(name)?;
+    let mut dims = [1usize; 4];
+    if t.dims.len() > 4 {
+        return None;
+    }
+    dims[4 - t.dims.len()..].copy_from_slice(&t.dims);
+    Some(Tensor::from_data(TensorData::new(t.data.clone(), dims), device))
+}
+
+fn tensor1(model: &OnnxModel, name: &str, device: &Device) -> Option<Tensor<1>> {
+    let t = model.float(name)?;
+    Some(Tensor::from_data(TensorData::new(t.data.clone(), [t.data.len()]), device))
+}
+
+impl OnnxGraph {
+    pub fn load(path: &Path, device: &Device) -> Result<Self, LoadError> {
+        super::check_weights(path)?;
+        let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
+        let model = read(&bytes).map_err(|e| bad(path, e))?;
+        Self::from_model(&model, device).map_err(|e| bad(path, e))
+    }
+
+    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, String> {
+        let produced: std::collections::HashSet<&str> =
+            model.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)).collect();
+        let mut steps = Vec::new();
+        let mut constants = HashMap::new();
+        let mut input = None;
+        for node in &model.nodes {
+            let weight = |i: usize| -> Result<Tensor<4>, String> {
+                let name = node.inputs.get(i).ok_or(format!("{}: missing input {i}", node.op_type))?;
+                tensor4(model, name, device).ok_or(format!("{}: input `{name}` is not a weight", node.op_type))
+            };
+            let bias = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| tensor1(model, n, device));
+            let op = match node.op_type.as_str() {
+                "Conv" => {
+                    let w = weight(1)?;
+                    let [_, _, kh, kw] = w.dims();
+                    let stride = pair(node, "strides", 1)?;
+                    let options = ConvOptions::new_with_padding(
+                        stride,
+                        pads_2d(node, [kh, kw], stride)?,
+                        pair(node, "dilations", 1)?,
+                        node.attr_int("group").unwrap_or(1) as usize,
+                    );
+                    Op::Conv { weight: w, bias: bias(2), options }
+                }
+                "ConvTranspose" => {
+                    let w = weight(1)?;
+                    let padding = match pads_2d(node, [1, 1], [1, 1])? {
+                        [(t, b), (l, r)] if t == b && l == r => [t, l],
+                        p => return Err(format!("ConvTranspose: asymmetric pads {p:?}")),
+                    };
+                    let options = ConvTransposeOptions::new(
+                        pair(node, "strides", 1)?,
+                        padding,
+                        pair(node, "output_padding", 0).unwrap_or([0, 0]),
+                        pair(node, "dilations", 1)?,
+                        node.attr_int("group").unwrap_or(1) as usize,
+                    );
+                    Op::ConvTranspose { weight: w, bias: bias(2), options }
+                }
+                "Add" | "Mul" | "Div" => {
+                    for name in &node.inputs {
+                        if !produced.contains(model.resolve(name)) && model.float(name).is_some() {
+                            let t = tensor4(model, name, device)
+                                .ok_or(format!("{}: operand `{name}` has more than 4 axes", node.op_type))?;
+                            constants.insert(name.clone(), t);
+                        }
+                    }
+                    match node.op_type.as_str() {
+                        "Add" => Op::Add,
+                        "Mul" => Op::Mul,
+                        _ => Op::Div,
+                    }
+                }
+                "Relu" => Op::Relu,
+                "Sigmoid" => Op::Sigmoid,
+                "HardSigmoid" => Op::HardSigmoid {
+                    alpha: node.attr_float("alpha").unwrap_or(0.2),
+                    beta: node.attr_float("beta").unwrap_or(0.5),
+                },
+                "Erf" => Op::Erf,
+                "GlobalAveragePool" => Op::MeanHw,
+                "ReduceMean" => match (node.attr_ints("axes"), node.attr_int("keepdims").unwrap_or(1)) {
+                    (Some(&[2, 3]), 1) => Op::MeanHw,
+                    (axes, keep) => return Err(format!("ReduceMean over {axes:?} keepdims {keep}")),
+                },
+                "Resize" => {
+                    let mode = match node.attr("mode") {
+                        Some(OnnxAttr::Bytes(m)) => m.clone(),
+                        _ => b"nearest".to_vec(),
+                    };
+                    let scales = node.inputs.get(2).and_then(|n| model.float(n)).map(|t| t.data.clone());
+                    match (mode.as_slice(), scales.as_deref()) {
+                        (b"nearest", Some(&[1.0, 1.0, sh, sw])) if sh.fract() == 0.0 && sw.fract() == 0.0 => {
+                            Op::Upsample([sh as usize, sw as usize])
+                        }
+                        _ => return Err(format!("Resize: mode {} scales {scales:?}", String::from_utf8_lossy(&mode))),
+                    }
+                }
+                "Concat" => match node.attr_int("axis") {
+                    Some(1) => Op::Concat,
+                    axis => return Err(format!("Concat on axis {axis:?}")),
+                },
+                "MaxPool" => {
+                    let kernel = pair(node, "kernel_shape", 1)?;
+                    let stride = pair(node, "strides", 1)?;
+                    let options = MaxPoolOptions::new(kernel)
+                        .with_stride(stride)
+                        .with_padding_pairs(pads_2d(node, kernel, stride)?)
+                        .with_ceil_mode(node.attr_int("ceil_mode") == Some(1));
+                    Op::MaxPool(options)
+                }
+                // Renamed weights are read through `OnnxModel::resolve`; only renamed values run.
+                "Identity" if node.inputs.first().is_some_and(|i| model.float(i).is_some()) => continue,
+                "Identity" => Op::Identity,
+                other => return Err(format!("op `{other}` is not supported by the graph runner")),
+            };
+            let inputs: Vec<String> = node.inputs.iter().filter(|n| !n.is_empty()).cloned().collect();
+            // The graph input: the first name that no node produces and that is not a weight.
+            if input.is_none()
+                && let Some(first) = inputs.first()
+                && !produced.contains(first.as_str())
+                && model.float(first).is_none()
+            {
+                input = Some(first.clone());
+            }
+            let output = node.outputs.first().cloned().ok_or(format!("{}: no output", node.op_type))?;
+            steps.push(Step { op, inputs, output });
+        }
+        let output = steps.last().map(|s| s.output.clone()).ok_or("empty graph")?;
+        Ok(Self { steps, constants, input: input.ok_or("no graph input")?, output })
+    }
+
+    /// Runs the graph on `x` (N×C×H×W, on the device the graph was loaded on).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        let mut values: HashMap<&str, Tensor<4>> = HashMap::new();
+        values.insert(self.input.as_str(), x);
+        for step in &self.steps {
+            let get = |i: usize| -> Tensor<4> {
+                let name = step.inputs[i].as_str();
+                values
+                    .get(name)
+                    .or_else(|| self.constants.get(name))
+                    .cloned()
+                    .unwrap_or_else(|| panic!("graph value `{name}` used before it is computed. This is a bug."))
+            };
+            let y = match &step.op {
+                Op::Conv { weight, bias, options } => conv2d(get(0), weight.clone(), bias.clone(), options.clone()),
+                Op::ConvTranspose { weight, bias, options } => {
+                    conv_transpose2d(get(0), weight.clone(), bias.clone(), options.clone())
+                }
+                Op::Add => get(0) + get(1),
+                Op::Mul => get(0) * get(1),
+                Op::Div => get(0) / get(1),
+                Op::Relu => relu(get(0)),
+                Op::Sigmoid => sigmoid(get(0)),
+                Op::HardSigmoid { alpha, beta } => (get(0) * *alpha + *beta).clamp(0.0, 1.0),
+                Op::Erf => get(0).erf(),
+                Op::MeanHw => get(0).mean_dim(2).mean_dim(3),
+                Op::Upsample(scale) => {
+                    let [_, _, h, w] = get(0).dims();
+                    // ONNX nearest, asymmetric, floor: source pixel = floor(dst / scale).
+                    let options = InterpolateOptions::new(InterpolateMode::Nearest)
+                        .with_align_corners(false)
+                        .with_output_size([h * scale[0], w * scale[1]]);
+                    interpolate(get(0), options)
+                }
+                Op::Concat => Tensor::cat((0..step.inputs.len()).map(get).collect(), 1),
+                Op::MaxPool(options) => max_pool2d(get(0), options.clone()),
+                Op::Identity => get(0),
+            };
+            values.insert(step.output.as_str(), y);
+        }
+        values.remove(self.output.as_str()).expect("the last node's output. This is a bug.")
+    }
+}
