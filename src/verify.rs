@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::models::mobilenet_v2::{Classifier, NUM_CLASSES};
 use crate::models::mtcnn::{ONet, PNet, RNet};
+use crate::models::onnx_graph::OnnxGraph;
 use crate::models::sface::{EMBEDDING_LEN, Embedder};
 use crate::models::{DeviceSpec, ForwardError, LoadError};
 
@@ -168,8 +169,16 @@ fn sface(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
     Ok(vec![check("sface", format!("embeddings ({n} aligned faces)"), &ours, &reference)])
 }
 
+/// PP-OCRv6 text detection (the ONNX graph runner) on a plate photo: the probability map.
+fn ppocr(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
+    let det = OnnxGraph::load(&fx.weights("ppocr/PP-OCRv6_det_small.onnx"), device)?;
+    let x = Tensor::<4>::from_data(TensorData::new(fx.f32s("ppocr/det.input.f32")?, [1, 3, 96, 256]), device);
+    let ours = values(det.forward(x))?;
+    Ok(vec![check("ppocr_det", "probability map (96×256)", &ours, &fx.f32s("ppocr/det.prob.f32")?)])
+}
+
 /// The networks `run` can check.
-pub const NETWORKS: [&str; 3] = ["mobilenet_v2", "mtcnn", "sface"];
+pub const NETWORKS: [&str; 4] = ["mobilenet_v2", "mtcnn", "sface", "ppocr"];
 
 /// Runs the checks of `networks` (all of `NETWORKS` when empty) on `device`, with fixtures and
 /// weights under `root` (the repository root).
@@ -194,6 +203,9 @@ pub fn run(device: &DeviceSpec, root: &Path, big_batch: usize, networks: &[Strin
     }
     if wanted("sface") {
         checks.extend(sface(&fx, &d)?);
+    }
+    if wanted("ppocr") {
+        checks.extend(ppocr(&fx, &d)?);
     }
     let ok = checks.iter().all(|c| c.ok);
     Ok(Report { device: device.to_string(), adapter, checks, ok, seconds: t.elapsed().as_secs_f64() })
