@@ -151,6 +151,16 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A packed repeated varint field's values.
+fn varints(packed: &[u8]) -> Result<Vec<u64>, String> {
+    let mut r = Reader::new(packed);
+    let mut out = Vec::new();
+    while !r.done() {
+        out.push(r.varint()?);
+    }
+    Ok(out)
+}
+
 fn floats(bytes: &[u8]) -> Vec<f32> {
     bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
 }
@@ -171,20 +181,14 @@ fn tensor(buf: &[u8]) -> Result<Tensor, String> {
         match r.field()? {
             (1, 0, _, v) => dims.push(v as usize),
             (1, 2, packed, _) => {
-                let mut p = Reader::new(packed);
-                while !p.done() {
-                    dims.push(p.varint()? as usize);
-                }
+                dims.extend(varints(packed)?.into_iter().map(|v| v as usize));
             }
             (2, 0, _, v) => data_type = v,
             (4, 2, packed, _) => data.extend(floats(packed)),
             (4, 5, one, _) => data.extend(floats(one)),
             (7, 0, _, v) => ints.push(v as i64),
             (7, 2, packed, _) => {
-                let mut p = Reader::new(packed);
-                while !p.done() {
-                    ints.push(p.varint()? as i64);
-                }
+                ints.extend(varints(packed)?.into_iter().map(|v| v as i64));
             }
             (9, 2, bytes, _) => raw = Some(bytes),
             (8, 2, s, _) => name = String::from_utf8_lossy(s).into_owned(),
@@ -243,10 +247,7 @@ fn attribute(buf: &[u8], model: &mut OnnxModel, output: &str) -> Result<(String,
             (7, 2, packed, _) => list_f.extend(floats(packed)),
             (8, 0, _, v) => list_i.push(v as i64),
             (8, 2, packed, _) => {
-                let mut p = Reader::new(packed);
-                while !p.done() {
-                    list_i.push(p.varint()? as i64);
-                }
+                list_i.extend(varints(packed)?.into_iter().map(|v| v as i64));
             }
             _ => {}
         }
