@@ -509,17 +509,9 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
             let weights = a.weights.clone().unwrap_or_else(|| "models/mtcnn/pnet.pt".into());
             let img = decode(&std::fs::read("tests/data/obama2.jpg")?, &Limits::default())?;
             let side = 128;
-            // A 128² tile of the photo, planar RGB scaled as P-Net takes it ((v − 127.5) / 128).
-            let mut tile = vec![0f32; 3 * side * side];
-            for c in 0..3 {
-                for y in 0..side {
-                    for x in 0..side {
-                        let (px, py) = (x.min(img.width as usize - 1), y.min(img.height as usize - 1));
-                        let v = img.rgb[(py * img.width as usize + px) * 3 + c];
-                        tile[(c * side + y) * side + x] = (f32::from(v) - 127.5) * 0.0078125;
-                    }
-                }
-            }
+            // The photo's first P-Net tile, as the face model cuts and normalises it.
+            let (_, tiles) = crate::pipelines::face_detect::pyramid_tiles(&img, &Default::default(), side);
+            let tile = tiles.into_iter().next().context("no P-Net tile")?.input;
             let data: Vec<f32> = (0..a.batch).flat_map(|_| tile.iter().copied()).collect();
             let x = Tensor::<4>::from_data(TensorData::new(data, [a.batch, 3, side, side]), &device);
             let run = |net: &PNet| {

@@ -83,12 +83,11 @@ impl ConvBnAct {
         ops: &mut Vec<OpTime>,
     ) -> Tensor<4> {
         if let Some(host) = &self.host {
-            let fused = if residual.is_some() { "+ residual" } else { "" };
-            let label = match kind {
-                "conv 3x3 stem" => "stem 3x3 fused",
-                "conv 3x3 depthwise" => "depthwise 3x3 fused",
-                _ if fused.is_empty() => "pointwise 1x1 fused",
-                _ => "pointwise 1x1 fused + residual",
+            let label = match (kind, residual.is_some()) {
+                ("conv 3x3 stem", _) => "stem 3x3 fused",
+                ("conv 3x3 depthwise", _) => "depthwise 3x3 fused",
+                (_, false) => "pointwise 1x1 fused",
+                (_, true) => "pointwise 1x1 fused + residual",
             };
             return timed(ops, label, |y: &Tensor<4>| conv_flops(&self.conv, y), || cpu::forward(host, x, residual));
         }

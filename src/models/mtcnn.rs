@@ -30,15 +30,6 @@ fn prelu(c: usize, device: &Device) -> PRelu {
     PReluConfig::new().with_num_parameters(c).init(device)
 }
 
-/// `conv`, then `prelu` when given (burn's ops: the path on GPUs).
-fn conv_prelu(conv: &Conv2d, prelu: Option<&PRelu>, x: Tensor<4>) -> Tensor<4> {
-    let y = conv.forward(x);
-    match prelu {
-        Some(p) => p.forward(y),
-        None => y,
-    }
-}
-
 fn pool(k: usize, s: usize) -> MaxPool2d {
     MaxPool2dConfig::new([k, k]).with_strides([s, s]).with_ceil_mode(true).init()
 }
@@ -149,12 +140,10 @@ impl PNet {
     }
 
     fn trunk(&self) -> Option<Trunk> {
-        let values = |t: Tensor<4>| t.into_data().iter::<f32>().collect::<Vec<f32>>();
-        let bias = |c: &Conv2d| c.bias.as_ref().map(|b| b.val().into_data().iter::<f32>().collect::<Vec<f32>>());
-        let mut weight = values(self.conv4_2.weight.val());
-        weight.extend(values(self.conv4_1.weight.val()));
-        let mut heads_bias = bias(&self.conv4_2)?;
-        heads_bias.extend(bias(&self.conv4_1)?);
+        let ((mut weight, reg_bias), (prob_weight, prob_bias)) =
+            (cpu::conv_params(&self.conv4_2), cpu::conv_params(&self.conv4_1));
+        weight.extend(prob_weight);
+        let heads_bias = [reg_bias?, prob_bias?].concat();
         let heads = HwcConv::new(32, 6, 1, &weight, Some(&heads_bias), &Act::Identity);
         Some(Trunk {
             cin: 3,
@@ -197,13 +186,10 @@ impl PNet {
             let (v, shape) = cpu::trunk_forward(trunk, x);
             return Self::heads(&v, shape);
         }
-        let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
-        let x = conv_prelu(&self.conv2, Some(&self.prelu2), x);
-        let x = conv_prelu(&self.conv3, Some(&self.prelu3), x);
-        PNetOutput {
-            reg: conv_prelu(&self.conv4_2, None, x.clone()),
-            prob: softmax(conv_prelu(&self.conv4_1, None, x), 1),
-        }
+        let x = self.pool1.forward(self.prelu1.forward(self.conv1.forward(x)));
+        let x = self.prelu2.forward(self.conv2.forward(x));
+        let x = self.prelu3.forward(self.conv3.forward(x));
+        PNetOutput { reg: self.conv4_2.forward(x.clone()), prob: softmax(self.conv4_1.forward(x), 1) }
     }
 
     /// `forward` with every op timed into `ops` (`bench layers --model pnet`).
@@ -306,9 +292,9 @@ impl RNet {
                 hwc_to_whc(&v, shape)
             }
             None => {
-                let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
-                let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
-                flatten_whc(conv_prelu(&self.conv3, Some(&self.prelu3), x))
+                let x = self.pool1.forward(self.prelu1.forward(self.conv1.forward(x)));
+                let x = self.pool2.forward(self.prelu2.forward(self.conv2.forward(x)));
+                flatten_whc(self.prelu3.forward(self.conv3.forward(x)))
             }
         };
         let x = self.prelu4.forward(self.dense4.forward(x));
@@ -396,10 +382,10 @@ impl ONet {
                 hwc_to_whc(&v, shape)
             }
             None => {
-                let x = self.pool1.forward(conv_prelu(&self.conv1, Some(&self.prelu1), x));
-                let x = self.pool2.forward(conv_prelu(&self.conv2, Some(&self.prelu2), x));
-                let x = self.pool3.forward(conv_prelu(&self.conv3, Some(&self.prelu3), x));
-                flatten_whc(conv_prelu(&self.conv4, Some(&self.prelu4), x))
+                let x = self.pool1.forward(self.prelu1.forward(self.conv1.forward(x)));
+                let x = self.pool2.forward(self.prelu2.forward(self.conv2.forward(x)));
+                let x = self.pool3.forward(self.prelu3.forward(self.conv3.forward(x)));
+                flatten_whc(self.prelu4.forward(self.conv4.forward(x)))
             }
         };
         let x = self.prelu5.forward(self.dense5.forward(x));

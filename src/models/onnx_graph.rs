@@ -162,7 +162,7 @@ impl OnnxGraph {
                     let options = ConvTransposeOptions::new(
                         pair(node, "strides", 1)?,
                         padding,
-                        pair(node, "output_padding", 0).unwrap_or([0, 0]),
+                        pair(node, "output_padding", 0)?,
                         pair(node, "dilations", 1)?,
                         node.attr_int("group").unwrap_or(1) as usize,
                     );
@@ -268,12 +268,13 @@ impl OnnxGraph {
                 Op::Erf => get(0).erf(),
                 Op::MeanHw => get(0).mean_dim(2).mean_dim(3),
                 Op::Upsample(scale) => {
-                    let [_, _, h, w] = get(0).dims();
+                    let x = get(0);
+                    let [_, _, h, w] = x.dims();
                     // ONNX nearest, asymmetric, floor: source pixel = floor(dst / scale).
                     let options = InterpolateOptions::new(InterpolateMode::Nearest)
                         .with_align_corners(false)
                         .with_output_size([h * scale[0], w * scale[1]]);
-                    interpolate(get(0), options)
+                    interpolate(x, options)
                 }
                 Op::Concat => Tensor::cat((0..step.inputs.len()).map(get).collect(), 1),
                 Op::MaxPool(options) => max_pool2d(get(0), options.clone()),

@@ -89,7 +89,7 @@ impl HwcConv {
             // SAFETY: the level is available (checked by the trunk), so the CPU has AVX2 and FMA.
             #[cfg(target_arch = "x86_64")]
             Level::Avx2 | Level::Avx512 => unsafe { conv_rows_avx2(self, x, w, rows, out) },
-            _ => conv_rows_impl::<false>(self, x, w, rows, out),
+            _ => conv_rows_portable(self, x, w, rows, out),
         }
     }
 
@@ -102,9 +102,10 @@ impl HwcConv {
     }
 }
 
-/// 16 output channels of `PIXELS` (or fewer) adjacent output pixels, accumulated in registers.
+/// The portable path (any x86-64 or other CPU; the compiler's vectorisation of it is poor, hence
+/// the AVX2 path below): 16 output channels of `P` adjacent output pixels.
 #[inline(always)]
-fn conv_block<const FMA: bool, const P: usize>(
+fn conv_block<const P: usize>(
     c: &HwcConv,
     x: &[f32],
     w: usize,
@@ -128,7 +129,7 @@ fn conv_block<const FMA: bool, const P: usize>(
                 // SAFETY: p · cin + j < (P − 1) · cin + run = xs.len().
                 let v = unsafe { *xs.get_unchecked(p * cin + j) };
                 for l in 0..LANES {
-                    a[l] = if FMA { v.mul_add(wv[l], a[l]) } else { a[l] + v * wv[l] };
+                    a[l] += v * wv[l];
                 }
             }
         }
@@ -146,24 +147,33 @@ fn conv_block<const FMA: bool, const P: usize>(
     }
 }
 
-/// The portable path (any x86-64 or other CPU); the compiler's vectorisation of it is poor, hence
-/// the AVX2 path below.
-fn conv_rows_impl<const FMA: bool>(c: &HwcConv, x: &[f32], w: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
+/// Calls `block(oy, ox, block, full, out_row)` for every block of output rows `rows`: `full` for
+/// [`PIXELS`] pixels, else one (the row's tail).
+#[inline(always)]
+fn for_each_block(
+    c: &HwcConv,
+    w: usize,
+    rows: std::ops::Range<usize>,
+    out: &mut [f32],
+    mut block: impl FnMut(usize, usize, usize, bool, &mut [f32]),
+) {
     let ow = w + 1 - c.kernel;
-    let row_len = ow * c.cout;
-    for (oy, out_row) in rows.zip(out.chunks_exact_mut(row_len)) {
-        for block in 0..c.blocks() {
+    for (oy, out_row) in rows.zip(out.chunks_exact_mut(ow * c.cout)) {
+        for b in 0..c.blocks() {
             let mut ox = 0;
-            while ox + PIXELS <= ow {
-                conv_block::<FMA, PIXELS>(c, x, w, (oy, ox), block, out_row);
-                ox += PIXELS;
-            }
             while ox < ow {
-                conv_block::<FMA, 1>(c, x, w, (oy, ox), block, out_row);
-                ox += 1;
+                let full = ox + PIXELS <= ow;
+                block(oy, ox, b, full, out_row);
+                ox += if full { PIXELS } else { 1 };
             }
         }
     }
+}
+
+fn conv_rows_portable(c: &HwcConv, x: &[f32], w: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
+    for_each_block(c, w, rows, out, |oy, ox, b, full, row| {
+        if full { conv_block::<PIXELS>(c, x, w, (oy, ox), b, row) } else { conv_block::<1>(c, x, w, (oy, ox), b, row) }
+    });
 }
 
 /// The AVX2 + FMA path (on AVX-512 CPUs too): 6 pixels × 16 channels = 12 accumulator registers,
@@ -171,25 +181,17 @@ fn conv_rows_impl<const FMA: bool>(c: &HwcConv, x: &[f32], w: usize, rows: std::
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 fn conv_rows_avx2(c: &HwcConv, x: &[f32], w: usize, rows: std::ops::Range<usize>, out: &mut [f32]) {
-    let ow = w + 1 - c.kernel;
-    let row_len = ow * c.cout;
-    for (oy, out_row) in rows.zip(out.chunks_exact_mut(row_len)) {
-        for block in 0..c.blocks() {
-            let mut ox = 0;
-            while ox + PIXELS <= ow {
-                c.check_block::<PIXELS>(x, w, (oy, ox), out_row);
-                // SAFETY: checked just above; AVX2 and FMA are enabled for this function.
-                unsafe { avx2::block::<PIXELS>(c, x, w, (oy, ox), block, out_row) };
-                ox += PIXELS;
-            }
-            while ox < ow {
-                c.check_block::<1>(x, w, (oy, ox), out_row);
-                // SAFETY: as above.
-                unsafe { avx2::block::<1>(c, x, w, (oy, ox), block, out_row) };
-                ox += 1;
-            }
+    for_each_block(c, w, rows, out, |oy, ox, b, full, row| {
+        if full {
+            c.check_block::<PIXELS>(x, w, (oy, ox), row);
+            // SAFETY: checked just above; this function (and so the closure) has AVX2 and FMA.
+            unsafe { avx2::block::<PIXELS>(c, x, w, (oy, ox), b, row) }
+        } else {
+            c.check_block::<1>(x, w, (oy, ox), row);
+            // SAFETY: as above.
+            unsafe { avx2::block::<1>(c, x, w, (oy, ox), b, row) }
         }
-    }
+    });
 }
 
 #[cfg(target_arch = "x86_64")]

@@ -18,6 +18,16 @@ pub fn is_cpu(device: &burn::prelude::Device) -> bool {
     *device == burn::prelude::Device::flex()
 }
 
+/// A parameter's values on the host (read once, at load time).
+fn host_values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().iter::<f32>().collect()
+}
+
+/// `conv`'s weight (PyTorch's `cout × cin/groups × k × k`) and bias on the host.
+pub fn conv_params(conv: &Conv2d) -> (Vec<f32>, Option<Vec<f32>>) {
+    (host_values(conv.weight.val()), conv.bias.as_ref().map(|b| host_values(b.val())))
+}
+
 /// `conv` (with `act` after it) as a host kernel; `None` when the kernels do not cover its shape
 /// (then burn runs it).
 pub fn host_conv(conv: &Conv2d, act: Act) -> Option<HostConv> {
@@ -37,8 +47,7 @@ pub fn host_conv(conv: &Conv2d, act: Act) -> Option<HostConv> {
     if geom.groups == 1 && ((kh > 1 && geom.cin <= 4 && geom.cout <= 16) || geom.cout < 8) {
         return None;
     }
-    let weight: Vec<f32> = conv.weight.val().into_data().iter::<f32>().collect();
-    let bias = conv.bias.as_ref().map(|b| b.val().into_data().iter::<f32>().collect());
+    let (weight, bias) = conv_params(conv);
     HostConv::new(geom, weight, bias, act)
 }
 
@@ -52,8 +61,7 @@ pub fn hwc_conv(conv: &Conv2d, act: &Act) -> Option<HwcConv> {
     if !matches!(conv.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0)) {
         return None;
     }
-    let weight: Vec<f32> = conv.weight.val().into_data().iter::<f32>().collect();
-    let bias: Option<Vec<f32>> = conv.bias.as_ref().map(|b| b.val().into_data().iter::<f32>().collect());
+    let (weight, bias) = conv_params(conv);
     Some(HwcConv::new(cin, cout, kh, &weight, bias.as_deref(), act))
 }
 
@@ -67,7 +75,7 @@ pub fn trunk_forward(trunk: &Trunk, x: Tensor<4>) -> (Vec<f32>, [usize; 4]) {
 
 /// A PReLU's per-channel slopes as the fused kernels' activation.
 pub fn prelu_act(p: &burn::nn::PRelu) -> Act {
-    Act::PRelu(p.alpha.val().into_data().iter::<f32>().collect())
+    Act::PRelu(host_values(p.alpha.val()))
 }
 
 /// The tensor's values as a contiguous flex tensor (no copy when it already is one).
