@@ -190,7 +190,8 @@ impl Handler<Enqueue> for Batcher {
     type Result = Result<(), Refused>;
 
     fn handle(&mut self, msg: Enqueue, ctx: &mut Context<Self>) -> Self::Result {
-        if self.queue.push(msg.0, now()).is_err() {
+        let key = msg.0.input.size.map_or(0, |[h, w]| ((h as u64) << 32 | w as u64) + 1);
+        if self.queue.push_keyed(msg.0, key, now()).is_err() {
             ::metrics::counter!(metrics::REFUSALS, "reason" => "queue_full").increment(1);
             return Err(Refused::QueueFull { model: self.model.clone(), capacity: self.queue.policy().capacity });
         }
@@ -251,7 +252,7 @@ mod tests {
 
     fn job() -> (Job, oneshot::Receiver<Result<Prediction, InferError>>) {
         let (tx, rx) = oneshot::channel();
-        (Job { input: Arc::new(ModelInput { data: vec![0.0] }), poisoned: false, reply: tx }, rx)
+        (Job { input: Arc::new(ModelInput::fixed(vec![0.0])), poisoned: false, reply: tx }, rx)
     }
 
     fn paused_system() -> actix::SystemRunner {

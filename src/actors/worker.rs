@@ -402,8 +402,11 @@ impl Handler<RunBatch> for InferenceWorker {
             return failed(self.fail(ctx, "model not loaded".into()));
         };
         // Staging (one contiguous buffer) happens here, while the device runs the previous batch.
+        // The batcher batches items of one size only; a fixed-size model's items have no size.
         let inputs: Vec<&[f32]> = msg.inputs.iter().map(|i| i.data.as_slice()).collect();
-        let batch = match crate::models::stage(&inputs, self.spec.input_side()) {
+        let side = self.spec.input_side();
+        let size = msg.inputs.first().and_then(|i| i.size).unwrap_or([side, side]);
+        let batch = match crate::models::stage_sized(&inputs, size) {
             Ok(b) => b,
             Err(e) => return failed(self.fail(ctx, e.to_string())),
         };

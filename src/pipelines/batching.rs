@@ -4,6 +4,10 @@
 //! `max_delay` (`deadline`, measured from that item's enqueue: Triton's `max_queue_delay`).
 //! Items of a failed batch come back to the front once; after a second failure each runs alone
 //! (`isolated`), so one poisoned input cannot fail its batch-mates.
+//!
+//! Items carry a batch key (their input size, for models that take any size): a batch holds items
+//! of one key only. It is full when `max_batch` items of a key wait; at the deadline of the oldest
+//! item, the items of the oldest item's key go.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -41,6 +45,8 @@ impl SendReason {
 #[derive(Debug)]
 pub struct Queued<T> {
     pub item: T,
+    /// Items batch only with items of the same key.
+    pub key: u64,
     pub enqueued_at: Instant,
     /// Batches this item was part of that failed.
     pub failures: u32,
@@ -75,12 +81,17 @@ impl<T> BatchQueue<T> {
         self.items.is_empty()
     }
 
-    /// Queues an item; gives it back when the queue is at capacity.
+    /// Queues an item (batch key 0); gives it back when the queue is at capacity.
     pub fn push(&mut self, item: T, now: Instant) -> Result<(), T> {
+        self.push_keyed(item, 0, now)
+    }
+
+    /// Queues an item that batches only with items of the same `key`.
+    pub fn push_keyed(&mut self, item: T, key: u64, now: Instant) -> Result<(), T> {
         if self.items.len() >= self.policy.capacity {
             return Err(item);
         }
-        self.items.push_back(Queued { item, enqueued_at: now, failures: 0 });
+        self.items.push_back(Queued { item, key, enqueued_at: now, failures: 0 });
         Ok(())
     }
 
@@ -124,15 +135,43 @@ impl<T> BatchQueue<T> {
         if front.isolated() {
             return self.items.pop_front().map(|q| (vec![q], SendReason::Isolated));
         }
-        let ready = self.items.iter().take(self.policy.max_batch).take_while(|q| !q.isolated()).count();
-        let reason = if ready == self.policy.max_batch {
-            SendReason::Full
-        } else if now >= front.enqueued_at + self.policy.max_delay {
-            SendReason::Deadline
-        } else {
-            return None;
+        let max = self.policy.max_batch;
+        // The first key (in queue order) with a full batch waiting, else the oldest item's key
+        // once that item has waited `max_delay`.
+        let mut counts: Vec<(u64, usize)> = Vec::new();
+        let mut full = None;
+        for q in self.items.iter().filter(|q| !q.isolated()) {
+            let n = match counts.iter_mut().find(|(k, _)| *k == q.key) {
+                Some((_, n)) => {
+                    *n += 1;
+                    *n
+                }
+                None => {
+                    counts.push((q.key, 1));
+                    1
+                }
+            };
+            if n == max {
+                full = Some(q.key);
+                break;
+            }
+        }
+        let (key, reason) = match full {
+            Some(key) => (key, SendReason::Full),
+            None if now >= front.enqueued_at + self.policy.max_delay => (front.key, SendReason::Deadline),
+            None => return None,
         };
-        Some((self.items.drain(..ready).collect(), reason))
+        let mut batch = Vec::with_capacity(max);
+        let mut rest = VecDeque::with_capacity(self.items.len());
+        for q in self.items.drain(..) {
+            if batch.len() < max && q.key == key && !q.isolated() {
+                batch.push(q);
+            } else {
+                rest.push_back(q);
+            }
+        }
+        self.items = rest;
+        Some((batch, reason))
     }
 }
 
@@ -236,6 +275,27 @@ mod tests {
         assert_eq!(items(&q.expire(t0 + Duration::from_secs(30))), vec![1]);
         assert_eq!(q.next_expiry(), Some(t0 + Duration::from_secs(40)));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn batches_hold_one_key() {
+        let t0 = Instant::now();
+        let mut q = queue(2, 10);
+        q.push_keyed(1, 7, t0).unwrap();
+        q.push_keyed(2, 8, t0).unwrap();
+        q.push_keyed(3, 8, t0).unwrap();
+        q.push_keyed(4, 7, t0).unwrap();
+        // Key 8 fills first (items 2, 3), then key 7 (1, 4): each batch one size.
+        let (b, r) = q.next_batch(t0).unwrap();
+        assert_eq!((items(&b), r), (vec![2, 3], SendReason::Full));
+        let (b, r) = q.next_batch(t0).unwrap();
+        assert_eq!((items(&b), r), (vec![1, 4], SendReason::Full));
+        // At the deadline only the oldest item's key goes.
+        q.push_keyed(5, 1, t0).unwrap();
+        q.push_keyed(6, 2, t0).unwrap();
+        let later = t0 + Duration::from_millis(50);
+        assert_eq!(items(&q.next_batch(later).unwrap().0), vec![5]);
+        assert_eq!(items(&q.next_batch(later).unwrap().0), vec![6]);
     }
 
     #[test]

@@ -7,10 +7,25 @@ use super::decode::DecodedImage;
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
-/// Model input for one image, CHW f32.
+/// Model input for one item, CHW f32 (3 channels).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelInput {
     pub data: Vec<f32>,
+    /// (height, width) for models that take any size (the text networks); None: the model's own
+    /// square side. Only items of the same size are batched together.
+    pub size: Option<[usize; 2]>,
+}
+
+impl ModelInput {
+    /// An input of the model's fixed square size.
+    pub fn fixed(data: Vec<f32>) -> Self {
+        Self { data, size: None }
+    }
+
+    /// An input of its own size.
+    pub fn sized(data: Vec<f32>, height: usize, width: usize) -> Self {
+        Self { data, size: Some([height, width]) }
+    }
 }
 
 /// How an image becomes a classifier input.
@@ -100,7 +115,7 @@ pub fn classifier_input(img: &DecodedImage, spec: ClassifierSpec) -> ModelInput 
             }
         }
     }
-    ModelInput { data }
+    ModelInput::fixed(data)
 }
 
 #[cfg(test)]
