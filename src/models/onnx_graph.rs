@@ -10,8 +10,10 @@ use std::path::Path;
 
 use burn::prelude::{Device, Tensor, TensorData};
 use burn::tensor::activation::{relu, sigmoid};
-use burn::tensor::module::{conv_transpose2d, conv2d, interpolate, max_pool2d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions};
+use burn::tensor::module::{avg_pool2d, conv_transpose2d, conv2d, interpolate, max_pool2d};
+use burn::tensor::ops::{
+    AvgPoolOptions, ConvOptions, ConvTransposeOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
+};
 
 use super::LoadError;
 use super::onnx_weights::{OnnxAttr, OnnxModel, OnnxNode, read};
@@ -45,6 +47,8 @@ enum Op {
     Upsample([usize; 2]),
     Concat,
     MaxPool(MaxPoolOptions<2>),
+    /// Average pooling without padding (so `count_include_pad` does not matter).
+    AvgPool(AvgPoolOptions<2>),
     Identity,
 }
 
@@ -125,16 +129,18 @@ impl OnnxGraph {
         super::check_weights(path)?;
         let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
         let model = read(&bytes).map_err(|e| bad(path, e))?;
-        Self::from_model(&model, device).map_err(|e| bad(path, e))
+        Self::from_model(&model, model.nodes.len(), device).map_err(|e| bad(path, e))
     }
 
-    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, String> {
+    /// The graph's first `nodes` nodes (a convolutional trunk whose output the caller takes on
+    /// with its own layers); the output is the last of them.
+    pub fn from_model(model: &OnnxModel, nodes: usize, device: &Device) -> Result<Self, String> {
         let produced: std::collections::HashSet<&str> =
             model.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)).collect();
         let mut steps = Vec::new();
         let mut constants = HashMap::new();
         let mut input = None;
-        for node in &model.nodes {
+        for node in &model.nodes[..nodes.min(model.nodes.len())] {
             let weight = |i: usize| -> Result<Tensor<4>, String> {
                 let name = node.inputs.get(i).ok_or(format!("{}: missing input {i}", node.op_type))?;
                 tensor4(model, name, device).ok_or(format!("{}: input `{name}` is not a weight", node.op_type))
@@ -220,6 +226,15 @@ impl OnnxGraph {
                         .with_ceil_mode(node.attr_int("ceil_mode") == Some(1));
                     Op::MaxPool(options)
                 }
+                "AveragePool" => {
+                    let kernel = pair(node, "kernel_shape", 1)?;
+                    if pads_2d(node, kernel, [1, 1])? != [(0, 0), (0, 0)] || node.attr_int("ceil_mode") == Some(1) {
+                        return Err("AveragePool with padding or ceil_mode".into());
+                    }
+                    let mut options = AvgPoolOptions::new(kernel);
+                    options.stride = pair(node, "strides", 1)?;
+                    Op::AvgPool(options)
+                }
                 // Renamed weights are read through `OnnxModel::resolve`; only renamed values run.
                 "Identity" if node.inputs.first().is_some_and(|i| model.float(i).is_some()) => continue,
                 "Identity" => Op::Identity,
@@ -278,6 +293,7 @@ impl OnnxGraph {
                 }
                 Op::Concat => Tensor::cat((0..step.inputs.len()).map(get).collect(), 1),
                 Op::MaxPool(options) => max_pool2d(get(0), options.clone()),
+                Op::AvgPool(options) => avg_pool2d(get(0), options.clone()),
                 Op::Identity => get(0),
             };
             values.insert(step.output.as_str(), y);

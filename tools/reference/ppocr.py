@@ -1,11 +1,20 @@
-"""Reference outputs of the PP-OCRv6 text detector (tests/fixtures/ppocr/), with the original ONNX
-model (rapidocr==3.10.0, fetched by scripts/fetch-weights.sh) in onnxruntime.
+"""Reference outputs of the PP-OCRv6 text detector and recogniser (tests/fixtures/ppocr/), with the
+original ONNX models (rapidocr==3.10.0, fetched by scripts/fetch-weights.sh) in onnxruntime.
 
 Input: tests/data/plate_ad799kb.png as RapidOCR 3.10 feeds its detector — BGR, each side a
 multiple of 32 (here resized to 256×96, bilinear, Pillow), (x/255 − 0.5)/0.5, N×3×H×W. The network
 test feeds the same input, so resizing differences between libraries do not enter.
 
 Writes `det.input.f32` (1×3×96×256) and `det.prob.f32` (1×1×96×256, the probability map).
+
+Recogniser, on two real crops as RapidOCR 3.10 prepares them (BGR, height 48, width
+ceil(48·w/h) bilinear (Pillow), (x/255 − 0.5)/0.5, right-padded with 0.0 to
+W = int(48·max(320/48, w/h))): the whole plate photo (W 320), and the why-rust.png line
+"thread-safety — enabling you to eliminate" (box (823, 457)–(1523, 505) of RapidOCR's detection, W 700).
+Per crop `rec.<name>.input.f32` (1×3×48×W), `rec.<name>.top.f32` (T×5×2: the five most probable
+classes of each time step and their probabilities) and `rec.<name>.rest.f32` (T: the probability
+mass of all other classes) — the full T×18710 output is 3 MB per crop.
+
 Run with `make reference-ppocr`.
 """
 import argparse
@@ -21,6 +30,7 @@ def main():
     ap.add_argument("--models", required=True, help="models/ppocr")
     ap.add_argument("--out", required=True)
     ap.add_argument("image")
+    ap.add_argument("--line-image", required=True, help="tests/data/why-rust.png")
     a = ap.parse_args()
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -32,6 +42,28 @@ def main():
     x.tofile(out / "det.input.f32")
     prob.astype(np.float32).tofile(out / "det.prob.f32")
     print(f"det: input {x.shape}, prob {prob.shape}, mean {prob.mean():.5f}, max {prob.max():.5f}")
+
+    rec = ort.InferenceSession(str(pathlib.Path(a.models) / "PP-OCRv6_rec_small.onnx"), providers=["CPUExecutionProvider"])
+    crops = {
+        "plate": Image.open(a.image).convert("RGB"),
+        "line": Image.open(a.line_image).convert("RGB").crop((823, 457, 1523, 505)),
+    }
+    for name, crop in crops.items():
+        w, h = crop.size
+        width = int(48 * max(320 / 48, w / h))
+        resized = min(width, int(np.ceil(48 * w / h)))
+        rgb = np.asarray(crop.resize((resized, 48), Image.BILINEAR), dtype=np.float32)
+        x = np.zeros((1, 3, 48, width), np.float32)
+        x[0, :, :, :resized] = ((rgb[:, :, ::-1] / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+        (probs,) = rec.run(None, {"x": x})
+        probs = probs[0]
+        top = np.argsort(-probs, axis=1)[:, :5]
+        top_p = np.take_along_axis(probs, top, axis=1)
+        rest = probs.sum(axis=1) - top_p.sum(axis=1)
+        x.tofile(out / f"rec.{name}.input.f32")
+        np.stack([top.astype(np.float32), top_p], axis=2).astype(np.float32).tofile(out / f"rec.{name}.top.f32")
+        rest.astype(np.float32).tofile(out / f"rec.{name}.rest.f32")
+        print(f"rec {name}: input {x.shape}, steps {probs.shape[0]}, classes {probs.shape[1]}")
 
 
 if __name__ == "__main__":
