@@ -12,7 +12,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -81,10 +81,18 @@ reference-mtcnn: weights ## regenerate tests/fixtures/mtcnn (networks + whole de
 	cd tools/reference && ../../.venv-ref/bin/python mtcnn_detect.py --weights ../../models/mtcnn --out ../../tests/fixtures/mtcnn \
 	  $(addprefix ../../tests/data/,obama.jpg obama2.jpg obama3.jpg biden.jpg chelsea.png)
 
-reference-ppocr: weights ## regenerate tests/fixtures/ppocr (PP-OCRv6 det on a plate photo) with onnxruntime
+reference-ppocr: weights ## regenerate tests/fixtures/ppocr (PP-OCRv6 det and rec on a plate photo and a text line) with onnxruntime
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt
 	cd tools/reference && ../../.venv-ref/bin/python ppocr.py --models ../../models/ppocr --out ../../tests/fixtures/ppocr \
-	  ../../tests/data/plate_ad799kb.png
+	  --line-image ../../tests/data/why-rust.png ../../tests/data/plate_ad799kb.png
+
+TEXT_IMAGES := why-rust.png polar-bears.png rendered_lines.png plate_ad799kb.png plate_krw301.png car_5au5341.png
+reference-rapidocr: ## regenerate tests/data/rendered_lines.* and tests/fixtures/ppocr/rapidocr.json (RapidOCR 3.10, its own venv)
+	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt
+	.venv-ref/bin/python tools/reference/render_text.py --png tests/data/rendered_lines.png --txt tests/data/rendered_lines.txt
+	python3 -m venv .venv-rapidocr && .venv-rapidocr/bin/pip install -q -r tools/reference/requirements-rapidocr.txt
+	.venv-rapidocr/bin/python tools/reference/rapidocr_lines.py --out tests/fixtures/ppocr/rapidocr.json \
+	  $(addprefix tests/data/,$(TEXT_IMAGES))
 
 reference-sface: weights ## regenerate tests/fixtures/sface (aligned faces + onnxruntime embeddings; after reference-mtcnn)
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt

@@ -167,7 +167,13 @@ pub enum Architecture {
     MobilenetV2,
     /// Face detection (MTCNN) + embeddings (SFace) for the persons endpoints.
     Face,
+    /// Text detection + recognition (PP-OCRv6) for text/recognize and scene_text/recognize.
+    Text,
 }
+
+/// File names of the text model's networks in its weights directory (`scripts/fetch-weights.sh`).
+pub const TEXT_DET_FILE: &str = "PP-OCRv6_det_small.onnx";
+pub const TEXT_REC_FILE: &str = "PP-OCRv6_rec_small.onnx";
 
 /// The face model's settings (`[models.<name>.faces]`); defaults are facenet-pytorch's MTCNN
 /// and OpenCV's SFace threshold.
@@ -237,6 +243,9 @@ pub struct ModelConfig {
     /// Face model settings; `face` only.
     #[serde(default)]
     pub faces: Option<FaceConfig>,
+    /// Text pipeline settings; `text` only (every field has RapidOCR's default).
+    #[serde(default)]
+    pub text: Option<crate::pipelines::text::TextParams>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait of the oldest queued item before a partial batch is sent.
@@ -300,6 +309,18 @@ impl ModelConfig {
                     (format!("{name}_embed"), ModelSpec::SFace { weights: fc.embedder.clone() }, self.max_batch),
                 ]
             }
+            (Architecture::Text, _) => vec![
+                (
+                    format!("{name}_det"),
+                    ModelSpec::TextDet { weights: self.weights.join(TEXT_DET_FILE) },
+                    self.max_batch,
+                ),
+                (
+                    format!("{name}_rec"),
+                    ModelSpec::TextRec { weights: self.weights.join(TEXT_REC_FILE) },
+                    self.max_batch,
+                ),
+            ],
             _ => vec![(name.to_string(), ModelSpec::MobilenetV2 { weights: self.weights.clone() }, self.max_batch)],
         }
     }
@@ -476,6 +497,14 @@ impl Config {
                             f("faces.pnet_max_batch"),
                             "pnet_max_batch and max_faces must be at least 1",
                         ));
+                    }
+                }
+                Architecture::Text => {
+                    if !m.modes.is_empty() {
+                        return Err(invalid(f("modes"), "a text model serves the text endpoints, not modes"));
+                    }
+                    if let Err((field, message)) = m.text.unwrap_or_default().check() {
+                        return Err(invalid(f(&format!("text.{field}")), message));
                     }
                 }
             }

@@ -10,6 +10,7 @@ use crate::pipelines::align::aligned_face;
 use crate::pipelines::decode::{DecodeError, DecodedImage, decode};
 use crate::pipelines::face_detect::{Candidate, DetectParams, Face, Level, Tile, crop_each, pyramid_tiles};
 use crate::pipelines::preprocess::{ClassifierSpec, ModelInput, classifier_input};
+use crate::pipelines::text::{Detection, LineInput, TextParams, Working, line_inputs, prepare_detection};
 
 pub struct Decoder;
 
@@ -101,5 +102,40 @@ impl Handler<AlignFaces> for Preprocessor {
 
     fn handle(&mut self, msg: AlignFaces, _: &mut SyncContext<Self>) -> Self::Result {
         actix::MessageResult(msg.faces.iter().map(|f| aligned_face(&msg.image, &f.landmarks)).collect())
+    }
+}
+
+/// The text pipeline's CPU work before the detector: the working image and the detector's input.
+#[derive(Message)]
+#[rtype(result = "Detection")]
+pub struct DetectText {
+    pub image: Arc<DecodedImage>,
+    pub params: TextParams,
+}
+
+impl Handler<DetectText> for Preprocessor {
+    type Result = actix::MessageResult<DetectText>;
+
+    fn handle(&mut self, msg: DetectText, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(prepare_detection(&msg.image, &msg.params))
+    }
+}
+
+/// The text pipeline's CPU work between its networks: the detector's map → line crops.
+#[derive(Message)]
+#[rtype(result = "Vec<LineInput>")]
+pub struct TextLines {
+    pub work: Arc<Working>,
+    pub map: Vec<f32>,
+    pub size: [usize; 2],
+    pub bucket: [usize; 2],
+    pub params: TextParams,
+}
+
+impl Handler<TextLines> for Preprocessor {
+    type Result = actix::MessageResult<TextLines>;
+
+    fn handle(&mut self, msg: TextLines, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(line_inputs(&msg.work, &msg.map, msg.size, msg.bucket, &msg.params))
     }
 }

@@ -6,6 +6,8 @@ mod multipart;
 mod objects;
 mod persons;
 mod placement;
+mod stages;
+mod text;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -79,6 +81,8 @@ pub struct AppState {
     pub models: Vec<Arc<ServedModel>>,
     /// The face model's stages and the person store, when a face model is placed here.
     pub face: Option<Arc<FaceService>>,
+    /// The text model's stages, when a text model is placed here.
+    pub text: Option<Arc<text::TextService>>,
     pub decoder: Addr<Decoder>,
     pub preprocessor: Addr<Preprocessor>,
     /// Images admitted and not yet answered, over all requests.
@@ -148,6 +152,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     let mut served_models = Vec::new();
     let mut all_workers = Vec::new();
     let mut face = None;
+    let mut text_service = None;
     for name in &placed {
         let mc: &ModelConfig = &config.models[name];
         let labels = match &mc.labels {
@@ -223,6 +228,22 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
                 store,
             }));
         }
+        if let (crate::config::Architecture::Text, [det, rec]) = (&mc.architecture, stages.as_slice()) {
+            if text_service.is_some() {
+                return Err(StartError::Config(crate::config::ConfigError::Invalid {
+                    field: format!("models.{name}"),
+                    message: "only one text model can be placed per process".into(),
+                }));
+            }
+            let charset = models::ppocr::Charset::load(&mc.weights.join(crate::config::TEXT_REC_FILE))?;
+            text_service = Some(Arc::new(text::TextService {
+                name: name.clone(),
+                det: det.clone(),
+                rec: rec.clone(),
+                params: mc.text.unwrap_or_default(),
+                charset: Arc::new(charset),
+            }));
+        }
     }
     let placed: Vec<String> = served_models.iter().map(|m| m.name.clone()).collect();
 
@@ -233,6 +254,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         modes,
         models: served_models,
         face,
+        text: text_service,
         decoder,
         preprocessor,
         admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),
@@ -259,6 +281,10 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
             .route("/api/v1/persons/recognize", web::post().to(persons::recognize))
             .route("/api/v1/persons/delete", web::post().to(persons::delete))
             .route("/api/v1/persons/truncate", web::post().to(persons::truncate))
+            .route("/api/v1/text/recognize", web::post().to(text::recognize))
+            .route("/api/v1/scene_text/recognize", web::post().to(text::scene_text))
+            .route("/api/v1/docs/recognize", web::post().to(text::docs_not_served))
+            .route("/api/v1/docs/detect", web::post().to(text::docs_not_served))
             .route("/metrics", web::get().to(metrics_page))
             .route("/health/live", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "live"})) }))
             .route("/health/ready", web::get().to(ready))

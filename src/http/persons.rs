@@ -11,20 +11,18 @@ use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::sync::oneshot;
 
 use super::auth::AuthQuery;
 use super::disconnect::client_gone;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::{AppState, FaceService, ServedModel};
+use super::stages::{StageError, fixed, infer, prepare, record_request};
+use super::{AppState, FaceService};
 use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
-use crate::actors::{AlignFaces, CropFaces, Decode, Enqueue, InferError, Job, Prediction, Pyramid};
+use crate::actors::{AlignFaces, CropFaces, Decode, Prediction, Pyramid};
 use crate::error::{ApiError, Envelope};
-use crate::metrics;
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::face_detect::{self, Candidate, DetectParams, Face, ONET_SIZE, RNET_SIZE};
-use crate::pipelines::preprocess::ModelInput;
 use crate::store::SPACES;
 
 const NO_SINGLE_FACE: &str = "face set required only one face per image";
@@ -153,18 +151,10 @@ async fn respond(
 ) -> HttpResponse {
     let started = Instant::now();
     let result = handle.await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        Err(e) => e.error_type(),
-    };
-    ::metrics::counter!(metrics::REQUESTS, "endpoint" => endpoint, "mode" => "", "outcome" => outcome).increment(1);
-    ::metrics::histogram!(metrics::REQUEST_DURATION, "endpoint" => endpoint).record(started.elapsed().as_secs_f64());
+    let statuses: Vec<u8> = result.as_ref().map(|b| b.objects.iter().map(|r| r.status).collect()).unwrap_or_default();
+    record_request(endpoint, started, &result, statuses.into_iter());
     match result {
         Ok(body) => {
-            for r in &body.objects {
-                ::metrics::counter!(metrics::IMAGES, "endpoint" => endpoint, "status" => r.status.to_string())
-                    .increment(1);
-            }
             if body.objects.is_empty() && body.aliases_changed.is_none() {
                 // truncate: the documented empty body.
                 return HttpResponse::Ok().json(Envelope::ok(serde_json::json!({})));
@@ -375,54 +365,6 @@ async fn analyse(
     results.into_iter().collect()
 }
 
-/// A stage failed for one image (per-file status) or for the whole request (queue full).
-enum StageError {
-    Image(InferError),
-    Request(ApiError),
-}
-
-/// Sends every input through `stage`'s batcher and waits for all of them.
-async fn infer(stage: &ServedModel, inputs: Vec<Vec<f32>>) -> Result<Vec<Prediction>, StageError> {
-    let mut pending = Vec::with_capacity(inputs.len());
-    for data in inputs {
-        let (tx, rx) = oneshot::channel();
-        stage
-            .batcher
-            .send(Enqueue(Job { input: Arc::new(ModelInput { data }), poisoned: false, reply: tx }))
-            .await
-            .map_err(|e| StageError::Request(ApiError::Internal(format!("batcher unavailable: {e}"))))?
-            .map_err(|refused| StageError::Request(ApiError::Overloaded(refused.to_string())))?;
-        pending.push(rx);
-    }
-    let mut out = Vec::with_capacity(pending.len());
-    for rx in pending {
-        let p = rx
-            .await
-            .map_err(|_| StageError::Image(InferError::Unavailable { model: stage.name.clone(), waited_ms: 0 }))?
-            .map_err(StageError::Image)?;
-        for (name, d) in [("queue_wait", p.queue_wait), ("inference", p.inference)] {
-            ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => name, "model" => stage.name.clone())
-                .record(d.as_secs_f64());
-        }
-        out.push(p);
-    }
-    Ok(out)
-}
-
-/// CPU work on the preprocessing pool.
-async fn prepare<M>(state: &AppState, msg: M) -> Result<M::Result, StageError>
-where
-    M: actix::Message + Send + 'static,
-    M::Result: Send,
-    crate::actors::Preprocessor: actix::Handler<M>,
-{
-    state
-        .preprocessor
-        .send(msg)
-        .await
-        .map_err(|e| StageError::Request(ApiError::Internal(format!("preprocessor unavailable: {e}"))))
-}
-
 /// Boxes that had pixels to crop, and their crops.
 fn kept(boxes: Vec<Candidate>, crops: Vec<Option<Vec<f32>>>) -> (Vec<Candidate>, Vec<Vec<f32>>) {
     boxes.into_iter().zip(crops).filter_map(|(b, c)| c.map(|c| (b, c))).unzip()
@@ -439,7 +381,7 @@ async fn faces_with_embeddings(
     // Stage 1: P-Net on fixed tiles of every pyramid level.
     let (levels, tiles) = prepare(state, Pyramid { image: image.clone(), params, canvas: fc.canvas }).await?;
     let map = crate::models::pnet_map_side(fc.canvas);
-    let outputs = infer(&face.pnet, tiles.iter().map(|t| t.input.clone()).collect()).await?;
+    let outputs = infer(&face.pnet, fixed(tiles.iter().map(|t| t.input.clone()).collect())).await?;
     let mut per_level = vec![Vec::new(); levels.len()];
     for (tile, out) in tiles.iter().zip(outputs) {
         per_level[tile.level].extend(face_detect::tile_candidates(
@@ -454,12 +396,12 @@ async fn faces_with_embeddings(
     // Stage 2: R-Net on 24×24 crops.
     let crops = prepare(state, CropFaces { image: image.clone(), boxes: boxes.clone(), size: RNET_SIZE }).await?;
     let (boxes, crops) = kept(boxes, crops);
-    let (reg, prob) = split_heads(infer(&face.rnet, crops).await?, &[4, 2]);
+    let (reg, prob) = split_heads(infer(&face.rnet, fixed(crops)).await?, &[4, 2]);
     let boxes = face_detect::stage2(&boxes, &reg[0], &prob, params.thresholds[1]);
     // Stage 3: O-Net on 48×48 crops.
     let crops = prepare(state, CropFaces { image: image.clone(), boxes: boxes.clone(), size: ONET_SIZE }).await?;
     let (boxes, crops) = kept(boxes, crops);
-    let (heads, prob) = split_heads(infer(&face.onet, crops).await?, &[4, 10, 2]);
+    let (heads, prob) = split_heads(infer(&face.onet, fixed(crops)).await?, &[4, 10, 2]);
     let mut faces = face_detect::stage3(&boxes, &heads[0], &heads[1], &prob, params.thresholds[2]);
     faces.sort_by(|a, b| b.score.total_cmp(&a.score));
     faces.truncate(fc.max_faces);
@@ -468,7 +410,7 @@ async fn faces_with_embeddings(
     }
     // Embeddings of the aligned faces.
     let aligned = prepare(state, AlignFaces { image, faces: faces.clone() }).await?;
-    let embeddings = infer(&face.embed, aligned).await?;
+    let embeddings = infer(&face.embed, fixed(aligned)).await?;
     Ok(faces.into_iter().zip(embeddings.into_iter().map(|p| p.output)).collect())
 }
 

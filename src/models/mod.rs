@@ -8,6 +8,7 @@ pub mod mobilenet_v2;
 pub mod mtcnn;
 pub mod onnx_graph;
 pub mod onnx_weights;
+pub mod ppocr;
 pub mod probe;
 pub mod profile;
 pub mod sface;
@@ -57,7 +58,19 @@ pub enum ModelSpec {
     SFace {
         weights: PathBuf,
     },
+    /// PP-OCRv6 text detector: any size (multiples of 32); the probability map per item.
+    TextDet {
+        weights: PathBuf,
+    },
+    /// PP-OCRv6 text recogniser: 48 high, any width; per time step the best class and its
+    /// probability.
+    TextRec {
+        weights: PathBuf,
+    },
 }
+
+/// Warm-up side of the text detector (any multiple of 32 works).
+const TEXT_DET_WARMUP: usize = 32;
 
 impl ModelSpec {
     /// Side of the square input the model takes (each item is 3 × side × side).
@@ -68,6 +81,8 @@ impl ModelSpec {
             Self::RNet { .. } => RNET_SIZE,
             Self::ONet { .. } => ONET_SIZE,
             Self::SFace { .. } => sface::INPUT_SIZE,
+            Self::TextDet { .. } => TEXT_DET_WARMUP,
+            Self::TextRec { .. } => ppocr::REC_HEIGHT,
         }
     }
 
@@ -77,7 +92,9 @@ impl ModelSpec {
             | Self::PNet { weights, .. }
             | Self::RNet { weights }
             | Self::ONet { weights }
-            | Self::SFace { weights } => weights,
+            | Self::SFace { weights }
+            | Self::TextDet { weights }
+            | Self::TextRec { weights } => weights,
         }
     }
 }
@@ -95,6 +112,8 @@ pub enum Model {
     RNet { net: Box<mtcnn::RNet>, device: burn::prelude::Device },
     ONet { net: Box<mtcnn::ONet>, device: burn::prelude::Device },
     SFace(Box<sface::Embedder>),
+    TextDet { net: Box<onnx_graph::OnnxGraph>, device: burn::prelude::Device },
+    TextRec(Box<ppocr::TextRecognizer>),
 }
 
 /// A batch staged on the CPU: planar RGB `side`² inputs as one contiguous (N, 3, side, side)
@@ -120,7 +139,12 @@ impl StagedBatch {
 
 /// Stages a batch of `side`² inputs; every input's length is checked.
 pub fn stage(inputs: &[&[f32]], side: usize) -> Result<StagedBatch, ForwardError> {
-    let len = 3 * side * side;
+    stage_sized(inputs, [side, side])
+}
+
+/// Stages a batch of 3 × h × w inputs; every input's length is checked.
+pub fn stage_sized(inputs: &[&[f32]], [h, w]: [usize; 2]) -> Result<StagedBatch, ForwardError> {
+    let len = 3 * h * w;
     let mut flat = Vec::with_capacity(inputs.len() * len);
     for input in inputs {
         if input.len() != len {
@@ -128,7 +152,7 @@ pub fn stage(inputs: &[&[f32]], side: usize) -> Result<StagedBatch, ForwardError
         }
         flat.extend_from_slice(input);
     }
-    Ok(StagedBatch { data: burn::prelude::TensorData::new(flat, [inputs.len(), 3, side, side]), n: inputs.len() })
+    Ok(StagedBatch { data: burn::prelude::TensorData::new(flat, [inputs.len(), 3, h, w]), n: inputs.len() })
 }
 
 /// A batch of planar RGB `side`² inputs as one (N, 3, side, side) tensor; every input is checked.
@@ -182,6 +206,10 @@ impl Model {
             ModelSpec::RNet { weights } => Self::RNet { net: Box::new(mtcnn::RNet::load(weights, &d)?), device: d },
             ModelSpec::ONet { weights } => Self::ONet { net: Box::new(mtcnn::ONet::load(weights, &d)?), device: d },
             ModelSpec::SFace { weights } => Self::SFace(Box::new(sface::Embedder::load(weights, d)?)),
+            ModelSpec::TextDet { weights } => {
+                Self::TextDet { net: Box::new(onnx_graph::OnnxGraph::load(weights, &d)?), device: d }
+            }
+            ModelSpec::TextRec { weights } => Self::TextRec(Box::new(ppocr::TextRecognizer::load(weights, &d)?)),
         })
     }
 
@@ -193,6 +221,8 @@ impl Model {
             Self::RNet { .. } => RNET_SIZE,
             Self::ONet { .. } => ONET_SIZE,
             Self::SFace(_) => sface::INPUT_SIZE,
+            Self::TextDet { .. } => TEXT_DET_WARMUP,
+            Self::TextRec(_) => ppocr::REC_HEIGHT,
         }
     }
 
@@ -205,7 +235,11 @@ impl Model {
         match self {
             Self::MobilenetV2(m) => m.device(),
             Self::SFace(m) => m.device(),
-            Self::PNet { device, .. } | Self::RNet { device, .. } | Self::ONet { device, .. } => device,
+            Self::TextRec(m) => m.device(),
+            Self::TextDet { device, .. }
+            | Self::PNet { device, .. }
+            | Self::RNet { device, .. }
+            | Self::ONet { device, .. } => device,
         }
     }
 
@@ -231,6 +265,14 @@ impl Model {
             Self::RNet { net, .. } => {
                 let out = net.forward(x);
                 Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?])))
+            }
+            Self::TextDet { net, .. } => {
+                let out = net.forward(x);
+                Box::new(move || rows(out, n))
+            }
+            Self::TextRec(m) => {
+                let out = m.best(x);
+                Box::new(move || rows(out, n))
             }
             Self::ONet { net, .. } => {
                 let out = net.forward(x);

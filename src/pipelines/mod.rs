@@ -6,3 +6,4 @@ pub mod classify;
 pub mod decode;
 pub mod face_detect;
 pub mod preprocess;
+pub mod text;
