@@ -8,18 +8,16 @@ use std::time::Instant;
 
 use actix_web::web::{Data, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
-use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::auth::AuthQuery;
-use super::disconnect::client_gone;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{StageError, fixed, infer, prepare, record_request};
+use super::stages::{StageError, each_image, fixed, infer, prepare, record_request};
 use super::{AppState, FaceService};
 use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
-use crate::actors::{AlignFaces, CropFaces, Decode, Prediction, Pyramid};
+use crate::actors::{AlignFaces, CropFaces, Prediction, Pyramid};
 use crate::error::{ApiError, Envelope};
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::face_detect::{self, Candidate, DetectParams, Face, ONET_SIZE, RNET_SIZE};
@@ -343,26 +341,12 @@ async fn analyse(
 ) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, FileResult>>, ApiError> {
     let stages = face.stages();
     let _admitted = admit(state, &stages.map(|s| s.as_ref()), images.len())?;
-    let work = join_all(images.iter().map(|(name, bytes)| async move {
-        let decoded = state
-            .decoder
-            .send(Decode { bytes: bytes.clone(), limits: state.limits.clone() })
-            .await
-            .map_err(|e| ApiError::Internal(format!("decoder unavailable: {e}")))?;
-        match decoded {
-            Err(e) => Ok(Err(FileResult::failed(name, 1, e.to_string()))),
-            Ok(img) => match faces_with_embeddings(state, face, Arc::new(img)).await {
-                Ok(found) => Ok(Ok(found)),
-                Err(StageError::Image(e)) => Ok(Err(FileResult::failed(name, e.file_status(), e.to_string()))),
-                Err(StageError::Request(e)) => Err(e),
-            },
-        }
-    }));
-    let results = tokio::select! {
-        results = work => results,
-        () = client_gone(req) => return Err(ApiError::ClientGone("client closed the connection".into())),
-    };
-    results.into_iter().collect()
+    let read = each_image(state, req, images, |img| faces_with_embeddings(state, face, img)).await?;
+    Ok(images
+        .iter()
+        .zip(read)
+        .map(|((name, _), r)| r.map_err(|(status, e)| FileResult::failed(name, status, e)))
+        .collect())
 }
 
 /// Boxes that had pixels to crop, and their crops.

@@ -1,14 +1,21 @@
-//! What the multi-network endpoints (persons, text) share: a stage's inputs through its batcher,
-//! CPU work on the preprocessing pool, and the two ways a stage fails.
+//! What the multi-network endpoints (persons, text) share: each image decoded and read, a stage's
+//! inputs through its batcher, CPU work on the preprocessing pool, the two ways a stage fails, and
+//! the request's counters.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use actix_web::HttpRequest;
+use actix_web::web::Bytes;
+use futures_util::future::join_all;
 use tokio::sync::oneshot;
 
+use super::disconnect::client_gone;
 use super::{AppState, ServedModel};
-use crate::actors::{Enqueue, InferError, Job, Prediction};
+use crate::actors::{Decode, Enqueue, InferError, Job, Prediction};
 use crate::error::ApiError;
 use crate::metrics;
+use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::preprocess::ModelInput;
 
 /// A stage failed for one image (per-file status) or for the whole request (queue full).
@@ -43,6 +50,42 @@ pub(super) async fn infer(stage: &ServedModel, inputs: Vec<ModelInput>) -> Resul
         out.push(p);
     }
     Ok(out)
+}
+
+/// Runs `read` on every image of a request at once, each decoded on the decoder pool first. Each
+/// image's outcome is its own: its result, or (per-file status, error) when it does not decode or
+/// a stage fails for it; a request-wide failure (queue full) or the client hanging up ends the
+/// whole request.
+pub(super) async fn each_image<T, F, Fut>(
+    state: &AppState,
+    req: &HttpRequest,
+    images: &[(String, Bytes)],
+    read: F,
+) -> Result<Vec<Result<T, (u8, String)>>, ApiError>
+where
+    F: Fn(Arc<DecodedImage>) -> Fut,
+    Fut: Future<Output = Result<T, StageError>>,
+{
+    let work = join_all(images.iter().map(|(_, bytes)| async {
+        let decoded = state
+            .decoder
+            .send(Decode { bytes: bytes.clone(), limits: state.limits.clone() })
+            .await
+            .map_err(|e| ApiError::Internal(format!("decoder unavailable: {e}")))?;
+        match decoded {
+            Err(e) => Ok(Err((1, e.to_string()))),
+            Ok(img) => match read(Arc::new(img)).await {
+                Ok(v) => Ok(Ok(v)),
+                Err(StageError::Image(e)) => Ok(Err((e.file_status(), e.to_string()))),
+                Err(StageError::Request(e)) => Err(e),
+            },
+        }
+    }));
+    let results = tokio::select! {
+        results = work => results,
+        () = client_gone(req) => return Err(ApiError::ClientGone("client closed the connection".into())),
+    };
+    results.into_iter().collect()
 }
 
 /// CPU work on the preprocessing pool.

@@ -9,16 +9,14 @@ use std::time::Instant;
 
 use actix_web::web::{Data, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
-use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use super::auth::AuthQuery;
-use super::disconnect::client_gone;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{StageError, infer, prepare, record_request};
+use super::stages::{StageError, each_image, infer, prepare, record_request};
 use super::{AppState, ServedModel};
-use crate::actors::{Decode, DetectText, TextLines};
+use crate::actors::{DetectText, TextLines};
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
 use crate::models::ppocr::{Charset, steps};
@@ -287,26 +285,7 @@ async fn read_all(
     images: &Images,
 ) -> Result<Vec<Result<Vec<Line>, (u8, String)>>, ApiError> {
     let _admitted = admit(state, &[svc.det.as_ref(), svc.rec.as_ref()], images.len())?;
-    let work = join_all(images.iter().map(|(_, bytes)| async move {
-        let decoded = state
-            .decoder
-            .send(Decode { bytes: bytes.clone(), limits: state.limits.clone() })
-            .await
-            .map_err(|e| ApiError::Internal(format!("decoder unavailable: {e}")))?;
-        match decoded {
-            Err(e) => Ok(Err((1, e.to_string()))),
-            Ok(img) => match read_image(state, svc, Arc::new(img)).await {
-                Ok(lines) => Ok(Ok(lines)),
-                Err(StageError::Image(e)) => Ok(Err((e.file_status(), e.to_string()))),
-                Err(StageError::Request(e)) => Err(e),
-            },
-        }
-    }));
-    let results = tokio::select! {
-        results = work => results,
-        () = client_gone(req) => return Err(ApiError::ClientGone("client closed the connection".into())),
-    };
-    results.into_iter().collect()
+    each_image(state, req, images, |img| read_image(state, svc, img)).await
 }
 
 /// One image through the detector and the recogniser.

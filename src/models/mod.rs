@@ -73,7 +73,8 @@ pub enum ModelSpec {
 const TEXT_DET_WARMUP: usize = 32;
 
 impl ModelSpec {
-    /// Side of the square input the model takes (each item is 3 × side × side).
+    /// Side of the square input the model takes (each item is 3 × side × side); for the text
+    /// networks, which take any size (items carry theirs), the side of the warm-up pass.
     pub fn input_side(&self) -> usize {
         match self {
             Self::MobilenetV2 { .. } => mobilenet_v2::INPUT_SIZE,
