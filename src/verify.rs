@@ -12,8 +12,11 @@ use serde::Serialize;
 use crate::models::mobilenet_v2::{Classifier, NUM_CLASSES};
 use crate::models::mtcnn::{ONet, PNet, RNet};
 use crate::models::onnx_graph::OnnxGraph;
+use crate::models::plates::{ANCHOR_VALUES, PlateDetector};
+use crate::models::ppocr::OrientationClassifier;
 use crate::models::sface::{EMBEDDING_LEN, Embedder};
 use crate::models::{DeviceSpec, ForwardError, LoadError};
+use crate::pipelines::plates::{PlateParams, det_input};
 
 /// Per value, absolute: the tolerance of tests/model_*.rs.
 pub const TOLERANCE: f32 = 1e-4;
@@ -174,11 +177,50 @@ fn ppocr(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
     let det = OnnxGraph::load(&fx.weights("ppocr/PP-OCRv6_det_small.onnx"), device)?;
     let x = Tensor::<4>::from_data(TensorData::new(fx.f32s("ppocr/det.input.f32")?, [1, 3, 96, 256]), device);
     let ours = values(det.forward(x))?;
-    Ok(vec![check("ppocr_det", "probability map (96×256)", &ours, &fx.f32s("ppocr/det.prob.f32")?)])
+    let mut checks = vec![check("ppocr_det", "probability map (96×256)", &ours, &fx.f32s("ppocr/det.prob.f32")?)];
+    let cls = OrientationClassifier::load(&fx.weights("ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx"), device)?;
+    let x = Tensor::<4>::from_data(TensorData::new(fx.f32s("ppocr/cls.input.f32")?, [2, 3, 48, 192]), device);
+    let ours = values(cls.forward(x))?;
+    checks.push(check(
+        "ppocr_cls",
+        "orientation probabilities (a line upright and turned)",
+        &ours,
+        &fx.f32s("ppocr/cls.prob.f32")?,
+    ));
+    Ok(checks)
+}
+
+/// The plate detector on a car photo (its exact input rebuilt from the PNG): the plate
+/// probabilities at 1e-4, the box and corner offsets at 1e-3 (regression outputs up to ~10).
+fn plates(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
+    let net = PlateDetector::load(&fx.weights("plates/clp_det.onnx"), device)?;
+    let path = fx.root.join("tests/data/car_5au5341.png");
+    let bytes =
+        std::fs::read(&path).map_err(|e| VerifyError::Fixture { path: path.clone(), message: e.to_string() })?;
+    let img = crate::pipelines::decode::decode(&bytes, &crate::config::Limits::default())
+        .map_err(|e| VerifyError::Fixture { path: path.clone(), message: e.to_string() })?;
+    let x = det_input(&img, &PlateParams { bucket: 32, ..PlateParams::default() });
+    let [h, w] = x.bucket;
+    let out = values(net.forward(Tensor::<4>::from_data(TensorData::new(x.input, [1, 3, h, w]), device)))?;
+    let (conf, loc, landms) =
+        (fx.f32s("plates/det.conf.f32")?, fx.f32s("plates/det.loc.f32")?, fx.f32s("plates/det.landms.f32")?);
+    let rows = out.chunks_exact(ANCHOR_VALUES);
+    let score: Vec<f32> = rows.clone().map(|r| r[4]).collect();
+    let ours_offsets: Vec<f32> = rows.flat_map(|r| r[..4].iter().chain(&r[5..]).copied().collect::<Vec<_>>()).collect();
+    let theirs_offsets: Vec<f32> = loc
+        .chunks_exact(4)
+        .zip(landms.chunks_exact(8))
+        .flat_map(|(l, m)| l.iter().chain(m).copied().collect::<Vec<_>>())
+        .collect();
+    let theirs_score: Vec<f32> = conf.chunks_exact(2).map(|c| c[1]).collect();
+    let mut offsets = check("plates_det", format!("box and corner offsets ({h}×{w})"), &ours_offsets, &theirs_offsets);
+    offsets.tolerance = 1e-3;
+    offsets.ok = offsets.max_abs_diff <= offsets.tolerance;
+    Ok(vec![check("plates_det", format!("plate probabilities ({h}×{w})"), &score, &theirs_score), offsets])
 }
 
 /// The networks `run` can check.
-pub const NETWORKS: [&str; 4] = ["mobilenet_v2", "mtcnn", "sface", "ppocr"];
+pub const NETWORKS: [&str; 5] = ["mobilenet_v2", "mtcnn", "sface", "ppocr", "plates"];
 
 /// Runs the checks of `networks` (all of `NETWORKS` when empty) on `device`, with fixtures and
 /// weights under `root` (the repository root).
@@ -206,6 +248,9 @@ pub fn run(device: &DeviceSpec, root: &Path, big_batch: usize, networks: &[Strin
     }
     if wanted("ppocr") {
         checks.extend(ppocr(&fx, &d)?);
+    }
+    if wanted("plates") {
+        checks.extend(plates(&fx, &d)?);
     }
     let ok = checks.iter().all(|c| c.ok);
     Ok(Report { device: device.to_string(), adapter, checks, ok, seconds: t.elapsed().as_secs_f64() })

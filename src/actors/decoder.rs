@@ -9,8 +9,11 @@ use crate::config::Limits;
 use crate::pipelines::align::aligned_face;
 use crate::pipelines::decode::{DecodeError, DecodedImage, decode};
 use crate::pipelines::face_detect::{Candidate, DetectParams, Face, Level, Tile, crop_each, pyramid_tiles};
+use crate::pipelines::plates::{PlateCrop, PlateInput, PlateParams, det_input as plate_input, plate_crops};
 use crate::pipelines::preprocess::{ClassifierSpec, ModelInput, classifier_input};
-use crate::pipelines::text::{Detection, LineInput, TextParams, Working, line_inputs, prepare_detection};
+use crate::pipelines::text::{
+    Detection, LineCrop, LineInput, TextParams, Working, line_crops, line_inputs, prepare_detection,
+};
 
 pub struct Decoder;
 
@@ -121,9 +124,10 @@ impl Handler<DetectText> for Preprocessor {
     }
 }
 
-/// The text pipeline's CPU work between its networks: the detector's map → line crops.
+/// The text pipeline's CPU work after the detector: its map → line crops (and the
+/// classifier's inputs).
 #[derive(Message)]
-#[rtype(result = "Vec<LineInput>")]
+#[rtype(result = "Vec<LineCrop>")]
 pub struct TextLines {
     pub work: Arc<Working>,
     pub map: Vec<f32>,
@@ -136,6 +140,60 @@ impl Handler<TextLines> for Preprocessor {
     type Result = actix::MessageResult<TextLines>;
 
     fn handle(&mut self, msg: TextLines, _: &mut SyncContext<Self>) -> Self::Result {
-        actix::MessageResult(line_inputs(&msg.work, &msg.map, msg.size, msg.bucket, &msg.params))
+        actix::MessageResult(line_crops(&msg.work, &msg.map, msg.size, msg.bucket, &msg.params))
+    }
+}
+
+/// The text pipeline's CPU work before the recogniser: line crops (turned where the classifier
+/// found them upside down) → recogniser inputs.
+#[derive(Message)]
+#[rtype(result = "Vec<LineInput>")]
+pub struct RecLines {
+    pub lines: Vec<LineCrop>,
+    pub flip: Vec<bool>,
+    pub params: TextParams,
+}
+
+impl Handler<RecLines> for Preprocessor {
+    type Result = actix::MessageResult<RecLines>;
+
+    fn handle(&mut self, msg: RecLines, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(line_inputs(msg.lines, &msg.flip, &msg.params))
+    }
+}
+
+/// The plate pipeline's CPU work before the detector: its input.
+#[derive(Message)]
+#[rtype(result = "PlateInput")]
+pub struct DetectPlates {
+    pub image: Arc<DecodedImage>,
+    pub params: PlateParams,
+}
+
+impl Handler<DetectPlates> for Preprocessor {
+    type Result = actix::MessageResult<DetectPlates>;
+
+    fn handle(&mut self, msg: DetectPlates, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(plate_input(&msg.image, &msg.params))
+    }
+}
+
+/// The plate pipeline's CPU work between its networks: detector output → plates and their
+/// rectified crops.
+#[derive(Message)]
+#[rtype(result = "Vec<PlateCrop>")]
+pub struct PlateCrops {
+    pub image: Arc<DecodedImage>,
+    pub output: Vec<f32>,
+    pub bucket: [usize; 2],
+    pub ratio: f32,
+    pub params: PlateParams,
+}
+
+impl Handler<PlateCrops> for Preprocessor {
+    type Result = actix::MessageResult<PlateCrops>;
+
+    fn handle(&mut self, msg: PlateCrops, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(plate_crops(&msg.image, &msg.output, msg.bucket, msg.ratio, &msg.params))
     }
 }

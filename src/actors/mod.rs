@@ -8,6 +8,9 @@ pub mod store;
 pub mod worker;
 
 pub use batcher::{Batcher, Enqueue, InferError, Job, Prediction, QueueLen, Refused};
-pub use decoder::{AlignFaces, CropFaces, Decode, Decoder, DetectText, Preprocess, Preprocessor, Pyramid, TextLines};
+pub use decoder::{
+    AlignFaces, CropFaces, Decode, Decoder, DetectPlates, DetectText, PlateCrops, Preprocess, Preprocessor, Pyramid,
+    RecLines, TextLines,
+};
 pub use store::StoreActor;
 pub use worker::{InferenceWorker, RunBatch, WorkerHealth};

@@ -6,6 +6,7 @@ mod multipart;
 mod objects;
 mod persons;
 mod placement;
+mod plates;
 mod stages;
 mod text;
 
@@ -75,7 +76,7 @@ impl ServedModel {
 pub struct AppState {
     pub auth: Auth,
     pub limits: Arc<Limits>,
-    /// Vision API mode → model.
+    /// Vision API mode → classifier (`car_number` is the plates model's, `plates`).
     pub modes: HashMap<String, Arc<ServedModel>>,
     /// Every served model stage (a classifier, or one network of the face cascade), in placement order.
     pub models: Vec<Arc<ServedModel>>,
@@ -83,6 +84,8 @@ pub struct AppState {
     pub face: Option<Arc<FaceService>>,
     /// The text model's stages, when a text model is placed here.
     pub text: Option<Arc<text::TextService>>,
+    /// The plates model's stages, when a plates model is placed here.
+    pub plates: Option<Arc<plates::PlateService>>,
     pub decoder: Addr<Decoder>,
     pub preprocessor: Addr<Preprocessor>,
     /// Images admitted and not yet answered, over all requests.
@@ -153,6 +156,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     let mut all_workers = Vec::new();
     let mut face = None;
     let mut text_service = None;
+    let mut plate_service = None;
     for name in &placed {
         let mc: &ModelConfig = &config.models[name];
         let labels = match &mc.labels {
@@ -200,8 +204,10 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
                 top_k: mc.top_k,
                 workers: health,
             });
-            for mode in &mc.modes {
-                modes.insert(mode.clone(), served.clone());
+            if mc.architecture == crate::config::Architecture::MobilenetV2 {
+                for mode in &mc.modes {
+                    modes.insert(mode.clone(), served.clone());
+                }
             }
             served_models.push(served.clone());
             stages.push(served);
@@ -228,7 +234,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
                 store,
             }));
         }
-        if let (crate::config::Architecture::Text, [det, rec]) = (&mc.architecture, stages.as_slice()) {
+        if let (crate::config::Architecture::Text, [det, cls, rec]) = (&mc.architecture, stages.as_slice()) {
             if text_service.is_some() {
                 return Err(StartError::Config(crate::config::ConfigError::Invalid {
                     field: format!("models.{name}"),
@@ -239,8 +245,25 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
             text_service = Some(Arc::new(text::TextService {
                 name: name.clone(),
                 det: det.clone(),
+                cls: cls.clone(),
                 rec: rec.clone(),
                 params: mc.text.unwrap_or_default(),
+                charset: Arc::new(charset),
+            }));
+        }
+        if let (crate::config::Architecture::Plates, [det, rec]) = (&mc.architecture, stages.as_slice()) {
+            if plate_service.is_some() {
+                return Err(StartError::Config(crate::config::ConfigError::Invalid {
+                    field: format!("models.{name}"),
+                    message: "only one plates model can be placed per process".into(),
+                }));
+            }
+            let charset = models::ppocr::Charset::load(&mc.plate_recognizer())?;
+            plate_service = Some(Arc::new(plates::PlateService {
+                name: name.clone(),
+                det: det.clone(),
+                rec: rec.clone(),
+                params: mc.plates.unwrap_or_default(),
                 charset: Arc::new(charset),
             }));
         }
@@ -255,6 +278,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         models: served_models,
         face,
         text: text_service,
+        plates: plate_service,
         decoder,
         preprocessor,
         admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),

@@ -1,5 +1,7 @@
-//! `POST /api/v1/objects/detect`, read top to bottom: auth → upload → meta → per image
-//! decode → preprocess → batcher → labels → Vision envelope.
+//! `POST /api/v1/objects/detect`, read top to bottom: auth → upload → meta → per requested mode
+//! (concurrently): classifier modes per image decode → preprocess → batcher → labels; `car_number`
+//! through the plates model (`http::plates`) → one `<mode>_labels` list per mode in the Vision
+//! envelope.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +15,10 @@ use tokio::sync::oneshot;
 use super::auth::AuthQuery;
 use super::disconnect::client_gone;
 use super::multipart::read_upload;
+use super::plates::read_plates;
 use super::{AppState, ServedModel};
 use crate::actors::{Decode, Enqueue, Job, Prediction, Preprocess};
+use crate::config::CAR_NUMBER_MODE;
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
 use crate::pipelines::classify::ObjectLabel;
@@ -47,9 +51,14 @@ struct FileResult {
     labels: Vec<ObjectLabel>,
 }
 
-#[derive(Debug, Serialize)]
+/// The answer body: `<mode>_labels` for each requested mode.
+#[derive(Debug, Serialize, Default)]
 struct ObjectsBody {
-    object_labels: Vec<FileResult>,
+    /// Classifier modes (`object_labels`, …).
+    #[serde(flatten)]
+    classified: std::collections::BTreeMap<String, Vec<FileResult>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    car_number_labels: Option<Vec<super::plates::PlateResult>>,
 }
 
 pub async fn detect(
@@ -78,7 +87,20 @@ pub async fn detect(
 }
 
 fn mode_model(state: &AppState, mode: &str) -> String {
-    state.modes.get(mode).map(|m| m.name.clone()).unwrap_or_default()
+    match (mode, &state.plates) {
+        (CAR_NUMBER_MODE, Some(p)) => p.name.clone(),
+        _ => state.modes.get(mode).map(|m| m.name.clone()).unwrap_or_default(),
+    }
+}
+
+/// Modes answered here, sorted.
+fn served_modes(state: &AppState) -> Vec<&str> {
+    let mut served: Vec<&str> = state.modes.keys().map(String::as_str).collect();
+    if state.plates.is_some() {
+        served.push(CAR_NUMBER_MODE);
+    }
+    served.sort();
+    served
 }
 
 async fn handle(
@@ -96,35 +118,62 @@ async fn handle(
     if meta.mode.is_empty() {
         return Err(ApiError::BadRequest("mode is required non-empty".into()));
     }
+    let mut requested: Vec<&str> = Vec::new();
     for mode in &meta.mode {
         if !KNOWN_MODES.contains(&mode.as_str()) {
             return Err(ApiError::BadRequest(format!("unknown mode: {mode}")));
         }
-        if !state.modes.contains_key(mode) {
-            let mut served: Vec<&str> = state.modes.keys().map(String::as_str).collect();
-            served.sort();
+        if !served_modes(state).contains(&mode.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "mode {mode} is not served by this server (served: {})",
-                served.join(", ")
+                served_modes(state).join(", ")
             )));
         }
+        if !requested.contains(&mode.as_str()) {
+            requested.push(mode);
+        }
     }
-    *mode_label = meta.mode.join("+");
+    *mode_label = requested.join("+");
     let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
     let images = upload.images(&names, &state.limits)?;
-    // Only `object` is served today; it is the one mode validated above.
-    let model = state.modes.get(&meta.mode[0]).expect("mode validated above. This is a bug.").clone();
+    let classifiers: Vec<(&str, Arc<ServedModel>)> =
+        requested.iter().filter_map(|m| state.modes.get(*m).map(|s| (*m, s.clone()))).collect();
+    let plates = if requested.contains(&CAR_NUMBER_MODE) { state.plates.clone() } else { None };
 
-    let _admitted = admit(state, &[&model], images.len())?;
-    let answers = tokio::select! {
-        answers = run_images(state, &model, &images) => answers,
-        () = client_gone(req) => Err(ApiError::ClientGone("client closed the connection".into())),
-    };
-    let object_labels = answers?;
-    for r in &object_labels {
-        ::metrics::counter!(metrics::IMAGES, "endpoint" => ENDPOINT, "status" => r.status.to_string()).increment(1);
+    let mut stages: Vec<&ServedModel> = classifiers.iter().map(|(_, s)| s.as_ref()).collect();
+    if let Some(p) = &plates {
+        stages.extend(p.stages());
     }
-    Ok(ObjectsBody { object_labels })
+    let _admitted = admit(state, &stages, images.len())?;
+    let work = async {
+        let classified = join_all(classifiers.iter().map(|(_, model)| run_images(state, model, &images)));
+        let read = async {
+            match &plates {
+                Some(svc) => Some(read_plates(state, svc, req, &images).await),
+                None => None,
+            }
+        };
+        tokio::join!(classified, read)
+    };
+    let (classified, read) = tokio::select! {
+        done = work => done,
+        () = client_gone(req) => return Err(ApiError::ClientGone("client closed the connection".into())),
+    };
+    let count = |status: u8| {
+        ::metrics::counter!(metrics::IMAGES, "endpoint" => ENDPOINT, "status" => status.to_string()).increment(1);
+    };
+    let mut body = ObjectsBody::default();
+    for ((mode, _), answers) in classifiers.iter().zip(classified) {
+        let answers = answers?;
+        answers.iter().for_each(|r| count(r.status));
+        body.classified.insert(format!("{mode}_labels"), answers);
+    }
+    if let Some(read) = read {
+        let answers = read?;
+        answers.iter().for_each(|r| count(r.status));
+        body.car_number_labels = Some(answers);
+    }
+    Ok(body)
 }
 
 /// A request's images, admitted: the in-flight permits and gauge, released however it ends.

@@ -16,18 +16,19 @@ use super::multipart::read_upload;
 use super::objects::admit;
 use super::stages::{StageError, each_image, infer, prepare, record_request};
 use super::{AppState, ServedModel};
-use crate::actors::{DetectText, TextLines};
+use crate::actors::{DetectText, RecLines, TextLines};
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
-use crate::models::ppocr::{Charset, steps};
+use crate::models::ppocr::{CLS_HEIGHT, CLS_WIDTH, Charset, steps};
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::preprocess::ModelInput;
-use crate::pipelines::text::{Quad, TextParams, ctc_decode, language, to_original, words};
+use crate::pipelines::text::{Quad, TextParams, ctc_decode, language, to_original, upside_down, words};
 
 /// The text model: its detector and recogniser stages, its settings and the recogniser's classes.
 pub struct TextService {
     pub name: String,
     pub det: Arc<ServedModel>,
+    pub cls: Arc<ServedModel>,
     pub rec: Arc<ServedModel>,
     pub params: TextParams,
     pub charset: Arc<Charset>,
@@ -284,7 +285,7 @@ async fn read_all(
     req: &HttpRequest,
     images: &Images,
 ) -> Result<Vec<Result<Vec<Line>, (u8, String)>>, ApiError> {
-    let _admitted = admit(state, &[svc.det.as_ref(), svc.rec.as_ref()], images.len())?;
+    let _admitted = admit(state, &[svc.det.as_ref(), svc.cls.as_ref(), svc.rec.as_ref()], images.len())?;
     each_image(state, req, images, |img| read_image(state, svc, img)).await
 }
 
@@ -295,11 +296,18 @@ async fn read_image(state: &AppState, svc: &TextService, image: Arc<DecodedImage
     let [bh, bw] = det.bucket;
     let map = infer(&svc.det, vec![ModelInput::sized(det.input, bh, bw)]).await?.remove(0).output;
     let work = Arc::new(det.work);
-    let lines =
+    let crops =
         prepare(state, TextLines { work: work.clone(), map, size: det.size, bucket: det.bucket, params: p }).await?;
-    if lines.is_empty() {
+    if crops.is_empty() {
         return Ok(Vec::new());
     }
+    let flip = if p.use_cls {
+        let inputs = crops.iter().map(|c| ModelInput::sized(c.cls.clone(), CLS_HEIGHT, CLS_WIDTH)).collect();
+        infer(&svc.cls, inputs).await?.iter().map(|o| upside_down(&o.output, &p)).collect()
+    } else {
+        Vec::new()
+    };
+    let lines = prepare(state, RecLines { lines: crops, flip, params: p }).await?;
     let (boxes, inputs): (Vec<_>, Vec<_>) = lines
         .into_iter()
         .map(|l| {

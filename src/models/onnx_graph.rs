@@ -16,7 +16,7 @@ use burn::tensor::ops::{
 };
 
 use super::LoadError;
-use super::onnx_weights::{OnnxAttr, OnnxModel, OnnxNode, read};
+use super::onnx_weights::{OnnxAttr, OnnxModel, OnnxNode, load_with};
 
 /// One node, ready to run: its op with attributes resolved, its inputs by name.
 #[derive(Debug)]
@@ -41,6 +41,13 @@ enum Op {
         beta: f32,
     },
     Erf,
+    /// `min(max(x, lo), hi)`.
+    Clip(f32, f32),
+    /// Per-channel `x · scale + shift` (an inference-mode BatchNormalization), both 1×C×1×1.
+    Affine {
+        scale: Tensor<4>,
+        shift: Tensor<4>,
+    },
     /// GlobalAveragePool, or ReduceMean over H and W keeping them.
     MeanHw,
     /// Nearest, integer scales on H and W.
@@ -67,10 +74,6 @@ pub struct OnnxGraph {
     constants: HashMap<String, Tensor<4>>,
     input: String,
     output: String,
-}
-
-fn bad(path: &Path, message: String) -> LoadError {
-    LoadError::Weights { path: path.to_path_buf(), message }
 }
 
 fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(usize, usize); 2], String> {
@@ -124,19 +127,41 @@ fn tensor1(model: &OnnxModel, name: &str, device: &Device) -> Option<Tensor<1>> 
     Some(Tensor::from_data(TensorData::new(t.data.clone(), [t.data.len()]), device))
 }
 
+/// A `Conv` node's weight, bias and options (strides, pads, dilations, groups).
+pub(super) fn conv(
+    model: &OnnxModel,
+    node: &OnnxNode,
+    device: &Device,
+) -> Result<(Tensor<4>, Option<Tensor<1>>, ConvOptions<2>), String> {
+    let name = node.inputs.get(1).ok_or("Conv: missing weight")?;
+    let weight = tensor4(model, name, device).ok_or(format!("Conv: input `{name}` is not a weight"))?;
+    let bias = node.inputs.get(2).filter(|n| !n.is_empty()).and_then(|n| tensor1(model, n, device));
+    let [_, _, kh, kw] = weight.dims();
+    let stride = pair(node, "strides", 1)?;
+    let options = ConvOptions::new_with_padding(
+        stride,
+        pads_2d(node, [kh, kw], stride)?,
+        pair(node, "dilations", 1)?,
+        node.attr_int("group").unwrap_or(1) as usize,
+    );
+    Ok((weight, bias, options))
+}
+
 impl OnnxGraph {
     pub fn load(path: &Path, device: &Device) -> Result<Self, LoadError> {
-        super::check_weights(path)?;
-        let bytes = std::fs::read(path).map_err(|e| bad(path, e.to_string()))?;
-        let model = read(&bytes).map_err(|e| bad(path, e))?;
-        Self::from_model(&model, model.nodes.len(), device).map_err(|e| bad(path, e))
+        load_with(path, |model| Self::from_model(model, model.nodes.len(), device))
     }
 
     /// The graph's first `nodes` nodes (a convolutional trunk whose output the caller takes on
     /// with its own layers); the output is the last of them.
     pub fn from_model(model: &OnnxModel, nodes: usize, device: &Device) -> Result<Self, String> {
-        let produced: std::collections::HashSet<&str> =
-            model.nodes.iter().flat_map(|n| n.outputs.iter().map(String::as_str)).collect();
+        // Values computed by the graph (`Constant` nodes' outputs are weights).
+        let produced: std::collections::HashSet<&str> = model
+            .nodes
+            .iter()
+            .filter(|n| n.op_type != "Constant")
+            .flat_map(|n| n.outputs.iter().map(String::as_str))
+            .collect();
         let mut steps = Vec::new();
         let mut constants = HashMap::new();
         let mut input = None;
@@ -148,16 +173,8 @@ impl OnnxGraph {
             let bias = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| tensor1(model, n, device));
             let op = match node.op_type.as_str() {
                 "Conv" => {
-                    let w = weight(1)?;
-                    let [_, _, kh, kw] = w.dims();
-                    let stride = pair(node, "strides", 1)?;
-                    let options = ConvOptions::new_with_padding(
-                        stride,
-                        pads_2d(node, [kh, kw], stride)?,
-                        pair(node, "dilations", 1)?,
-                        node.attr_int("group").unwrap_or(1) as usize,
-                    );
-                    Op::Conv { weight: w, bias: bias(2), options }
+                    let (weight, bias, options) = conv(model, node, device)?;
+                    Op::Conv { weight, bias, options }
                 }
                 "ConvTranspose" => {
                     let w = weight(1)?;
@@ -195,6 +212,55 @@ impl OnnxGraph {
                     beta: node.attr_float("beta").unwrap_or(0.5),
                 },
                 "Erf" => Op::Erf,
+                "Clip" => {
+                    let bound = |i: usize, attr: &str, default: f32| -> Result<f32, String> {
+                        match node.inputs.get(i).filter(|n| !n.is_empty()) {
+                            Some(name) => match model.float(name) {
+                                Some(t) if t.data.len() == 1 => Ok(t.data[0]),
+                                _ => Err(format!("Clip: bound `{name}` is not a constant scalar")),
+                            },
+                            None => Ok(node.attr_float(attr).unwrap_or(default)),
+                        }
+                    };
+                    Op::Clip(bound(1, "min", f32::MIN)?, bound(2, "max", f32::MAX)?)
+                }
+                "BatchNormalization" => {
+                    let param = |i: usize| -> Result<Vec<f32>, String> {
+                        let name = node.inputs.get(i).ok_or(format!("BatchNormalization: missing input {i}"))?;
+                        model
+                            .float(name)
+                            .map(|t| t.data.clone())
+                            .ok_or(format!("BatchNormalization: `{name}` is not a weight"))
+                    };
+                    let (gamma, beta, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
+                    let eps = node.attr_float("epsilon").unwrap_or(1e-5);
+                    let c = gamma.len();
+                    if [beta.len(), mean.len(), var.len()] != [c, c, c] {
+                        return Err("BatchNormalization: parameter lengths differ".into());
+                    }
+                    let scale: Vec<f32> = (0..c).map(|i| gamma[i] / (var[i] + eps).sqrt()).collect();
+                    let shift: Vec<f32> = (0..c).map(|i| beta[i] - mean[i] * scale[i]).collect();
+                    let t = |v: Vec<f32>| Tensor::from_data(TensorData::new(v, [1, c, 1, 1]), device);
+                    Op::Affine { scale: t(scale), shift: t(shift) }
+                }
+                // A weight reshaped by the graph (Paddle's exports reshape biases to 1×C×1×1): a
+                // constant of that shape, computed here.
+                "Reshape" if node.inputs.first().is_some_and(|i| model.float(i).is_some()) => {
+                    let t = model.float(&node.inputs[0]).expect("checked above");
+                    let shape = node.inputs.get(1).and_then(|n| model.ints.get(model.resolve(n)));
+                    let dims: Vec<usize> = match shape {
+                        Some(s) if s.len() <= 4 && s.iter().all(|d| *d > 0) => s.iter().map(|d| *d as usize).collect(),
+                        other => return Err(format!("Reshape of a weight to {other:?}")),
+                    };
+                    if dims.iter().product::<usize>() != t.data.len() {
+                        return Err(format!("Reshape of a weight to {dims:?}: {} values", t.data.len()));
+                    }
+                    let mut d4 = [1usize; 4];
+                    d4[4 - dims.len()..].copy_from_slice(&dims);
+                    let out = node.outputs.first().cloned().ok_or("Reshape: no output")?;
+                    constants.insert(out, Tensor::from_data(TensorData::new(t.data.clone(), d4), device));
+                    continue;
+                }
                 "GlobalAveragePool" => Op::MeanHw,
                 "ReduceMean" => match (node.attr_ints("axes"), node.attr_int("keepdims").unwrap_or(1)) {
                     (Some(&[2, 3]), 1) => Op::MeanHw,
@@ -235,6 +301,8 @@ impl OnnxGraph {
                     options.stride = pair(node, "strides", 1)?;
                     Op::AvgPool(options)
                 }
+                // Their values are read with the weights (`onnx_weights`).
+                "Constant" => continue,
                 // Renamed weights are read through `OnnxModel::resolve`; only renamed values run.
                 "Identity" if node.inputs.first().is_some_and(|i| model.float(i).is_some()) => continue,
                 "Identity" => Op::Identity,
@@ -281,6 +349,8 @@ impl OnnxGraph {
                 Op::Sigmoid => sigmoid(get(0)),
                 Op::HardSigmoid { alpha, beta } => (get(0) * *alpha + *beta).clamp(0.0, 1.0),
                 Op::Erf => get(0).erf(),
+                Op::Clip(lo, hi) => get(0).clamp(*lo, *hi),
+                Op::Affine { scale, shift } => get(0) * scale.clone() + shift.clone(),
                 Op::MeanHw => get(0).mean_dim(2).mean_dim(3),
                 Op::Upsample(scale) => {
                     let x = get(0);

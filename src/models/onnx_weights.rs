@@ -7,6 +7,19 @@
 
 use std::collections::HashMap;
 
+/// Reads the ONNX file at `path` and builds a network from it with `build`; any failure is a
+/// `LoadError` naming the file.
+pub fn load_with<T>(
+    path: &std::path::Path,
+    build: impl FnOnce(&OnnxModel) -> Result<T, String>,
+) -> Result<T, super::LoadError> {
+    super::check_weights(path)?;
+    let bad = |message: String| super::LoadError::Weights { path: path.to_path_buf(), message };
+    let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let model = read(&bytes).map_err(bad)?;
+    build(&model).map_err(bad)
+}
+
 /// One initializer: its shape and values (row-major).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OnnxTensor {

@@ -15,7 +15,7 @@ use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
 use super::onnx_graph::OnnxGraph;
-use super::onnx_weights::{OnnxModel, read};
+use super::onnx_weights::{OnnxModel, load_with};
 use super::{ForwardError, LoadError};
 
 /// Height of the recogniser's input; its width is free (a multiple of 8 keeps every step whole).
@@ -45,10 +45,7 @@ pub struct Charset {
 impl Charset {
     /// The dictionary of a recogniser's ONNX file.
     pub fn load(path: &Path) -> Result<Self, LoadError> {
-        super::check_weights(path)?;
-        let bad = |message: String| LoadError::Weights { path: path.to_path_buf(), message };
-        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        Self::from_metadata(&read(&bytes).map_err(bad)?).map_err(bad)
+        load_with(path, Self::from_metadata)
     }
 
     pub fn from_metadata(model: &OnnxModel) -> Result<Self, String> {
@@ -229,11 +226,7 @@ impl Weights<'_> {
 
 impl TextRecognizer {
     pub fn load(path: &Path, device: &Device) -> Result<Self, LoadError> {
-        super::check_weights(path)?;
-        let bad = |message: String| LoadError::Weights { path: path.to_path_buf(), message };
-        let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
-        let model = read(&bytes).map_err(bad)?;
-        Self::from_model(&model, device).map_err(bad)
+        load_with(path, |model| Self::from_model(model, device))
     }
 
     fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, String> {
@@ -322,4 +315,69 @@ pub fn steps(row: &[f32]) -> Result<Vec<Step>, ForwardError> {
         return Err(ForwardError::Device(format!("recogniser row of odd length {}", row.len())));
     }
     Ok(row.chunks_exact(2).map(|p| Step { class: p[0] as usize, prob: p[1] }).collect())
+}
+
+/// Input size of the orientation classifier (48 × 192, crops resized to 48 high and padded).
+pub const CLS_HEIGHT: usize = 48;
+pub const CLS_WIDTH: usize = 192;
+
+/// PP-OCR's text-line orientation classifier (`ch_ppocr_mobile_v2.0_cls_mobile`, RapidOCR 3.10's
+/// default): N×3×48×192 (BGR, (x/255 − 0.5)/0.5) → N × 2 probabilities of 0° and 180°. Its
+/// MobileNetV3 trunk (BatchNorm unfolded, hard-swish as Clip) runs through `onnx_graph` up to the
+/// global pool; the linear head is written here.
+pub struct OrientationClassifier {
+    trunk: OnnxGraph,
+    weight: Tensor<2>,
+    bias: Tensor<1>,
+    device: Device,
+}
+
+impl std::fmt::Debug for OrientationClassifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OrientationClassifier").finish_non_exhaustive()
+    }
+}
+
+impl OrientationClassifier {
+    pub fn load(path: &Path, device: &Device) -> Result<Self, LoadError> {
+        load_with(path, |model| Self::from_model(model, device))
+    }
+
+    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, String> {
+        let pool = model
+            .nodes
+            .iter()
+            .rposition(|n| n.op_type == "GlobalAveragePool")
+            .ok_or("no GlobalAveragePool node: not the orientation classifier")?;
+        let trunk = OnnxGraph::from_model(model, pool + 1, device)?;
+        let matmul = model.nodes[pool..].iter().find(|n| n.op_type == "MatMul").ok_or("no MatMul head")?;
+        let w = matmul.inputs.get(1).and_then(|n| model.float(n)).ok_or("the head's weight is not a tensor")?;
+        let add = model.nodes[pool..]
+            .iter()
+            .find(|n| n.op_type == "Add" && n.inputs.first() == matmul.outputs.first())
+            .ok_or("no bias after the head")?;
+        let b = add.inputs.get(1).and_then(|n| model.float(n)).ok_or("the head's bias is not a tensor")?;
+        match (w.dims.as_slice(), b.dims.as_slice()) {
+            (&[_, 2], &[2]) => {}
+            (wd, bd) => return Err(format!("head shapes {wd:?} / {bd:?}, expected [C, 2] / [2]")),
+        }
+        Ok(Self {
+            trunk,
+            weight: Tensor::from_data(TensorData::new(w.data.clone(), [w.dims[0], 2]), device),
+            bias: Tensor::from_data(TensorData::new(b.data.clone(), [2]), device),
+            device: device.clone(),
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// N × 2: the probabilities of upright (0°) and upside down (180°).
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {
+        let pooled = self.trunk.forward(x);
+        let [n, c, _, _] = pooled.dims();
+        let logits = pooled.reshape([n, c]).matmul(self.weight.clone()) + self.bias.clone().unsqueeze::<2>();
+        softmax(logits, 1)
+    }
 }

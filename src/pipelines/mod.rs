@@ -5,5 +5,6 @@ pub mod batching;
 pub mod classify;
 pub mod decode;
 pub mod face_detect;
+pub mod plates;
 pub mod preprocess;
 pub mod text;

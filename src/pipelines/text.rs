@@ -17,7 +17,7 @@ use imageproc::point::Point;
 use serde::Deserialize;
 
 use super::decode::DecodedImage;
-use crate::models::ppocr::{Charset, REC_HEIGHT, Step};
+use crate::models::ppocr::{CLS_HEIGHT, CLS_WIDTH, Charset, REC_HEIGHT, Step};
 
 /// Settings of the text pipeline (`[models.<name>.text]`); defaults are RapidOCR 3.10's.
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
@@ -49,6 +49,12 @@ pub struct TextParams {
     pub text_score: f32,
     /// Lines per image at most (the first in reading order).
     pub max_lines: usize,
+    /// Run the orientation classifier on every line and turn the lines it finds upside down
+    /// (RapidOCR `use_cls`). Off by default, unlike RapidOCR: the classifier squeezes a line into
+    /// 192 pixels and flips with p > 0.9 on crops one pixel off RapidOCR's (README, Text).
+    pub use_cls: bool,
+    /// Probability from which a line is taken as upside down (RapidOCR `cls_thresh`).
+    pub cls_thresh: f32,
 }
 
 impl Default for TextParams {
@@ -66,6 +72,8 @@ impl Default for TextParams {
             rec_max_width: 1920,
             text_score: 0.5,
             max_lines: 500,
+            use_cls: false,
+            cls_thresh: 0.9,
         }
     }
 }
@@ -88,7 +96,12 @@ impl TextParams {
         if self.rec_max_width < REC_MIN_WIDTH {
             return Err(("rec_max_width", format!("must be at least {REC_MIN_WIDTH}")));
         }
-        for (name, v) in [("thresh", self.thresh), ("box_thresh", self.box_thresh), ("text_score", self.text_score)] {
+        for (name, v) in [
+            ("thresh", self.thresh),
+            ("box_thresh", self.box_thresh),
+            ("text_score", self.text_score),
+            ("cls_thresh", self.cls_thresh),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 return Err((name, "must be within 0..1".into()));
             }
@@ -493,17 +506,22 @@ pub fn rec_width(crop: &DecodedImage, p: &TextParams) -> usize {
 pub fn rec_input(crop: &DecodedImage, width: usize) -> (Vec<f32>, usize) {
     let ratio = crop.width as f64 / crop.height as f64;
     let resized = ((REC_HEIGHT as f64 * ratio).ceil() as usize).clamp(1, width);
-    let small = resize_bilinear(crop, resized, REC_HEIGHT);
-    let mut out = vec![0f32; 3 * REC_HEIGHT * width];
-    for y in 0..REC_HEIGHT {
-        for x in 0..resized {
-            let px = &small.rgb[(y * resized + x) * 3..][..3];
+    (bgr_padded(&resize_bilinear(crop, resized, REC_HEIGHT), width), resized)
+}
+
+/// An image as a network input `width` wide: BGR planes, normalised, right-padded with 0.0.
+fn bgr_padded(small: &DecodedImage, width: usize) -> Vec<f32> {
+    let (w, h) = (small.width as usize, small.height as usize);
+    let mut out = vec![0f32; 3 * h * width];
+    for y in 0..h {
+        for x in 0..w.min(width) {
+            let px = &small.rgb[(y * w + x) * 3..][..3];
             for (c, &v) in [px[2], px[1], px[0]].iter().enumerate() {
-                out[(c * REC_HEIGHT + y) * width + x] = norm(v);
+                out[(c * h + y) * width + x] = norm(v);
             }
         }
     }
-    (out, resized)
+    out
 }
 
 /// A line read by CTC: its text, mean probability of the kept characters, and each character
@@ -605,9 +623,55 @@ pub fn prepare_detection(img: &DecodedImage, p: &TextParams) -> Detection {
     Detection { work, size, bucket, input }
 }
 
-/// One detected line ready for the recogniser.
+/// One detected line: its box, its upright crop and, when the classifier runs, its input.
+#[derive(Debug, Clone)]
+pub struct LineCrop {
+    pub text_box: TextBox,
+    pub crop: DecodedImage,
+    /// 3 × 48 × 192 CHW; empty when `use_cls` is off.
+    pub cls: Vec<f32>,
+}
+
+/// The lines of a detector map (`bucket`-sized, the image over `size` of it): boxes in reading
+/// order, each cropped from the working image (and made a classifier input).
+pub fn line_crops(work: &Working, prob: &[f32], size: [usize; 2], bucket: [usize; 2], p: &TextParams) -> Vec<LineCrop> {
+    boxes_from_map(prob, bucket[1], size, work, p)
+        .into_iter()
+        .filter_map(|text_box| {
+            let crop = crop(&work.image, &text_box.quad)?;
+            let cls = if p.use_cls { cls_input(&crop) } else { Vec::new() };
+            Some(LineCrop { text_box, crop, cls })
+        })
+        .collect()
+}
+
+/// The classifier's input for a crop (RapidOCR `TextClassifier.resize_norm_img`): resized to 48
+/// high and min(ceil(48·w/h), 192) wide (bilinear), BGR, normalised, right-padded with 0.0.
+pub fn cls_input(crop: &DecodedImage) -> Vec<f32> {
+    let ratio = crop.width as f64 / crop.height as f64;
+    let resized = ((CLS_HEIGHT as f64 * ratio).ceil() as usize).clamp(1, CLS_WIDTH);
+    bgr_padded(&resize_bilinear(crop, resized, CLS_HEIGHT), CLS_WIDTH)
+}
+
+/// Whether the classifier's (p 0°, p 180°) says a line is upside down.
+pub fn upside_down(probs: &[f32], p: &TextParams) -> bool {
+    matches!(probs, [up, down] if down > up && *down > p.cls_thresh)
+}
+
+/// The image turned 180°.
+pub fn rotate_180(img: &DecodedImage) -> DecodedImage {
+    let mut rgb = Vec::with_capacity(img.rgb.len());
+    for px in img.rgb.chunks_exact(3).rev() {
+        rgb.extend_from_slice(px);
+    }
+    DecodedImage { width: img.width, height: img.height, rgb }
+}
+
+/// One line ready for the recogniser.
 #[derive(Debug, Clone)]
 pub struct LineInput {
+    /// The line's box; for a line read upside down its corners start at the reading's start
+    /// (the box's bottom-right).
     pub text_box: TextBox,
     /// The recogniser's input width, and how much of it the crop fills.
     pub width: usize,
@@ -616,22 +680,24 @@ pub struct LineInput {
     pub input: Vec<f32>,
 }
 
-/// The lines of a detector map (`bucket`-sized, the image over `size` of it): boxes in reading
-/// order, each cropped from the working image and made a recogniser input.
-pub fn line_inputs(
-    work: &Working,
-    prob: &[f32],
-    size: [usize; 2],
-    bucket: [usize; 2],
-    p: &TextParams,
-) -> Vec<LineInput> {
-    boxes_from_map(prob, bucket[1], size, work, p)
+/// Recogniser inputs of the lines, those marked `flip` turned 180° first.
+pub fn line_inputs(lines: Vec<LineCrop>, flip: &[bool], p: &TextParams) -> Vec<LineInput> {
+    lines
         .into_iter()
-        .filter_map(|text_box| {
-            let c = crop(&work.image, &text_box.quad)?;
-            let width = rec_width(&c, p);
-            let (input, resized) = rec_input(&c, width);
-            Some(LineInput { text_box, width, resized, input })
+        .enumerate()
+        .map(|(i, line)| {
+            let flipped = flip.get(i).copied().unwrap_or(false);
+            let (crop, mut text_box) = (line.crop, line.text_box);
+            let crop = if flipped {
+                let [a, b, c, d] = text_box.quad;
+                text_box.quad = [c, d, a, b];
+                rotate_180(&crop)
+            } else {
+                crop
+            };
+            let width = rec_width(&crop, p);
+            let (input, resized) = rec_input(&crop, width);
+            LineInput { text_box, width, resized, input }
         })
         .collect()
 }
@@ -816,5 +882,41 @@ mod tests {
         assert!(params().check().is_ok());
         assert_eq!(TextParams { det_bucket: 100, ..params() }.check().unwrap_err().0, "det_bucket");
         assert_eq!(TextParams { box_thresh: 2.0, ..params() }.check().unwrap_err().0, "box_thresh");
+    }
+
+    #[test]
+    fn upside_down_needs_the_threshold() {
+        let p = params();
+        assert!(upside_down(&[0.05, 0.95], &p));
+        assert!(!upside_down(&[0.15, 0.85], &p));
+        assert!(!upside_down(&[0.95, 0.05], &p));
+        assert!(!upside_down(&[], &p));
+        assert_eq!(TextParams { cls_thresh: 1.5, ..p }.check().unwrap_err().0, "cls_thresh");
+    }
+
+    #[test]
+    fn classifier_input_is_48_by_192_padded() {
+        // 100×10: ceil(48·10) > 192 → the whole width; 10×10: 48 wide, then padding.
+        let wide = cls_input(&image(100, 10, |_, _| 255));
+        assert_eq!(wide.len(), 3 * 48 * 192);
+        assert!(wide.iter().all(|v| *v == 1.0));
+        let square = cls_input(&image(10, 10, |_, _| 255));
+        assert_eq!(square[47], 1.0);
+        assert_eq!(square[48], 0.0);
+    }
+
+    #[test]
+    fn flipped_lines_are_turned_and_their_box_starts_at_the_reading() {
+        let img = image(4, 2, |x, y| (y * 4 + x) as u8);
+        let turned = rotate_180(&img);
+        assert_eq!(turned.rgb[0], 7);
+        assert_eq!(turned.rgb[7 * 3], 0);
+        assert_eq!(rotate_180(&turned).rgb, img.rgb);
+        let quad = [[0.0, 0.0], [40.0, 0.0], [40.0, 10.0], [0.0, 10.0]];
+        let line = LineCrop { text_box: TextBox { quad, score: 0.9 }, crop: img, cls: vec![] };
+        let out = line_inputs(vec![line.clone(), line], &[true, false], &params());
+        assert_eq!(out[0].text_box.quad[0], [40.0, 10.0]);
+        assert_eq!(out[1].text_box.quad[0], [0.0, 0.0]);
+        assert_ne!(out[0].input, out[1].input);
     }
 }

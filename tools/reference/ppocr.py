@@ -15,6 +15,11 @@ Per crop `rec.<name>.input.f32` (1×3×48×W), `rec.<name>.top.f32` (T×5×2: th
 classes of each time step and their probabilities) and `rec.<name>.rest.f32` (T: the probability
 mass of all other classes) — the full T×18710 output is 3 MB per crop.
 
+Orientation classifier (ch_ppocr_mobile_v2.0_cls_mobile), on the same why-rust.png line upright
+and turned 180° as RapidOCR 3.10 prepares them (BGR, 48 high, min(ceil(48·w/h), 192) wide bilinear
+(Pillow), normalised, right-padded with 0.0 to 192): `cls.input.f32` (2×3×48×192) and
+`cls.prob.f32` (2×2: p(0°), p(180°)).
+
 Run with `make reference-ppocr`.
 """
 import argparse
@@ -64,6 +69,19 @@ def main():
         np.stack([top.astype(np.float32), top_p], axis=2).astype(np.float32).tofile(out / f"rec.{name}.top.f32")
         rest.astype(np.float32).tofile(out / f"rec.{name}.rest.f32")
         print(f"rec {name}: input {x.shape}, steps {probs.shape[0]}, classes {probs.shape[1]}")
+
+    cls = ort.InferenceSession(str(pathlib.Path(a.models) / "ch_ppocr_mobile_v2.0_cls_mobile.onnx"), providers=["CPUExecutionProvider"])
+    line = crops["line"]
+    batch = np.zeros((2, 3, 48, 192), np.float32)
+    for i, crop in enumerate([line, line.rotate(180)]):
+        w, h = crop.size
+        resized = min(192, int(np.ceil(48 * w / h)))
+        rgb = np.asarray(crop.resize((resized, 48), Image.BILINEAR), dtype=np.float32)
+        batch[i, :, :, :resized] = ((rgb[:, :, ::-1] / 255.0 - 0.5) / 0.5).transpose(2, 0, 1)
+    (probs,) = cls.run(None, {"x": batch})
+    batch.tofile(out / "cls.input.f32")
+    probs.astype(np.float32).tofile(out / "cls.prob.f32")
+    print(f"cls: upright {probs[0]}, turned {probs[1]}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+//! `objects/detect` mode `car_number`, read top to bottom: per image decode → detector input
+//! (preprocessing pool) → plate detector (its batcher batches images of all requests by size
+//! bucket) → plates and their rectified crops (preprocessing pool) → recogniser (batched by width
+//! bucket) → CTC → plate text, its Cyrillic spelling and its type from its format.
+
+use std::sync::Arc;
+
+use actix_web::HttpRequest;
+use serde::Serialize;
+
+use super::stages::{StageError, each_image, infer, prepare};
+use super::{AppState, ServedModel};
+use crate::actors::{DetectPlates, InferError, PlateCrops};
+use crate::error::ApiError;
+use crate::models::ppocr::{Charset, REC_HEIGHT, steps};
+use crate::pipelines::decode::DecodedImage;
+use crate::pipelines::plates::{PlateParams, cyrillic, plate_text, types_prob};
+use crate::pipelines::preprocess::ModelInput;
+use crate::pipelines::text::ctc_decode;
+
+/// The plates model: its detector and recogniser stages, its settings and the recogniser's classes.
+pub struct PlateService {
+    pub name: String,
+    pub det: Arc<ServedModel>,
+    pub rec: Arc<ServedModel>,
+    pub params: PlateParams,
+    pub charset: Arc<Charset>,
+}
+
+impl PlateService {
+    pub fn stages(&self) -> [&ServedModel; 2] {
+        [self.det.as_ref(), self.rec.as_ref()]
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct TypeProb {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    prob: f32,
+}
+
+/// `car_number_detect_label_property`.
+#[derive(Debug, Serialize)]
+pub struct PlateLabel {
+    eng: String,
+    rus: String,
+    eng_categories: Vec<String>,
+    rus_categories: Vec<String>,
+    prob: f32,
+    coord: [u32; 4],
+    types_prob: Vec<TypeProb>,
+}
+
+/// `car_number_detect_result_property`.
+#[derive(Debug, Serialize)]
+pub struct PlateResult {
+    pub status: u8,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    name: String,
+    labels: Vec<PlateLabel>,
+}
+
+fn round4(x: f32) -> f32 {
+    (x * 1e4).round() / 1e4
+}
+
+/// Every image's plates, or its per-file (status, error).
+pub async fn read_plates(
+    state: &AppState,
+    svc: &PlateService,
+    req: &HttpRequest,
+    images: &[(String, actix_web::web::Bytes)],
+) -> Result<Vec<PlateResult>, ApiError> {
+    let read = each_image(state, req, images, |img| read_image(state, svc, img)).await?;
+    Ok(images
+        .iter()
+        .zip(read)
+        .map(|((name, _), r)| match r {
+            Ok(labels) => PlateResult { status: 0, error: None, name: name.clone(), labels },
+            Err((status, error)) => PlateResult { status, error: Some(error), name: name.clone(), labels: vec![] },
+        })
+        .collect())
+}
+
+/// One image through the detector and the recogniser.
+async fn read_image(
+    state: &AppState,
+    svc: &PlateService,
+    image: Arc<DecodedImage>,
+) -> Result<Vec<PlateLabel>, StageError> {
+    let p = svc.params;
+    let det = prepare(state, DetectPlates { image: image.clone(), params: p }).await?;
+    let [bh, bw] = det.bucket;
+    let output = infer(&svc.det, vec![ModelInput::sized(det.input, bh, bw)]).await?.remove(0).output;
+    let crops =
+        prepare(state, PlateCrops { image: image.clone(), output, bucket: det.bucket, ratio: det.ratio, params: p })
+            .await?;
+    let inputs: Vec<ModelInput> = crops
+        .iter()
+        .filter_map(|c| c.input.as_ref().map(|(x, w)| ModelInput::sized(x.clone(), REC_HEIGHT, *w)))
+        .collect();
+    let mut readings = infer(&svc.rec, inputs).await?.into_iter();
+    let (iw, ih) = (image.width as f32, image.height as f32);
+    let mut labels = Vec::with_capacity(crops.len());
+    for c in crops {
+        let (text, score) = match c.input {
+            None => (String::new(), 0.0),
+            Some(_) => {
+                let prediction = readings
+                    .next()
+                    .ok_or_else(|| StageError::Image(InferError::Failed("missing plate reading".into())))?;
+                let steps =
+                    steps(&prediction.output).map_err(|e| StageError::Image(InferError::Failed(e.to_string())))?;
+                let reading = ctc_decode(&steps, &svc.charset);
+                (plate_text(&reading.text), reading.score)
+            }
+        };
+        let (text, score) =
+            if score >= p.text_score && !text.is_empty() { (text, score) } else { (String::new(), 0.0) };
+        let r = c.plate.rect;
+        let coord = [
+            r[0].clamp(0.0, iw).round() as u32,
+            r[1].clamp(0.0, ih).round() as u32,
+            r[2].clamp(0.0, iw).round() as u32,
+            r[3].clamp(0.0, ih).round() as u32,
+        ];
+        labels.push(PlateLabel {
+            rus: cyrillic(&text).unwrap_or_default(),
+            types_prob: types_prob(&text, score)
+                .into_iter()
+                .map(|(kind, prob)| TypeProb { kind, prob: round4(prob) })
+                .collect(),
+            eng: text,
+            eng_categories: vec![],
+            rus_categories: vec![],
+            // That a plate is there: the detector's score (the reading's is in `types_prob`).
+            prob: round4(c.plate.score),
+            coord,
+        });
+    }
+    Ok(labels)
+}
