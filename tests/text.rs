@@ -243,10 +243,9 @@ fn lines_agree_with_rapidocr_and_ground_truth() {
         share * 100.0,
         cer * 100.0
     );
-    // The target is 95 % identical lines; this set gives 36 of 38 (94.7 %): two long
-    // polar-bears.png lines differ by one character at a crop edge (README, "Not done here").
-    // The bound keeps what is reached; the CER target (1 %) is met with room.
-    assert!(share >= 0.94, "{identical} of {lines} lines identical");
+    // The targets: ≥ 95 % identical lines (37 of 38 here, with RapidOCR's recogniser widths,
+    // `rec_group` 6; 36 with per-line width buckets) and CER ≤ 1 %.
+    assert!(share >= 0.95, "{identical} of {lines} lines identical");
     assert!(cer <= 0.01, "CER {cer}");
 
     // Ground truth: the rendered page's lines and the plates' strings.

@@ -8,7 +8,9 @@
 //! 0.0; the map is read only over the image) so images of similar size from different requests
 //! share a batch. The default (32) pads nothing: padding moves the map enough to split or merge
 //! lines whose box scores sit near the threshold (tests/text.rs measures both; README). The
-//! recogniser's inputs are padded to `rec_bucket` multiples of width, the way RapidOCR pads a batch.
+//! recogniser's inputs are padded the way RapidOCR pads its batches (an image's lines by aspect
+//! ratio in groups of six, each group to its widest), or with `rec_group = 0` each line to its own
+//! `rec_bucket` multiple of width.
 
 use imageproc::contours::find_contours;
 use imageproc::geometric_transformations::Projection;
@@ -45,6 +47,11 @@ pub struct TextParams {
     pub rec_bucket: usize,
     /// Widest recogniser input; longer lines are squeezed to it.
     pub rec_max_width: usize,
+    /// RapidOCR's recogniser widths: an image's lines, sorted by aspect ratio, in groups of this
+    /// many, each group padded to its widest line (RapidOCR's batch of 6); the lines of a group
+    /// batch together. 0: each line padded to its own `rec_bucket` multiple instead, so that lines
+    /// of all requests share widths (more cross-request batching, less agreement: README, Text).
+    pub rec_group: usize,
     /// Lines read with a lower mean probability are dropped.
     pub text_score: f32,
     /// Lines per image at most (the first in reading order).
@@ -70,6 +77,7 @@ impl Default for TextParams {
             max_candidates: 1000,
             rec_bucket: 64,
             rec_max_width: 1920,
+            rec_group: 6,
             text_score: 0.5,
             max_lines: 500,
             use_cls: false,
@@ -682,24 +690,48 @@ pub struct LineInput {
 
 /// Recogniser inputs of the lines, those marked `flip` turned 180° first.
 pub fn line_inputs(lines: Vec<LineCrop>, flip: &[bool], p: &TextParams) -> Vec<LineInput> {
-    lines
+    let turned: Vec<(DecodedImage, TextBox)> = lines
         .into_iter()
         .enumerate()
         .map(|(i, line)| {
-            let flipped = flip.get(i).copied().unwrap_or(false);
             let (crop, mut text_box) = (line.crop, line.text_box);
-            let crop = if flipped {
+            if flip.get(i).copied().unwrap_or(false) {
                 let [a, b, c, d] = text_box.quad;
                 text_box.quad = [c, d, a, b];
-                rotate_180(&crop)
+                (rotate_180(&crop), text_box)
             } else {
-                crop
-            };
-            let width = rec_width(&crop, p);
+                (crop, text_box)
+            }
+        })
+        .collect();
+    let crops: Vec<&DecodedImage> = turned.iter().map(|(c, _)| c).collect();
+    let widths = rec_widths(&crops, p);
+    turned
+        .into_iter()
+        .zip(widths)
+        .map(|((crop, text_box), width)| {
             let (input, resized) = rec_input(&crop, width);
             LineInput { text_box, width, resized, input }
         })
         .collect()
+}
+
+/// The recogniser's input width of each crop: RapidOCR's (`rec_group` > 0: sorted by aspect ratio,
+/// in groups, `int(48 · max(320/48, the group's widest w/h))`), or each its own (`rec_width`).
+pub fn rec_widths(crops: &[&DecodedImage], p: &TextParams) -> Vec<usize> {
+    if p.rec_group == 0 {
+        return crops.iter().map(|c| rec_width(c, p)).collect();
+    }
+    let ratios: Vec<f64> = crops.iter().map(|c| c.width as f64 / c.height as f64).collect();
+    let mut order: Vec<usize> = (0..crops.len()).collect();
+    order.sort_by(|a, b| ratios[*a].total_cmp(&ratios[*b]));
+    let mut widths = vec![0usize; crops.len()];
+    for group in order.chunks(p.rec_group) {
+        let widest = group.iter().map(|i| ratios[*i]).fold(REC_MIN_WIDTH as f64 / REC_HEIGHT as f64, f64::max);
+        let w = ((REC_HEIGHT as f64 * widest) as usize).min(p.rec_max_width);
+        group.iter().for_each(|i| widths[*i] = w);
+    }
+    widths
 }
 
 /// A quad on the working image → the original's pixels (clipped to it).
@@ -918,5 +950,17 @@ mod tests {
         assert_eq!(out[0].text_box.quad[0], [40.0, 10.0]);
         assert_eq!(out[1].text_box.quad[0], [0.0, 0.0]);
         assert_ne!(out[0].input, out[1].input);
+    }
+
+    #[test]
+    fn recogniser_widths_follow_rapidocr_groups() {
+        // Ratios 2, 10, 5, 20 (48 high): sorted 2, 5, 10, 20; groups of 2 → (2, 5) and (10, 20).
+        let crops: Vec<DecodedImage> = [96, 480, 240, 960].iter().map(|w| image(*w, 48, |_, _| 0)).collect();
+        let refs: Vec<&DecodedImage> = crops.iter().collect();
+        let p = TextParams { rec_group: 2, ..params() };
+        // Group (2, 5): at least 320 wide; group (10, 20): 48 · 20.
+        assert_eq!(rec_widths(&refs, &p), [320, 960, 320, 960]);
+        let own = TextParams { rec_group: 0, ..params() };
+        assert_eq!(rec_widths(&refs, &own), [320, 512, 320, 960]);
     }
 }
