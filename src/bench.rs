@@ -62,11 +62,11 @@ pub enum Cmd {
     /// Person store search and writes at 1k…75k persons per space.
     Persons(PersonsArgs),
     /// Drive a running server's persons/recognize with real faces.
-    Faces(FacesArgs),
+    Faces(DriveArgs),
     /// Drive a running server's text/recognize with real text images.
-    Text(FacesArgs),
+    Text(DriveArgs),
     /// Drive a running server's objects/detect `car_number` with a car photo and a photo without a plate.
-    Plates(FacesArgs),
+    Plates(DriveArgs),
 }
 
 /// Writes `value` as JSON to `path`, when one was given.
@@ -77,8 +77,9 @@ fn write_json(path: &Option<PathBuf>, value: &impl Serialize) -> anyhow::Result<
     Ok(())
 }
 
+/// How `bench faces`, `bench text` and `bench plates` drive a running server.
 #[derive(Debug, Args, Clone)]
-pub struct FacesArgs {
+pub struct DriveArgs {
     #[arg(long, default_value = "127.0.0.1:8080")]
     addr: String,
     #[arg(long, default_value_t = 8)]
@@ -183,7 +184,7 @@ struct StageReport {
 /// Drives a running server with `d`'s photos from `a.concurrency` clients (each its own
 /// keep-alive connection, photos in turn) and prints requests/s, items/s, p50/p99 and, per stage,
 /// what /metrics says about its batches over the measured window.
-fn run_drive(a: &FacesArgs, d: &Drive) -> anyhow::Result<()> {
+fn run_drive(a: &DriveArgs, d: &Drive) -> anyhow::Result<()> {
     let addr = a.addr.to_socket_addrs()?.next().context("address")?;
     let photos: Vec<(&'static str, Vec<u8>)> = d
         .photos

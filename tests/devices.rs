@@ -4,7 +4,7 @@
 //! loader hidden (unshare + a bind mount, as root), no ICD manifest, no discrete GPU, no libcuda
 //! (`make test` builds with `--features cuda`; a build without it refuses `cuda:N` in the config).
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};

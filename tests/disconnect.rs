@@ -1,7 +1,7 @@
 //! A client that hangs up while its image waits in the batcher: the image is dropped before
 //! inference. Its own test binary, so the process-wide metrics are this server's alone.
 
-mod common;
+use crate::common;
 
 use common::{DETECT, TestServer, config, data};
 use gpubackend::client::metric_value;

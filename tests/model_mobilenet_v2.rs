@@ -2,7 +2,7 @@
 //! tools/reference/mobilenet_v2.py from the same torchvision weights), on real images.
 //! Tolerances: preprocessing 1e-4 per value; logits 1e-4 per value (absolute).
 
-mod common;
+use crate::common;
 
 use common::read_f32s;
 

@@ -2,7 +2,7 @@
 //! tools/reference/mtcnn.py from the same facenet-pytorch weights) on inputs cut from real photos
 //! (tests/data/obama.jpg, biden.jpg). Tolerance: 1e-4 per value (absolute).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

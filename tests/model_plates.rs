@@ -3,7 +3,7 @@
 //! (tests/fixtures/plates, produced by tools/reference/plates.py), on real images: a car photo
 //! (tests/data/car_5au5341.png) and two plate photos.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -4,7 +4,7 @@
 //! (tests/data/why-rust.png), and the orientation classifier on that line upright and turned.
 //! Tolerance 1e-4 per probability.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

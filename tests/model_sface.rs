@@ -4,7 +4,7 @@
 //! identity check of the issue: the three Obama photos are one person, Biden another, at OpenCV's
 //! SFace threshold 0.363.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! short real load: every panel query of every dashboard must evaluate without error and return
 //! series with values. And the placement page rendered by headless Chromium (Debian `chromium`).
 
-mod common;
+use crate::common;
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};

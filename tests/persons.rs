@@ -2,7 +2,7 @@
 //! face model on the CPU), with real photos (Obama ×3, Biden; face-recognition 1.3.0's test
 //! images). Every answer is validated against the Vision OpenAPI file.
 
-mod common;
+use crate::common;
 
 use common::schema::OpenApi;
 use common::{TestServer, config, data};

@@ -2,7 +2,7 @@
 //! model on the CPU): a real car photo (tests/data/car_5au5341.png, the Czech plate 5AU 5341), a
 //! photo without a plate, a broken file, and `["object", "car_number"]` answering both lists.
 
-mod common;
+use crate::common;
 
 use common::schema::OpenApi;
 use common::{DETECT, TestServer, config, data};
@@ -24,6 +24,16 @@ fn detect(c: &mut Conn, modes: &[&str], files: &[(&str, Vec<u8>)]) -> (u16, Valu
         api.assert_valid("error_response", &v);
     }
     (r.status, v)
+}
+
+/// The value of the sample of `metric` with all of `labels` in a Prometheus text exposition (0
+/// when absent).
+fn sample(metrics: &str, metric: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(metric) && labels.iter().all(|label| l.contains(label)))
+        .find_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()))
+        .unwrap_or(0.0)
 }
 
 fn iou(a: &[u64], b: [u64; 4]) -> f64 {
@@ -78,12 +88,25 @@ fn car_number_reads_the_plate_of_a_car_photo() {
     assert_eq!(files[2]["status"], 1);
     assert!(files[2]["error"].is_string());
 
-    // Both modes in one request answer both lists, per image.
-    let (status, v) = detect(&mut c, &["object", "car_number"], &[("car", data("car_5au5341.png"))]);
+    // Both modes in one request answer both lists, per image (each image decoded once: a broken
+    // file fails in both lists, in its place).
+    let broken = b"\x89PNG\r\n\x1a\nnot really".to_vec();
+    let (status, v) =
+        detect(&mut c, &["object", "car_number"], &[("car", data("car_5au5341.png")), ("broken", broken)]);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["body"]["object_labels"][0]["status"], 0);
     assert!(!v["body"]["object_labels"][0]["labels"].as_array().unwrap().is_empty());
     assert_eq!(v["body"]["car_number_labels"][0]["labels"][0]["eng"], "5AU5341");
+    for list in ["object_labels", "car_number_labels"] {
+        assert_eq!(v["body"][list][1]["name"], "broken", "{v}");
+        assert_eq!(v["body"][list][1]["status"], 1, "{v}");
+    }
+    let decodes = sample(
+        &s.metrics(),
+        "gpubackend_stage_duration_seconds_count{",
+        &["stage=\"decode\"", "model=\"mobilenet_v2+plates\""],
+    );
+    assert_eq!(decodes, 2.0, "one decode per image for both modes");
 
     // The plates model's stages are in /metrics.
     let m = s.metrics();

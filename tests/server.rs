@@ -1,6 +1,6 @@
 //! The real server on 127.0.0.1:0, real weights, real images, over HTTP — as curl would use it.
 
-mod common;
+use crate::common;
 
 use common::{DETECT, TestServer, config, data};
 use gpubackend::client::metric_value;

@@ -33,7 +33,7 @@ fn kill_9_mid_write_loses_nothing_acknowledged() {
     let dir = std::env::temp_dir().join(format!("gpubackend-kill9-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "writer", "--nocapture", "--test-threads=1"])
+        .args(["--ignored", "--exact", "store_durability::writer", "--nocapture", "--test-threads=1"])
         .env(WRITER_ENV, &dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

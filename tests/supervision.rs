@@ -1,7 +1,7 @@
 //! Supervision: an injected panic in the forward pass restarts the worker; the batch is retried
 //! once, then each image alone; only the poisoned image fails (status 1); readiness recovers.
 
-mod common;
+use crate::common;
 
 use common::{DETECT, TestServer, config, data};
 use gpubackend::client::metric_value;

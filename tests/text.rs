@@ -4,7 +4,7 @@
 //! screenshots, a rendered page, two plate photos and a car photo (tests/data/README.md) — and
 //! against ground truth (the rendered page's known lines, the plates' strings).
 
-mod common;
+use crate::common;
 
 use common::schema::OpenApi;
 use common::{TestServer, config, data};

@@ -1,7 +1,7 @@
 //! A model whose weights cannot be loaded: readiness says so and requests are refused at once,
 //! never held. Its own test binary, so the process-wide metrics are this server's alone.
 
-mod common;
+use crate::common;
 
 use common::{DETECT, TestServer, config, data};
 use gpubackend::client::metric_value;

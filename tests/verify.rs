@@ -1,7 +1,7 @@
 //! `gpubackend verify --device D`: the binary the GPU check runs, on `cpu` here. It passes on the
 //! committed fixtures and fails (exit status, `FAIL` line) when a reference value is off by 1e-3.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 

@@ -1,27 +1,27 @@
-//! `POST /api/v1/objects/detect`, read top to bottom: auth → upload → meta → per requested mode
-//! (concurrently): classifier modes per image decode → preprocess → batcher → labels; `car_number`
-//! through the plates model (`http::plates`) → one `<mode>_labels` list per mode in the Vision
-//! envelope.
+//! `POST /api/v1/objects/detect`, read top to bottom: auth → upload → meta → per image (all at
+//! once): decode once → every requested mode on it concurrently (classifier modes: preprocess →
+//! batcher → labels; `car_number`: the plates model, `http::plates`) → one `<mode>_labels` list per
+//! mode in the Vision envelope, each image's status per mode.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use actix_web::web::{Data, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
-use tokio::sync::oneshot;
 
 use super::auth::AuthQuery;
-use super::disconnect::client_gone;
 use super::multipart::read_upload;
-use super::plates::read_plates;
+use super::plates::{PlateLabel, PlateResult, PlateService, read_image as read_plates};
+use super::stages::{StageError, each_image, infer_marked, prepare};
 use super::{AppState, ServedModel};
-use crate::actors::{Decode, Enqueue, Job, Prediction, Preprocess};
+use crate::actors::Preprocess;
 use crate::config::CAR_NUMBER_MODE;
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
 use crate::pipelines::classify::ObjectLabel;
+use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::preprocess::ClassifierSpec;
 
 const ENDPOINT: &str = "objects/detect";
@@ -58,7 +58,7 @@ struct ObjectsBody {
     #[serde(flatten)]
     classified: std::collections::BTreeMap<String, Vec<FileResult>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    car_number_labels: Option<Vec<super::plates::PlateResult>>,
+    car_number_labels: Option<Vec<PlateResult>>,
 }
 
 pub async fn detect(
@@ -68,17 +68,16 @@ pub async fn detect(
     payload: Payload,
 ) -> HttpResponse {
     let started = Instant::now();
-    let mut mode_label = String::new();
-    let result = handle(&state, &query, &req, payload, &mut mode_label).await;
+    let mut label = RequestLabel::default();
+    let result = handle(&state, &query, &req, payload, &mut label).await;
     let outcome = match &result {
         Ok(_) => "ok",
         Err(e) => e.error_type(),
     };
-    ::metrics::counter!(metrics::REQUESTS, "endpoint" => ENDPOINT, "mode" => mode_label.clone(), "outcome" => outcome)
+    ::metrics::counter!(metrics::REQUESTS, "endpoint" => ENDPOINT, "mode" => label.modes, "outcome" => outcome)
         .increment(1);
     let elapsed = started.elapsed().as_secs_f64();
-    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "total", "model" => mode_model(&state, &mode_label))
-        .record(elapsed);
+    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "total", "model" => label.models).record(elapsed);
     ::metrics::histogram!(metrics::REQUEST_DURATION, "endpoint" => ENDPOINT).record(elapsed);
     match result {
         Ok(body) => HttpResponse::Ok().json(Envelope::ok(body)),
@@ -86,11 +85,32 @@ pub async fn detect(
     }
 }
 
-fn mode_model(state: &AppState, mode: &str) -> String {
-    match (mode, &state.plates) {
-        (CAR_NUMBER_MODE, Some(p)) => p.name.clone(),
-        _ => state.modes.get(mode).map(|m| m.name.clone()).unwrap_or_default(),
+/// A request's metric labels: its modes and the models that answer them, each joined by `+`.
+#[derive(Default)]
+struct RequestLabel {
+    modes: String,
+    models: String,
+}
+
+/// What answers one requested mode.
+enum Mode<'a> {
+    Classifier(&'a ServedModel),
+    Plates(&'a PlateService),
+}
+
+impl Mode<'_> {
+    fn name(&self) -> &str {
+        match self {
+            Self::Classifier(m) => &m.name,
+            Self::Plates(p) => &p.name,
+        }
     }
+}
+
+/// One image's answer to one mode.
+enum ModeAnswer {
+    Labels(Vec<ObjectLabel>),
+    Plates(Vec<PlateLabel>),
 }
 
 /// Modes answered here, sorted.
@@ -108,7 +128,7 @@ async fn handle(
     query: &AuthQuery,
     req: &HttpRequest,
     payload: Payload,
-    mode_label: &mut String,
+    label: &mut RequestLabel,
 ) -> Result<ObjectsBody, ApiError> {
     state.auth.check(query)?;
     let upload = read_upload(req, payload, &state.limits).await?;
@@ -133,47 +153,130 @@ async fn handle(
             requested.push(mode);
         }
     }
-    *mode_label = requested.join("+");
+    let modes: Vec<Mode> = requested
+        .iter()
+        .map(|m| match (*m, &state.plates) {
+            (CAR_NUMBER_MODE, Some(plates)) => Mode::Plates(plates),
+            _ => Mode::Classifier(&state.modes[*m]),
+        })
+        .collect();
+    label.modes = requested.join("+");
+    label.models = modes.iter().map(Mode::name).collect::<Vec<_>>().join("+");
     let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
     let images = upload.images(&names, &state.limits)?;
-    let classifiers: Vec<(&str, Arc<ServedModel>)> =
-        requested.iter().filter_map(|m| state.modes.get(*m).map(|s| (*m, s.clone()))).collect();
-    let plates = if requested.contains(&CAR_NUMBER_MODE) { state.plates.clone() } else { None };
 
-    let mut stages: Vec<&ServedModel> = classifiers.iter().map(|(_, s)| s.as_ref()).collect();
-    if let Some(p) = &plates {
-        stages.extend(p.stages());
-    }
+    let stages: Vec<&ServedModel> = modes
+        .iter()
+        .flat_map(|m| match m {
+            Mode::Classifier(c) => vec![*c],
+            Mode::Plates(p) => p.stages().to_vec(),
+        })
+        .collect();
     let _admitted = admit(state, &stages, images.len())?;
-    let work = async {
-        let classified = join_all(classifiers.iter().map(|(_, model)| run_images(state, model, &images)));
-        let read = async {
-            match &plates {
-                Some(svc) => Some(read_plates(state, svc, req, &images).await),
-                None => None,
-            }
-        };
-        tokio::join!(classified, read)
-    };
-    let (classified, read) = tokio::select! {
-        done = work => done,
-        () = client_gone(req) => return Err(ApiError::ClientGone("client closed the connection".into())),
-    };
+    let poisoned: Vec<bool> = images
+        .iter()
+        .map(|(_, bytes)| state.panic_marker.as_ref().is_some_and(|m| contains(bytes, m.as_bytes())))
+        .collect();
+    // Each image decoded once, every mode read from it; a mode failing for an image is that
+    // mode's per-file status, a request-wide failure (queue full, hang-up) ends the request.
+    let read = each_image(state, req, &label.models, &images, |i, image| {
+        let (modes, poisoned) = (&modes, poisoned[i]);
+        async move {
+            let answers = join_all(modes.iter().map(|m| read_mode(state, m, image.clone(), poisoned))).await;
+            answers
+                .into_iter()
+                .map(|a| match a {
+                    Ok(answer) => Ok(Ok(answer)),
+                    Err(StageError::Image(e)) => Ok(Err((e.file_status(), e.to_string()))),
+                    Err(request) => Err(request),
+                })
+                .collect::<Result<Vec<_>, StageError>>()
+        }
+    })
+    .await?;
+
+    // Per image per mode → per mode per image; an image that did not decode fails every mode.
+    let mut per_mode: Vec<Vec<Result<ModeAnswer, (u8, String)>>> =
+        modes.iter().map(|_| Vec::with_capacity(images.len())).collect();
+    for image in read {
+        match image {
+            Ok(answers) => per_mode.iter_mut().zip(answers).for_each(|(list, a)| list.push(a)),
+            Err(e) => per_mode.iter_mut().for_each(|list| list.push(Err(e.clone()))),
+        }
+    }
     let count = |status: u8| {
         ::metrics::counter!(metrics::IMAGES, "endpoint" => ENDPOINT, "status" => status.to_string()).increment(1);
     };
     let mut body = ObjectsBody::default();
-    for ((mode, _), answers) in classifiers.iter().zip(classified) {
-        let answers = answers?;
-        answers.iter().for_each(|r| count(r.status));
-        body.classified.insert(format!("{mode}_labels"), answers);
-    }
-    if let Some(read) = read {
-        let answers = read?;
-        answers.iter().for_each(|r| count(r.status));
-        body.car_number_labels = Some(answers);
+    for (mode, answers) in requested.iter().zip(per_mode) {
+        let named = images.iter().map(|(name, _)| name.as_str()).zip(answers);
+        if *mode == CAR_NUMBER_MODE {
+            let list: Vec<PlateResult> =
+                named.map(|(name, a)| PlateResult::new(name, a.map(ModeAnswer::into_plates))).collect();
+            list.iter().for_each(|r| count(r.status));
+            body.car_number_labels = Some(list);
+        } else {
+            let list: Vec<FileResult> =
+                named.map(|(name, a)| FileResult::new(name, a.map(ModeAnswer::into_labels))).collect();
+            list.iter().for_each(|r| count(r.status));
+            body.classified.insert(format!("{mode}_labels"), list);
+        }
     }
     Ok(body)
+}
+
+/// One mode on one decoded image.
+async fn read_mode(
+    state: &AppState,
+    mode: &Mode<'_>,
+    image: Arc<DecodedImage>,
+    poisoned: bool,
+) -> Result<ModeAnswer, StageError> {
+    match mode {
+        Mode::Classifier(model) => classify(state, model, image, poisoned).await.map(ModeAnswer::Labels),
+        Mode::Plates(svc) => read_plates(state, svc, image).await.map(ModeAnswer::Plates),
+    }
+}
+
+/// A classifier mode: ImageNet preprocessing (preprocessing pool) → the model's batcher → labels.
+async fn classify(
+    state: &AppState,
+    model: &ServedModel,
+    image: Arc<DecodedImage>,
+    poisoned: bool,
+) -> Result<Vec<ObjectLabel>, StageError> {
+    let start = Instant::now();
+    let input = prepare(state, Preprocess { image: image.clone(), spec: ClassifierSpec::IMAGENET }).await?;
+    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "preprocess", "model" => model.name.clone())
+        .record(start.elapsed().as_secs_f64());
+    let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
+    let labels = model.labels.as_ref().expect("classifiers have labels (config). This is a bug.");
+    Ok(labels.labels(&prediction.output, model.threshold, model.top_k, image.width, image.height))
+}
+
+impl ModeAnswer {
+    fn into_labels(self) -> Vec<ObjectLabel> {
+        match self {
+            Self::Labels(labels) => labels,
+            Self::Plates(_) => unreachable!("a classifier mode answered plates. This is a bug."),
+        }
+    }
+
+    fn into_plates(self) -> Vec<PlateLabel> {
+        match self {
+            Self::Plates(plates) => plates,
+            Self::Labels(_) => unreachable!("car_number answered labels. This is a bug."),
+        }
+    }
+}
+
+impl FileResult {
+    fn new(name: &str, read: Result<Vec<ObjectLabel>, (u8, String)>) -> Self {
+        match read {
+            Ok(labels) => Self { status: 0, error: None, name: name.to_string(), labels },
+            Err((status, error)) => Self { status, error: Some(error), name: name.to_string(), labels: vec![] },
+        }
+    }
 }
 
 /// A request's images, admitted: the in-flight permits and gauge, released however it ends.
@@ -216,107 +319,6 @@ impl InflightImages {
 impl Drop for InflightImages {
     fn drop(&mut self) {
         ::metrics::gauge!(metrics::INFLIGHT_IMAGES).decrement(self.0);
-    }
-}
-
-/// Stage timings of one image, recorded once when it is answered.
-#[derive(Default)]
-struct Timings {
-    decode: Duration,
-    preprocess: Duration,
-}
-
-async fn run_images(
-    state: &AppState,
-    model: &Arc<ServedModel>,
-    images: &[(String, actix_web::web::Bytes)],
-) -> Result<Vec<FileResult>, ApiError> {
-    // 1. decode + preprocess every image concurrently on the CPU pools.
-    let prepared = join_all(images.iter().map(|(_, bytes)| async {
-        let mut t = Timings::default();
-        let start = Instant::now();
-        let decoded = state
-            .decoder
-            .send(Decode { bytes: bytes.clone(), limits: state.limits.clone() })
-            .await
-            .map_err(|e| ApiError::Internal(format!("decoder unavailable: {e}")))?;
-        t.decode = start.elapsed();
-        let image = match decoded {
-            Ok(img) => Arc::new(img),
-            Err(e) => return Ok(Err(e.to_string())),
-        };
-        let start = Instant::now();
-        let input = state
-            .preprocessor
-            .send(Preprocess { image: image.clone(), spec: ClassifierSpec::IMAGENET })
-            .await
-            .map_err(|e| ApiError::Internal(format!("preprocessor unavailable: {e}")))?;
-        t.preprocess = start.elapsed();
-        Ok::<_, ApiError>(Ok((image, input, t)))
-    }))
-    .await;
-
-    // 2. enqueue all of them; a full queue refuses the whole request at once (dropping the
-    //    receivers makes the batcher discard this request's already-queued items).
-    let mut pending = Vec::with_capacity(images.len());
-    for ((_, bytes), prepared) in images.iter().zip(prepared) {
-        match prepared? {
-            Err(decode_error) => pending.push(Err(decode_error)),
-            Ok((image, input, t)) => {
-                let (tx, rx) = oneshot::channel();
-                let poisoned = state.panic_marker.as_ref().is_some_and(|m| contains(bytes, m.as_bytes()));
-                let job = Job { input: Arc::new(input), poisoned, reply: tx };
-                model
-                    .batcher
-                    .send(Enqueue(job))
-                    .await
-                    .map_err(|e| ApiError::Internal(format!("batcher unavailable: {e}")))?
-                    .map_err(|refused| ApiError::Overloaded(refused.to_string()))?;
-                pending.push(Ok((image, rx, t)));
-            }
-        }
-    }
-
-    // 3. await the answers.
-    let mut out = Vec::with_capacity(images.len());
-    for ((name, _), p) in images.iter().zip(pending) {
-        let result = match p {
-            Err(e) => FileResult { status: 1, error: Some(e), name: name.clone(), labels: vec![] },
-            Ok((image, rx, t)) => match rx.await {
-                Ok(Ok(prediction)) => {
-                    record_timings(&model.name, &t, &prediction);
-                    let labels = model
-                        .labels
-                        .as_ref()
-                        .expect("classifiers have labels (config). This is a bug.")
-                        .labels(&prediction.output, model.threshold, model.top_k, image.width, image.height);
-                    FileResult { status: 0, error: None, name: name.clone(), labels }
-                }
-                Ok(Err(e)) => FileResult {
-                    status: e.file_status(),
-                    error: Some(e.to_string()),
-                    name: name.clone(),
-                    labels: vec![],
-                },
-                Err(_) => FileResult {
-                    status: 2,
-                    error: Some("inference was cancelled (server shutting down), retry".into()),
-                    name: name.clone(),
-                    labels: vec![],
-                },
-            },
-        };
-        out.push(result);
-    }
-    Ok(out)
-}
-
-fn record_timings(model: &str, t: &Timings, p: &Prediction) {
-    for (stage, d) in
-        [("decode", t.decode), ("preprocess", t.preprocess), ("queue_wait", p.queue_wait), ("inference", p.inference)]
-    {
-        ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => stage, "model" => model.to_string())
-            .record(d.as_secs_f64());
     }
 }
 

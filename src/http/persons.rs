@@ -341,7 +341,7 @@ async fn analyse(
 ) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, FileResult>>, ApiError> {
     let stages = face.stages();
     let _admitted = admit(state, &stages.map(|s| s.as_ref()), images.len())?;
-    let read = each_image(state, req, images, |img| faces_with_embeddings(state, face, img)).await?;
+    let read = each_image(state, req, &face.name, images, |_, img| faces_with_embeddings(state, face, img)).await?;
     Ok(images
         .iter()
         .zip(read)

