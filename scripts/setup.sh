@@ -6,7 +6,8 @@ need=()
 # mesa/libvulkan: the wgpu test on lavapipe. prometheus (+ promtool), docker-compose, rpm, chromium:
 # the ops tests (tests/ops.rs, tests/observability.rs) run the real tools.
 # g++: the cuda build compiles cubecl-llvm's C++ shims against the LLVM that setup-llvm.sh installs.
-for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium g++ xz-utils; do
+# postgresql: the shared person store's tests start throwaway clusters (tests/common/postgres.rs).
+for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium g++ xz-utils postgresql; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # python3 -m pip is what fetch-weights uses; a python without pip needs Debian's.

@@ -47,16 +47,28 @@ pub struct Config {
     pub fault_injection: FaultInjection,
 }
 
-/// Where the person store keeps its file (`<dir>/persons.sqlite3`), relative to the working directory.
+/// Where the person store keeps persons: one SQLite file (`<dir>/persons.sqlite3`, relative to
+/// the working directory; the default) or a PostgreSQL database shared by every replica.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
+    pub backend: StoreBackend,
     pub dir: PathBuf,
+    /// libpq connection string (`host=… port=… user=… dbname=…`) or URL, for `postgres`.
+    pub postgres_url: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    #[default]
+    Sqlite,
+    Postgres,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
-        Self { dir: PathBuf::from("data") }
+        Self { backend: StoreBackend::Sqlite, dir: PathBuf::from("data"), postgres_url: None }
     }
 }
 
@@ -465,6 +477,10 @@ impl Config {
         if self.supervisor.initial_backoff_ms > self.supervisor.max_backoff_ms {
             return Err(invalid("supervisor.initial_backoff_ms", "must not exceed supervisor.max_backoff_ms"));
         }
+        if self.store.backend == StoreBackend::Postgres && self.store.postgres_url.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid("store.postgres_url", "is required with store.backend = \"postgres\""));
+        }
         if !["wgpu", "cuda"].contains(&self.server.gpu_backend.as_str()) {
             return Err(invalid("server.gpu_backend", "must be `wgpu` or `cuda`"));
         }
@@ -639,6 +655,12 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("device = \"cpu\"", "device = \"tpu\"");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("placement[0].device"), "{err}");
+        let text = EMBEDDED_DEFAULT.replace("dir = \"data\"", "dir = \"data\"\nbackend = \"postgres\"");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("store.postgres_url"), "{err}");
+        let text = EMBEDDED_DEFAULT.replace("dir = \"data\"", "dir = \"data\"\nbackend = \"mysql\"");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("mysql"), "{err}");
     }
 
     #[test]

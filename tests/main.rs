@@ -20,6 +20,7 @@ mod persons;
 mod plates;
 mod server;
 mod store_durability;
+mod store_postgres;
 mod supervision;
 mod text;
 mod unloadable;

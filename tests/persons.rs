@@ -14,7 +14,7 @@ fn url(method: &str) -> String {
     format!("/api/v1/persons/{method}?oauth_provider=mcs&oauth_token=test")
 }
 
-fn call(c: &mut Conn, method: &str, meta: Value, files: &[(&str, &str)]) -> (u16, Value) {
+pub(crate) fn call(c: &mut Conn, method: &str, meta: Value, files: &[(&str, &str)]) -> (u16, Value) {
     let meta = meta.to_string();
     let images: Vec<(String, Vec<u8>)> = files.iter().map(|(name, file)| (name.to_string(), data(file))).collect();
     let mut parts: Vec<Part<'_>> = images.iter().map(|(n, b)| (n.as_str(), Some("photo.jpg"), b.as_slice())).collect();
@@ -26,7 +26,7 @@ fn call(c: &mut Conn, method: &str, meta: Value, files: &[(&str, &str)]) -> (u16
     (r.status, v)
 }
 
-fn persons(v: &Value, i: usize) -> Vec<Value> {
+pub(crate) fn persons(v: &Value, i: usize) -> Vec<Value> {
     v["body"]["objects"][i]["persons"].as_array().unwrap().clone()
 }
 

@@ -50,7 +50,7 @@ fn kill_9_mid_write_loses_nothing_acknowledged() {
     // SIGKILL: no destructor, no checkpoint, possibly inside a transaction.
     child.kill().unwrap();
     child.wait().unwrap();
-    let store = PersonStore::open(&dir, DIM).unwrap();
+    let mut store = PersonStore::open(&dir, DIM).unwrap();
     assert_eq!(store.integrity_check().unwrap(), "ok");
     let stored = store.stored_len(3).unwrap();
     assert!(stored as i64 >= acked, "{acked} writes acknowledged, {stored} on disk");

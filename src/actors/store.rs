@@ -1,4 +1,5 @@
-//! The person store on its own thread (SQLite writes block): a one-thread SyncArbiter actor.
+//! The person store on its own thread (SQLite and PostgreSQL calls block): a one-thread
+//! SyncArbiter actor.
 
 use actix::{Actor, Handler, Message, SyncContext};
 
@@ -72,8 +73,7 @@ impl Handler<DeletePersons> for StoreActor {
     type Result = Result<Vec<bool>, StoreError>;
 
     fn handle(&mut self, msg: DeletePersons, _: &mut SyncContext<Self>) -> Self::Result {
-        let store = self.store()?;
-        msg.ids.iter().map(|&id| store.delete(msg.space, id)).collect()
+        self.store()?.delete_many(msg.space, &msg.ids)
     }
 }
 

@@ -219,11 +219,32 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
                     message: "only one face model can be placed per process".into(),
                 }));
             }
-            let store = crate::store::PersonStore::open(&config.store.dir, crate::models::sface::EMBEDDING_LEN)?;
+            // Opened on the store's own thread (the PostgreSQL client blocks and must not live on
+            // the async runtime); its first start reports back. After a panic the arbiter's new
+            // actor gets no store: requests fail clearly instead of touching one in an unknown state.
+            let (opened_tx, opened_rx) = std::sync::mpsc::channel();
             let store = SyncArbiter::start(1, {
-                let cell = std::sync::Mutex::new(Some(store));
-                move || StoreActor::new(cell.lock().expect("store cell. This is a bug.").take())
+                let first = std::sync::Mutex::new(Some((config.store.clone(), opened_tx)));
+                move || {
+                    let first = first.lock().expect("store opener. This is a bug.").take();
+                    StoreActor::new(first.and_then(
+                        |(store_config, opened)| match crate::store::PersonStore::open_config(
+                            &store_config,
+                            crate::models::sface::EMBEDDING_LEN,
+                        ) {
+                            Ok(store) => {
+                                let _ = opened.send(Ok(()));
+                                Some(store)
+                            }
+                            Err(e) => {
+                                let _ = opened.send(Err(e));
+                                None
+                            }
+                        },
+                    ))
+                }
             });
+            opened_rx.recv().map_err(|_| crate::store::StoreError::Unavailable)??;
             face = Some(Arc::new(FaceService {
                 name: name.clone(),
                 pnet: pnet.clone(),

@@ -1,17 +1,24 @@
 //! The person store: face embeddings per `space` (0–9) and `person_id`, for persons/set,
 //! recognize, delete and truncate. Embedded by default: one SQLite file (WAL journal,
 //! `synchronous = FULL`: a write is on disk when the call returns, and a crash — even `kill -9`
-//! mid-write — loses at most the write in progress, never the file). Search is exact cosine over
-//! an in-memory copy of the space's embeddings, loaded at open and written through.
+//! mid-write — loses at most the write in progress, never the file). Shared between replicas:
+//! PostgreSQL (`postgres`), see there for how every replica sees every other's writes. Search is
+//! exact cosine over an in-memory copy of the space's embeddings, loaded at open and written
+//! through; every write is one transaction, and memory follows it only once it has committed (a
+//! failed one reloads memory from the database).
 //!
 //! `update` semantics: a person's embedding is the running mean of the unit-length embeddings of
 //! their faces, each new face weighing 1/n for the first `MAX_SAMPLES` faces and 1/`MAX_SAMPLES`
 //! after that (an exponential moving average: recent photos keep counting, old ones fade).
 
+pub mod pg;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OptionalExtension, params};
+
+use self::pg::{PgDb, PgTx};
 
 pub const SPACES: u32 = 10;
 /// Beyond this many faces a person's mean becomes a moving average.
@@ -21,6 +28,8 @@ pub const MAX_SAMPLES: u32 = 32;
 pub enum StoreError {
     #[error("person store {path}: {source}")]
     Sqlite { path: PathBuf, source: rusqlite::Error },
+    #[error("person store (PostgreSQL): {0}")]
+    Postgres(String),
     #[error("cannot create the data directory {path}: {source}")]
     Dir { path: PathBuf, source: std::io::Error },
     #[error("space must be within 0..=9, got {0}")]
@@ -39,16 +48,16 @@ pub struct Match {
 }
 
 #[derive(Debug, Clone)]
-struct Person {
+pub(crate) struct Person {
     /// Running mean of unit embeddings (not unit itself).
-    mean: Vec<f32>,
-    samples: u32,
+    pub(crate) mean: Vec<f32>,
+    pub(crate) samples: u32,
 }
 
 /// One space in memory: persons by id, and their unit embeddings as one contiguous row-major
 /// matrix so that a search is a single pass over memory.
 #[derive(Debug, Clone, Default)]
-struct Space {
+pub(crate) struct Space {
     persons: BTreeMap<i64, Person>,
     ids: Vec<i64>,
     units: Vec<f32>,
@@ -60,7 +69,7 @@ impl Space {
         self.persons.get(id)
     }
 
-    fn insert(&mut self, id: i64, person: Person) {
+    pub(crate) fn insert(&mut self, id: i64, person: Person) {
         // The matrix holds `mean` scaled to unit length, what search compares against.
         let u = unit(&person.mean);
         let dim = u.len();
@@ -75,7 +84,7 @@ impl Space {
         self.persons.insert(id, person);
     }
 
-    fn remove(&mut self, id: i64) {
+    pub(crate) fn remove(&mut self, id: i64) {
         let Some(row) = self.rows.remove(&id) else { return };
         let dim = self.persons.remove(&id).map_or(0, |p| p.mean.len());
         let last = self.ids.len() - 1;
@@ -87,6 +96,11 @@ impl Space {
         }
         self.ids.pop();
         self.units.truncate(last * dim);
+    }
+
+    /// One above the largest id (1 in an empty space).
+    fn next_id(&self) -> i64 {
+        self.persons.keys().next_back().map_or(1, |id| id + 1)
     }
 
     fn search(&self, q: &[f32]) -> Option<Match> {
@@ -113,10 +127,87 @@ pub struct Recognition {
 }
 
 pub struct PersonStore {
-    conn: Connection,
-    path: PathBuf,
+    db: Db,
     dim: usize,
     spaces: Vec<Space>,
+}
+
+/// Where the store's rows live.
+enum Db {
+    Sqlite { conn: Connection, path: PathBuf },
+    Postgres(Box<PgDb>),
+}
+
+/// One write transaction: rolled back when dropped uncommitted.
+enum Tx<'a> {
+    Sqlite { tx: rusqlite::Transaction<'a>, path: &'a Path },
+    Postgres(PgTx<'a>),
+}
+
+/// Memory from stored rows (space, person, little-endian embedding, samples); rows of another
+/// space range or embedding length are skipped.
+pub(crate) fn spaces_from_rows(rows: Vec<pg::Row>, dim: usize) -> Vec<Space> {
+    let mut spaces = vec![Space::default(); SPACES as usize];
+    for (space, id, blob, samples) in rows {
+        let mean = from_blob(&blob);
+        if space < SPACES && mean.len() == dim {
+            spaces[space as usize].insert(id, Person { mean, samples });
+        }
+    }
+    spaces
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Tx<'_> {
+    fn sqlite_err(path: &Path, source: rusqlite::Error) -> StoreError {
+        StoreError::Sqlite { path: path.to_path_buf(), source }
+    }
+
+    /// Writes a person's row (insert or replace).
+    fn upsert(&mut self, space: u32, person_id: i64, p: &Person) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite { tx, path } => tx
+                .prepare_cached(
+                    "INSERT INTO persons (space, person_id, embedding, samples, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
+                     ON CONFLICT (space, person_id) DO UPDATE SET embedding = ?3, samples = ?4, updated_ms = ?5",
+                )
+                .and_then(|mut stmt| stmt.execute(params![space, person_id, to_blob(&p.mean), p.samples, now_ms()]))
+                .map(|_| ())
+                .map_err(|e| Self::sqlite_err(path, e)),
+            Self::Postgres(tx) => tx.upsert(space, person_id, &to_blob(&p.mean), p.samples, now_ms()),
+        }
+    }
+
+    /// Deletes a person's row; false when there was none.
+    fn delete(&mut self, space: u32, person_id: i64) -> Result<bool, StoreError> {
+        match self {
+            Self::Sqlite { tx, path } => tx
+                .execute("DELETE FROM persons WHERE space = ?1 AND person_id = ?2", params![space, person_id])
+                .map(|n| n > 0)
+                .map_err(|e| Self::sqlite_err(path, e)),
+            Self::Postgres(tx) => tx.delete(space, person_id),
+        }
+    }
+
+    /// Deletes a space's rows; returns how many there were.
+    fn truncate(&mut self, space: u32) -> Result<usize, StoreError> {
+        match self {
+            Self::Sqlite { tx, path } => tx
+                .execute("DELETE FROM persons WHERE space = ?1", params![space])
+                .map_err(|e| Self::sqlite_err(path, e)),
+            Self::Postgres(tx) => tx.truncate(space),
+        }
+    }
+
+    fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Self::Sqlite { tx, path } => tx.commit().map_err(|e| Self::sqlite_err(path, e)),
+            Self::Postgres(tx) => tx.commit(),
+        }
+    }
 }
 
 fn unit(v: &[f32]) -> Vec<f32> {
@@ -137,11 +228,11 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     lanes.iter().sum::<f32>() + tail
 }
 
-fn to_blob(v: &[f32]) -> Vec<u8> {
+pub(crate) fn to_blob(v: &[f32]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
-fn from_blob(b: &[u8]) -> Vec<f32> {
+pub(crate) fn from_blob(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
@@ -165,27 +256,82 @@ impl PersonStore {
              ) WITHOUT ROWID;",
         )
         .map_err(err)?;
-        let mut spaces = vec![Space::default(); SPACES as usize];
-        {
-            let mut stmt = conn.prepare("SELECT space, person_id, embedding, samples FROM persons").map_err(err)?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?))
-                })
-                .map_err(err)?;
-            for row in rows {
-                let (space, id, blob, samples) = row.map_err(err)?;
-                let mean = from_blob(&blob);
-                if space < SPACES && mean.len() == dim {
-                    spaces[space as usize].insert(id, Person { mean, samples });
-                }
-            }
-        }
-        Ok(Self { conn, path, dim, spaces })
+        let mut store = Self { db: Db::Sqlite { conn, path }, dim, spaces: Vec::new() };
+        store.reload()?;
+        Ok(store)
     }
 
-    fn sql(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite { path: self.path.clone(), source }
+    /// The store `config` names.
+    pub fn open_config(config: &crate::config::StoreConfig, dim: usize) -> Result<Self, StoreError> {
+        match (config.backend, &config.postgres_url) {
+            (crate::config::StoreBackend::Postgres, Some(url)) => Self::open_postgres(url, dim),
+            _ => Self::open(&config.dir, dim),
+        }
+    }
+
+    /// Connects to the PostgreSQL database at `url` (libpq key=value or URL form; the schema is
+    /// created if missing) for embeddings of `dim` values.
+    pub fn open_postgres(url: &str, dim: usize) -> Result<Self, StoreError> {
+        let mut store = Self { db: Db::Postgres(Box::new(PgDb::connect(url)?)), dim, spaces: Vec::new() };
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Memory from the database: every person, again.
+    fn reload(&mut self) -> Result<(), StoreError> {
+        let rows = match &mut self.db {
+            Db::Sqlite { conn, path } => {
+                let err = |source| StoreError::Sqlite { path: path.clone(), source };
+                let mut stmt = conn.prepare("SELECT space, person_id, embedding, samples FROM persons").map_err(err)?;
+                let rows = stmt
+                    .query_map([], |r| {
+                        Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, u32>(3)?))
+                    })
+                    .map_err(err)?;
+                rows.collect::<Result<Vec<_>, _>>().map_err(err)?
+            }
+            Db::Postgres(pg) => pg.load_all()?,
+        };
+        self.spaces = spaces_from_rows(rows, self.dim);
+        Ok(())
+    }
+
+    /// Brings memory up to the other replicas' committed writes (PostgreSQL; the SQLite file has
+    /// one writer, this process).
+    fn refresh(&mut self) -> Result<(), StoreError> {
+        match &mut self.db {
+            Db::Sqlite { .. } => Ok(()),
+            Db::Postgres(pg) => pg.refresh(&mut self.spaces, self.dim),
+        }
+    }
+
+    /// Runs `f` as one write transaction. `f` writes rows through the transaction and applies the
+    /// same changes to `spaces` (memory) as it goes, so later steps of one call see earlier ones;
+    /// if `f` or the commit fails, memory is reloaded from the database (what committed).
+    fn transact<T>(
+        &mut self,
+        f: impl FnOnce(&mut Tx<'_>, &mut Vec<Space>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let result = (|| {
+            let mut tx = match &mut self.db {
+                Db::Sqlite { conn, path } => Tx::Sqlite {
+                    tx: conn.transaction().map_err(|source| StoreError::Sqlite { path: path.clone(), source })?,
+                    path,
+                },
+                // Every writer of the database takes its turn; memory catches up first.
+                Db::Postgres(pg) => Tx::Postgres(pg.begin(&mut self.spaces, self.dim)?),
+            };
+            let value = f(&mut tx, &mut self.spaces)?;
+            tx.commit()?;
+            Ok(value)
+        })();
+        if result.is_err() {
+            // Memory may hold changes that did not commit; the database is the truth.
+            if let Err(e) = self.reload() {
+                tracing::error!("person store: reloading after a failed write: {e}");
+            }
+        }
+        result
     }
 
     fn check(&self, space: u32, embedding: &[f32]) -> Result<(), StoreError> {
@@ -198,7 +344,7 @@ impl PersonStore {
         Ok(())
     }
 
-    /// Persons in `space`.
+    /// Persons in `space` (memory).
     pub fn len(&self, space: u32) -> usize {
         self.spaces.get(space as usize).map_or(0, |s| s.ids.len())
     }
@@ -207,7 +353,7 @@ impl PersonStore {
         self.len(space) == 0
     }
 
-    /// The most similar person of `space` (exact cosine over all of them).
+    /// The most similar person of `space` in memory (exact cosine over all of them).
     pub fn best_match(&self, space: u32, embedding: &[f32]) -> Result<Option<Match>, StoreError> {
         self.check(space, embedding)?;
         Ok(self.spaces[space as usize].search(&unit(embedding)))
@@ -218,37 +364,19 @@ impl PersonStore {
         self.add_faces(space, &[(person_id, embedding)])
     }
 
-    /// Adds several faces in one transaction (all or none on disk).
+    /// Adds several faces in one transaction (all or none stored).
     pub fn add_faces(&mut self, space: u32, faces: &[(i64, &[f32])]) -> Result<(), StoreError> {
         for (_, embedding) in faces {
             self.check(space, embedding)?;
         }
-        let mut updated: BTreeMap<i64, Person> = BTreeMap::new();
-        for &(person_id, embedding) in faces {
-            let previous = updated.get(&person_id).or_else(|| self.spaces[space as usize].get(&person_id));
-            updated.insert(person_id, Self::with_face(previous, embedding));
-        }
-        let now =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-        let path = self.path.clone();
-        let err = |source| StoreError::Sqlite { path: path.clone(), source };
-        let tx = self.conn.transaction().map_err(err)?;
-        {
-            let mut stmt = tx
-                .prepare_cached(
-                    "INSERT INTO persons (space, person_id, embedding, samples, updated_ms) VALUES (?1, ?2, ?3, ?4, ?5)
-                     ON CONFLICT (space, person_id) DO UPDATE SET embedding = ?3, samples = ?4, updated_ms = ?5",
-                )
-                .map_err(err)?;
-            for (person_id, p) in &updated {
-                stmt.execute(params![space, person_id, to_blob(&p.mean), p.samples, now]).map_err(err)?;
+        self.transact(|tx, spaces| {
+            for &(person_id, embedding) in faces {
+                let person = Self::with_face(spaces[space as usize].get(&person_id), embedding);
+                tx.upsert(space, person_id, &person)?;
+                spaces[space as usize].insert(person_id, person);
             }
-        }
-        tx.commit().map_err(err)?;
-        for (id, person) in updated {
-            self.spaces[space as usize].insert(id, person);
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn with_face(previous: Option<&Person>, embedding: &[f32]) -> Person {
@@ -263,22 +391,29 @@ impl PersonStore {
         Person { mean, samples }
     }
 
-    /// A new person id in `space` (one above the largest).
+    /// A new person id in `space` (one above the largest in memory).
     pub fn next_id(&self, space: u32) -> i64 {
-        self.spaces.get(space as usize).and_then(|s| s.persons.keys().next_back()).map_or(1, |id| id + 1)
+        self.spaces.get(space as usize).map_or(1, Space::next_id)
     }
 
     /// Removes a person; false when there was none.
     pub fn delete(&mut self, space: u32, person_id: i64) -> Result<bool, StoreError> {
+        Ok(self.delete_many(space, &[person_id])?[0])
+    }
+
+    /// Removes persons in one transaction; for each, false when there was none.
+    pub fn delete_many(&mut self, space: u32, ids: &[i64]) -> Result<Vec<bool>, StoreError> {
         if space >= SPACES {
             return Err(StoreError::Space(space));
         }
-        let n = self
-            .conn
-            .execute("DELETE FROM persons WHERE space = ?1 AND person_id = ?2", params![space, person_id])
-            .map_err(|e| self.sql(e))?;
-        self.spaces[space as usize].remove(person_id);
-        Ok(n > 0)
+        self.transact(|tx, spaces| {
+            let mut existed = Vec::with_capacity(ids.len());
+            for &id in ids {
+                existed.push(tx.delete(space, id)?);
+                spaces[space as usize].remove(id);
+            }
+            Ok(existed)
+        })
     }
 
     /// Removes every person of `space`; returns how many there were.
@@ -286,14 +421,18 @@ impl PersonStore {
         if space >= SPACES {
             return Err(StoreError::Space(space));
         }
-        let n = self.conn.execute("DELETE FROM persons WHERE space = ?1", params![space]).map_err(|e| self.sql(e))?;
-        self.spaces[space as usize] = Space::default();
-        Ok(n)
+        self.transact(|tx, spaces| {
+            let n = tx.truncate(space)?;
+            spaces[space as usize] = Space::default();
+            Ok(n)
+        })
     }
 
     /// persons/recognize for the faces of one image: each face's best match in `space`; a match at
     /// or above `threshold` is that person (and, with `update`, the face joins their mean); below
-    /// it, with `create_new`, the face becomes a new person, else it stays unknown.
+    /// it, with `create_new`, the face becomes a new person, else it stays unknown. With a write
+    /// possible, the whole image is one transaction over up-to-date memory (on PostgreSQL: no
+    /// other replica writes in between, so two replicas cannot create the same new id).
     pub fn recognize(
         &mut self,
         space: u32,
@@ -302,31 +441,63 @@ impl PersonStore {
         create_new: bool,
         update: bool,
     ) -> Result<Vec<Recognition>, StoreError> {
-        let mut out = Vec::with_capacity(faces.len());
         for face in faces {
-            let best = self.best_match(space, face)?;
-            let r = match best {
-                Some(m) if m.similarity >= threshold => {
-                    if update {
-                        self.add_face(space, m.person_id, face)?;
-                    }
-                    Recognition { person_id: Some(m.person_id), similarity: m.similarity, created: false }
-                }
-                _ if create_new => {
-                    let id = self.next_id(space);
-                    self.add_face(space, id, face)?;
-                    Recognition { person_id: Some(id), similarity: 1.0, created: true }
-                }
-                _ => Recognition { person_id: None, similarity: best.map_or(0.0, |m| m.similarity), created: false },
-            };
-            out.push(r);
+            self.check(space, face)?;
         }
-        Ok(out)
+        if !create_new && !update {
+            self.refresh()?;
+            return Ok(faces
+                .iter()
+                .map(|face| match self.spaces[space as usize].search(&unit(face)) {
+                    Some(m) if m.similarity >= threshold => {
+                        Recognition { person_id: Some(m.person_id), similarity: m.similarity, created: false }
+                    }
+                    best => {
+                        Recognition { person_id: None, similarity: best.map_or(0.0, |m| m.similarity), created: false }
+                    }
+                })
+                .collect());
+        }
+        self.transact(|tx, spaces| {
+            let s = &mut spaces[space as usize];
+            let mut out = Vec::with_capacity(faces.len());
+            for face in faces {
+                let best = s.search(&unit(face));
+                let r = match best {
+                    Some(m) if m.similarity >= threshold => {
+                        if update {
+                            let person = Self::with_face(s.get(&m.person_id), face);
+                            tx.upsert(space, m.person_id, &person)?;
+                            s.insert(m.person_id, person);
+                        }
+                        Recognition { person_id: Some(m.person_id), similarity: m.similarity, created: false }
+                    }
+                    _ if create_new => {
+                        let id = s.next_id();
+                        let person = Self::with_face(None, face);
+                        tx.upsert(space, id, &person)?;
+                        s.insert(id, person);
+                        Recognition { person_id: Some(id), similarity: 1.0, created: true }
+                    }
+                    _ => {
+                        Recognition { person_id: None, similarity: best.map_or(0.0, |m| m.similarity), created: false }
+                    }
+                };
+                out.push(r);
+            }
+            Ok(out)
+        })
     }
 
-    /// SQLite's own consistency check of the file ("ok" when sound).
-    pub fn integrity_check(&self) -> Result<String, StoreError> {
-        self.conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(|e| self.sql(e))
+    /// The database's own consistency check ("ok" when sound): SQLite's integrity check; on
+    /// PostgreSQL, that every stored embedding has this store's length.
+    pub fn integrity_check(&mut self) -> Result<String, StoreError> {
+        match &mut self.db {
+            Db::Sqlite { conn, path } => conn
+                .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+                .map_err(|source| StoreError::Sqlite { path: path.clone(), source }),
+            Db::Postgres(pg) => pg.integrity_check(self.dim),
+        }
     }
 
     /// Samples recorded for a person.
@@ -334,13 +505,16 @@ impl PersonStore {
         self.spaces.get(space as usize)?.get(&person_id).map(|p| p.samples)
     }
 
-    /// The stored row count of a space, read from the file (not the memory copy).
-    pub fn stored_len(&self, space: u32) -> Result<usize, StoreError> {
-        self.conn
-            .query_row("SELECT COUNT(*) FROM persons WHERE space = ?1", params![space], |r| r.get::<_, i64>(0))
-            .optional()
-            .map(|n| n.unwrap_or(0) as usize)
-            .map_err(|e| self.sql(e))
+    /// The stored row count of a space, read from the database (not the memory copy).
+    pub fn stored_len(&mut self, space: u32) -> Result<usize, StoreError> {
+        match &mut self.db {
+            Db::Sqlite { conn, path } => conn
+                .query_row("SELECT COUNT(*) FROM persons WHERE space = ?1", params![space], |r| r.get::<_, i64>(0))
+                .optional()
+                .map(|n| n.unwrap_or(0) as usize)
+                .map_err(|source| StoreError::Sqlite { path: path.clone(), source }),
+            Db::Postgres(pg) => pg.stored_len(space),
+        }
     }
 }
 
@@ -390,7 +564,7 @@ mod tests {
             assert!(s.delete(0, 8).unwrap());
             assert!(!s.delete(0, 8).unwrap());
         }
-        let s = PersonStore::open(&d, 4).unwrap();
+        let mut s = PersonStore::open(&d, 4).unwrap();
         assert_eq!(s.len(0), 1);
         // Mean of (1,0) and (0,1): equally similar to both.
         let a = s.best_match(0, &e(&[1.0, 0.0])).unwrap().unwrap().similarity;

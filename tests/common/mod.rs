@@ -1,6 +1,7 @@
 //! Starts the real server on 127.0.0.1:0 in its own actix System thread.
 #![allow(dead_code)]
 
+pub mod postgres;
 pub mod schema;
 
 use std::net::{SocketAddr, TcpListener};
