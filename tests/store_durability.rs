@@ -3,10 +3,9 @@
 //! `add_face` has returned; the parent kills it with SIGKILL mid-stream, then reopens the file:
 //! SQLite's integrity check passes and every acknowledged write is there.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 
+use crate::common;
 use gpubackend::store::PersonStore;
 
 const DIM: usize = 128;
@@ -32,21 +31,8 @@ fn writer() {
 fn kill_9_mid_write_loses_nothing_acknowledged() {
     let dir = std::env::temp_dir().join(format!("gpubackend-kill9-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "store_durability::writer", "--nocapture", "--test-threads=1"])
-        .env(WRITER_ENV, &dir)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acked = 0i64;
-    while acked < 200 {
-        let line = lines.next().expect("writer ended early").unwrap();
-        if let Some(n) = line.strip_prefix("ack ") {
-            acked = n.parse().unwrap();
-        }
-    }
+    let (mut child, acked) =
+        common::writer_after_acks("store_durability::writer", (WRITER_ENV, dir.to_str().unwrap()), 200);
     // SIGKILL: no destructor, no checkpoint, possibly inside a transaction.
     child.kill().unwrap();
     child.wait().unwrap();

@@ -4,9 +4,6 @@
 //! `kill -9` of a replica mid-write leaves the store consistent, and two real servers share
 //! persons over HTTP (a person set through one is recognised through the other).
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-
 use crate::common;
 use crate::persons::{call, persons};
 
@@ -112,21 +109,8 @@ fn pg_writer() {
 fn kill_9_of_a_replica_mid_write_leaves_the_store_consistent() {
     let pg = PgCluster::start();
     let mut watcher = PersonStore::open_postgres(&pg.url(), DIM).unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--ignored", "--exact", "store_postgres::pg_writer", "--nocapture", "--test-threads=1"])
-        .env(WRITER_ENV, format!("{} application_name=pg_writer", pg.url()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut acked = 0i64;
-    while acked < 200 {
-        let line = lines.next().expect("writer ended early").unwrap();
-        if let Some(n) = line.strip_prefix("ack ") {
-            acked = n.parse().unwrap();
-        }
-    }
+    let writer_url = format!("{} application_name=pg_writer", pg.url());
+    let (mut child, acked) = common::writer_after_acks("store_postgres::pg_writer", (WRITER_ENV, &writer_url), 200);
     child.kill().unwrap();
     child.wait().unwrap();
     // The server ends the dead client's session (rolling back what it had not committed); wait

@@ -104,6 +104,29 @@ pub fn tempdir(tag: &str) -> std::path::PathBuf {
     dir
 }
 
+/// Re-runs this test binary as the ignored test `writer` (with `env` set), reads its `ack N`
+/// lines until it has acknowledged `acks` writes, and returns it still running (to be killed)
+/// with the last acknowledged N: the parent half of the store's kill -9 tests.
+pub fn writer_after_acks(writer: &str, env: (&str, &str), acks: i64) -> (std::process::Child, i64) {
+    use std::io::{BufRead, BufReader};
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args(["--ignored", "--exact", writer, "--nocapture", "--test-threads=1"])
+        .env(env.0, env.1)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut acked = 0i64;
+    while acked < acks {
+        let line = lines.next().expect("writer ended early").unwrap();
+        if let Some(n) = line.strip_prefix("ack ") {
+            acked = n.parse().unwrap();
+        }
+    }
+    (child, acked)
+}
+
 /// A spawned process (server, Prometheus) killed when the test ends, pass or fail.
 pub struct ChildGuard(pub std::process::Child);
 
