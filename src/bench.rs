@@ -305,6 +305,18 @@ pub struct PersonsArgs {
     /// Searches timed per size.
     #[arg(long, default_value_t = 200)]
     queries: usize,
+    /// Measure the shared store on this PostgreSQL database instead of a temporary SQLite file
+    /// (also times a second replica catching up and a fresh replica loading). It empties and
+    /// fills spaces 0, 1, … of that database: never point it at one with real persons.
+    #[arg(long)]
+    postgres_url: Option<String>,
+}
+
+/// Milliseconds `f` took.
+fn timed_ms<E>(f: impl FnOnce() -> Result<(), E>) -> Result<f64, E> {
+    let t = Instant::now();
+    f()?;
+    Ok(t.elapsed().as_secs_f64() * 1e3)
 }
 
 /// Fills one space per size and times `best_match` (exact cosine over the whole space).
@@ -315,10 +327,23 @@ fn run_persons(a: &PersonsArgs) -> anyhow::Result<()> {
     let vector = |i: usize| -> Vec<f32> { (0..dim).map(|k| ((i * 7919 + k * 104_729) as f32 * 0.618).sin()).collect() };
     let dir = std::env::temp_dir().join(format!("gpubackend-bench-persons-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let mut store = PersonStore::open(&dir, dim)?;
-    println!("persons: exact cosine search, {dim}-d, store in {}", dir.display());
+    let open = || match &a.postgres_url {
+        Some(url) => PersonStore::open_postgres(url, dim),
+        None => PersonStore::open(&dir, dim),
+    };
+    let mut store = open()?;
+    // A second replica (PostgreSQL): how long catching up with the others' writes takes.
+    let mut other = match a.postgres_url {
+        Some(_) => Some(open()?),
+        None => None,
+    };
+    match &a.postgres_url {
+        Some(_) => println!("persons: exact cosine search, {dim}-d, store on PostgreSQL (--postgres-url)"),
+        None => println!("persons: exact cosine search, {dim}-d, store in {}", dir.display()),
+    }
     for (space, &count) in a.counts.iter().enumerate() {
         let space = space as u32;
+        store.truncate(space)?;
         let t = Instant::now();
         let faces: Vec<(i64, Vec<f32>)> = (0..count).map(|i| (i as i64 + 1, vector(i))).collect();
         for chunk in faces.chunks(5000) {
@@ -333,14 +358,36 @@ fn run_persons(a: &PersonsArgs) -> anyhow::Result<()> {
             hits += usize::from(store.best_match(space, &vector(i))?.is_some_and(|m| m.person_id == i as i64 + 1));
         }
         let per = t.elapsed().as_secs_f64() * 1e3 / a.queries as f64;
+        let caught_up_bulk = other.as_mut().map(|o| timed_ms(|| o.refresh())).transpose()?;
+        // Single-face writes (a `persons/set` of one photo), each its own transaction.
+        const WRITES: usize = 20;
         let t = Instant::now();
-        store.add_face(space, 1, &vector(0))?;
-        let write = t.elapsed().as_secs_f64() * 1e3;
+        for w in 0..WRITES {
+            store.add_face(space, (w % count) as i64 + 1, &vector(w))?;
+        }
+        let write = t.elapsed().as_secs_f64() * 1e3 / WRITES as f64;
         println!(
-            "  {count:>7} persons: search {per:.3} ms/face ({hits}/{} found themselves), one write {write:.2} ms, bulk fill {:.1} s",
+            "  {count:>7} persons: search {per:.3} ms/face ({hits}/{} found themselves), one write {write:.2} ms (mean of {WRITES}), bulk fill {:.1} s",
             a.queries,
             fill.as_secs_f64()
         );
+        if let (Some(o), Some(bulk)) = (other.as_mut(), caught_up_bulk) {
+            let one = timed_ms(|| o.refresh())?;
+            let (load, fresh) = {
+                let t = Instant::now();
+                let fresh = open()?;
+                (t.elapsed().as_secs_f64() * 1e3, fresh)
+            };
+            let total: usize = (0..=space).map(|s| fresh.len(s)).sum();
+            println!(
+                "           another replica: catch-up {bulk:.0} ms after the fill ({count} changes), {one:.2} ms after {WRITES} writes; a new replica loads {total} persons in {load:.0} ms"
+            );
+        }
+    }
+    if a.postgres_url.is_some() {
+        for space in 0..a.counts.len() as u32 {
+            store.truncate(space)?;
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -297,8 +297,8 @@ impl PersonStore {
     }
 
     /// Brings memory up to the other replicas' committed writes (PostgreSQL; the SQLite file has
-    /// one writer, this process).
-    fn refresh(&mut self) -> Result<(), StoreError> {
+    /// one writer, this process). Reads do it themselves; public for measuring it.
+    pub fn refresh(&mut self) -> Result<(), StoreError> {
         match &mut self.db {
             Db::Sqlite { .. } => Ok(()),
             Db::Postgres(pg) => pg.refresh(&mut self.spaces, self.dim),

@@ -57,8 +57,8 @@ pub(crate) struct PgDb {
 }
 
 impl PgDb {
-    /// Connects and creates the schema. Timeouts unless the URL sets them: 5 s to connect, 10 s
-    /// per statement and per lock wait (a stuck database fails the request, never hangs it).
+    /// Connects and creates the schema. Unless the URL sets them: 5 s to connect, 10 s per
+    /// statement and per lock wait (a stuck database fails the request, never hangs it).
     pub fn connect(url: &str) -> Result<Self, StoreError> {
         let mut config: Config =
             url.parse().map_err(|e: postgres::Error| StoreError::Postgres(format!("store.postgres_url: {e}")))?;
@@ -66,7 +66,8 @@ impl PgDb {
             config.connect_timeout(Duration::from_secs(5));
         }
         if config.get_options().is_none() {
-            config.options("-c statement_timeout=10000 -c lock_timeout=10000");
+            // (and no NOTICE for every `CREATE TABLE IF NOT EXISTS` of an existing schema)
+            config.options("-c statement_timeout=10000 -c lock_timeout=10000 -c client_min_messages=warning");
         }
         let mut client = config.connect(NoTls).map_err(pg_err)?;
         client.execute("SELECT pg_advisory_lock($1)", &[&SCHEMA_LOCK]).map_err(pg_err)?;
