@@ -186,3 +186,28 @@ fn two_servers_share_persons_through_postgres() {
     );
     assert_eq!(persons(&v, 0)[0]["tag"], "undefined", "{v}");
 }
+
+#[test]
+fn a_database_restart_fails_requests_clearly_then_recovers_by_itself() {
+    let pg = PgCluster::start();
+    let mut c = config();
+    c.store.backend = StoreBackend::Postgres;
+    c.store.postgres_url = Some(pg.url());
+    let server = TestServer::start(c);
+    let mut conn = server.conn();
+    let read = json!({"space":"1","update_embedding":false,"images":[{"name":"f"}]});
+    let (s, v) =
+        call(&mut conn, "set", json!({"space":"1","images":[{"name":"f","person_id":3}]}), &[("f", "obama2.jpg")]);
+    assert_eq!((s, &v["body"]["objects"][0]["status"]), (200, &json!(0)), "{v}");
+
+    // Database down: the request is answered (500 in the envelope), not left hanging.
+    pg.stop_server();
+    let (s, v) = call(&mut conn, "recognize", read.clone(), &[("f", "obama.jpg")]);
+    assert_eq!((s, &v["status"]), (500, &json!(500)), "{v}");
+
+    // Back up: the store reconnects on the next request, reloads, and answers.
+    pg.start_server();
+    let (s, v) = call(&mut conn, "recognize", read, &[("f", "obama.jpg")]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(persons(&v, 0)[0]["tag"], "person3", "{v}");
+}

@@ -44,26 +44,29 @@ impl PgCluster {
             "initdb",
             &["-D", data.to_str().unwrap(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync"],
         );
-        let options = format!(
-            "-p {port} -k {} -c listen_addresses=127.0.0.1 -F -c synchronous_commit=off",
-            cluster.dir.display()
-        );
-        cluster.run(
-            "pg_ctl",
-            &[
-                "-D",
-                data.to_str().unwrap(),
-                "-l",
-                cluster.dir.join("log").to_str().unwrap(),
-                "-w",
-                "-t",
-                "120",
-                "-o",
-                &options,
-                "start",
-            ],
-        );
+        cluster.start_server();
         cluster
+    }
+
+    /// Starts the server of the (existing) cluster, waiting until it accepts connections.
+    pub fn start_server(&self) {
+        let data = self.dir.join("data");
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -F -c synchronous_commit=off",
+            self.port,
+            self.dir.display()
+        );
+        let log = self.dir.join("log");
+        self.run(
+            "pg_ctl",
+            &["-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "-t", "120", "-o", &options, "start"],
+        );
+    }
+
+    /// Stops the server (`fast`: sessions are ended, as in a database restart).
+    pub fn stop_server(&self) {
+        let data = self.dir.join("data");
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
     }
 
     /// The connection string of database `postgres` (the store's `store.postgres_url`).
