@@ -18,6 +18,14 @@ const WRITER_ENV: &str = "GPUBACKEND_PG_WRITER_URL";
 /// The writer's second face of each write has this id above the first.
 const PAIR: i64 = 1_000_000;
 
+/// The embedded default with its person store on `pg`.
+fn pg_config(pg: &PgCluster) -> gpubackend::config::Config {
+    let mut c = config();
+    c.store.backend = StoreBackend::Postgres;
+    c.store.postgres_url = Some(pg.url());
+    c
+}
+
 fn embedding(i: i64) -> Vec<f32> {
     (0..DIM).map(|k| ((i as f32 + 1.0) * (k as f32 + 1.0)).sin()).collect()
 }
@@ -146,13 +154,7 @@ fn kill_9_of_a_replica_mid_write_leaves_the_store_consistent() {
 #[test]
 fn two_servers_share_persons_through_postgres() {
     let pg = PgCluster::start();
-    let server = |_: usize| {
-        let mut c = config();
-        c.store.backend = StoreBackend::Postgres;
-        c.store.postgres_url = Some(pg.url());
-        TestServer::start(c)
-    };
-    let (a, b) = (server(0), server(1));
+    let (a, b) = (TestServer::start(pg_config(&pg)), TestServer::start(pg_config(&pg)));
     let (mut ca, mut cb) = (a.conn(), b.conn());
     let (s, v) =
         call(&mut ca, "set", json!({"space":"2","images":[{"name":"f","person_id":7}]}), &[("f", "obama2.jpg")]);
@@ -190,10 +192,7 @@ fn two_servers_share_persons_through_postgres() {
 #[test]
 fn a_database_restart_fails_requests_clearly_then_recovers_by_itself() {
     let pg = PgCluster::start();
-    let mut c = config();
-    c.store.backend = StoreBackend::Postgres;
-    c.store.postgres_url = Some(pg.url());
-    let server = TestServer::start(c);
+    let server = TestServer::start(pg_config(&pg));
     let mut conn = server.conn();
     let read = json!({"space":"1","update_embedding":false,"images":[{"name":"f"}]});
     let (s, v) =

@@ -107,7 +107,12 @@ impl PgDb {
 
     /// A write transaction: the writers' lock taken, memory caught up under it.
     pub fn begin<'a>(&'a mut self, spaces: &mut Vec<Space>, dim: usize) -> Result<PgTx<'a>, StoreError> {
-        self.refresh(spaces, dim)?;
+        // Only a re-opened connection needs memory first; the catch-up happens under the lock.
+        if self.reconnect_if_closed()? {
+            let (rows, version) = load(&mut self.client)?;
+            *spaces = spaces_from_rows(rows, dim);
+            self.last_version = version;
+        }
         let Self { client, last_version, .. } = self;
         let mut tx = client.transaction().map_err(pg_err)?;
         tx.batch_execute("LOCK TABLE person_changes IN EXCLUSIVE MODE").map_err(pg_err)?;
