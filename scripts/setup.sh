@@ -7,7 +7,8 @@ need=()
 # the ops tests (tests/ops.rs, tests/observability.rs) run the real tools.
 # g++: the cuda build compiles cubecl-llvm's C++ shims against the LLVM that setup-llvm.sh installs.
 # postgresql: the shared person store's tests start throwaway clusters (tests/common/postgres.rs).
-for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium g++ xz-utils postgresql; do
+# redis-server: the broker tests start throwaway servers (tests/common/redis.rs).
+for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium g++ xz-utils postgresql redis-server; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 # python3 -m pip is what fetch-weights uses; a python without pip needs Debian's.

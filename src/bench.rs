@@ -4,6 +4,8 @@
 //! `bench e2e`     drives a running server with concurrent multipart uploads of real images and
 //!                 prints req/s, latency percentiles, mean batch size, worker busy ratio and server
 //!                 CPU ms per request (from the server's /metrics).
+//! `bench distributed` runs `e2e` on one process, then on `--role api` + `--role worker`
+//!                 processes over a Redis it starts, and prints both and their ratio.
 //! `bench model`   runs the forward pass alone in a loop at a given batch size on a device, keeping
 //!                 `--depth` batches in flight as the server's worker does (the next launched
 //!                 before the current one is read back); `--torch PYTHON` runs PyTorch's eager
@@ -43,6 +45,9 @@ use crate::pipelines::preprocess::{ClassifierSpec, classifier_input};
 pub enum Cmd {
     /// Drive a running server's objects/detect with real JPEG uploads.
     E2e(E2eArgs),
+    /// `e2e` on one process (`--role all`), then on `--role api` + `--role worker` over a Redis it
+    /// starts: req/s, p50/p99 and worker busy of both, and distributed / in-process.
+    Distributed(DistributedArgs),
     /// The forward pass alone (MobileNetV2), optionally beside PyTorch eager.
     Model(ModelArgs),
     /// `e2e`, then `model` at the e2e mean batch size: e2e / model-only and the serving overhead.
@@ -414,6 +419,26 @@ pub struct E2eArgs {
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Where the model's workers export their metrics when they are other processes (`--role
+    /// worker`): batch and busy figures are summed over these instead of read from `--addr`.
+    #[arg(long, value_delimiter = ',')]
+    worker_metrics: Vec<String>,
+}
+
+/// `bench distributed`: the same load on one process and on api + workers over Redis.
+#[derive(Debug, Args, Clone)]
+pub struct DistributedArgs {
+    #[command(flatten)]
+    e2e: E2eArgs,
+    /// The server's config (the model's batching settings apply to both runs).
+    #[arg(long, default_value = "config/default.toml")]
+    config: PathBuf,
+    /// Worker processes (`--role worker`) in the distributed run.
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+    /// The Redis server binary (Debian `redis-server`), started on a free loopback port.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: PathBuf,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -772,6 +797,7 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         h.join().expect("client thread");
     }
     let before = scrape(addr)?;
+    let workers_before = worker_scrapes(&a.worker_metrics)?;
     let client_cpu0 = process_cpu();
     let start = Instant::now();
     let mut lat = Vec::new();
@@ -784,15 +810,23 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
     let wall = start.elapsed().as_secs_f64();
     let client_cpu = process_cpu() - client_cpu0;
     let after = scrape(addr)?;
+    let workers_after = worker_scrapes(&a.worker_metrics)?;
     let delta = |name: &str| metric_value(&after, name, &[]) - metric_value(&before, name, &[]);
     // Per-model series: the classifier's own (the server may serve other models, e.g. faces).
     let m = [("model", a.model.as_str())];
-    let delta_m = |name: &str| metric_value(&after, name, &m) - metric_value(&before, name, &m);
+    // The model's figures: from the worker processes when they are separate (`--worker-metrics`).
+    let (model_before, model_after) = if a.worker_metrics.is_empty() {
+        (vec![before.clone()], vec![after.clone()])
+    } else {
+        (workers_before, workers_after)
+    };
+    let sum = |texts: &[String], name: &str| texts.iter().map(|t| metric_value(t, name, &m)).sum::<f64>();
+    let delta_m = |name: &str| sum(&model_after, name) - sum(&model_before, name);
     lat.sort();
     let n = lat.len() as f64;
     let batches = delta_m("gpubackend_batch_size_count");
     let mean_batch = delta_m("gpubackend_batch_size_sum") / batches.max(1.0);
-    let workers = metric_value(&after, "gpubackend_workers_live", &m).max(1.0);
+    let workers = sum(&model_after, "gpubackend_workers_live").max(1.0);
     let busy = delta_m("gpubackend_worker_busy_seconds_total") / wall / workers;
     let cpu_ms = delta("gpubackend_process_cpu_seconds_total") * 1e3 / n.max(1.0);
     let serving_ms = (delta("gpubackend_process_cpu_seconds_total") - delta("gpubackend_inference_cpu_seconds_total"))
@@ -834,6 +868,112 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         bail!("{errors} requests failed");
     }
     Ok(report)
+}
+
+fn worker_scrapes(addrs: &[String]) -> anyhow::Result<Vec<String>> {
+    addrs.iter().map(|a| scrape(a.to_socket_addrs()?.next().context("worker address")?)).collect()
+}
+
+/// A server process of this binary, killed on drop.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Starts `gpubackend <args>` on a free port and waits until /health/ready answers 200.
+fn start_role(args: &[String]) -> anyhow::Result<(Proc, SocketAddr)> {
+    let port = free_port()?;
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .args(args)
+        .args(["--port", &port.to_string()])
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("start a server process")?;
+    let mut proc = Proc(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let start = Instant::now();
+    while !Conn::new(addr).get("/health/ready").is_ok_and(|r| r.status == 200) {
+        if let Some(status) = proc.0.try_wait()? {
+            bail!("{args:?} exited: {status}");
+        }
+        if start.elapsed() > Duration::from_secs(600) {
+            bail!("{args:?} not ready within 600 s");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok((proc, addr))
+}
+
+fn run_distributed(a: &DistributedArgs) -> anyhow::Result<()> {
+    let config = a.config.to_string_lossy().into_owned();
+    let base = |role: &str| -> Vec<String> {
+        ["-c", &config, "--role", role, "--models", &a.e2e.model].iter().map(|s| s.to_string()).collect()
+    };
+    println!("== in-process: one `--role all` process");
+    let (single, addr) = start_role(&base("all"))?;
+    let one = run_e2e(&E2eArgs { addr: addr.to_string(), json: None, worker_metrics: vec![], ..a.e2e.clone() })?;
+    drop(single);
+
+    let port = free_port()?;
+    let _redis = Proc(
+        std::process::Command::new(&a.redis_server)
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .with_context(|| format!("start {}", a.redis_server.display()))?,
+    );
+    let url = format!("redis://127.0.0.1:{port}/");
+    let with_broker = |role: &str| -> Vec<String> {
+        let mut v = base(role);
+        v.extend(["--broker-url".to_string(), url.clone()]);
+        v
+    };
+    println!(
+        "== distributed: `--role api` + {} `--role worker` over Redis (broker.payload from the config)",
+        a.workers
+    );
+    let mut procs = Vec::new();
+    let mut worker_addrs = Vec::new();
+    for _ in 0..a.workers {
+        let (p, w) = start_role(&with_broker("worker"))?;
+        procs.push(p);
+        worker_addrs.push(w.to_string());
+    }
+    let (api, api_addr) = start_role(&with_broker("api"))?;
+    let dist =
+        run_e2e(&E2eArgs { addr: api_addr.to_string(), json: None, worker_metrics: worker_addrs, ..a.e2e.clone() })?;
+    let api_metrics = scrape(api_addr)?;
+    drop(api);
+    drop(procs);
+    let m = [("stage", a.e2e.model.as_str())];
+    let rt_n = metric_value(&api_metrics, "gpubackend_broker_round_trip_seconds_count", &m);
+    let rt_ms = metric_value(&api_metrics, "gpubackend_broker_round_trip_seconds_sum", &m) * 1e3 / rt_n.max(1.0);
+    let bytes = metric_value(&api_metrics, "gpubackend_broker_payload_bytes_total", &[("stage", a.e2e.model.as_str())]);
+    let ratio = dist.requests_per_s / one.requests_per_s;
+    println!("distributed vs in-process ({} clients):", a.e2e.concurrency);
+    println!("  requests/s          {:.1} vs {:.1}: {ratio:.3}", dist.requests_per_s, one.requests_per_s);
+    println!("  p50 ms              {:.1} vs {:.1}", dist.p50_ms, one.p50_ms);
+    println!("  p99 ms              {:.1} vs {:.1}", dist.p99_ms, one.p99_ms);
+    println!("  worker busy         {:.1} % vs {:.1} %", dist.worker_busy * 100.0, one.worker_busy * 100.0);
+    println!("  mean batch          {:.2} vs {:.2}", dist.mean_batch, one.mean_batch);
+    println!(
+        "  broker round trip   {rt_ms:.1} ms mean over {rt_n} jobs; {:.0} input bytes per job",
+        bytes / rt_n.max(1.0)
+    );
+    write_json(
+        &a.e2e.json,
+        &serde_json::json!({"in_process": one, "distributed": dist, "ratio": ratio, "broker_round_trip_ms": rt_ms}),
+    )?;
+    Ok(())
 }
 
 fn process_cpu() -> f64 {
@@ -956,6 +1096,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::E2e(a) => {
             run_e2e(&a)?;
         }
+        Cmd::Distributed(a) => run_distributed(&a)?,
         Cmd::Model(a) => {
             run_model(&a)?;
         }

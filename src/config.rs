@@ -45,6 +45,79 @@ pub struct Config {
     pub store: StoreConfig,
     #[serde(default)]
     pub fault_injection: FaultInjection,
+    /// The Redis Streams broker between `--role api` and `--role worker` (unused by `--role all`).
+    #[serde(default)]
+    pub broker: BrokerConfig,
+}
+
+/// What one process does (`--role`): `all` serves the API and runs the models in one process (the
+/// default); `api` serves HTTP and puts model inputs on the broker; `worker` runs the models placed
+/// on its devices on inputs taken from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Role {
+    #[default]
+    All,
+    Api,
+    Worker,
+}
+
+impl Role {
+    pub fn serves_api(self) -> bool {
+        self != Self::Worker
+    }
+
+    pub fn runs_models(self) -> bool {
+        self != Self::Api
+    }
+}
+
+/// How model inputs travel on the broker: f16 (2 bytes per value, relative error ≤ 2⁻¹¹) or u8
+/// (1 byte per value, each input scaled over its own min..max range: error ≤ range / 510).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PayloadEncoding {
+    #[default]
+    F16,
+    U8,
+}
+
+/// The Redis Streams broker (README, "Distributed mode").
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// `redis://host:port/db`.
+    pub url: String,
+    /// Key prefix of every stream and key the broker uses (several deployments can share a Redis).
+    pub prefix: String,
+    pub payload: PayloadEncoding,
+    /// A job delivered to a worker and not acknowledged for this long (its worker died) is taken
+    /// back and put on its stream again (XAUTOCLAIM). Live workers refresh their jobs' idle time,
+    /// so a slow batch is not redelivered.
+    pub visibility_timeout_ms: u64,
+    /// Deliveries of a job (first + redeliveries after a worker died) before it is dead-lettered
+    /// and answered with per-file status 1.
+    pub max_deliveries: u32,
+    /// Longest wait of one blocking stream read (XREADGROUP / XREAD BLOCK).
+    pub block_ms: u64,
+    /// Timeout of every other Redis command and of connecting; past it the broker is down.
+    pub command_timeout_ms: u64,
+    /// How often the API checks the broker (PING), samples stream lengths and expires jobs.
+    pub health_interval_ms: u64,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379/".into(),
+            prefix: "gpubackend".into(),
+            payload: PayloadEncoding::F16,
+            visibility_timeout_ms: 30_000,
+            max_deliveries: 3,
+            block_ms: 1_000,
+            command_timeout_ms: 1_000,
+            health_interval_ms: 500,
+        }
+    }
 }
 
 /// Where the person store keeps persons: one SQLite file (`<dir>/persons.sqlite3`, relative to
@@ -480,6 +553,27 @@ impl Config {
         if self.store.backend == StoreBackend::Postgres && self.store.postgres_url.as_deref().is_none_or(str::is_empty)
         {
             return Err(invalid("store.postgres_url", "is required with store.backend = \"postgres\""));
+        }
+        let b = &self.broker;
+        if !b.url.starts_with("redis://") && !b.url.starts_with("unix://") {
+            return Err(invalid("broker.url", "must be a redis:// or unix:// URL"));
+        }
+        if b.prefix.is_empty() || b.prefix.contains(char::is_whitespace) {
+            return Err(invalid("broker.prefix", "must be non-empty, without spaces"));
+        }
+        for (field, v) in [
+            ("broker.visibility_timeout_ms", b.visibility_timeout_ms),
+            ("broker.block_ms", b.block_ms),
+            ("broker.command_timeout_ms", b.command_timeout_ms),
+            ("broker.health_interval_ms", b.health_interval_ms),
+            ("broker.max_deliveries", u64::from(b.max_deliveries)),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
+        }
+        if b.visibility_timeout_ms < 3 * b.health_interval_ms {
+            return Err(invalid("broker.visibility_timeout_ms", "must be at least 3 × broker.health_interval_ms"));
         }
         if !["wgpu", "cuda"].contains(&self.server.gpu_backend.as_str()) {
             return Err(invalid("server.gpu_backend", "must be `wgpu` or `cuda`"));

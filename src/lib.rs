@@ -11,6 +11,7 @@
 //!   face alignment).
 //! - `actors`: thin actix actors owning threads, mailboxes and supervision.
 //! - `models`: burn model definitions, devices (probed: the adapter, or what is missing) and weight loading.
+//! - `broker`: the distributed mode's Redis Streams broker (`--role api` / `--role worker`).
 //! - `store`: the person store (face embeddings per space), embedded SQLite.
 //! - `metrics`: every exported metric, described in one place.
 //! - `client`: a minimal HTTP/1.1 client for tests and the benchmark (no extra dependencies).
@@ -19,6 +20,7 @@
 
 pub mod actors;
 pub mod bench;
+pub mod broker;
 pub mod client;
 pub mod config;
 pub mod error;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use gpubackend::config::Config;
+use gpubackend::config::{Config, Role};
 use gpubackend::models::DeviceSpec;
 
 /// Computer-vision inference server speaking the Vision API.
@@ -21,6 +21,10 @@ struct Cli {
 
 #[derive(Debug, Args)]
 struct Serve {
+    /// What this process does: `all` (API and models, one process), `api` (HTTP; model inputs go
+    /// through the Redis broker, `[broker]`) or `worker` (the placed models, fed from the broker).
+    #[arg(long, value_enum, default_value_t = Role::All, env = "GPUBACKEND_ROLE")]
+    role: Role,
     /// Config file (TOML). Without it the embedded default runs: CPU backend, local queue.
     #[arg(short = 'c', long, env = "GPUBACKEND_CONFIG")]
     config: Option<PathBuf>,
@@ -39,6 +43,13 @@ struct Serve {
     /// Listen port, overriding `server.port`.
     #[arg(long, env = "GPUBACKEND_PORT")]
     port: Option<u16>,
+    /// The Redis broker of `--role api` / `worker` (`redis://host:port/db`), overriding `broker.url`.
+    #[arg(long, env = "GPUBACKEND_BROKER_URL")]
+    broker_url: Option<String>,
+    /// Keep persons in this PostgreSQL database (libpq string or URL): `store.backend = "postgres"`
+    /// with this `store.postgres_url` (from a Secret in Kubernetes).
+    #[arg(long, env = "GPUBACKEND_POSTGRES_URL", hide_env_values = true)]
+    postgres_url: Option<String>,
     /// Validate the config and the weight files, open each placed device once (printing its
     /// adapter, or what is missing), print the placement, and exit (non-zero if anything fails).
     #[arg(long)]
@@ -135,18 +146,27 @@ fn serve(cli: Serve) -> anyhow::Result<()> {
     if let Some(p) = cli.port {
         config.server.port = p;
     }
+    if let Some(url) = cli.broker_url {
+        config.broker.url = url;
+    }
+    if let Some(url) = cli.postgres_url {
+        config.store.backend = gpubackend::config::StoreBackend::Postgres;
+        config.store.postgres_url = Some(url);
+    }
     config.validate()?;
+    tracing::info!(role = ?cli.role, "role");
     for p in &config.placement {
         tracing::info!(device = %p.device, models = ?p.models, instances = p.instances, depth = p.depth(), "placement");
     }
     if cli.check {
-        for m in config.placed_models() {
+        // `--role api` loads no network and opens no device.
+        for m in config.placed_models().into_iter().filter(|_| cli.role.runs_models()) {
             for (_, spec, _) in config.models[&m].stages(&m) {
                 gpubackend::models::check_weights(spec.weights())?;
             }
         }
         let mut unavailable = 0;
-        if !cli.skip_devices {
+        if !cli.skip_devices && cli.role.runs_models() {
             let placed = config.placed_models();
             for p in config.placement.iter().filter(|p| p.models.iter().any(|m| placed.contains(m))) {
                 match DeviceSpec::parse(&p.device)?.probe() {
@@ -168,8 +188,9 @@ fn serve(cli: Serve) -> anyhow::Result<()> {
         println!("config OK");
         return Ok(());
     }
+    let role = cli.role;
     actix_web::rt::System::new().block_on(async move {
-        let running = gpubackend::http::start(config, None).context("cannot start the server")?;
+        let running = gpubackend::http::start_role(config, role, None).context("cannot start the server")?;
         let handle = running.server.handle();
         actix_web::rt::spawn(async move {
             shutdown_signal().await;

@@ -27,6 +27,19 @@ pub const DROPPED: &str = "gpubackend_dropped_items_total";
 pub const INFLIGHT_IMAGES: &str = "gpubackend_inflight_images";
 pub const PROCESS_CPU: &str = "gpubackend_process_cpu_seconds_total";
 pub const INFERENCE_CPU: &str = "gpubackend_inference_cpu_seconds_total";
+// The broker (distributed mode: `--role api` / `--role worker`).
+pub const BROKER_UP: &str = "gpubackend_broker_up";
+pub const BROKER_ROUND_TRIP: &str = "gpubackend_broker_round_trip_seconds";
+pub const BROKER_PAYLOAD_BYTES: &str = "gpubackend_broker_payload_bytes_total";
+pub const BROKER_JOBS: &str = "gpubackend_broker_jobs_total";
+pub const BROKER_REDELIVERIES: &str = "gpubackend_broker_redeliveries_total";
+pub const BROKER_DEAD_LETTERS: &str = "gpubackend_broker_dead_letters_total";
+pub const BROKER_DUPLICATES: &str = "gpubackend_broker_duplicate_answers_total";
+pub const BROKER_ERRORS: &str = "gpubackend_broker_errors_total";
+pub const BROKER_STREAM_LENGTH: &str = "gpubackend_broker_stream_length";
+pub const BROKER_STREAM_PENDING: &str = "gpubackend_broker_stream_pending";
+pub const BROKER_STREAM_LAG: &str = "gpubackend_broker_stream_lag";
+pub const BROKER_LIVE_WORKERS: &str = "gpubackend_broker_live_workers";
 
 /// Thread names (Linux `comm`) of the threads that run forward passes: the workers' own threads
 /// and the CPU backend's rayon pool. Everything else in the process is serving overhead.
@@ -73,6 +86,44 @@ fn describe() {
     );
     describe_counter!(DROPPED, "Queued items dropped before inference because the client went away, by model");
     describe_gauge!(INFLIGHT_IMAGES, "Images admitted and not yet answered");
+    describe_gauge!(BROKER_UP, "1 while this process reaches the Redis broker (api and worker roles)");
+    describe_histogram!(
+        BROKER_ROUND_TRIP,
+        Unit::Seconds,
+        "API: from a job put on its stage's stream to its answer read back, by stage"
+    );
+    describe_counter!(
+        BROKER_PAYLOAD_BYTES,
+        Unit::Bytes,
+        "API: model-input bytes put on the broker (the data field, f16 or u8), by stage"
+    );
+    describe_counter!(
+        BROKER_JOBS,
+        "Worker: jobs taken from the broker, by stage and outcome (done, failed, skipped_deadline, skipped_cancelled, unreadable)"
+    );
+    describe_counter!(
+        BROKER_REDELIVERIES,
+        "Worker: jobs taken back from a worker that stopped answering (XAUTOCLAIM) and put on their stream again, by stage"
+    );
+    describe_counter!(
+        BROKER_DEAD_LETTERS,
+        "Worker: jobs moved to the dead-letter stream (failed alone, or delivered max_deliveries times), by stage"
+    );
+    describe_counter!(
+        BROKER_DUPLICATES,
+        "API: answers dropped because their job was already answered (redelivery, expiry)"
+    );
+    describe_counter!(BROKER_ERRORS, "Redis commands that failed or timed out, by operation");
+    describe_gauge!(
+        BROKER_STREAM_LENGTH,
+        "Jobs on a stage's stream: waiting plus being worked on (sampled by the API; the KEDA streamLength metric)"
+    );
+    describe_gauge!(BROKER_STREAM_PENDING, "Jobs delivered to a worker and not yet acknowledged, by stage");
+    describe_gauge!(BROKER_STREAM_LAG, "Jobs on a stage's stream not yet delivered to any worker, by stage");
+    describe_gauge!(
+        BROKER_LIVE_WORKERS,
+        "Workers with a live model on a stage, from their heartbeats (sampled by the API)"
+    );
 }
 
 /// Installs the Prometheus recorder once per process and returns its handle.
@@ -84,6 +135,7 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(STAGE_DURATION.into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BROKER_ROUND_TRIP.into()), LATENCY_BUCKETS))
                 .expect("static bucket lists are non-empty. This is a bug.")
                 .build_recorder();
             let handle = recorder.handle();

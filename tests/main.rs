@@ -5,6 +5,7 @@
 //!
 //! One test: `cargo test --test integration text::` (module path filters).
 
+mod broker;
 mod common;
 mod devices;
 mod disconnect;

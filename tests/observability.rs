@@ -33,11 +33,13 @@ struct Prometheus {
 }
 
 impl Prometheus {
-    fn start(target: SocketAddr) -> Self {
+    fn start(targets: &[SocketAddr]) -> Self {
+        let targets: Vec<String> = targets.iter().map(|t| format!("\"{t}\"")).collect();
+        let targets = targets.join(", ");
         let dir = tempdir("prometheus");
         let rules = repo().join("deploy/prometheus/alerts.yml");
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: gpubackend\n    static_configs:\n      - targets: [\"{target}\"]\n",
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nrule_files:\n  - {}\nscrape_configs:\n  - job_name: gpubackend\n    static_configs:\n      - targets: [{targets}]\n",
             rules.display()
         );
         std::fs::write(dir.join("prometheus.yml"), config).unwrap();
@@ -108,8 +110,7 @@ fn substitute(expr: &str, vars: &[(String, String)]) -> String {
 
 /// Good requests, client errors and an unknown path, from two threads, and face recognition from
 /// a third, for `duration`.
-fn drive_load(server: &TestServer, duration: Duration) {
-    let addr = server.addr;
+fn drive_load(addr: SocketAddr, duration: Duration) {
     let faces = std::thread::spawn(move || {
         let photo = data("obama2.jpg");
         let mut c = Conn::new(addr);
@@ -158,7 +159,7 @@ fn drive_load(server: &TestServer, duration: Duration) {
 #[test]
 fn every_dashboard_query_returns_series_from_a_real_prometheus() {
     let server = TestServer::start(config());
-    let prom = Prometheus::start(server.addr);
+    let prom = Prometheus::start(&[server.addr]);
     // Wait for the first scrape, then load long enough for 20 s rate windows to see it.
     let start = Instant::now();
     while prom.query("gpubackend_workers_live").is_empty() {
@@ -166,7 +167,7 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         std::thread::sleep(Duration::from_millis(200));
     }
     let load_start = unix_now();
-    drive_load(&server, Duration::from_secs(8));
+    drive_load(server.addr, Duration::from_secs(8));
     // Two more scrapes after the load.
     std::thread::sleep(Duration::from_secs(3));
     let end = unix_now();
@@ -199,7 +200,8 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
             all.push((var_name, var["allValue"].as_str().unwrap_or(".*").to_string()));
         }
         assert!(selected.iter().any(|(n, _)| n == "instance") && selected.iter().any(|(n, _)| n == "model"));
-        for (title, expr) in panel_queries(&dashboard) {
+        // The broker row has series only in the distributed mode (the test below).
+        for (title, expr) in panel_queries(&dashboard).into_iter().filter(|(t, _)| !t.starts_with(BROKER_PANELS)) {
             for vars in [&selected, &all] {
                 let q = substitute(&expr, vars);
                 let path =
@@ -219,6 +221,53 @@ fn every_dashboard_query_returns_series_from_a_real_prometheus() {
         }
     }
     assert!(checked >= 40, "only {checked} queries checked");
+}
+
+/// Title prefix of the dashboard's broker row panels.
+const BROKER_PANELS: &str = "Broker:";
+
+/// Checks a range query returns finite series.
+fn assert_series(prom: &Prometheus, what: &str, q: &str, start: f64, end: f64) {
+    let path = format!("/api/v1/query_range?query={}&start={start:.3}&end={end:.3}&step=1", encode(q));
+    let v = Conn::new(prom.addr).get(&path).unwrap().json();
+    assert_eq!(v["status"], "success", "{what}: {q}: {v}");
+    let series = v["data"]["result"].as_array().unwrap();
+    assert!(!series.is_empty(), "{what}: no series for {q}");
+    let finite = series
+        .iter()
+        .flat_map(|s| s["values"].as_array().unwrap())
+        .any(|p| p[1].as_str().and_then(|x| x.parse::<f64>().ok()).is_some_and(f64::is_finite));
+    assert!(finite, "{what}: only NaN for {q}");
+}
+
+#[test]
+fn the_broker_row_returns_series_from_a_real_prometheus_over_an_api_and_a_worker() {
+    use crate::broker::{Node, write_config};
+    let redis = crate::common::redis::RedisServer::start();
+    let cfg = write_config(&redis, "dash", "");
+    let mut worker = Node::start("worker", &cfg, "mobilenet_v2,face");
+    let mut api = Node::start("api", &cfg, "mobilenet_v2,face");
+    worker.wait_ready();
+    api.wait_ready();
+    let prom = Prometheus::start(&[api.addr, worker.addr]);
+    let start = Instant::now();
+    while prom.query("gpubackend_broker_up").len() < 2 {
+        assert!(start.elapsed() < Duration::from_secs(60), "no scrape of both roles");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let load_start = unix_now();
+    drive_load(api.addr, Duration::from_secs(8));
+    std::thread::sleep(Duration::from_secs(3));
+    let end = unix_now();
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("deploy/grafana/dashboards/gpubackend.json")).unwrap(),
+    )
+    .unwrap();
+    let queries: Vec<_> = panel_queries(&dashboard).into_iter().filter(|(t, _)| t.starts_with(BROKER_PANELS)).collect();
+    assert!(queries.len() >= 10, "{queries:?}");
+    for (title, expr) in queries {
+        assert_series(&prom, &title, &substitute(&expr, &[]), load_start, end);
+    }
 }
 
 fn chromium(args: &[&str], profile: &Path) -> std::process::Output {

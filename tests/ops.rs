@@ -380,6 +380,114 @@ fn k8s_deployment_is_the_lectures_pod_and_matches_the_config() {
     assert_eq!(rule["spec"]["groups"], alerts["groups"]);
 }
 
+#[test]
+fn k8s_distributed_mode_is_an_api_and_a_worker_per_model_scaled_on_their_streams() {
+    let objects = k8s_objects();
+    let gpu_toml = std::fs::read_to_string(repo().join("config/gpu.toml")).unwrap();
+    let gpu = Config::from_toml(&gpu_toml, "config/gpu.toml").unwrap();
+    let tmp = tempdir("k8sdist");
+    std::fs::write(tmp.join("gpubackend.toml"), &gpu_toml).unwrap();
+    let local = |args: &[String]| {
+        let mut a = args.to_vec();
+        a[1] = tmp.join("gpubackend.toml").to_string_lossy().into_owned();
+        a
+    };
+    // The broker URL names the Redis Service.
+    let redis_svc = find_object(&objects, "Service", "redis");
+    let redis_port = redis_svc["spec"]["ports"][0]["port"].as_u64().unwrap();
+    let redis_address = format!("redis.{}.svc:{redis_port}", str_at(redis_svc, &["metadata", "namespace"]));
+    assert_eq!(gpu.broker.url, format!("redis://{redis_address}/"));
+    find_object(&objects, "StatefulSet", "redis");
+    find_object(&objects, "StatefulSet", "postgres");
+
+    // One api Deployment (no GPU) behind the one Service, persons from the PostgreSQL Secret.
+    let api = find_object(&objects, "Deployment", "gpubackend-api");
+    let c = &api["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = serde_yaml::from_value(c["args"].clone()).unwrap();
+    assert_eq!(args, ["-c", "/etc/gpubackend/config/gpubackend.toml", "--role", "api"]);
+    check_args(&local(&args));
+    assert!(c["resources"]["limits"]["nvidia.com/gpu"].is_null(), "the api needs no GPU");
+    let env = c["env"].as_sequence().unwrap();
+    let pg = env.iter().find(|e| e["name"] == "GPUBACKEND_POSTGRES_URL").expect("GPUBACKEND_POSTGRES_URL");
+    assert_eq!(str_at(pg, &["valueFrom", "secretKeyRef", "name"]), "gpubackend-postgres");
+    let svc = find_object(&objects, "Service", "gpubackend");
+    assert_eq!(svc["spec"]["selector"], api["spec"]["selector"]["matchLabels"]);
+
+    let keys = gpubackend::broker::Keys::new(&gpu.broker.prefix);
+    let in_file = |file: &str, name: &str| -> Value {
+        objects
+            .iter()
+            .find(|(f, o)| f.ends_with(file) && o["kind"] == "ScaledObject" && o["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("no ScaledObject/{name} in {file}"))
+            .1
+            .clone()
+    };
+    for model in gpu.placed_models() {
+        let name = format!("gpubackend-worker-{}", model.replace('_', "-"));
+        let worker = find_object(&objects, "Deployment", &name);
+        let c = &worker["spec"]["template"]["spec"]["containers"][0];
+        let args: Vec<String> = serde_yaml::from_value(c["args"].clone()).unwrap();
+        assert_eq!(
+            args,
+            ["-c", "/etc/gpubackend/config/gpubackend.toml", "--role", "worker", "--gpu", "0", "--models", &model]
+        );
+        check_args(&local(&args));
+        assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1", "one worker pod = one GPU");
+        assert_eq!(str_at(c, &["readinessProbe", "httpGet", "path"]), "/health/ready");
+
+        // KEDA: one redis-streams trigger per stage stream, at the model's queue target, by length.
+        let mc = &gpu.models[&model];
+        let target = mc.queue_target().to_string();
+        let keda = in_file("keda-workers.yaml", &name);
+        assert_eq!(str_at(&keda, &["spec", "scaleTargetRef", "name"]), name);
+        let triggers = keda["spec"]["triggers"].as_sequence().unwrap();
+        let stages: Vec<String> = mc.stages(&model).into_iter().map(|(s, _, _)| s).collect();
+        assert_eq!(triggers.len(), stages.len());
+        for (t, stage) in triggers.iter().zip(&stages) {
+            assert_eq!(str_at(t, &["type"]), "redis-streams");
+            assert_eq!(str_at(t, &["metadata", "stream"]), keys.jobs(stage));
+            assert_eq!(str_at(t, &["metadata", "address"]), redis_address);
+            assert_eq!(str_at(t, &["metadata", "streamLength"]), target);
+            assert!(t["metadata"]["consumerGroup"].is_null(), "with a group KEDA counts pending entries, not length");
+        }
+        let prom = in_file("keda-workers-prometheus.yaml", &name);
+        let t = &prom["spec"]["triggers"][0];
+        assert_eq!(str_at(t, &["metadata", "threshold"]), target);
+        let query = str_at(t, &["metadata", "query"]);
+        assert!(query.contains("gpubackend_broker_stream_length{"), "{query}");
+        for stage in &stages {
+            assert!(query.contains(stage.as_str()), "{query}");
+        }
+    }
+}
+
+#[test]
+fn compose_distributed_profile_runs_redis_postgres_an_api_and_a_worker() {
+    let out = run(Command::new("docker-compose")
+        .args(["-f", "docker-compose.yml", "--profile", "distributed", "config", "--services"])
+        .current_dir(repo()));
+    let services = String::from_utf8_lossy(&out.stdout).to_string();
+    for name in ["gpubackend", "redis", "postgres", "api", "worker", "prometheus", "grafana"] {
+        assert!(services.lines().any(|l| l == name), "service {name} missing: {services}");
+    }
+    let compose = &yaml_docs(&repo().join("docker-compose.yml"))[0];
+    for (service, role) in [("api", "api"), ("worker", "worker")] {
+        let s = &compose["services"][service];
+        let mut args: Vec<String> = serde_yaml::from_value(s["command"].clone()).unwrap();
+        assert_eq!(args[args.iter().position(|a| a == "--role").unwrap() + 1], role);
+        let i = args.iter().position(|a| a == "-c").unwrap();
+        args[i + 1] = repo().join("config/default.toml").to_string_lossy().into_owned();
+        check_args(&args);
+        assert_eq!(str_at(s, &["environment", "GPUBACKEND_BROKER_URL"]), "redis://redis:6379/");
+    }
+    assert!(str_at(&compose["services"]["api"], &["environment", "GPUBACKEND_POSTGRES_URL"]).contains("host=postgres"));
+    // Prometheus scrapes both roles.
+    let prom = &yaml_docs(&repo().join("deploy/prometheus/prometheus.yml"))[0];
+    let targets: Vec<String> =
+        serde_yaml::from_value(prom["scrape_configs"][1]["static_configs"][0]["targets"].clone()).unwrap();
+    assert_eq!(targets, ["api:8080", "worker:8080"]);
+}
+
 // ---------------------------------------------------------------------------------------------
 // RPM
 

@@ -39,6 +39,9 @@ pub enum InferError {
     /// No live worker took the image in time: a temporary error, retry later.
     #[error("model {model} unavailable: no live worker within {waited_ms} ms, retry later")]
     Unavailable { model: String, waited_ms: u64 },
+    /// Another temporary failure (the broker went down with the image on it): retry later.
+    #[error("{0}")]
+    Temporary(String),
 }
 
 impl InferError {
@@ -46,7 +49,7 @@ impl InferError {
     pub fn file_status(&self) -> u8 {
         match self {
             Self::Failed(_) => 1,
-            Self::Unavailable { .. } => 2,
+            Self::Unavailable { .. } | Self::Temporary(_) => 2,
         }
     }
 }
@@ -55,6 +58,11 @@ impl InferError {
 pub enum Refused {
     #[error("server overloaded: the queue of model {model} is full ({capacity} images), retry later")]
     QueueFull { model: String, capacity: usize },
+    #[error("broker unavailable ({0}), retry later")]
+    BrokerDown(String),
+    /// The stage's batcher is gone (only while the server stops).
+    #[error("model {0} unavailable: the server is stopping, retry later")]
+    Stopping(String),
 }
 
 #[derive(Message)]

@@ -24,8 +24,11 @@ use tokio::sync::Semaphore;
 
 pub use auth::{Auth, AuthQuery};
 
-use crate::actors::{Batcher, Decoder, InferenceWorker, Preprocessor, StoreActor, WorkerHealth};
-use crate::config::{Config, Limits, ModelConfig};
+use crate::actors::{
+    Batcher, Decoder, Enqueue, InferenceWorker, Job, Preprocessor, QueueLen, Refused, StoreActor, WorkerHealth,
+};
+use crate::broker::api::Broker;
+use crate::config::{Config, Limits, ModelConfig, Role};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::models::{self, DeviceSpec, mobilenet_v2};
@@ -59,7 +62,8 @@ pub struct ServedModel {
     pub modes: Vec<String>,
     pub queue_capacity: usize,
     pub queue_target: usize,
-    pub batcher: Addr<Batcher>,
+    /// Where its inputs go: the local batcher, or the broker (`--role api`).
+    pub route: Route,
     /// Classifiers only.
     pub labels: Option<LabelMap>,
     pub threshold: f32,
@@ -67,9 +71,58 @@ pub struct ServedModel {
     pub workers: Vec<Arc<WorkerHealth>>,
 }
 
+/// A stage's way to its workers.
+pub enum Route {
+    Local(Addr<Batcher>),
+    /// Through the broker to the workers of `--role worker` processes.
+    Remote(Arc<Broker>),
+}
+
 impl ServedModel {
+    /// Whether work for the stage can be taken now: a live local worker, or (through the broker)
+    /// the broker reachable; jobs then wait on the stream for a worker, up to `max_queue_wait_ms`.
     pub fn has_live_worker(&self) -> bool {
-        self.workers.iter().any(|w| w.is_alive())
+        match &self.route {
+            Route::Local(_) => self.workers.iter().any(|w| w.is_alive()),
+            Route::Remote(broker) => broker.is_up(),
+        }
+    }
+
+    /// Why [`Self::has_live_worker`] is false.
+    pub fn not_live_reason(&self) -> String {
+        match &self.route {
+            Route::Local(_) => format!("model {} is not ready: no live worker (loading or restarting)", self.name),
+            Route::Remote(broker) => format!("broker unavailable ({})", broker.down_reason()),
+        }
+    }
+
+    /// Hands one input to the stage; `Err` when it is refused (queue full, broker down).
+    pub async fn enqueue(&self, job: Job) -> Result<(), Refused> {
+        match &self.route {
+            Route::Local(batcher) => {
+                batcher.send(Enqueue(job)).await.unwrap_or_else(|_| Err(Refused::Stopping(self.name.clone())))
+            }
+            Route::Remote(broker) => broker.enqueue(&self.name, job),
+        }
+    }
+
+    /// Items waiting: the local batcher's queue, or this replica's jobs outstanding on the broker.
+    pub async fn queue_len(&self) -> usize {
+        match &self.route {
+            // A batcher that cannot answer (only while the system stops) shows an empty queue.
+            Route::Local(batcher) => batcher.send(QueueLen).await.unwrap_or(0),
+            Route::Remote(broker) => broker.outstanding(&self.name),
+        }
+    }
+
+    /// Live workers: local ones, or the broker's heartbeats for the stage.
+    pub fn live_workers(&self) -> usize {
+        match &self.route {
+            Route::Local(_) => self.workers.iter().filter(|w| w.is_alive()).count(),
+            Route::Remote(broker) => {
+                broker.stage(&self.name).map_or(0, |s| s.live_workers.load(std::sync::atomic::Ordering::Relaxed))
+            }
+        }
     }
 }
 
@@ -96,6 +149,11 @@ pub struct AppState {
     pub panic_marker: Option<String>,
     pub metrics: PrometheusHandle,
     pub started: Instant,
+    pub role: Role,
+    /// `--role api`: the broker the stages' inputs go through.
+    pub broker: Option<Arc<Broker>>,
+    /// `--role worker`: whether this worker reaches the broker (its feeders' last heartbeat).
+    pub worker_broker_up: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +176,15 @@ pub struct RunningServer {
     pub server: actix_web::dev::Server,
 }
 
-/// Starts actors and the HTTP server inside the current actix `System`.
+/// Starts actors and the HTTP server inside the current actix `System` (`--role all`).
 pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningServer, StartError> {
+    start_role(config, Role::All, listener)
+}
+
+/// Starts one role inside the current actix `System`: `all` (API + models), `api` (API, model
+/// inputs through the broker) or `worker` (models fed from the broker; HTTP serves only metrics,
+/// health and /admin).
+pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> Result<RunningServer, StartError> {
     let metrics_handle = metrics::install();
     metrics::name_rayon_pool(config.pipeline.cpu_threads);
     let tokens = config.load_tokens()?;
@@ -137,7 +202,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     // Each GPU device is probed once, here on one thread, before its workers start: the log says
     // which adapter it runs on, or what is missing. (Probing creates and drops a Vulkan instance,
     // which the loader does not tolerate on several threads at once.)
-    for p in config.placement.iter().filter(|p| p.models.iter().any(|m| placed.contains(m))) {
+    for p in config.placement.iter().filter(|p| role.runs_models() && p.models.iter().any(|m| placed.contains(m))) {
         let device = DeviceSpec::parse(&p.device).map_err(models::LoadError::from)?;
         match device.probe() {
             Ok(adapter) => tracing::info!(device = %device, %adapter, "device found"),
@@ -157,6 +222,19 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     let mut face = None;
     let mut text_service = None;
     let mut plate_service = None;
+    // `--role api`: every stage's inputs go through the broker.
+    let broker = (role == Role::Api).then(|| {
+        let stages: Vec<(String, usize, std::time::Duration)> = placed
+            .iter()
+            .flat_map(|name| {
+                let mc = &config.models[name];
+                mc.stages(name).into_iter().map(|(stage, _, _)| (stage, mc.queue_capacity, mc.max_queue_wait()))
+            })
+            .collect();
+        Broker::start(&config.broker, &stages)
+    });
+    let worker_broker_up = (role == Role::Worker).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
+    let consumer = crate::broker::replica_name();
     for name in &placed {
         let mc: &ModelConfig = &config.models[name];
         let labels = match &mc.labels {
@@ -165,9 +243,11 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         };
         let mut stages = Vec::new();
         for (stage, spec, max_batch) in mc.stages(name) {
-            models::check_weights(spec.weights())?;
+            if role.runs_models() {
+                models::check_weights(spec.weights())?;
+            }
             let mut addrs = Vec::new();
-            for p in config.placement.iter().filter(|p| p.models.contains(name)) {
+            for p in config.placement.iter().filter(|p| role.runs_models() && p.models.contains(name)) {
                 let device = DeviceSpec::parse(&p.device).map_err(models::LoadError::from)?;
                 for _ in 0..p.instances {
                     let health = Arc::new(WorkerHealth::new(&stage, &device, p.depth()));
@@ -190,7 +270,29 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
                 max_queue_wait: mc.max_queue_wait(),
             };
             let health: Vec<_> = addrs.iter().map(|(_, h)| h.clone()).collect();
-            let batcher = Batcher::new(&stage, policy, addrs).start();
+            let slots: usize =
+                config.placement.iter().filter(|p| p.models.contains(name)).map(|p| p.instances * p.depth()).sum();
+            let route = match &broker {
+                Some(b) => Route::Remote(b.clone()),
+                None => {
+                    let batcher = Batcher::new(&stage, policy, addrs).start();
+                    if let Some(up) = &worker_broker_up {
+                        // Batches in flight on every worker plus one forming: what the worker
+                        // takes from the stream at once.
+                        let budget = (max_batch * (slots + 1)).min(mc.queue_capacity);
+                        crate::broker::worker::Feeder::start(
+                            &config.broker,
+                            &consumer,
+                            &stage,
+                            batcher.clone(),
+                            health.clone(),
+                            budget,
+                            up.clone(),
+                        );
+                    }
+                    Route::Local(batcher)
+                }
+            };
             metrics::register_model(&stage, mc.queue_capacity, mc.queue_target());
             let served = Arc::new(ServedModel {
                 name: stage.clone(),
@@ -198,7 +300,7 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
                 modes: mc.modes.clone(),
                 queue_capacity: mc.queue_capacity,
                 queue_target: mc.queue_target(),
-                batcher,
+                route,
                 labels: labels.clone(),
                 threshold: mc.threshold,
                 top_k: mc.top_k,
@@ -211,6 +313,9 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
             }
             served_models.push(served.clone());
             stages.push(served);
+        }
+        if !role.serves_api() {
+            continue;
         }
         if let (Some(fc), [pnet, rnet, onet, embed]) = (&mc.faces, stages.as_slice()) {
             if face.is_some() {
@@ -308,6 +413,9 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
         panic_marker: config.fault_injection.panic_marker.clone(),
         metrics: metrics_handle,
         started: Instant::now(),
+        role,
+        broker,
+        worker_broker_up,
     });
 
     let listener = match listener {
@@ -321,15 +429,11 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     let server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .route("/api/v1/objects/detect", web::post().to(objects::detect))
-            .route("/api/v1/persons/set", web::post().to(persons::set))
-            .route("/api/v1/persons/recognize", web::post().to(persons::recognize))
-            .route("/api/v1/persons/delete", web::post().to(persons::delete))
-            .route("/api/v1/persons/truncate", web::post().to(persons::truncate))
-            .route("/api/v1/text/recognize", web::post().to(text::recognize))
-            .route("/api/v1/scene_text/recognize", web::post().to(text::scene_text))
-            .route("/api/v1/docs/recognize", web::post().to(text::docs_not_served))
-            .route("/api/v1/docs/detect", web::post().to(text::docs_not_served))
+            .configure(|cfg| {
+                if role.serves_api() {
+                    api_routes(cfg);
+                }
+            })
             .route("/metrics", web::get().to(metrics_page))
             .route("/health/live", web::get().to(|| async { HttpResponse::Ok().json(json!({"status": "live"})) }))
             .route("/health/ready", web::get().to(ready))
@@ -348,6 +452,19 @@ pub fn start(config: Config, listener: Option<TcpListener>) -> Result<RunningSer
     Ok(RunningServer { addr, server })
 }
 
+/// The Vision API (not on `--role worker`).
+fn api_routes(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/v1/objects/detect", web::post().to(objects::detect))
+        .route("/api/v1/persons/set", web::post().to(persons::set))
+        .route("/api/v1/persons/recognize", web::post().to(persons::recognize))
+        .route("/api/v1/persons/delete", web::post().to(persons::delete))
+        .route("/api/v1/persons/truncate", web::post().to(persons::truncate))
+        .route("/api/v1/text/recognize", web::post().to(text::recognize))
+        .route("/api/v1/scene_text/recognize", web::post().to(text::scene_text))
+        .route("/api/v1/docs/recognize", web::post().to(text::docs_not_served))
+        .route("/api/v1/docs/detect", web::post().to(text::docs_not_served));
+}
+
 async fn metrics_page(state: Data<AppState>) -> HttpResponse {
     let now = Instant::now();
     let samples: Vec<_> = state.workers.iter().map(|w| w.sample(now)).collect();
@@ -355,6 +472,10 @@ async fn metrics_page(state: Data<AppState>) -> HttpResponse {
 }
 
 async fn ready(state: Data<AppState>) -> HttpResponse {
+    if let Some(broker) = &state.broker {
+        return ready_api(&state, broker);
+    }
+    let broker_down = state.worker_broker_up.as_ref().is_some_and(|up| !up.load(std::sync::atomic::Ordering::Acquire));
     let per_model: serde_json::Map<String, serde_json::Value> = state
         .placed_models
         .iter()
@@ -363,7 +484,7 @@ async fn ready(state: Data<AppState>) -> HttpResponse {
             (m.clone(), json!(live))
         })
         .collect();
-    let ready = per_model.values().all(|v| v.as_u64().unwrap_or(0) > 0);
+    let ready = !broker_down && per_model.values().all(|v| v.as_u64().unwrap_or(0) > 0);
     // Why each model without a live worker has none (what its workers last failed on).
     let why: serde_json::Map<String, serde_json::Value> = state
         .placed_models
@@ -383,7 +504,36 @@ async fn ready(state: Data<AppState>) -> HttpResponse {
     if !why.is_empty() {
         body["not_ready"] = json!(why);
     }
+    if broker_down {
+        body["broker"] = json!("unreachable");
+    }
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
+}
+
+/// `--role api`: ready while the broker is reachable (jobs then wait on the streams for workers,
+/// which KEDA may be starting); the body lists each stage's live workers and stream length.
+fn ready_api(state: &AppState, broker: &Broker) -> HttpResponse {
+    use std::sync::atomic::Ordering;
+    let stages: serde_json::Map<String, serde_json::Value> = state
+        .models
+        .iter()
+        .filter_map(|m| broker.stage(&m.name))
+        .map(|s| {
+            let v = json!({
+                "live_workers": s.live_workers.load(Ordering::Relaxed),
+                "stream_length": s.stream_len.load(Ordering::Relaxed),
+            });
+            (s.name.clone(), v)
+        })
+        .collect();
+    let up = broker.is_up();
+    let mut body = json!({"status": if up { "ready" } else { "not ready" }, "role": "api", "stages": stages});
+    if up {
+        HttpResponse::Ok().json(body)
+    } else {
+        body["broker"] = json!(broker.down_reason());
+        HttpResponse::ServiceUnavailable().json(body)
+    }
 }
 
 async fn not_found(req: actix_web::HttpRequest) -> HttpResponse {

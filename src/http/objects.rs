@@ -290,10 +290,7 @@ pub(super) struct Admitted {
 pub(super) fn admit(state: &AppState, stages: &[&ServedModel], n: usize) -> Result<Admitted, ApiError> {
     if let Some(stage) = stages.iter().find(|s| !s.has_live_worker()) {
         ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
-        return Err(ApiError::Overloaded(format!(
-            "model {} is not ready: no live worker (loading or restarting), retry later",
-            stage.name
-        )));
+        return Err(ApiError::Overloaded(format!("{}, retry later", stage.not_live_reason())));
     }
     let permit = state.admission.clone().try_acquire_many_owned(n as u32).map_err(|_| {
         ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);

@@ -10,7 +10,6 @@ use actix_web::{HttpResponse, http::header};
 use serde::Serialize;
 
 use super::AppState;
-use crate::actors::QueueLen;
 use crate::models::DeviceSpec;
 
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -103,8 +102,7 @@ async fn collect(state: &AppState) -> PlacementView {
     }
     let mut models = Vec::new();
     for m in &state.models {
-        // A batcher that cannot answer (only while the system stops) shows an empty queue.
-        let queue_size = m.batcher.send(QueueLen).await.unwrap_or(0);
+        let queue_size = m.queue_len().await;
         models.push(ModelView {
             name: m.name.clone(),
             model: m.model.clone(),
@@ -112,7 +110,7 @@ async fn collect(state: &AppState) -> PlacementView {
             queue_size,
             queue_capacity: m.queue_capacity,
             queue_target: m.queue_target,
-            live_workers: m.workers.iter().filter(|w| w.is_alive()).count(),
+            live_workers: m.live_workers(),
             workers: m.workers.len(),
         });
     }

@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 
 use super::disconnect::client_gone;
 use super::{AppState, ServedModel};
-use crate::actors::{Decode, Enqueue, InferError, Job, Prediction};
+use crate::actors::{Decode, InferError, Job, Prediction};
 use crate::error::ApiError;
 use crate::metrics;
 use crate::pipelines::decode::DecodedImage;
@@ -39,10 +39,8 @@ pub(super) async fn infer_marked(
     for input in inputs {
         let (tx, rx) = oneshot::channel();
         stage
-            .batcher
-            .send(Enqueue(Job { input: Arc::new(input), poisoned, reply: tx }))
+            .enqueue(Job { input: Arc::new(input), poisoned, reply: tx })
             .await
-            .map_err(|e| StageError::Request(ApiError::Internal(format!("batcher unavailable: {e}"))))?
             .map_err(|refused| StageError::Request(ApiError::Overloaded(refused.to_string())))?;
         pending.push(rx);
     }

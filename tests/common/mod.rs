@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod postgres;
+pub mod redis;
 pub mod schema;
 
 use std::net::{SocketAddr, TcpListener};

@@ -1,0 +1,491 @@
+//! `--role worker`: a [`Feeder`] per model stage takes jobs from the stage's stream into the local
+//! batcher (which batches them with the model's `max_batch` / `max_delay`, exactly as in one
+//! process) and writes each answer back.
+//!
+//! - reader: XREADGROUP only while a local worker of the stage is live, and only as many jobs as
+//!   the local pipeline can hold (`budget`), so jobs stay on the stream for other workers instead
+//!   of queueing here. Jobs past their deadline or whose client went away are acknowledged and
+//!   skipped.
+//! - answer: XADD to the job's reply stream, XACK and XDEL in one MULTI, retried until the job's
+//!   deadline while Redis is away. A job that fails alone (a poison input) is also dead-lettered.
+//! - keeper (every `health_interval_ms`): heartbeat (the stage's `workers` hash); resets the idle
+//!   time of this worker's jobs in flight (XCLAIM JUSTID), so only a worker that stopped has jobs
+//!   taken back; takes back jobs idle past `visibility_timeout_ms` (XAUTOCLAIM) and redelivers or
+//!   dead-letters them by their delivery count (`codec::reclaim`).
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::Addr;
+use redis::aio::ConnectionManager;
+use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
+use tokio::sync::{Semaphore, oneshot};
+
+use super::codec::{Fields, JobEntry, Outcome, Reclaim, ReplyEntry, fields_of, reclaim};
+use super::{GROUP, Keys, connect, ensure_group, unix_ms};
+use crate::actors::{Batcher, Enqueue, InferError, Job, WorkerHealth};
+use crate::config::BrokerConfig;
+use crate::metrics;
+
+/// Jobs examined per XAUTOCLAIM.
+const CLAIM_BATCH: usize = 64;
+
+/// One model stage's link between its stream and the local batcher.
+pub struct Feeder {
+    config: BrokerConfig,
+    keys: Keys,
+    stage: String,
+    stream: String,
+    consumer: String,
+    batcher: Addr<Batcher>,
+    health: Vec<Arc<WorkerHealth>>,
+    /// Jobs taken at once at most (read and not answered).
+    budget: usize,
+    /// Entry ids read and not answered yet (their idle time is kept fresh).
+    in_flight: Mutex<HashSet<String>>,
+    /// This worker reaches Redis (the heartbeat's last outcome).
+    pub up: Arc<AtomicBool>,
+}
+
+impl Feeder {
+    /// `budget`: jobs the local batcher and workers hold at once (batches in flight + one forming).
+    pub fn start(
+        config: &BrokerConfig,
+        consumer: &str,
+        stage: &str,
+        batcher: Addr<Batcher>,
+        health: Vec<Arc<WorkerHealth>>,
+        budget: usize,
+        up: Arc<AtomicBool>,
+    ) -> Arc<Self> {
+        let keys = Keys::new(&config.prefix);
+        let feeder = Arc::new(Self {
+            config: config.clone(),
+            stream: keys.jobs(stage),
+            keys,
+            stage: stage.to_string(),
+            consumer: consumer.to_string(),
+            batcher,
+            health,
+            budget: budget.max(1),
+            in_flight: Mutex::new(HashSet::new()),
+            up,
+        });
+        tracing::info!(stage, stream = %feeder.stream, consumer, budget = feeder.budget, "broker: worker feeds stage");
+        // Exported from the start (at zero), so dashboards and alerts see the series before the first event.
+        for name in [metrics::BROKER_REDELIVERIES, metrics::BROKER_DEAD_LETTERS] {
+            ::metrics::counter!(name, "stage" => stage.to_string()).absolute(0);
+        }
+        tokio::spawn(feeder.clone().read());
+        tokio::spawn(feeder.clone().keep());
+        feeder
+    }
+
+    fn live(&self) -> bool {
+        self.health.iter().any(|w| w.is_alive())
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_millis(self.config.command_timeout_ms)
+    }
+
+    fn pause(&self) -> Duration {
+        Duration::from_millis(self.config.health_interval_ms)
+    }
+
+    fn count(&self, outcome: &'static str, n: u64) {
+        ::metrics::counter!(metrics::BROKER_JOBS, "stage" => self.stage.clone(), "outcome" => outcome).increment(n);
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.in_flight.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    async fn read(self: Arc<Self>) {
+        let block = Duration::from_millis(self.config.block_ms);
+        let room = Arc::new(Semaphore::new(self.budget));
+        let mut conn: Option<ConnectionManager> = None;
+        let mut writer: Option<ConnectionManager> = None;
+        loop {
+            if !self.live() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            // At least one job's room, then as many as are free.
+            let Ok(first) = room.clone().acquire_owned().await else { return };
+            let free = 1 + room.available_permits();
+            drop(first);
+            if conn.is_none() || writer.is_none() {
+                match (connect(&self.config, block + self.timeout()).await, connect(&self.config, self.timeout()).await)
+                {
+                    (Ok(mut c), Ok(w)) => {
+                        if let Err(e) = ensure_group(&mut c, &self.stream).await {
+                            tracing::warn!(stage = %self.stage, error = %e, "broker: cannot create the consumer group");
+                            tokio::time::sleep(self.pause()).await;
+                            continue;
+                        }
+                        conn = Some(c);
+                        writer = Some(w);
+                    }
+                    _ => {
+                        tokio::time::sleep(self.pause()).await;
+                        continue;
+                    }
+                }
+            }
+            let c = conn.as_mut().expect("connected above");
+            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(&self.consumer)
+                .arg("COUNT")
+                .arg(free)
+                .arg("BLOCK")
+                .arg(block.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&self.stream)
+                .arg(">")
+                .query_async(c)
+                .await;
+            let entries: Vec<StreamId> = match read {
+                Ok(Some(r)) => r.keys.into_iter().flat_map(|k| k.ids).collect(),
+                Ok(None) => continue,
+                Err(e) => {
+                    ::metrics::counter!(metrics::BROKER_ERRORS, "op" => "xreadgroup").increment(1);
+                    if e.code() == Some("NOGROUP") {
+                        // Redis lost the stream (restarted without persistence): create it again.
+                        let _ = ensure_group(c, &self.stream).await;
+                    } else {
+                        tracing::debug!(stage = %self.stage, error = %e, "broker: read failed");
+                        tokio::time::sleep(self.pause()).await;
+                    }
+                    continue;
+                }
+            };
+            let w = writer.clone().expect("connected above");
+            self.take(entries, &room, w).await;
+        }
+    }
+
+    /// Starts the jobs just read (or acknowledges those nobody waits for any more).
+    async fn take(self: &Arc<Self>, entries: Vec<StreamId>, room: &Arc<Semaphore>, mut w: ConnectionManager) {
+        let jobs: Vec<(String, Fields)> = entries.into_iter().map(|e| (e.id, fields_of(&e.map))).collect();
+        let cancelled = self.cancelled(&jobs, &mut w).await;
+        let now = unix_ms();
+        let mut skip = Vec::new();
+        for ((eid, fields), cancelled) in jobs.into_iter().zip(cancelled) {
+            let job = match JobEntry::from_fields(&fields) {
+                Ok(j) => j,
+                Err(e) => {
+                    self.count("unreadable", 1);
+                    let me = self.clone();
+                    let why = format!("unreadable job on the broker: {e}");
+                    let w = w.clone();
+                    tokio::spawn(async move { me.unreadable(eid, fields, why, w).await });
+                    continue;
+                }
+            };
+            if job.deadline_ms <= now || cancelled {
+                self.count(if cancelled { "skipped_cancelled" } else { "skipped_deadline" }, 1);
+                skip.push(eid);
+                continue;
+            }
+            let Ok(permit) = room.clone().try_acquire_owned() else {
+                // Never more read than there is room for; should it happen, the job stays pending
+                // and is redelivered after the visibility timeout.
+                tracing::error!(stage = %self.stage, "broker: read beyond the budget. This is a bug.");
+                continue;
+            };
+            self.in_flight().insert(eid.clone());
+            let (tx, rx) = oneshot::channel();
+            let queued = self
+                .batcher
+                .send(Enqueue(Job { input: Arc::new(job.input()), poisoned: job.poisoned, reply: tx }))
+                .await;
+            let me = self.clone();
+            let w = w.clone();
+            tokio::spawn(async move {
+                let outcome = match queued {
+                    Ok(Ok(())) => match rx.await {
+                        Ok(Ok(p)) => Outcome::Done {
+                            output: p.output,
+                            queue_wait_us: p.queue_wait.as_micros() as u64,
+                            inference_us: p.inference.as_micros() as u64,
+                            batch_size: p.batch_size,
+                        },
+                        // The API wraps a permanent failure's reason in its own words again.
+                        Ok(Err(InferError::Failed(reason))) => Outcome::Failed { status: 1, message: reason },
+                        Ok(Err(e)) => Outcome::Failed { status: e.file_status(), message: e.to_string() },
+                        Err(_) => Outcome::Failed { status: 2, message: "the worker's batcher stopped".into() },
+                    },
+                    Ok(Err(refused)) => Outcome::Failed { status: 2, message: refused.to_string() },
+                    Err(e) => Outcome::Failed { status: 2, message: format!("batcher unavailable: {e}") },
+                };
+                me.answer(eid, job, outcome, w).await;
+                drop(permit);
+            });
+        }
+        if !skip.is_empty() {
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&skip).ignore();
+            pipe.cmd("XDEL").arg(&self.stream).arg(&skip).ignore();
+            if tokio::time::timeout(self.timeout(), pipe.query_async::<()>(&mut w)).await.map_or(true, |r| r.is_err()) {
+                ::metrics::counter!(metrics::BROKER_ERRORS, "op" => "xack").increment(1);
+            }
+        }
+    }
+
+    /// Which of the jobs lost their client (ZMSCORE on the `cancelled` set; none if it fails).
+    async fn cancelled(&self, jobs: &[(String, Fields)], w: &mut ConnectionManager) -> Vec<bool> {
+        let ids: Vec<Vec<u8>> = jobs.iter().map(|(_, f)| f.get("id").cloned().unwrap_or_default()).collect();
+        if ids.is_empty() {
+            return Vec::new();
+        }
+        let scores: redis::RedisResult<Vec<Option<f64>>> = tokio::time::timeout(
+            self.timeout(),
+            redis::cmd("ZMSCORE").arg(self.keys.cancelled()).arg(&ids).query_async(w),
+        )
+        .await
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "ZMSCORE timed out"))));
+        match scores {
+            Ok(s) if s.len() == ids.len() => s.iter().map(Option::is_some).collect(),
+            _ => vec![false; ids.len()],
+        }
+    }
+
+    /// Writes the answer, acknowledges and deletes the job (one MULTI), dead-letters a job that
+    /// failed for good; retried until the job's deadline while Redis is away.
+    async fn answer(&self, eid: String, job: JobEntry, outcome: Outcome, mut w: ConnectionManager) {
+        let failed_for_good = matches!(outcome, Outcome::Failed { status: 1, .. });
+        self.count(if matches!(outcome, Outcome::Done { .. }) { "done" } else { "failed" }, 1);
+        let reply = ReplyEntry { id: job.id.clone(), outcome };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut xadd = redis::cmd("XADD");
+        xadd.arg(&job.reply).arg("*");
+        for (k, v) in reply.to_fields() {
+            xadd.arg(k).arg(v);
+        }
+        pipe.add_command(xadd).ignore();
+        if failed_for_good {
+            pipe.add_command(self.dead_letter(&job.to_fields(), &reply_error(&reply))).ignore();
+        }
+        pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&eid).ignore();
+        pipe.cmd("XDEL").arg(&self.stream).arg(&eid).ignore();
+        loop {
+            match tokio::time::timeout(self.timeout(), pipe.query_async::<()>(&mut w)).await {
+                Ok(Ok(())) => {
+                    if failed_for_good {
+                        ::metrics::counter!(metrics::BROKER_DEAD_LETTERS, "stage" => self.stage.clone()).increment(1);
+                    }
+                    break;
+                }
+                _ => {
+                    ::metrics::counter!(metrics::BROKER_ERRORS, "op" => "answer").increment(1);
+                    if unix_ms() >= job.deadline_ms {
+                        tracing::warn!(stage = %self.stage, job = %job.id, "broker: answer not written before the job's deadline");
+                        break;
+                    }
+                    tokio::time::sleep(self.pause()).await;
+                }
+            }
+        }
+        self.in_flight().remove(&eid);
+    }
+
+    /// A job that cannot be read: answered with status 1 when its address can be read, and
+    /// dead-lettered either way.
+    async fn unreadable(&self, eid: String, fields: Fields, why: String, mut w: ConnectionManager) {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let raw: Vec<(&str, Vec<u8>)> = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        pipe.add_command(self.dead_letter(&raw, &why)).ignore();
+        if let Ok((id, reply_key)) = JobEntry::address(&fields) {
+            let reply = ReplyEntry { id, outcome: Outcome::Failed { status: 1, message: why.clone() } };
+            let mut xadd = redis::cmd("XADD");
+            xadd.arg(reply_key).arg("*");
+            for (k, v) in reply.to_fields() {
+                xadd.arg(k).arg(v);
+            }
+            pipe.add_command(xadd).ignore();
+        }
+        pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&eid).ignore();
+        pipe.cmd("XDEL").arg(&self.stream).arg(&eid).ignore();
+        match tokio::time::timeout(self.timeout(), pipe.query_async::<()>(&mut w)).await {
+            Ok(Ok(())) => ::metrics::counter!(metrics::BROKER_DEAD_LETTERS, "stage" => self.stage.clone()).increment(1),
+            _ => ::metrics::counter!(metrics::BROKER_ERRORS, "op" => "dead_letter").increment(1),
+        }
+    }
+
+    fn dead_letter<K: redis::ToRedisArgs>(&self, fields: &[(K, Vec<u8>)], reason: &str) -> redis::Cmd {
+        let mut cmd = redis::cmd("XADD");
+        // Dead letters are kept for inspection, the oldest dropped beyond 10,000 per stage.
+        cmd.arg(self.keys.dead(&self.stage)).arg("MAXLEN").arg("~").arg(10_000).arg("*");
+        for (k, v) in fields {
+            cmd.arg(k).arg(v);
+        }
+        cmd.arg("dead_reason").arg(reason).arg("dead_at").arg(unix_ms()).arg("dead_by").arg(&self.consumer);
+        cmd
+    }
+
+    /// Heartbeat, idle-time refresh of this worker's jobs, and reclaiming of dead workers' jobs.
+    async fn keep(self: Arc<Self>) {
+        let mut conn: Option<ConnectionManager> = None;
+        let mut tick = tokio::time::interval(self.pause());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let result: redis::RedisResult<()> = async {
+                if conn.is_none() {
+                    let mut c = connect(&self.config, self.timeout()).await?;
+                    ensure_group(&mut c, &self.stream).await?;
+                    conn = Some(c);
+                }
+                let c = conn.as_mut().expect("connected above");
+                self.heartbeat(c).await?;
+                self.refresh(c).await?;
+                if self.live() {
+                    self.reclaim(c).await?;
+                }
+                Ok(())
+            }
+            .await;
+            let up = result.is_ok();
+            if let Err(e) = result {
+                ::metrics::counter!(metrics::BROKER_ERRORS, "op" => "keeper").increment(1);
+                if let (Some("NOGROUP"), Some(c)) = (e.code(), conn.as_mut()) {
+                    let _ = ensure_group(c, &self.stream).await;
+                }
+                if self.up.load(Ordering::Acquire) {
+                    tracing::error!(stage = %self.stage, error = %e, "broker unreachable from the worker");
+                }
+            }
+            if up && !self.up.load(Ordering::Acquire) {
+                tracing::info!(stage = %self.stage, "broker up");
+            }
+            self.up.store(up, Ordering::Release);
+            ::metrics::gauge!(metrics::BROKER_UP).set(if up { 1.0 } else { 0.0 });
+        }
+    }
+
+    async fn heartbeat(&self, c: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let key = self.keys.workers(&self.stage);
+        let mut pipe = redis::pipe();
+        if self.live() {
+            pipe.cmd("HSET").arg(&key).arg(&self.consumer).arg(unix_ms() + 3 * self.config.health_interval_ms).ignore();
+        } else {
+            pipe.cmd("HDEL").arg(&key).arg(&self.consumer).ignore();
+        }
+        pipe.cmd("PEXPIRE").arg(&key).arg(60_000).ignore();
+        tokio::time::timeout(self.timeout(), pipe.query_async::<()>(c))
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "heartbeat timed out")))?
+    }
+
+    /// Resets the idle time of the jobs this worker holds, so they are not taken back.
+    async fn refresh(&self, c: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let ids: Vec<String> = self.in_flight().iter().cloned().collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = redis::cmd("XCLAIM");
+        cmd.arg(&self.stream).arg(GROUP).arg(&self.consumer).arg(0).arg(&ids).arg("JUSTID");
+        tokio::time::timeout(self.timeout(), cmd.query_async::<redis::Value>(c))
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "XCLAIM timed out")))??;
+        Ok(())
+    }
+
+    /// Takes back jobs whose worker stopped answering and redelivers or dead-letters them.
+    async fn reclaim(&self, c: &mut ConnectionManager) -> redis::RedisResult<()> {
+        let mut start = "0-0".to_string();
+        // Each XAUTOCLAIM scans a bounded part of the pending list; a few rounds per tick.
+        for _ in 0..16 {
+            let r: StreamAutoClaimReply = tokio::time::timeout(
+                self.timeout(),
+                redis::cmd("XAUTOCLAIM")
+                    .arg(&self.stream)
+                    .arg(GROUP)
+                    .arg(&self.consumer)
+                    .arg(self.config.visibility_timeout_ms)
+                    .arg(&start)
+                    .arg("COUNT")
+                    .arg(CLAIM_BATCH)
+                    .query_async(c),
+            )
+            .await
+            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "XAUTOCLAIM timed out")))??;
+            let mut pipe = redis::pipe();
+            pipe.atomic();
+            let mut redelivered = 0u64;
+            let mut dead = 0u64;
+            for e in &r.claimed {
+                let fields = fields_of(&e.map);
+                match JobEntry::from_fields(&fields) {
+                    Err(err) => {
+                        let raw: Vec<(&str, Vec<u8>)> = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+                        pipe.add_command(self.dead_letter(&raw, &format!("unreadable job: {err}"))).ignore();
+                        dead += 1;
+                    }
+                    Ok(mut job) => match reclaim(job.attempts, self.config.max_deliveries) {
+                        Reclaim::Redeliver { attempts } => {
+                            job.attempts = attempts;
+                            let mut xadd = redis::cmd("XADD");
+                            xadd.arg(&self.stream).arg("*");
+                            for (k, v) in job.to_fields() {
+                                xadd.arg(k).arg(v);
+                            }
+                            pipe.add_command(xadd).ignore();
+                            redelivered += 1;
+                        }
+                        Reclaim::DeadLetter => {
+                            let why = format!("delivered {} times, each time its worker stopped", job.attempts + 1);
+                            pipe.add_command(self.dead_letter(&job.to_fields(), &why)).ignore();
+                            let reply =
+                                ReplyEntry { id: job.id.clone(), outcome: Outcome::Failed { status: 1, message: why } };
+                            let mut xadd = redis::cmd("XADD");
+                            xadd.arg(&job.reply).arg("*");
+                            for (k, v) in reply.to_fields() {
+                                xadd.arg(k).arg(v);
+                            }
+                            pipe.add_command(xadd).ignore();
+                            dead += 1;
+                        }
+                    },
+                }
+            }
+            let done: Vec<&String> = r.claimed.iter().map(|e| &e.id).chain(&r.deleted_ids).collect();
+            if !done.is_empty() {
+                pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&done).ignore();
+                pipe.cmd("XDEL").arg(&self.stream).arg(&done).ignore();
+                tokio::time::timeout(self.timeout(), pipe.query_async::<()>(c))
+                    .await
+                    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "reclaim timed out")))??;
+                if redelivered > 0 {
+                    tracing::warn!(stage = %self.stage, jobs = redelivered, "broker: jobs of a stopped worker put back on the stream");
+                    ::metrics::counter!(metrics::BROKER_REDELIVERIES, "stage" => self.stage.clone())
+                        .increment(redelivered);
+                }
+                if dead > 0 {
+                    tracing::error!(stage = %self.stage, jobs = dead, "broker: jobs dead-lettered");
+                    ::metrics::counter!(metrics::BROKER_DEAD_LETTERS, "stage" => self.stage.clone()).increment(dead);
+                }
+            }
+            if r.next_stream_id == "0-0" {
+                break;
+            }
+            start = r.next_stream_id;
+        }
+        Ok(())
+    }
+}
+
+fn reply_error(reply: &ReplyEntry) -> String {
+    match &reply.outcome {
+        Outcome::Failed { message, .. } => message.clone(),
+        Outcome::Done { .. } => String::new(),
+    }
+}

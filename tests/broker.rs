@@ -1,0 +1,321 @@
+//! The distributed mode on real processes: `gpubackend --role api` and `--role worker` (the built
+//! binary) over a real `redis-server` on loopback — e2e objects + persons through api + 2 workers,
+//! SIGKILL of a worker under load (every request answered, none lost), a Redis restart (fast
+//! refusals, then recovery by itself), a poison image (status 1 + dead letter), and two API
+//! replicas sharing persons through PostgreSQL.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::common;
+use crate::persons::{call, persons};
+
+use common::postgres::PgCluster;
+use common::redis::RedisServer;
+use common::{ChildGuard, DETECT, data, repo, tempdir};
+use gpubackend::client::{Conn, metric_value};
+use serde_json::json;
+
+const MARKER: &str = "GPUBACKEND_PANIC";
+
+/// The embedded default config with the broker on `redis` under `prefix`, short broker timings
+/// (a dead worker's jobs come back after 2 s), its own person store, and `extra` TOML appended.
+pub(crate) fn write_config(redis: &RedisServer, prefix: &str, extra: &str) -> PathBuf {
+    let dir = tempdir(&format!("broker-{prefix}"));
+    let text = std::fs::read_to_string(repo().join("config/default.toml")).unwrap();
+    let text = text.replace("dir = \"data\"", &format!("dir = \"{}\"", dir.join("store").display()));
+    assert!(text.contains(&dir.display().to_string()), "config/default.toml no longer has `dir = \"data\"`");
+    let text = format!(
+        "{text}\n[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\nvisibility_timeout_ms = 2000\n\
+         health_interval_ms = 200\nblock_ms = 200\ncommand_timeout_ms = 500\n{extra}\n",
+        redis.url()
+    );
+    let path = dir.join("gpubackend.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// One server process of a role.
+pub(crate) struct Node {
+    child: ChildGuard,
+    pub(crate) addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Node {
+    pub(crate) fn start(role: &str, config: &Path, models: &str) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let log = config.with_file_name(format!("{role}-{port}.log"));
+        let child = Command::new(env!("CARGO_BIN_EXE_gpubackend"))
+            .current_dir(repo())
+            .args(["-c", config.to_str().unwrap(), "--role", role, "--port", &port.to_string(), "--models", models])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self { child: ChildGuard(child), addr: format!("127.0.0.1:{port}").parse().unwrap(), log }
+    }
+
+    fn conn(&self) -> Conn {
+        Conn::new(self.addr)
+    }
+
+    pub(crate) fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while !self.conn().get("/health/ready").map(|r| r.status == 200).unwrap_or(false) {
+            assert!(self.child.0.try_wait().unwrap().is_none(), "server exited: {}", self.log_text());
+            assert!(start.elapsed() < Duration::from_secs(600), "not ready: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn metrics(&self) -> String {
+        self.conn().get("/metrics").unwrap().text()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        self.child.0.kill().unwrap();
+        self.child.0.wait().unwrap();
+    }
+}
+
+/// objects/detect `object` on `images` copies of a photo; (HTTP status, per-file statuses, first labels).
+fn detect(c: &mut Conn, image: &[u8], images: usize) -> (u16, Vec<u64>, Vec<String>) {
+    let names: Vec<String> = (0..images).map(|i| format!("f{i}")).collect();
+    let meta = json!({"mode": ["object"], "images": names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>()});
+    let meta = meta.to_string();
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> =
+        names.iter().map(|n| (n.as_str(), Some("p.jpg"), image)).collect();
+    parts.push(("meta", None, meta.as_bytes()));
+    let r = c.post_multipart(DETECT, &parts).unwrap();
+    let v = r.json();
+    let files = v["body"]["object_labels"].as_array().cloned().unwrap_or_default();
+    let statuses = files.iter().map(|f| f["status"].as_u64().unwrap()).collect();
+    let labels = files.iter().map(|f| f["labels"][0]["eng"].as_str().unwrap_or("").to_string()).collect();
+    (r.status, statuses, labels)
+}
+
+fn sum_over(nodes: &[&Node], name: &str, labels: &[(&str, &str)]) -> f64 {
+    nodes.iter().map(|n| metric_value(&n.metrics(), name, labels)).sum()
+}
+
+#[test]
+fn objects_and_persons_through_an_api_and_two_workers() {
+    let redis = RedisServer::start();
+    let cfg = write_config(&redis, "e2e", "");
+    let mut workers =
+        [Node::start("worker", &cfg, "mobilenet_v2,face"), Node::start("worker", &cfg, "mobilenet_v2,face")];
+    let mut api = Node::start("api", &cfg, "mobilenet_v2,face");
+    for n in workers.iter_mut().chain([&mut api]) {
+        n.wait_ready();
+    }
+    // A worker serves no Vision API.
+    let r = workers[0].conn().post_multipart(DETECT, &[("meta", None, b"{}")]).unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+
+    let mut c = api.conn();
+    let (status, files, labels) = detect(&mut c, &data("chelsea.jpg"), 4);
+    assert_eq!((status, files), (200, vec![0; 4]), "{}", api.log_text());
+    assert!(labels.iter().all(|l| l == "Cat"), "{labels:?}");
+
+    let (s, v) =
+        call(&mut c, "set", json!({"space":"1","images":[{"name":"f","person_id":7}]}), &[("f", "obama2.jpg")]);
+    assert_eq!((s, &v["body"]["objects"][0]["status"]), (200, &json!(0)), "{v}");
+    let (s, v) = call(&mut c, "recognize", json!({"space":"1","images":[{"name":"f"}]}), &[("f", "obama.jpg")]);
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(persons(&v, 0)[0]["tag"], "person7", "{v}");
+
+    // Every job went through the broker: f16 inputs (2 bytes per value) and one answer each.
+    let m = api.metrics();
+    let bytes = metric_value(&m, "gpubackend_broker_payload_bytes_total", &[("stage", "mobilenet_v2")]);
+    assert_eq!(bytes, (4 * 3 * 224 * 224 * 2) as f64);
+    assert!(metric_value(&m, "gpubackend_broker_payload_bytes_total", &[("stage", "face_pnet")]) > 0.0);
+    assert_eq!(metric_value(&m, "gpubackend_broker_up", &[]), 1.0);
+    let refs: Vec<&Node> = workers.iter().collect();
+    let done = sum_over(&refs, "gpubackend_broker_jobs_total", &[("stage", "mobilenet_v2"), ("outcome", "done")]);
+    assert_eq!(done, 4.0);
+    for stage in ["face_pnet", "face_rnet", "face_onet", "face_embed"] {
+        assert!(sum_over(&refs, "gpubackend_broker_jobs_total", &[("stage", stage), ("outcome", "done")]) > 0.0);
+    }
+    // Acknowledged jobs are deleted: nothing left on the streams.
+    assert_eq!(redis.int(&["XLEN", "e2e:jobs:mobilenet_v2"]), 0);
+}
+
+#[test]
+fn a_worker_killed_under_load_loses_no_request() {
+    let redis = RedisServer::start();
+    let cfg = write_config(&redis, "kill", "");
+    let mut a = Node::start("worker", &cfg, "mobilenet_v2");
+    let mut b = Node::start("worker", &cfg, "mobilenet_v2");
+    let mut api = Node::start("api", &cfg, "mobilenet_v2");
+    for n in [&mut a, &mut b, &mut api] {
+        n.wait_ready();
+    }
+    let image = Arc::new(data("chelsea.jpg"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let addr = api.addr;
+    let clients: Vec<_> = (0..8)
+        .map(|_| {
+            let (image, stop, answered) = (image.clone(), stop.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr);
+                let mut bad = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let (status, files, labels) = detect(&mut c, &image, 1);
+                    if status != 200 || files != [0] || labels != ["Cat"] {
+                        bad.push(format!("{status} {files:?} {labels:?}"));
+                    }
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                bad
+            })
+        })
+        .collect();
+    let wait_for = |n: usize| {
+        let start = Instant::now();
+        while answered.load(Ordering::Relaxed) < n {
+            assert!(start.elapsed() < Duration::from_secs(600), "requests stopped being answered");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(40);
+    // SIGKILL mid-batch: its jobs stay pending until the survivor takes them back.
+    a.kill();
+    let killed_at = answered.load(Ordering::Relaxed);
+    wait_for(killed_at + 80);
+    stop.store(true, Ordering::Relaxed);
+    let bad: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    assert!(bad.is_empty(), "requests not answered with Cat: {bad:?}\n{}", api.log_text());
+
+    let redelivered = metric_value(&b.metrics(), "gpubackend_broker_redeliveries_total", &[("stage", "mobilenet_v2")]);
+    assert!(redelivered >= 1.0, "the killed worker's jobs were not taken back\n{}", b.log_text());
+    // Nothing lost on the stream either.
+    let start = Instant::now();
+    while redis.int(&["XLEN", "kill:jobs:mobilenet_v2"]) != 0 {
+        assert!(start.elapsed() < Duration::from_secs(60), "jobs left on the stream");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_redis_restart_refuses_fast_then_recovers_by_itself() {
+    let mut redis = RedisServer::start();
+    let cfg = write_config(&redis, "restart", "");
+    let mut worker = Node::start("worker", &cfg, "mobilenet_v2");
+    let mut api = Node::start("api", &cfg, "mobilenet_v2");
+    worker.wait_ready();
+    api.wait_ready();
+    let image = data("chelsea.jpg");
+    let mut c = api.conn();
+    assert_eq!(detect(&mut c, &image, 1).1, [0]);
+
+    redis.stop_server();
+    // Readiness turns false once the health check misses the broker.
+    let start = Instant::now();
+    while api.conn().get("/health/ready").unwrap().status != 503 {
+        assert!(start.elapsed() < Duration::from_secs(60), "api still ready without its broker");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Refused at once: 503 over HTTP, the envelope's 500, and the reason.
+    let r = c
+        .post_multipart(
+            DETECT,
+            &[("f", Some("p.jpg"), &image), ("meta", None, br#"{"mode":["object"],"images":[{"name":"f"}]}"#)],
+        )
+        .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    let v = r.json();
+    assert_eq!(v["status"], 500);
+    assert!(v["body"].as_str().unwrap().contains("broker unavailable"), "{v}");
+    assert!(metric_value(&api.metrics(), "gpubackend_refusals_total", &[("reason", "not_ready")]) >= 1.0);
+
+    // Back (empty: no persistence): both roles reconnect, the worker recreates its group.
+    redis.start_server();
+    api.wait_ready();
+    let start = Instant::now();
+    loop {
+        let (status, files, labels) = detect(&mut c, &image, 1);
+        if status == 200 && files == [0] {
+            assert_eq!(labels, ["Cat"]);
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "no recovery: {status} {files:?}\n{}", worker.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    worker.wait_ready();
+}
+
+#[test]
+fn a_poison_image_is_dead_lettered_and_answered_with_status_1() {
+    let redis = RedisServer::start();
+    let cfg = write_config(&redis, "poison", &format!("[fault_injection]\npanic_marker = \"{MARKER}\"\n"));
+    let mut worker = Node::start("worker", &cfg, "mobilenet_v2");
+    let mut api = Node::start("api", &cfg, "mobilenet_v2");
+    worker.wait_ready();
+    api.wait_ready();
+    let img = data("chelsea.jpg");
+    let poisoned = [img.as_slice(), MARKER.as_bytes()].concat();
+    let meta = br#"{"mode":["object"],"images":[{"name":"a"},{"name":"p"},{"name":"b"}]}"#;
+    let r = api
+        .conn()
+        .post_multipart(DETECT, &[("a", None, &img), ("p", None, &poisoned), ("b", None, &img), ("meta", None, meta)])
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let v = r.json();
+    let f = v["body"]["object_labels"].as_array().unwrap();
+    assert_eq!((&f[0]["status"], &f[2]["status"]), (&json!(0), &json!(0)), "{v}");
+    assert_eq!(f[1]["status"], 1, "{v}");
+    assert!(f[1]["error"].as_str().unwrap().contains("injected fault"), "{v}");
+
+    assert_eq!(redis.int(&["XLEN", "poison:dead:mobilenet_v2"]), 1);
+    let dead = redis.cli(&["XRANGE", "poison:dead:mobilenet_v2", "-", "+"]).unwrap();
+    assert!(dead.contains("injected fault"), "{dead}");
+    assert_eq!(
+        metric_value(&worker.metrics(), "gpubackend_broker_dead_letters_total", &[("stage", "mobilenet_v2")]),
+        1.0
+    );
+    // The worker restarted and serves again.
+    worker.wait_ready();
+    assert_eq!(detect(&mut api.conn(), &img, 1).1, [0]);
+}
+
+#[test]
+fn two_api_replicas_share_persons_through_postgres() {
+    let redis = RedisServer::start();
+    let pg = PgCluster::start();
+    let extra = format!("[store]\nbackend = \"postgres\"\npostgres_url = \"{}\"\n", pg.url());
+    let cfg = write_config(&redis, "pg", "");
+    // The store table is already in the file: switch its backend instead of adding a second one.
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let store_at = text.find("[store]").unwrap();
+    let next = text[store_at + 7..].find("\n[").map_or(text.len(), |i| store_at + 7 + i);
+    std::fs::write(&cfg, format!("{}{extra}{}", &text[..store_at], &text[next..])).unwrap();
+
+    let mut worker = Node::start("worker", &cfg, "face");
+    let mut a = Node::start("api", &cfg, "face");
+    let mut b = Node::start("api", &cfg, "face");
+    for n in [&mut worker, &mut a, &mut b] {
+        n.wait_ready();
+    }
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let (s, v) =
+        call(&mut ca, "set", json!({"space":"4","images":[{"name":"f","person_id":11}]}), &[("f", "obama2.jpg")]);
+    assert_eq!((s, &v["body"]["objects"][0]["status"]), (200, &json!(0)), "{v}\n{}", a.log_text());
+    let (_, v) = call(
+        &mut cb,
+        "recognize",
+        json!({"space":"4","update_embedding":false,"images":[{"name":"f"}]}),
+        &[("f", "obama.jpg")],
+    );
+    assert_eq!(persons(&v, 0)[0]["tag"], "person11", "{v}");
+}
