@@ -435,13 +435,13 @@ fn k8s_distributed_mode_is_an_api_and_a_worker_per_model_scaled_on_their_streams
         assert_eq!(c["resources"]["limits"]["nvidia.com/gpu"], "1", "one worker pod = one GPU");
         assert_eq!(str_at(c, &["readinessProbe", "httpGet", "path"]), "/health/ready");
 
-        // KEDA: one redis-streams trigger per stage stream, at the model's queue target, by length.
+        // KEDA: one redis-streams trigger per stream of the model, at its queue target, by length.
         let mc = &gpu.models[&model];
-        let target = mc.queue_target().to_string();
+        let target = gpubackend::http::broker_stream_target(mc).to_string();
         let keda = in_file("keda-workers.yaml", &name);
         assert_eq!(str_at(&keda, &["spec", "scaleTargetRef", "name"]), name);
         let triggers = keda["spec"]["triggers"].as_sequence().unwrap();
-        let stages: Vec<String> = mc.stages(&model).into_iter().map(|(s, _, _)| s).collect();
+        let stages = gpubackend::http::broker_streams(&model, mc);
         assert_eq!(triggers.len(), stages.len());
         for (t, stage) in triggers.iter().zip(&stages) {
             assert_eq!(str_at(t, &["type"]), "redis-streams");

@@ -140,8 +140,33 @@ impl Broker {
         self.stages.get(stage).map_or(0, |s| s.outstanding.load(Ordering::Relaxed))
     }
 
-    /// Puts a job on its stage's stream; refuses at once when the broker is down or the stage is full.
+    /// Puts a model input on its stage's stream; refuses at once when the broker is down or the
+    /// stage is full.
     pub fn enqueue(&self, stage: &str, job: Job) -> Result<(), Refused> {
+        let (encoding, input, poisoned) = (self.config.payload, job.input, job.poisoned);
+        self.submit(stage, job.reply, |id, reply, deadline| {
+            JobEntry::new(id, reply, deadline, &input, poisoned, encoding)
+        })
+    }
+
+    /// Puts an uploaded image on its model's stream: the worker runs the model's whole pipeline
+    /// on it (the face cascade) and answers with its output.
+    pub fn enqueue_image(
+        &self,
+        stage: &str,
+        image: Vec<u8>,
+        poisoned: bool,
+        reply: tokio::sync::oneshot::Sender<Result<Prediction, InferError>>,
+    ) -> Result<(), Refused> {
+        self.submit(stage, reply, |id, reply_key, deadline| JobEntry::image(id, reply_key, deadline, image, poisoned))
+    }
+
+    fn submit(
+        &self,
+        stage: &str,
+        reply: tokio::sync::oneshot::Sender<Result<Prediction, InferError>>,
+        entry: impl FnOnce(String, String, u64) -> JobEntry,
+    ) -> Result<(), Refused> {
         let Some(st) = self.stages.get(stage) else {
             return Err(Refused::BrokerDown(format!("stage {stage} is not on the broker. This is a bug.")));
         };
@@ -157,17 +182,10 @@ impl Broker {
         let id = format!("{}:{}", self.reply_key, self.seq.fetch_add(1, Ordering::Relaxed));
         let now = Instant::now();
         let deadline_ms = unix_ms() + st.max_wait.as_millis() as u64;
-        let entry = JobEntry::new(
-            id.clone(),
-            self.reply_key.clone(),
-            deadline_ms,
-            &job.input,
-            job.poisoned,
-            self.config.payload,
-        );
+        let entry = entry(id.clone(), self.reply_key.clone(), deadline_ms);
         self.lock().insert(
             id.clone(),
-            Pending { stage: st.clone(), reply: job.reply, sent: now, deadline: now + st.max_wait, deadline_ms },
+            Pending { stage: st.clone(), reply, sent: now, deadline: now + st.max_wait, deadline_ms },
         );
         let out = Outgoing { stream: st.stream.clone(), stage: stage.to_string(), entry };
         if self.outgoing.try_send(out).is_err() {

@@ -40,6 +40,9 @@ pub enum Payload {
     F16(Vec<u8>),
     /// `value = min + q × step`.
     U8 { min: f32, step: f32, data: Vec<u8> },
+    /// The uploaded image file itself: the job of a model whose whole pipeline runs on the worker
+    /// (the face model: the cascade's inputs are 10–70× the photo's bytes).
+    Image(Vec<u8>),
 }
 
 impl Payload {
@@ -57,17 +60,21 @@ impl Payload {
         }
     }
 
-    pub fn decode(&self) -> Vec<f32> {
+    /// The model input's values; None for an image file.
+    pub fn decode(&self) -> Option<Vec<f32>> {
         match self {
-            Self::F16(bytes) => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Self::U8 { min, step, data } => data.iter().map(|&q| min + f32::from(q) * step).collect(),
+            Self::F16(bytes) => {
+                Some(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+            }
+            Self::U8 { min, step, data } => Some(data.iter().map(|&q| min + f32::from(q) * step).collect()),
+            Self::Image(_) => None,
         }
     }
 
     /// Bytes on the wire (the data field).
     pub fn len(&self) -> usize {
         match self {
-            Self::F16(b) => b.len(),
+            Self::F16(b) | Self::Image(b) => b.len(),
             Self::U8 { data, .. } => data.len(),
         }
     }
@@ -119,8 +126,14 @@ impl JobEntry {
         }
     }
 
-    pub fn input(&self) -> ModelInput {
-        ModelInput { data: self.payload.decode(), size: self.size }
+    /// A job of a whole image: the model's pipeline runs on the worker.
+    pub fn image(id: String, reply: String, deadline_ms: u64, bytes: Vec<u8>, poisoned: bool) -> Self {
+        Self { id, reply, deadline_ms, attempts: 0, poisoned, size: None, payload: Payload::Image(bytes) }
+    }
+
+    /// The model input (None for an image job).
+    pub fn input(&self) -> Option<ModelInput> {
+        Some(ModelInput { data: self.payload.decode()?, size: self.size })
     }
 
     pub fn to_fields(&self) -> Vec<(&'static str, Vec<u8>)> {
@@ -137,6 +150,10 @@ impl JobEntry {
         match &self.payload {
             Payload::F16(b) => {
                 f.push(("enc", b"f16".to_vec()));
+                f.push(("data", b.clone()));
+            }
+            Payload::Image(b) => {
+                f.push(("enc", b"image".to_vec()));
                 f.push(("data", b.clone()));
             }
             Payload::U8 { min, step, data } => {
@@ -170,6 +187,7 @@ impl JobEntry {
             "f16" if data.len() % 2 == 0 => Payload::F16(data),
             "f16" => return Err(CodecError::Invalid { field: "data", message: "odd length for f16".into() }),
             "u8" => Payload::U8 { min: float(fields, "min")?, step: float(fields, "step")?, data },
+            "image" => Payload::Image(data),
             other => return Err(CodecError::Invalid { field: "enc", message: format!("unknown encoding `{other}`") }),
         };
         Ok(Self {
@@ -294,7 +312,7 @@ mod tests {
         assert_eq!(job.payload.len(), 2 * input.data.len());
         let back = JobEntry::from_fields(&roundtrip_fields(job.to_fields())).unwrap();
         assert_eq!(back, job);
-        let decoded = back.input();
+        let decoded = back.input().unwrap();
         assert_eq!(decoded.size, Some([10, 20]));
         for (a, b) in input.data.iter().zip(&decoded.data) {
             assert!((a - b).abs() <= a.abs() * 2f32.powi(-11) + 1e-7, "{a} vs {b}");
@@ -311,7 +329,7 @@ mod tests {
         assert!(back.poisoned);
         let Payload::U8 { step, .. } = back.payload else { panic!("u8 expected") };
         assert!((step - 4.6 / 255.0).abs() < 1e-3);
-        for (a, b) in input.data.iter().zip(back.input().data) {
+        for (a, b) in input.data.iter().zip(back.input().unwrap().data) {
             assert!((a - b).abs() <= step / 2.0 + 1e-6, "{a} vs {b}");
         }
     }
@@ -320,8 +338,17 @@ mod tests {
     fn constant_and_empty_inputs_survive_u8() {
         for data in [vec![0.7f32; 12], vec![]] {
             let p = Payload::encode(&data, PayloadEncoding::U8);
-            assert_eq!(p.decode(), data);
+            assert_eq!(p.decode(), Some(data));
         }
+    }
+
+    #[test]
+    fn image_jobs_carry_the_file_itself() {
+        let job = JobEntry::image("a:5".into(), "r".into(), 9, vec![0xff, 0xd8, 1, 2, 3], true);
+        let back = JobEntry::from_fields(&roundtrip_fields(job.to_fields())).unwrap();
+        assert_eq!(back, job);
+        assert_eq!(back.payload.len(), 5);
+        assert_eq!(back.input(), None);
     }
 
     #[test]

@@ -23,7 +23,9 @@ use redis::aio::ConnectionManager;
 use redis::streams::{StreamAutoClaimReply, StreamId, StreamReadReply};
 use tokio::sync::{Semaphore, oneshot};
 
-use super::codec::{Fields, JobEntry, Outcome, Reclaim, ReplyEntry, fields_of, reclaim};
+use futures_util::future::BoxFuture;
+
+use super::codec::{Fields, JobEntry, Outcome, Payload, Reclaim, ReplyEntry, fields_of, reclaim};
 use super::{GROUP, Keys, connect, ensure_group, unix_ms};
 use crate::actors::{Batcher, Enqueue, InferError, Job, WorkerHealth};
 use crate::config::BrokerConfig;
@@ -32,6 +34,19 @@ use crate::metrics;
 /// Jobs examined per XAUTOCLAIM.
 const CLAIM_BATCH: usize = 64;
 
+/// Runs a model's whole pipeline on an uploaded image (`Payload::Image` jobs): the image bytes and
+/// the fault-injection mark in, the answer out.
+pub type ImageRunner = Arc<dyn Fn(Vec<u8>, bool) -> BoxFuture<'static, Outcome> + Send + Sync>;
+
+/// What a stage's jobs go through on the worker.
+#[derive(Clone)]
+pub enum Runner {
+    /// One network: the model input into the stage's batcher.
+    Batcher(Addr<Batcher>),
+    /// A whole model pipeline on the image (the face cascade).
+    Image(ImageRunner),
+}
+
 /// One model stage's link between its stream and the local batcher.
 pub struct Feeder {
     config: BrokerConfig,
@@ -39,8 +54,9 @@ pub struct Feeder {
     stage: String,
     stream: String,
     consumer: String,
-    batcher: Addr<Batcher>,
-    health: Vec<Arc<WorkerHealth>>,
+    runner: Runner,
+    /// The workers each network of the stage needs: live when every group has a live one.
+    health: Vec<Vec<Arc<WorkerHealth>>>,
     /// Jobs taken at once at most (read and not answered).
     budget: usize,
     /// Entry ids read and not answered yet (their idle time is kept fresh).
@@ -50,13 +66,13 @@ pub struct Feeder {
 }
 
 impl Feeder {
-    /// `budget`: jobs the local batcher and workers hold at once (batches in flight + one forming).
+    /// `budget`: jobs the local pipeline holds at once (for a batcher: batches in flight + one forming).
     pub fn start(
         config: &BrokerConfig,
         consumer: &str,
         stage: &str,
-        batcher: Addr<Batcher>,
-        health: Vec<Arc<WorkerHealth>>,
+        runner: Runner,
+        health: Vec<Vec<Arc<WorkerHealth>>>,
         budget: usize,
         up: Arc<AtomicBool>,
     ) -> Arc<Self> {
@@ -67,7 +83,7 @@ impl Feeder {
             keys,
             stage: stage.to_string(),
             consumer: consumer.to_string(),
-            batcher,
+            runner,
             health,
             budget: budget.max(1),
             in_flight: Mutex::new(HashSet::new()),
@@ -84,7 +100,7 @@ impl Feeder {
     }
 
     fn live(&self) -> bool {
-        self.health.iter().any(|w| w.is_alive())
+        self.health.iter().all(|group| group.iter().any(|w| w.is_alive()))
     }
 
     fn timeout(&self) -> Duration {
@@ -199,30 +215,11 @@ impl Feeder {
                 continue;
             };
             self.in_flight().insert(eid.clone());
-            let (tx, rx) = oneshot::channel();
-            let queued = self
-                .batcher
-                .send(Enqueue(Job { input: Arc::new(job.input()), poisoned: job.poisoned, reply: tx }))
-                .await;
+            let work = self.work(&job).await;
             let me = self.clone();
             let w = w.clone();
             tokio::spawn(async move {
-                let outcome = match queued {
-                    Ok(Ok(())) => match rx.await {
-                        Ok(Ok(p)) => Outcome::Done {
-                            output: p.output,
-                            queue_wait_us: p.queue_wait.as_micros() as u64,
-                            inference_us: p.inference.as_micros() as u64,
-                            batch_size: p.batch_size,
-                        },
-                        // The API wraps a permanent failure's reason in its own words again.
-                        Ok(Err(InferError::Failed(reason))) => Outcome::Failed { status: 1, message: reason },
-                        Ok(Err(e)) => Outcome::Failed { status: e.file_status(), message: e.to_string() },
-                        Err(_) => Outcome::Failed { status: 2, message: "the worker's batcher stopped".into() },
-                    },
-                    Ok(Err(refused)) => Outcome::Failed { status: 2, message: refused.to_string() },
-                    Err(e) => Outcome::Failed { status: 2, message: format!("batcher unavailable: {e}") },
-                };
+                let outcome = work.await;
                 me.answer(eid, job, outcome, w).await;
                 drop(permit);
             });
@@ -234,6 +231,42 @@ impl Feeder {
             pipe.cmd("XDEL").arg(&self.stream).arg(&skip).ignore();
             if tokio::time::timeout(self.timeout(), pipe.query_async::<()>(&mut w)).await.map_or(true, |r| r.is_err()) {
                 ::metrics::counter!(metrics::BROKER_ERRORS, "op" => "xack").increment(1);
+            }
+        }
+    }
+
+    /// Starts a job on the local pipeline; the future answers it.
+    async fn work(&self, job: &JobEntry) -> BoxFuture<'static, Outcome> {
+        let wrong = |what: &str| -> BoxFuture<'static, Outcome> {
+            let message = format!("{what} job on stage {}: unreadable here", self.stage);
+            Box::pin(std::future::ready(Outcome::Failed { status: 1, message }))
+        };
+        match (&self.runner, &job.payload) {
+            (Runner::Image(run), Payload::Image(bytes)) => run(bytes.clone(), job.poisoned),
+            (Runner::Image(_), _) => wrong("a model-input"),
+            (Runner::Batcher(batcher), _) => {
+                let Some(input) = job.input() else { return wrong("an image") };
+                let (tx, rx) = oneshot::channel();
+                let queued =
+                    batcher.send(Enqueue(Job { input: Arc::new(input), poisoned: job.poisoned, reply: tx })).await;
+                Box::pin(async move {
+                    match queued {
+                        Ok(Ok(())) => match rx.await {
+                            Ok(Ok(p)) => Outcome::Done {
+                                output: p.output,
+                                queue_wait_us: p.queue_wait.as_micros() as u64,
+                                inference_us: p.inference.as_micros() as u64,
+                                batch_size: p.batch_size,
+                            },
+                            // The API wraps a permanent failure's reason in its own words again.
+                            Ok(Err(InferError::Failed(reason))) => Outcome::Failed { status: 1, message: reason },
+                            Ok(Err(e)) => Outcome::Failed { status: e.file_status(), message: e.to_string() },
+                            Err(_) => Outcome::Failed { status: 2, message: "the worker's batcher stopped".into() },
+                        },
+                        Ok(Err(refused)) => Outcome::Failed { status: 2, message: refused.to_string() },
+                        Err(e) => Outcome::Failed { status: 2, message: format!("batcher unavailable: {e}") },
+                    }
+                })
             }
         }
     }

@@ -44,7 +44,11 @@ pub struct FaceService {
     pub onet: Arc<ServedModel>,
     pub embed: Arc<ServedModel>,
     pub config: crate::config::FaceConfig,
-    pub store: Addr<StoreActor>,
+    /// The person store (not on `--role worker`).
+    pub store: Option<Addr<StoreActor>>,
+    /// `--role api`: the broker that takes each image to a worker, where the whole cascade runs
+    /// (the cascade's inputs are 10–70× the photo's bytes: README, Distributed mode).
+    pub remote: Option<Arc<Broker>>,
 }
 
 impl FaceService {
@@ -222,17 +226,20 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     let mut face = None;
     let mut text_service = None;
     let mut plate_service = None;
-    // `--role api`: every stage's inputs go through the broker.
+    // `--role api`: every stage's inputs go through the broker; the face model's images go whole
+    // (one stream named after the model).
     let broker = (role == Role::Api).then(|| {
         let stages: Vec<(String, usize, std::time::Duration)> = placed
             .iter()
             .flat_map(|name| {
                 let mc = &config.models[name];
-                mc.stages(name).into_iter().map(|(stage, _, _)| (stage, mc.queue_capacity, mc.max_queue_wait()))
+                broker_streams(name, mc).into_iter().map(|stage| (stage, mc.queue_capacity, mc.max_queue_wait()))
             })
             .collect();
         Broker::start(&config.broker, &stages)
     });
+    // `--role worker`: what feeds the face model's cascade (started once the state exists).
+    let mut face_feed = None;
     let worker_broker_up = (role == Role::Worker).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let consumer = crate::broker::replica_name();
     for name in &placed {
@@ -276,7 +283,8 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 Some(b) => Route::Remote(b.clone()),
                 None => {
                     let batcher = Batcher::new(&stage, policy, addrs).start();
-                    if let Some(up) = &worker_broker_up {
+                    let fed_whole = mc.architecture == crate::config::Architecture::Face;
+                    if let Some(up) = worker_broker_up.as_ref().filter(|_| !fed_whole) {
                         // Batches in flight on every worker plus one forming: what the worker
                         // takes from the stream at once.
                         let budget = (max_batch * (slots + 1)).min(mc.queue_capacity);
@@ -284,8 +292,8 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                             &config.broker,
                             &consumer,
                             &stage,
-                            batcher.clone(),
-                            health.clone(),
+                            crate::broker::worker::Runner::Batcher(batcher.clone()),
+                            vec![health.clone()],
                             budget,
                             up.clone(),
                         );
@@ -314,15 +322,27 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             served_models.push(served.clone());
             stages.push(served);
         }
-        if !role.serves_api() {
-            continue;
-        }
         if let (Some(fc), [pnet, rnet, onet, embed]) = (&mc.faces, stages.as_slice()) {
             if face.is_some() {
                 return Err(StartError::Config(crate::config::ConfigError::Invalid {
                     field: format!("models.{name}"),
                     message: "only one face model can be placed per process".into(),
                 }));
+            }
+            if !role.serves_api() {
+                let groups = [pnet, rnet, onet, embed].map(|s| s.workers.clone()).to_vec();
+                face_feed = Some((name.clone(), groups, mc.max_batch));
+                face = Some(Arc::new(FaceService {
+                    name: name.clone(),
+                    pnet: pnet.clone(),
+                    rnet: rnet.clone(),
+                    onet: onet.clone(),
+                    embed: embed.clone(),
+                    config: fc.clone(),
+                    store: None,
+                    remote: None,
+                }));
+                continue;
             }
             // Opened on the store's own thread (the PostgreSQL client blocks and must not live on
             // the async runtime); its first start reports back. After a panic the arbiter's new
@@ -357,8 +377,12 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 onet: onet.clone(),
                 embed: embed.clone(),
                 config: fc.clone(),
-                store,
+                store: Some(store),
+                remote: broker.clone(),
             }));
+        }
+        if !role.serves_api() {
+            continue;
         }
         if let (crate::config::Architecture::Text, [det, cls, rec]) = (&mc.architecture, stages.as_slice()) {
             if text_service.is_some() {
@@ -418,6 +442,21 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         worker_broker_up,
     });
 
+    if let (Some((model, groups, budget)), Some(up)) = (face_feed, &state.worker_broker_up) {
+        let runner_state = state.clone();
+        let runner: crate::broker::worker::ImageRunner =
+            Arc::new(move |image, _poisoned| Box::pin(persons::face_job(runner_state.clone(), image)));
+        crate::broker::worker::Feeder::start(
+            &config.broker,
+            &consumer,
+            &model,
+            crate::broker::worker::Runner::Image(runner),
+            groups,
+            budget,
+            up.clone(),
+        );
+    }
+
     let listener = match listener {
         Some(l) => l,
         None => {
@@ -450,6 +489,25 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     .run();
     tracing::info!(%addr, "listening");
     Ok(RunningServer { addr, server })
+}
+
+/// The broker streams of a model: one per network, except the face model's one (its images go
+/// whole to a worker, which runs the cascade).
+pub fn broker_streams(name: &str, mc: &ModelConfig) -> Vec<String> {
+    match mc.architecture {
+        crate::config::Architecture::Face => vec![name.to_string()],
+        _ => mc.stages(name).into_iter().map(|(stage, _, _)| stage).collect(),
+    }
+}
+
+/// The jobs per worker on a model's streams that autoscaling keeps (KEDA `streamLength`): the
+/// model's `queue_target`, except for the face model, whose stream holds whole images: the
+/// images one worker takes at once (`max_batch`).
+pub fn broker_stream_target(mc: &ModelConfig) -> usize {
+    match mc.architecture {
+        crate::config::Architecture::Face => mc.max_batch,
+        _ => mc.queue_target(),
+    }
 }
 
 /// The Vision API (not on `--role worker`).

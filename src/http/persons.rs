@@ -136,6 +136,8 @@ where
     crate::actors::StoreActor: actix::Handler<M>,
 {
     face.store
+        .as_ref()
+        .ok_or_else(|| ApiError::Internal("no person store in this process. This is a bug.".into()))?
         .send(msg)
         .await
         .map_err(|e| ApiError::Internal(format!("person store unavailable: {e}")))?
@@ -333,6 +335,7 @@ fn coord(f: &Face) -> [i64; 4] {
 
 /// Each image's faces (most probable first, at most `max_faces`) with their embeddings, or its
 /// per-file error. Admission, readiness and client hang-up are handled here for the request.
+/// With `--role api` each image goes to a worker whole (the cascade runs there).
 async fn analyse(
     state: &AppState,
     face: &FaceService,
@@ -341,12 +344,102 @@ async fn analyse(
 ) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, FileResult>>, ApiError> {
     let stages = face.stages();
     let _admitted = admit(state, &stages.map(|s| s.as_ref()), images.len())?;
-    let read = each_image(state, req, &face.name, images, |_, img| faces_with_embeddings(state, face, img)).await?;
+    let read = match &face.remote {
+        None => each_image(state, req, &face.name, images, |_, img| faces_with_embeddings(state, face, img)).await?,
+        Some(broker) => remote_faces(broker, &face.name, req, images).await?,
+    };
     Ok(images
         .iter()
         .zip(read)
         .map(|((name, _), r)| r.map_err(|(status, e)| FileResult::failed(name, status, e)))
         .collect())
+}
+
+/// `--role api`: every image on the face model's stream, answered by a worker's cascade.
+async fn remote_faces(
+    broker: &crate::broker::api::Broker,
+    model: &str,
+    req: &HttpRequest,
+    images: &[(String, actix_web::web::Bytes)],
+) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, (u8, String)>>, ApiError> {
+    let mut pending = Vec::with_capacity(images.len());
+    for (_, bytes) in images {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        broker.enqueue_image(model, bytes.to_vec(), false, tx).map_err(|r| ApiError::Overloaded(r.to_string()))?;
+        pending.push(rx);
+    }
+    let answers = futures_util::future::join_all(pending.into_iter().map(|rx| async move {
+        match rx.await {
+            Ok(Ok(p)) => decode_faces(&p.output).map_err(|e| (1, e)),
+            Ok(Err(e)) => Err((e.file_status(), e.to_string())),
+            Err(_) => Err((2, format!("model {model} unavailable, retry later"))),
+        }
+    }));
+    tokio::select! {
+        answers = answers => Ok(answers),
+        () = super::disconnect::client_gone(req) => Err(ApiError::ClientGone("client closed the connection".into())),
+    }
+}
+
+/// Floats per face in a worker's answer: box (4), score, landmarks (10), embedding.
+const FACE_FLOATS: usize = 4 + 1 + 10 + crate::models::sface::EMBEDDING_LEN;
+
+/// A worker's cascade result as one flat output (faces one after another).
+fn encode_faces(faces: &[(Face, Vec<f32>)]) -> Vec<f32> {
+    let mut out = Vec::with_capacity(faces.len() * FACE_FLOATS);
+    for (f, embedding) in faces {
+        out.extend_from_slice(&f.bbox);
+        out.push(f.score);
+        out.extend(f.landmarks.iter().flatten());
+        out.extend_from_slice(embedding);
+    }
+    out
+}
+
+fn decode_faces(out: &[f32]) -> Result<Vec<(Face, Vec<f32>)>, String> {
+    if !out.len().is_multiple_of(FACE_FLOATS) {
+        return Err(format!("worker answered {} floats, not a multiple of {FACE_FLOATS}", out.len()));
+    }
+    Ok(out
+        .chunks_exact(FACE_FLOATS)
+        .map(|c| {
+            let mut landmarks = [[0f32; 2]; 5];
+            for (i, l) in landmarks.iter_mut().enumerate() {
+                *l = [c[5 + 2 * i], c[6 + 2 * i]];
+            }
+            let face = Face { bbox: [c[0], c[1], c[2], c[3]], score: c[4], landmarks };
+            (face, c[15..].to_vec())
+        })
+        .collect())
+}
+
+/// `--role worker`: one image job of the face model: decode (the configured limits), the cascade
+/// and the embedder on this worker's networks, the faces as one flat output.
+pub(crate) async fn face_job(state: Data<AppState>, image: Vec<u8>) -> crate::broker::codec::Outcome {
+    use crate::broker::codec::Outcome;
+    let Some(face) = state.face.clone() else {
+        return Outcome::Failed { status: 1, message: "no face model on this worker. This is a bug.".into() };
+    };
+    let start = Instant::now();
+    let decoded = state.decoder.send(crate::actors::Decode { bytes: image.into(), limits: state.limits.clone() }).await;
+    let img = match decoded {
+        Ok(Ok(img)) => img,
+        Ok(Err(e)) => return Outcome::Failed { status: 1, message: e.to_string() },
+        Err(e) => return Outcome::Failed { status: 2, message: format!("decoder unavailable: {e}") },
+    };
+    match faces_with_embeddings(&state, &face, Arc::new(img)).await {
+        Ok(faces) => Outcome::Done {
+            output: encode_faces(&faces),
+            queue_wait_us: 0,
+            inference_us: start.elapsed().as_micros() as u64,
+            batch_size: 1,
+        },
+        Err(StageError::Image(crate::actors::InferError::Failed(reason))) => {
+            Outcome::Failed { status: 1, message: reason }
+        }
+        Err(StageError::Image(e)) => Outcome::Failed { status: e.file_status(), message: e.to_string() },
+        Err(StageError::Request(e)) => Outcome::Failed { status: 2, message: e.to_string() },
+    }
 }
 
 /// Boxes that had pixels to crop, and their crops.
@@ -411,4 +504,26 @@ fn split_heads(outputs: Vec<Prediction>, widths: &[usize]) -> (Vec<Vec<f32>>, Ve
     }
     let prob = heads.pop().unwrap_or_default();
     (heads, prob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worker_faces_roundtrip_through_one_flat_output() {
+        let face = |k: f32| Face {
+            bbox: [k, k + 1.0, k + 30.0, k + 40.0],
+            score: 0.99,
+            landmarks: [[k, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, k]],
+        };
+        let faces: Vec<(Face, Vec<f32>)> = (0..3)
+            .map(|i| (face(i as f32), (0..crate::models::sface::EMBEDDING_LEN).map(|j| (i * j) as f32).collect()))
+            .collect();
+        let out = encode_faces(&faces);
+        assert_eq!(out.len(), 3 * FACE_FLOATS);
+        assert_eq!(decode_faces(&out).unwrap(), faces);
+        assert!(decode_faces(&out[1..]).is_err());
+        assert_eq!(decode_faces(&[]).unwrap(), vec![]);
+    }
 }
