@@ -41,7 +41,7 @@ pub enum Payload {
     /// `value = min + q × step`.
     U8 { min: f32, step: f32, data: Vec<u8> },
     /// The uploaded image file itself: the job of a model whose whole pipeline runs on the worker
-    /// (the face model: the cascade's inputs are 10–70× the photo's bytes).
+    /// (the face model: the cascade's inputs are 29–49× the photo's bytes).
     Image(Vec<u8>),
 }
 

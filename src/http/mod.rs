@@ -47,7 +47,7 @@ pub struct FaceService {
     /// The person store (not on `--role worker`).
     pub store: Option<Addr<StoreActor>>,
     /// `--role api`: the broker that takes each image to a worker, where the whole cascade runs
-    /// (the cascade's inputs are 10–70× the photo's bytes: README, Distributed mode).
+    /// (the cascade's inputs are 29–49× the photo's bytes: README, Distributed mode).
     pub remote: Option<Arc<Broker>>,
 }
 
