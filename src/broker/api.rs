@@ -250,12 +250,7 @@ impl Broker {
             for o in &batch {
                 ::metrics::counter!(metrics::BROKER_PAYLOAD_BYTES, "stage" => o.stage.clone())
                     .increment(o.entry.payload.len() as u64);
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(&o.stream).arg("*");
-                for (k, v) in o.entry.to_fields() {
-                    cmd.arg(k).arg(v);
-                }
-                pipe.add_command(cmd).ignore();
+                pipe.add_command(super::xadd(&o.stream, &o.entry.to_fields())).ignore();
             }
             let result = async {
                 if conn.is_none() {

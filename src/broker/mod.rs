@@ -97,6 +97,16 @@ pub async fn connect(config: &BrokerConfig, response_timeout: Duration) -> redis
         .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))?
 }
 
+/// `XADD key * field value …`.
+pub fn xadd<K: redis::ToRedisArgs>(key: &str, fields: &[(K, Vec<u8>)]) -> redis::Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key).arg("*");
+    for (k, v) in fields {
+        cmd.arg(k).arg(v);
+    }
+    cmd
+}
+
 /// Creates the stage's stream and consumer group if missing (from the stream's start, so jobs
 /// put on it before any worker existed are delivered).
 pub async fn ensure_group(conn: &mut ConnectionManager, stream: &str) -> redis::RedisResult<()> {

@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, oneshot};
 use futures_util::future::BoxFuture;
 
 use super::codec::{Fields, JobEntry, Outcome, Payload, Reclaim, ReplyEntry, fields_of, reclaim};
-use super::{GROUP, Keys, connect, ensure_group, unix_ms};
+use super::{GROUP, Keys, connect, ensure_group, unix_ms, xadd};
 use crate::actors::{Batcher, Enqueue, InferError, Job, WorkerHealth};
 use crate::config::BrokerConfig;
 use crate::metrics;
@@ -297,12 +297,7 @@ impl Feeder {
         let reply = ReplyEntry { id: job.id.clone(), outcome };
         let mut pipe = redis::pipe();
         pipe.atomic();
-        let mut xadd = redis::cmd("XADD");
-        xadd.arg(&job.reply).arg("*");
-        for (k, v) in reply.to_fields() {
-            xadd.arg(k).arg(v);
-        }
-        pipe.add_command(xadd).ignore();
+        pipe.add_command(xadd(&job.reply, &reply.to_fields())).ignore();
         if failed_for_good {
             pipe.add_command(self.dead_letter(&job.to_fields(), &reply_error(&reply))).ignore();
         }
@@ -338,12 +333,7 @@ impl Feeder {
         pipe.add_command(self.dead_letter(&raw, &why)).ignore();
         if let Ok((id, reply_key)) = JobEntry::address(&fields) {
             let reply = ReplyEntry { id, outcome: Outcome::Failed { status: 1, message: why.clone() } };
-            let mut xadd = redis::cmd("XADD");
-            xadd.arg(reply_key).arg("*");
-            for (k, v) in reply.to_fields() {
-                xadd.arg(k).arg(v);
-            }
-            pipe.add_command(xadd).ignore();
+            pipe.add_command(xadd(&reply_key, &reply.to_fields())).ignore();
         }
         pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&eid).ignore();
         pipe.cmd("XDEL").arg(&self.stream).arg(&eid).ignore();
@@ -466,12 +456,7 @@ impl Feeder {
                     Ok(mut job) => match reclaim(job.attempts, self.config.max_deliveries) {
                         Reclaim::Redeliver { attempts } => {
                             job.attempts = attempts;
-                            let mut xadd = redis::cmd("XADD");
-                            xadd.arg(&self.stream).arg("*");
-                            for (k, v) in job.to_fields() {
-                                xadd.arg(k).arg(v);
-                            }
-                            pipe.add_command(xadd).ignore();
+                            pipe.add_command(xadd(&self.stream, &job.to_fields())).ignore();
                             redelivered += 1;
                         }
                         Reclaim::DeadLetter => {
@@ -479,12 +464,7 @@ impl Feeder {
                             pipe.add_command(self.dead_letter(&job.to_fields(), &why)).ignore();
                             let reply =
                                 ReplyEntry { id: job.id.clone(), outcome: Outcome::Failed { status: 1, message: why } };
-                            let mut xadd = redis::cmd("XADD");
-                            xadd.arg(&job.reply).arg("*");
-                            for (k, v) in reply.to_fields() {
-                                xadd.arg(k).arg(v);
-                            }
-                            pipe.add_command(xadd).ignore();
+                            pipe.add_command(xadd(&job.reply, &reply.to_fields())).ignore();
                             dead += 1;
                         }
                     },

@@ -332,44 +332,12 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             if !role.serves_api() {
                 let groups = [pnet, rnet, onet, embed].map(|s| s.workers.clone()).to_vec();
                 face_feed = Some((name.clone(), groups, mc.max_batch));
-                face = Some(Arc::new(FaceService {
-                    name: name.clone(),
-                    pnet: pnet.clone(),
-                    rnet: rnet.clone(),
-                    onet: onet.clone(),
-                    embed: embed.clone(),
-                    config: fc.clone(),
-                    store: None,
-                    remote: None,
-                }));
-                continue;
             }
             // Opened on the store's own thread (the PostgreSQL client blocks and must not live on
             // the async runtime); its first start reports back. After a panic the arbiter's new
             // actor gets no store: requests fail clearly instead of touching one in an unknown state.
-            let (opened_tx, opened_rx) = std::sync::mpsc::channel();
-            let store = SyncArbiter::start(1, {
-                let first = std::sync::Mutex::new(Some((config.store.clone(), opened_tx)));
-                move || {
-                    let first = first.lock().expect("store opener. This is a bug.").take();
-                    StoreActor::new(first.and_then(
-                        |(store_config, opened)| match crate::store::PersonStore::open_config(
-                            &store_config,
-                            crate::models::sface::EMBEDDING_LEN,
-                        ) {
-                            Ok(store) => {
-                                let _ = opened.send(Ok(()));
-                                Some(store)
-                            }
-                            Err(e) => {
-                                let _ = opened.send(Err(e));
-                                None
-                            }
-                        },
-                    ))
-                }
-            });
-            opened_rx.recv().map_err(|_| crate::store::StoreError::Unavailable)??;
+            // Workers keep no persons.
+            let store = role.serves_api().then(|| open_store(&config)).transpose()?;
             face = Some(Arc::new(FaceService {
                 name: name.clone(),
                 pnet: pnet.clone(),
@@ -377,7 +345,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 onet: onet.clone(),
                 embed: embed.clone(),
                 config: fc.clone(),
-                store: Some(store),
+                store,
                 remote: broker.clone(),
             }));
         }
@@ -489,6 +457,31 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     .run();
     tracing::info!(%addr, "listening");
     Ok(RunningServer { addr, server })
+}
+
+/// The person store's actor, opened on its own thread (its first start reports back).
+fn open_store(config: &Config) -> Result<Addr<StoreActor>, StartError> {
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let store = SyncArbiter::start(1, {
+        let first = std::sync::Mutex::new(Some((config.store.clone(), opened_tx)));
+        move || {
+            let first = first.lock().expect("store opener. This is a bug.").take();
+            StoreActor::new(first.and_then(|(store_config, opened)| {
+                match crate::store::PersonStore::open_config(&store_config, crate::models::sface::EMBEDDING_LEN) {
+                    Ok(store) => {
+                        let _ = opened.send(Ok(()));
+                        Some(store)
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        None
+                    }
+                }
+            }))
+        }
+    });
+    opened_rx.recv().map_err(|_| crate::store::StoreError::Unavailable)??;
+    Ok(store)
 }
 
 /// The broker streams of a model: one per network, except the face model's one (its images go
