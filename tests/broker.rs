@@ -150,6 +150,11 @@ fn objects_and_persons_through_an_api_and_two_workers() {
     for stage in ["face_pnet", "face_rnet", "face_onet", "face_embed"] {
         assert!(sum_over(&refs, "gpubackend_batches_total", &[("model", stage)]) > 0.0, "{stage}");
     }
+    // The api sees both workers of each stream (their heartbeats); the face model has one stream.
+    let ready = api.conn().get("/health/ready").unwrap().json();
+    assert_eq!(ready["stages"]["mobilenet_v2"]["live_workers"], 2, "{ready}");
+    assert_eq!(ready["stages"]["face"]["live_workers"], 2, "{ready}");
+    assert!(ready["stages"]["face_pnet"].is_null(), "{ready}");
     // Acknowledged jobs are deleted: nothing left on the streams.
     assert_eq!(redis.int(&["XLEN", "e2e:jobs:mobilenet_v2"]), 0);
 }

@@ -123,9 +123,11 @@ impl ServedModel {
     pub fn live_workers(&self) -> usize {
         match &self.route {
             Route::Local(_) => self.workers.iter().filter(|w| w.is_alive()).count(),
-            Route::Remote(broker) => {
-                broker.stage(&self.name).map_or(0, |s| s.live_workers.load(std::sync::atomic::Ordering::Relaxed))
-            }
+            // The face model's networks have no streams of their own: its images go whole.
+            Route::Remote(broker) => broker
+                .stage(&self.name)
+                .or_else(|| broker.stage(&self.model))
+                .map_or(0, |s| s.live_workers.load(std::sync::atomic::Ordering::Relaxed)),
         }
     }
 }
@@ -524,7 +526,7 @@ async fn metrics_page(state: Data<AppState>) -> HttpResponse {
 
 async fn ready(state: Data<AppState>) -> HttpResponse {
     if let Some(broker) = &state.broker {
-        return ready_api(&state, broker);
+        return ready_api(broker);
     }
     let broker_down = state.worker_broker_up.as_ref().is_some_and(|up| !up.load(std::sync::atomic::Ordering::Acquire));
     let per_model: serde_json::Map<String, serde_json::Value> = state
@@ -563,12 +565,12 @@ async fn ready(state: Data<AppState>) -> HttpResponse {
 
 /// `--role api`: ready while the broker is reachable (jobs then wait on the streams for workers,
 /// which KEDA may be starting); the body lists each stage's live workers and stream length.
-fn ready_api(state: &AppState, broker: &Broker) -> HttpResponse {
+fn ready_api(broker: &Broker) -> HttpResponse {
     use std::sync::atomic::Ordering;
-    let stages: serde_json::Map<String, serde_json::Value> = state
-        .models
-        .iter()
-        .filter_map(|m| broker.stage(&m.name))
+    let mut streams: Vec<_> = broker.stages().collect();
+    streams.sort_by(|a, b| a.name.cmp(&b.name));
+    let stages: serde_json::Map<String, serde_json::Value> = streams
+        .into_iter()
         .map(|s| {
             let v = json!({
                 "live_workers": s.live_workers.load(Ordering::Relaxed),
