@@ -189,12 +189,16 @@ fn serve(cli: Serve) -> anyhow::Result<()> {
         return Ok(());
     }
     let role = cli.role;
+    let drain_s = config.server.shutdown_timeout_s;
     actix_web::rt::System::new().block_on(async move {
-        let running = gpubackend::http::start_role(config, role, None).context("cannot start the server")?;
+        let mut running = gpubackend::http::start_role(config, role, None).context("cannot start the server")?;
         let handle = running.server.handle();
+        let feeders = std::mem::take(&mut running.feeders);
         actix_web::rt::spawn(async move {
             shutdown_signal().await;
             tracing::info!("shutdown requested: draining in-flight requests");
+            // A worker first answers the jobs it took from the broker (bounded by the same drain time).
+            gpubackend::http::RunningServer::drain_feeders(&feeders, std::time::Duration::from_secs(drain_s)).await;
             handle.stop(true).await;
         });
         running.server.await.context("server failed")?;

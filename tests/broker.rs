@@ -81,11 +81,6 @@ impl Node {
     fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
-
-    fn kill(&mut self) {
-        self.child.0.kill().unwrap();
-        self.child.0.wait().unwrap();
-    }
 }
 
 /// objects/detect `object` on `images` copies of a photo; (HTTP status, per-file statuses, first labels).
@@ -159,10 +154,11 @@ fn objects_and_persons_through_an_api_and_two_workers() {
     assert_eq!(redis.int(&["XLEN", "e2e:jobs:mobilenet_v2"]), 0);
 }
 
-#[test]
-fn a_worker_killed_under_load_loses_no_request() {
+/// Stops worker `a` of two with `signal` while 8 clients keep the api busy; every request must be
+/// answered `Cat`. Returns the surviving worker's redeliveries.
+fn stop_a_worker_under_load(prefix: &str, signal: &str) -> f64 {
     let redis = RedisServer::start();
-    let cfg = write_config(&redis, "kill", "");
+    let cfg = write_config(&redis, prefix, "");
     let mut a = Node::start("worker", &cfg, "mobilenet_v2");
     let mut b = Node::start("worker", &cfg, "mobilenet_v2");
     let mut api = Node::start("api", &cfg, "mobilenet_v2");
@@ -198,22 +194,38 @@ fn a_worker_killed_under_load_loses_no_request() {
         }
     };
     wait_for(40);
-    // SIGKILL mid-batch: its jobs stay pending until the survivor takes them back.
-    a.kill();
-    let killed_at = answered.load(Ordering::Relaxed);
-    wait_for(killed_at + 80);
+    // SIGKILL mid-batch leaves its jobs pending until the survivor takes them back; SIGTERM
+    // drains: no more jobs taken, the ones taken answered, then exit 0.
+    let pid = a.child.0.id().to_string();
+    assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
+    let status = a.child.0.wait().unwrap();
+    if signal == "-TERM" {
+        assert!(status.success(), "{status}: {}", a.log_text());
+    }
+    let stopped_at = answered.load(Ordering::Relaxed);
+    wait_for(stopped_at + 80);
     stop.store(true, Ordering::Relaxed);
     let bad: Vec<String> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
     assert!(bad.is_empty(), "requests not answered with Cat: {bad:?}\n{}", api.log_text());
-
-    let redelivered = metric_value(&b.metrics(), "gpubackend_broker_redeliveries_total", &[("stage", "mobilenet_v2")]);
-    assert!(redelivered >= 1.0, "the killed worker's jobs were not taken back\n{}", b.log_text());
     // Nothing lost on the stream either.
     let start = Instant::now();
-    while redis.int(&["XLEN", "kill:jobs:mobilenet_v2"]) != 0 {
+    while redis.int(&["XLEN", &format!("{prefix}:jobs:mobilenet_v2")]) != 0 {
         assert!(start.elapsed() < Duration::from_secs(60), "jobs left on the stream");
         std::thread::sleep(Duration::from_millis(50));
     }
+    metric_value(&b.metrics(), "gpubackend_broker_redeliveries_total", &[("stage", "mobilenet_v2")])
+}
+
+#[test]
+fn a_worker_killed_under_load_loses_no_request() {
+    let redelivered = stop_a_worker_under_load("kill", "-KILL");
+    assert!(redelivered >= 1.0, "the killed worker's jobs were not taken back");
+}
+
+#[test]
+fn a_worker_stopped_with_sigterm_answers_its_jobs_before_it_exits() {
+    let redelivered = stop_a_worker_under_load("term", "-TERM");
+    assert_eq!(redelivered, 0.0, "the stopped worker left jobs to be taken back");
 }
 
 #[test]

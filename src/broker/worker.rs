@@ -63,6 +63,10 @@ pub struct Feeder {
     in_flight: Mutex<HashSet<String>>,
     /// This worker reaches Redis (the heartbeat's last outcome).
     pub up: Arc<AtomicBool>,
+    /// Set on shutdown: take no more jobs.
+    stopping: AtomicBool,
+    /// The read loop has ended (after `stopping`): no job is between read and in flight.
+    stopped: AtomicBool,
 }
 
 impl Feeder {
@@ -88,6 +92,8 @@ impl Feeder {
             budget: budget.max(1),
             in_flight: Mutex::new(HashSet::new()),
             up,
+            stopping: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         });
         tracing::info!(stage, stream = %feeder.stream, consumer, budget = feeder.budget, "broker: worker feeds stage");
         // Exported from the start (at zero), so dashboards and alerts see the series before the first event.
@@ -97,6 +103,20 @@ impl Feeder {
         tokio::spawn(feeder.clone().read());
         tokio::spawn(feeder.clone().keep());
         feeder
+    }
+
+    /// Takes no more jobs (shutdown); the jobs taken are still answered.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+    }
+
+    /// Stopped reading, and every job taken is answered.
+    pub fn drained(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) && self.in_flight().is_empty()
+    }
+
+    pub fn in_flight_count(&self) -> usize {
+        self.in_flight().len()
     }
 
     fn live(&self) -> bool {
@@ -125,6 +145,10 @@ impl Feeder {
         let mut conn: Option<ConnectionManager> = None;
         let mut writer: Option<ConnectionManager> = None;
         loop {
+            if self.stopping.load(Ordering::Acquire) {
+                self.stopped.store(true, Ordering::Release);
+                return;
+            }
             if !self.live() {
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;

@@ -180,6 +180,29 @@ pub enum StartError {
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub server: actix_web::dev::Server,
+    /// `--role worker`: the feeders, drained on shutdown before the server stops.
+    pub feeders: Vec<Arc<crate::broker::worker::Feeder>>,
+}
+
+impl RunningServer {
+    /// `--role worker`: stops taking jobs and waits (at most `timeout`) until every job taken is
+    /// answered, so a worker scaled down leaves nothing for the others to take back.
+    pub async fn drain_feeders(feeders: &[Arc<crate::broker::worker::Feeder>], timeout: std::time::Duration) {
+        if feeders.is_empty() {
+            return;
+        }
+        feeders.iter().for_each(|f| f.stop());
+        let start = Instant::now();
+        while !feeders.iter().all(|f| f.drained()) && start.elapsed() < timeout {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let left: usize = feeders.iter().map(|f| f.in_flight_count()).sum();
+        if left > 0 {
+            tracing::warn!(jobs = left, "broker: drain timed out; these jobs will be taken back by other workers");
+        } else {
+            tracing::info!("broker: every job taken was answered");
+        }
+    }
 }
 
 /// Starts actors and the HTTP server inside the current actix `System` (`--role all`).
@@ -242,6 +265,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     });
     // `--role worker`: what feeds the face model's cascade (started once the state exists).
     let mut face_feed = None;
+    let mut feeders = Vec::new();
     let worker_broker_up = (role == Role::Worker).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let consumer = crate::broker::replica_name();
     for name in &placed {
@@ -290,7 +314,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                         // Batches in flight on every worker plus one forming: what the worker
                         // takes from the stream at once.
                         let budget = (max_batch * (slots + 1)).min(mc.queue_capacity);
-                        crate::broker::worker::Feeder::start(
+                        feeders.push(crate::broker::worker::Feeder::start(
                             &config.broker,
                             &consumer,
                             &stage,
@@ -298,7 +322,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                             vec![health.clone()],
                             budget,
                             up.clone(),
-                        );
+                        ));
                     }
                     Route::Local(batcher)
                 }
@@ -416,7 +440,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         let runner_state = state.clone();
         let runner: crate::broker::worker::ImageRunner =
             Arc::new(move |image, _poisoned| Box::pin(persons::face_job(runner_state.clone(), image)));
-        crate::broker::worker::Feeder::start(
+        feeders.push(crate::broker::worker::Feeder::start(
             &config.broker,
             &consumer,
             &model,
@@ -424,7 +448,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             groups,
             budget,
             up.clone(),
-        );
+        ));
     }
 
     let listener = match listener {
@@ -458,7 +482,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?
     .run();
     tracing::info!(%addr, "listening");
-    Ok(RunningServer { addr, server })
+    Ok(RunningServer { addr, server, feeders })
 }
 
 /// The person store's actor, opened on its own thread (its first start reports back).
