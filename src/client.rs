@@ -27,9 +27,17 @@ impl Response {
     }
 }
 
+/// The errors of a connection the server had already closed.
+fn stale_connection(e: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset, UnexpectedEof};
+    matches!(e.kind(), BrokenPipe | ConnectionReset | ConnectionAborted | UnexpectedEof)
+}
+
 pub struct Conn {
     addr: SocketAddr,
     reader: Option<BufReader<TcpStream>>,
+    /// The last request got at least a byte of a response.
+    responded: bool,
 }
 
 /// One part of a multipart form: (field name, file name, bytes).
@@ -56,7 +64,7 @@ pub fn multipart_body(parts: &[Part<'_>]) -> Vec<u8> {
 
 impl Conn {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, reader: None }
+        Self { addr, reader: None, responded: false }
     }
 
     fn stream(&mut self) -> std::io::Result<&mut BufReader<TcpStream>> {
@@ -85,9 +93,19 @@ impl Conn {
         content_type: Option<&str>,
         body: &[u8],
     ) -> std::io::Result<Response> {
-        let result = self.try_request(method, path, content_type, body);
+        let reused = self.reader.is_some();
+        let mut result = self.try_request(method, path, content_type, body);
         if result.is_err() {
             self.reader = None;
+        }
+        // A kept-alive connection the server closed while it sat idle (its keep-alive timeout)
+        // fails on the first write or before any response byte: the request never reached the
+        // server, so it is sent once more on a new connection, as HTTP/1.1 clients do.
+        if reused && !self.responded && result.as_ref().is_err_and(stale_connection) {
+            result = self.try_request(method, path, content_type, body);
+            if result.is_err() {
+                self.reader = None;
+            }
         }
         result
     }
@@ -100,6 +118,7 @@ impl Conn {
         body: &[u8],
     ) -> std::io::Result<Response> {
         let addr = self.addr;
+        self.responded = false;
         let r = self.stream()?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
         if let Some(ct) = content_type {
@@ -110,7 +129,11 @@ impl Conn {
         s.write_all(head.as_bytes())?;
         s.write_all(body)?;
         let mut line = String::new();
-        r.read_line(&mut line)?;
+        if r.read_line(&mut line)? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed before a response"));
+        }
+        self.responded = true;
+        let r = self.reader.as_mut().expect("connected above");
         let status: u16 = line
             .split_whitespace()
             .nth(1)
@@ -167,4 +190,38 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|v| v.parse::<f64>().ok())
         .sum()
+}
+
+#[cfg(test)]
+mod stale_tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// A server that answers one request per connection, then closes it (as an idle keep-alive
+    /// connection is closed by the server's timeout).
+    fn one_answer_per_connection(connections: usize) -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for _ in 0..connections {
+                let (s, _) = l.accept().unwrap();
+                let mut r = BufReader::new(s);
+                let mut line = String::new();
+                while r.read_line(&mut line).unwrap() > 2 {
+                    line.clear();
+                }
+                r.get_mut().write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").unwrap();
+                // Dropped: the connection is closed without `Connection: close`.
+            }
+        });
+        addr
+    }
+
+    #[test]
+    fn a_request_on_a_connection_the_server_closed_is_sent_again_on_a_new_one() {
+        let mut c = Conn::new(one_answer_per_connection(2));
+        assert_eq!(c.get("/a").unwrap().text(), "ok");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(c.get("/b").unwrap().text(), "ok");
+    }
 }
