@@ -21,7 +21,7 @@ use redis::streams::StreamReadReply;
 use tokio::sync::mpsc;
 
 use super::codec::{JobEntry, Outcome, ReplyEntry, fields_of};
-use super::{Keys, connect, unix_ms};
+use super::{Keys, connect, unix_ms, within};
 use crate::actors::{InferError, Job, Prediction, Refused};
 use crate::config::BrokerConfig;
 use crate::metrics;
@@ -257,9 +257,7 @@ impl Broker {
                     conn = Some(connect(&self.config, timeout).await?);
                 }
                 let c = conn.as_mut().expect("connected above");
-                tokio::time::timeout(timeout, pipe.query_async::<()>(c))
-                    .await
-                    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "XADD timed out")))?
+                within(timeout, "XADD", pipe.query_async::<()>(c)).await
             }
             .await;
             if let Err(e) = result {
@@ -350,9 +348,7 @@ impl Broker {
                     conn = Some(connect(&self.config, timeout).await?);
                 }
                 let c = conn.as_mut().expect("connected above");
-                let pong: String = tokio::time::timeout(timeout, redis::cmd("PING").query_async(c))
-                    .await
-                    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "PING timed out")))??;
+                let pong: String = within(timeout, "PING", redis::cmd("PING").query_async(c)).await?;
                 if pong != "PONG" {
                     return Err(redis::RedisError::from((redis::ErrorKind::Io, "unexpected PING answer")));
                 }
@@ -399,9 +395,7 @@ impl Broker {
             pipe.add_command(zadd).ignore();
         }
         pipe.cmd("ZREMRANGEBYSCORE").arg(self.keys.cancelled()).arg("-inf").arg(now).ignore();
-        let values: Vec<redis::Value> = tokio::time::timeout(timeout, pipe.query_async(c))
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "sampling timed out")))??;
+        let values: Vec<redis::Value> = within(timeout, "sampling", pipe.query_async(c)).await?;
         for (s, v) in stages.iter().zip(values.chunks(3)) {
             let len: usize = redis::from_redis_value_ref(&v[0]).unwrap_or(0);
             let pending = group_pending(&v[1]);

@@ -92,9 +92,18 @@ pub async fn connect(config: &BrokerConfig, response_timeout: Duration) -> redis
         .set_response_timeout(Some(response_timeout))
         .set_number_of_retries(1)
         .set_max_delay(timeout);
-    tokio::time::timeout(timeout * 3, ConnectionManager::new_with_config(client, cm))
+    within(timeout * 3, "connect", ConnectionManager::new_with_config(client, cm)).await
+}
+
+/// A Redis call bounded by `timeout`; past it, an I/O error naming `what`.
+pub async fn within<T>(
+    timeout: Duration,
+    what: &str,
+    call: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> redis::RedisResult<T> {
+    tokio::time::timeout(timeout, call)
         .await
-        .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "connect timed out")))?
+        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "timed out", what.to_string()))))
 }
 
 /// `XADD key * field value …`.

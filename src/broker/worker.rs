@@ -26,7 +26,7 @@ use tokio::sync::{Semaphore, oneshot};
 use futures_util::future::BoxFuture;
 
 use super::codec::{Fields, JobEntry, Outcome, Payload, Reclaim, ReplyEntry, fields_of, reclaim};
-use super::{GROUP, Keys, connect, ensure_group, unix_ms, xadd};
+use super::{GROUP, Keys, connect, ensure_group, unix_ms, within, xadd};
 use crate::actors::{Batcher, Enqueue, InferError, Job, WorkerHealth};
 use crate::config::BrokerConfig;
 use crate::metrics;
@@ -301,12 +301,12 @@ impl Feeder {
         if ids.is_empty() {
             return Vec::new();
         }
-        let scores: redis::RedisResult<Vec<Option<f64>>> = tokio::time::timeout(
+        let scores: redis::RedisResult<Vec<Option<f64>>> = within(
             self.timeout(),
+            "ZMSCORE",
             redis::cmd("ZMSCORE").arg(self.keys.cancelled()).arg(&ids).query_async(w),
         )
-        .await
-        .unwrap_or_else(|_| Err(redis::RedisError::from((redis::ErrorKind::Io, "ZMSCORE timed out"))));
+        .await;
         match scores {
             Ok(s) if s.len() == ids.len() => s.iter().map(Option::is_some).collect(),
             _ => vec![false; ids.len()],
@@ -427,9 +427,7 @@ impl Feeder {
             pipe.cmd("HDEL").arg(&key).arg(&self.consumer).ignore();
         }
         pipe.cmd("PEXPIRE").arg(&key).arg(60_000).ignore();
-        tokio::time::timeout(self.timeout(), pipe.query_async::<()>(c))
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "heartbeat timed out")))?
+        within(self.timeout(), "heartbeat", pipe.query_async::<()>(c)).await
     }
 
     /// Resets the idle time of the jobs this worker holds, so they are not taken back.
@@ -440,9 +438,7 @@ impl Feeder {
         }
         let mut cmd = redis::cmd("XCLAIM");
         cmd.arg(&self.stream).arg(GROUP).arg(&self.consumer).arg(0).arg(&ids).arg("JUSTID");
-        tokio::time::timeout(self.timeout(), cmd.query_async::<redis::Value>(c))
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "XCLAIM timed out")))??;
+        within(self.timeout(), "XCLAIM", cmd.query_async::<redis::Value>(c)).await?;
         Ok(())
     }
 
@@ -451,8 +447,9 @@ impl Feeder {
         let mut start = "0-0".to_string();
         // Each XAUTOCLAIM scans a bounded part of the pending list; a few rounds per tick.
         for _ in 0..16 {
-            let r: StreamAutoClaimReply = tokio::time::timeout(
+            let r: StreamAutoClaimReply = within(
                 self.timeout(),
+                "XAUTOCLAIM",
                 redis::cmd("XAUTOCLAIM")
                     .arg(&self.stream)
                     .arg(GROUP)
@@ -463,8 +460,7 @@ impl Feeder {
                     .arg(CLAIM_BATCH)
                     .query_async(c),
             )
-            .await
-            .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "XAUTOCLAIM timed out")))??;
+            .await?;
             let mut pipe = redis::pipe();
             pipe.atomic();
             let mut redelivered = 0u64;
@@ -498,9 +494,7 @@ impl Feeder {
             if !done.is_empty() {
                 pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&done).ignore();
                 pipe.cmd("XDEL").arg(&self.stream).arg(&done).ignore();
-                tokio::time::timeout(self.timeout(), pipe.query_async::<()>(c))
-                    .await
-                    .map_err(|_| redis::RedisError::from((redis::ErrorKind::Io, "reclaim timed out")))??;
+                within(self.timeout(), "reclaim", pipe.query_async::<()>(c)).await?;
                 if redelivered > 0 {
                     tracing::warn!(stage = %self.stage, jobs = redelivered, "broker: jobs of a stopped worker put back on the stream");
                     ::metrics::counter!(metrics::BROKER_REDELIVERIES, "stage" => self.stage.clone())
