@@ -197,6 +197,13 @@ fn stop_a_worker_under_load(prefix: &str, signal: &str) -> f64 {
     // SIGKILL mid-batch leaves its jobs pending until the survivor takes them back; SIGTERM
     // drains: no more jobs taken, the ones taken answered, then exit 0.
     let pid = a.child.0.id().to_string();
+    // Stop it while it holds jobs: its consumer (`<host>-<pid>-<start>`) has pending entries.
+    let stream = format!("{prefix}:jobs:mobilenet_v2");
+    let start = Instant::now();
+    while !redis.cli(&["XPENDING", &stream, "workers"]).unwrap().contains(&format!("-{pid}-")) {
+        assert!(start.elapsed() < Duration::from_secs(60), "worker a never held a job");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
     let status = a.child.0.wait().unwrap();
     if signal == "-TERM" {
