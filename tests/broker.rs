@@ -1,5 +1,6 @@
 //! The distributed mode on real processes: `gpubackend --role api` and `--role worker` (the built
 //! binary) over a real `redis-server` on loopback — e2e objects + persons through api + 2 workers,
+//! text and plates (whole images to the worker) answering exactly as one process,
 //! SIGKILL of a worker under load (every request answered, none lost), a Redis restart (fast
 //! refusals, then recovery by itself), a poison image (status 1 + dead letter), and two API
 //! replicas sharing persons through PostgreSQL.
@@ -154,11 +155,98 @@ fn objects_and_persons_through_an_api_and_two_workers() {
     assert_eq!(redis.int(&["XLEN", "e2e:jobs:mobilenet_v2"]), 0);
 }
 
+/// A multipart call of `path` (`?oauth…` added) with `meta` and `files` (name, tests/data file or
+/// raw bytes): (HTTP status, body).
+fn vision(c: &mut Conn, path: &str, meta: serde_json::Value, files: &[(&str, Vec<u8>)]) -> (u16, serde_json::Value) {
+    let meta = meta.to_string();
+    let mut parts: Vec<(&str, Option<&str>, &[u8])> =
+        files.iter().map(|(n, b)| (*n, Some("image.png"), b.as_slice())).collect();
+    parts.push(("meta", None, meta.as_bytes()));
+    let r = c.post_multipart(&format!("/api/v1/{path}?oauth_provider=mcs&oauth_token=test"), &parts).unwrap();
+    (r.status, r.json())
+}
+
+/// Equal JSON, except numbers: probabilities within 1e-3, pixel coordinates within 1.
+fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value::{Array, Number, Object};
+    match (a, b) {
+        (Number(x), Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= if x.abs().max(y.abs()) <= 1.0 { 1e-3 } else { 1.0 }
+        }
+        (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| close(x, y)),
+        (Object(x), Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| close(v, w))),
+        _ => a == b,
+    }
+}
+
+#[test]
+fn text_and_plates_go_whole_to_a_worker_and_answer_as_one_process() {
+    let redis = RedisServer::start();
+    let cfg = write_config(&redis, "whole", "");
+    let mut worker = Node::start("worker", &cfg, "mobilenet_v2,text,plates");
+    let mut api = Node::start("api", &cfg, "mobilenet_v2,text,plates");
+    let mut single = Node::start("all", &cfg, "mobilenet_v2,text,plates");
+    for n in [&mut worker, &mut api, &mut single] {
+        n.wait_ready();
+    }
+    let page = data("rendered_lines.png");
+    let car = data("car_5au5341.png");
+    let broken = b"not an image".to_vec();
+    type Files<'a> = Vec<(&'a str, Vec<u8>)>;
+    let calls: Vec<(&str, serde_json::Value, Files)> = vec![
+        (
+            "text/recognize",
+            json!({"mode": "detailed", "images": [{"name": "page"}, {"name": "broken"}]}),
+            vec![("page", page.clone()), ("broken", broken.clone())],
+        ),
+        ("scene_text/recognize", json!({"images": [{"name": "car"}]}), vec![("car", car.clone())]),
+        (
+            "objects/detect",
+            json!({"mode": ["object", "car_number"], "images": [{"name": "car"}, {"name": "broken"}]}),
+            vec![("car", car.clone()), ("broken", broken)],
+        ),
+    ];
+    for (path, meta, files) in &calls {
+        let (s1, one) = vision(&mut single.conn(), path, meta.clone(), files);
+        let (s2, dist) = vision(&mut api.conn(), path, meta.clone(), files);
+        assert_eq!((s1, s2), (200, 200), "{path}: {one} / {dist}\n{}", api.log_text());
+        // The same pipeline on the worker: the same answer, per-file errors included (texts and
+        // errors equal; numbers within what another batch composition can move them).
+        assert!(close(&dist["body"], &one["body"]), "{path}: {dist} vs {one}");
+    }
+    let (_, v) = vision(&mut api.conn(), "objects/detect", calls[2].1.clone(), &calls[2].2);
+    assert_eq!(v["body"]["car_number_labels"][0]["labels"][0]["eng"], "5AU5341", "{v}");
+    assert_eq!(v["body"]["car_number_labels"][1]["status"], 1, "{v}");
+
+    // The files travel, not the networks' inputs: per call the page + the broken file on `text`,
+    // the car on `text` (scene_text), and the car + the broken file on `plates` (twice).
+    let m = api.metrics();
+    let bytes = |stage: &str| metric_value(&m, "gpubackend_broker_payload_bytes_total", &[("stage", stage)]);
+    assert_eq!(bytes("text"), (page.len() + b"not an image".len() + car.len()) as f64);
+    // objects/detect decodes on the api (for `object`); a file that does not decode goes nowhere.
+    assert_eq!(bytes("plates"), (2 * car.len()) as f64);
+    for stage in ["text_det", "text_rec", "plates_det", "plates_rec"] {
+        assert_eq!(bytes(stage), 0.0, "{stage}");
+        assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", stage)]) > 0.0, "{stage}");
+    }
+    let ready = api.conn().get("/health/ready").unwrap().json();
+    assert_eq!(
+        (&ready["stages"]["text"]["live_workers"], &ready["stages"]["plates"]["live_workers"]),
+        (&json!(1), &json!(1))
+    );
+    assert!(ready["stages"]["text_det"].is_null(), "{ready}");
+    for stream in ["whole:jobs:text", "whole:jobs:plates"] {
+        assert_eq!(redis.int(&["XLEN", stream]), 0, "{stream}");
+    }
+}
+
 /// Stops worker `a` of two with `signal` while 8 clients keep the api busy; every request must be
 /// answered `Cat`. Returns the surviving worker's redeliveries.
 fn stop_a_worker_under_load(prefix: &str, signal: &str) -> f64 {
     let redis = RedisServer::start();
-    let cfg = write_config(&redis, prefix, "");
+    // Consumers of workers gone are deleted after 4 s (the default is 10 min).
+    let cfg = write_config(&redis, prefix, "forget_consumers_after_ms = 4000");
     let mut a = Node::start("worker", &cfg, "mobilenet_v2");
     let mut b = Node::start("worker", &cfg, "mobilenet_v2");
     let mut api = Node::start("api", &cfg, "mobilenet_v2");
@@ -206,8 +294,12 @@ fn stop_a_worker_under_load(prefix: &str, signal: &str) -> f64 {
     }
     assert!(Command::new("kill").args([signal, &pid]).status().unwrap().success());
     let status = a.child.0.wait().unwrap();
+    let consumers = || redis.cli(&["XINFO", "CONSUMERS", &stream, "workers"]).unwrap();
+    let (a_consumer, b_consumer) = (format!("-{pid}-"), format!("-{}-", b.child.0.id()));
     if signal == "-TERM" {
         assert!(status.success(), "{status}: {}", a.log_text());
+        // A drained worker leaves the group as it exits.
+        assert!(!consumers().contains(&a_consumer), "{}", consumers());
     }
     let stopped_at = answered.load(Ordering::Relaxed);
     wait_for(stopped_at + 80);
@@ -220,6 +312,14 @@ fn stop_a_worker_under_load(prefix: &str, signal: &str) -> f64 {
         assert!(start.elapsed() < Duration::from_secs(60), "jobs left on the stream");
         std::thread::sleep(Duration::from_millis(50));
     }
+    // A killed worker's consumer is deleted by the survivor once it has been idle long enough
+    // (its jobs were taken back, so it holds none); the survivor's stays.
+    let start = Instant::now();
+    while consumers().contains(&a_consumer) {
+        assert!(start.elapsed() < Duration::from_secs(60), "the dead worker's consumer stays: {}", consumers());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(consumers().contains(&b_consumer), "{}", consumers());
     metric_value(&b.metrics(), "gpubackend_broker_redeliveries_total", &[("stage", "mobilenet_v2")])
 }
 

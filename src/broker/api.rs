@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use redis::streams::StreamReadReply;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::codec::{JobEntry, Outcome, ReplyEntry, fields_of};
 use super::{Keys, connect, unix_ms, within};
@@ -47,9 +47,58 @@ pub struct Stage {
     pub live_workers: AtomicUsize,
 }
 
+/// Who waits for a job's answer: a model input's handler (the prediction), or an image job's
+/// (the model's serialized result for the image, `Outcome::Read`, or the image's per-file status
+/// and error as the worker wrote it).
+pub enum Waiter {
+    Tensor(oneshot::Sender<Result<Prediction, InferError>>),
+    Image(oneshot::Sender<Result<Vec<u8>, (u8, String)>>),
+}
+
+impl Waiter {
+    fn fail(self, e: InferError) {
+        match self {
+            Self::Tensor(tx) => drop(tx.send(Err(e))),
+            Self::Image(tx) => drop(tx.send(Err((e.file_status(), e.to_string())))),
+        }
+    }
+
+    /// Hands a worker's answer over; an answer of the other kind is a permanent failure.
+    fn deliver(self, outcome: Outcome) {
+        match (self, outcome) {
+            (Self::Image(tx), Outcome::Failed { status, message }) => drop(tx.send(Err((status, message)))),
+            (w, Outcome::Failed { status, message }) => w.fail(failure(status, message)),
+            (Self::Tensor(tx), Outcome::Done { output, queue_wait_us, inference_us, batch_size }) => {
+                let _ = tx.send(Ok(Prediction {
+                    output,
+                    queue_wait: Duration::from_micros(queue_wait_us),
+                    inference: Duration::from_micros(inference_us),
+                    batch_size,
+                }));
+            }
+            (Self::Image(tx), Outcome::Read { body, .. }) => drop(tx.send(Ok(body))),
+            (w, _) => w.fail(InferError::Failed(
+                "the worker answered a different kind of job (api and worker versions differ?)".into(),
+            )),
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        match self {
+            Self::Tensor(tx) => tx.is_closed(),
+            Self::Image(tx) => tx.is_closed(),
+        }
+    }
+}
+
+/// A worker's per-file failure: status 1 is the image's own (permanent), anything else temporary.
+fn failure(status: u8, message: String) -> InferError {
+    if status == 1 { InferError::Failed(message) } else { InferError::Temporary(message) }
+}
+
 struct Pending {
     stage: Arc<Stage>,
-    reply: tokio::sync::oneshot::Sender<Result<Prediction, InferError>>,
+    reply: Waiter,
     sent: Instant,
     deadline: Instant,
     deadline_ms: u64,
@@ -144,27 +193,29 @@ impl Broker {
     /// stage is full.
     pub fn enqueue(&self, stage: &str, job: Job) -> Result<(), Refused> {
         let (encoding, input, poisoned) = (self.config.payload, job.input, job.poisoned);
-        self.submit(stage, job.reply, |id, reply, deadline| {
+        self.submit(stage, Waiter::Tensor(job.reply), |id, reply, deadline| {
             JobEntry::new(id, reply, deadline, &input, poisoned, encoding)
         })
     }
 
     /// Puts an uploaded image on its model's stream: the worker runs the model's whole pipeline
-    /// on it (the face cascade) and answers with its output.
+    /// on it (the face cascade, text, plates) and answers with the model's serialized result.
     pub fn enqueue_image(
         &self,
         stage: &str,
         image: Vec<u8>,
         poisoned: bool,
-        reply: tokio::sync::oneshot::Sender<Result<Prediction, InferError>>,
+        reply: oneshot::Sender<Result<Vec<u8>, (u8, String)>>,
     ) -> Result<(), Refused> {
-        self.submit(stage, reply, |id, reply_key, deadline| JobEntry::image(id, reply_key, deadline, image, poisoned))
+        self.submit(stage, Waiter::Image(reply), |id, reply_key, deadline| {
+            JobEntry::image(id, reply_key, deadline, image, poisoned)
+        })
     }
 
     fn submit(
         &self,
         stage: &str,
-        reply: tokio::sync::oneshot::Sender<Result<Prediction, InferError>>,
+        reply: Waiter,
         entry: impl FnOnce(String, String, u64) -> JobEntry,
     ) -> Result<(), Refused> {
         let Some(st) = self.stages.get(stage) else {
@@ -207,12 +258,12 @@ impl Broker {
         Some(p)
     }
 
-    fn answer(&self, id: &str, result: Result<Prediction, InferError>) {
+    fn answer(&self, id: &str, outcome: Outcome) {
         match self.take(id) {
             Some(p) => {
                 ::metrics::histogram!(metrics::BROKER_ROUND_TRIP, "stage" => p.stage.name.clone())
                     .record(p.sent.elapsed().as_secs_f64());
-                let _ = p.reply.send(result);
+                p.reply.deliver(outcome);
             }
             None => ::metrics::counter!(metrics::BROKER_DUPLICATES).increment(1),
         }
@@ -230,7 +281,7 @@ impl Broker {
         let ids: Vec<String> = self.lock().keys().cloned().collect();
         for id in ids {
             if let Some(p) = self.take(&id) {
-                let _ = p.reply.send(Err(InferError::Temporary(format!("broker unavailable ({reason}), retry later"))));
+                p.reply.fail(InferError::Temporary(format!("broker unavailable ({reason}), retry later")));
             }
         }
     }
@@ -265,7 +316,7 @@ impl Broker {
                 let why = format!("broker write failed: {e}");
                 for o in batch {
                     if let Some(p) = self.take(&o.entry.id) {
-                        let _ = p.reply.send(Err(InferError::Temporary(format!("{why}, retry later"))));
+                        p.reply.fail(InferError::Temporary(format!("{why}, retry later")));
                     }
                 }
             }
@@ -316,7 +367,7 @@ impl Broker {
             let mut ids = Vec::with_capacity(entries.len());
             for e in entries {
                 match ReplyEntry::from_fields(&fields_of(&e.map)) {
-                    Ok(r) => self.answer(&r.id, prediction(r.outcome)),
+                    Ok(r) => self.answer(&r.id, r.outcome),
                     Err(err) => tracing::warn!(entry = %e.id, error = %err, "broker: unreadable answer dropped"),
                 }
                 last.clone_from(&e.id);
@@ -422,7 +473,7 @@ impl Broker {
             if let Some(p) = self.take(&id) {
                 ::metrics::counter!(metrics::REFUSALS, "reason" => "queue_timeout").increment(1);
                 let waited_ms = p.sent.elapsed().as_millis() as u64;
-                let _ = p.reply.send(Err(InferError::Unavailable { model: p.stage.name.clone(), waited_ms }));
+                p.reply.fail(InferError::Unavailable { model: p.stage.name.clone(), waited_ms });
             }
         }
     }
@@ -454,35 +505,42 @@ fn group_pending(v: &redis::Value) -> usize {
         .unwrap_or(0)
 }
 
-fn prediction(outcome: Outcome) -> Result<Prediction, InferError> {
-    match outcome {
-        Outcome::Done { output, queue_wait_us, inference_us, batch_size } => Ok(Prediction {
-            output,
-            queue_wait: Duration::from_micros(queue_wait_us),
-            inference: Duration::from_micros(inference_us),
-            batch_size,
-        }),
-        Outcome::Failed { status: 1, message } => Err(InferError::Failed(message)),
-        Outcome::Failed { message, .. } => Err(InferError::Temporary(message)),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// The answer a waiter gets for a worker's outcome.
+    fn tensor(outcome: Outcome) -> Result<Prediction, InferError> {
+        let (tx, mut rx) = oneshot::channel();
+        Waiter::Tensor(tx).deliver(outcome);
+        rx.try_recv().expect("answered")
+    }
+
+    fn image(outcome: Outcome) -> Result<Vec<u8>, (u8, String)> {
+        let (tx, mut rx) = oneshot::channel();
+        Waiter::Image(tx).deliver(outcome);
+        rx.try_recv().expect("answered")
+    }
+
     #[test]
     fn answers_map_to_predictions_and_per_file_statuses() {
         let done = Outcome::Done { output: vec![0.5, 0.25], queue_wait_us: 1500, inference_us: 20_000, batch_size: 3 };
-        let p = prediction(done).unwrap();
+        let p = tensor(done.clone()).unwrap();
         assert_eq!(
             (p.output, p.queue_wait, p.inference, p.batch_size),
             (vec![0.5, 0.25], Duration::from_micros(1500), Duration::from_millis(20), 3)
         );
-        let e = prediction(Outcome::Failed { status: 1, message: "injected fault".into() }).unwrap_err();
+        let e = tensor(Outcome::Failed { status: 1, message: "injected fault".into() }).unwrap_err();
         assert_eq!((e.file_status(), e.to_string()), (1, "inference failed on this image: injected fault".to_string()));
-        let e = prediction(Outcome::Failed { status: 2, message: "model m unavailable".into() }).unwrap_err();
+        let e = tensor(Outcome::Failed { status: 2, message: "model m unavailable".into() }).unwrap_err();
         assert_eq!((e.file_status(), e.to_string()), (2, "model m unavailable".to_string()));
+        // An image job's failure is the worker's own words.
+        let e = image(Outcome::Failed { status: 1, message: "image is too large: 9000x9000".into() }).unwrap_err();
+        assert_eq!(e, (1, "image is too large: 9000x9000".to_string()));
+        assert_eq!(image(Outcome::Read { body: b"[]".to_vec(), took_us: 5 }).unwrap(), b"[]".to_vec());
+        // An answer of the wrong kind fails the image for good instead of being misread.
+        assert_eq!(image(done).unwrap_err().0, 1);
+        assert_eq!(tensor(Outcome::Read { body: vec![1], took_us: 1 }).unwrap_err().file_status(), 1);
     }
 
     #[test]

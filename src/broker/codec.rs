@@ -1,5 +1,6 @@
-//! What travels on the broker, as stream entry fields: a job (one model input with its reply
-//! address, deadline and delivery count) and its reply (the model output, or why there is none).
+//! What travels on the broker, as stream entry fields: a job (one model input, or an uploaded
+//! file, with its reply address, deadline and delivery count) and its reply (the model output,
+//! the model's result for the file, or why there is none).
 //! Pure: the Redis I/O is in `api` and `worker`.
 
 use std::collections::HashMap;
@@ -41,7 +42,7 @@ pub enum Payload {
     /// `value = min + q × step`.
     U8 { min: f32, step: f32, data: Vec<u8> },
     /// The uploaded image file itself: the job of a model whose whole pipeline runs on the worker
-    /// (the face model: the cascade's inputs are 29–49× the photo's bytes).
+    /// (face, text, plates: their networks' inputs are 5–50× the file's bytes).
     Image(Vec<u8>),
 }
 
@@ -217,6 +218,13 @@ pub enum Outcome {
         inference_us: u64,
         batch_size: usize,
     },
+    /// An image job's result: the model's own answer for the image, serialized by its handler
+    /// (the face model's faces as floats, the text and plates models' readings as JSON), and how
+    /// long the worker took.
+    Read {
+        body: Vec<u8>,
+        took_us: u64,
+    },
     /// Per-file status (1 permanent, 2 temporary) and why.
     Failed {
         status: u8,
@@ -235,6 +243,11 @@ impl ReplyEntry {
                 f.push(("inference_us", inference_us.to_string().into_bytes()));
                 f.push(("batch_size", batch_size.to_string().into_bytes()));
             }
+            Outcome::Read { body, took_us } => {
+                f.push(("status", b"0".to_vec()));
+                f.push(("body", body.clone()));
+                f.push(("took_us", took_us.to_string().into_bytes()));
+            }
             Outcome::Failed { status, message } => {
                 f.push(("status", status.to_string().into_bytes()));
                 f.push(("error", message.clone().into_bytes()));
@@ -246,7 +259,9 @@ impl ReplyEntry {
     pub fn from_fields(fields: &Fields) -> Result<Self, CodecError> {
         let id = text(fields, "id")?;
         let status: u8 = number(fields, "status")?;
-        let outcome = if status == 0 {
+        let outcome = if status == 0 && fields.contains_key("body") {
+            Outcome::Read { body: fields["body"].clone(), took_us: number(fields, "took_us")? }
+        } else if status == 0 {
             let out = fields.get("out").ok_or(CodecError::Missing("out"))?;
             if out.len() % 4 != 0 {
                 return Err(CodecError::Invalid { field: "out", message: "length not a multiple of 4".into() });
@@ -379,6 +394,8 @@ mod tests {
     fn replies_roundtrip() {
         for outcome in [
             Outcome::Done { output: vec![0.25, -3.5, 1e-8], queue_wait_us: 12, inference_us: 3400, batch_size: 4 },
+            Outcome::Read { body: br#"[{"text":"5AU5341"}]"#.to_vec(), took_us: 81_000 },
+            Outcome::Read { body: vec![], took_us: 0 },
             Outcome::Failed { status: 1, message: "inference failed on this image: boom".into() },
         ] {
             let r = ReplyEntry { id: "x:9".into(), outcome };

@@ -1,8 +1,9 @@
 //! The distributed mode's broker: Redis Streams between `--role api` and `--role worker`.
 //!
-//! - One stream per network (`<prefix>:jobs:<stage>`, e.g. `gpubackend:jobs:mobilenet_v2`), and
-//!   one per face model for its whole images (`gpubackend:jobs:face`: the worker runs the cascade);
-//!   one consumer group (`workers`) on each: every job is delivered to one worker.
+//! - One stream per model (`<prefix>:jobs:<stream>`): the classifier's holds its network's inputs
+//!   (`gpubackend:jobs:mobilenet_v2`), the face, text and plates models' hold the uploaded files
+//!   (`…:face`, `…:text`, `…:plates`: the worker runs the model's whole pipeline); one consumer
+//!   group (`workers`) on each: every job is delivered to one worker.
 //! - `api`: [`api::Broker`] puts each model input on its stage's stream (XADD, pipelined) and reads
 //!   the answers from its own reply stream (`<prefix>:reply:<replica>`), answering each job once by
 //!   its id (a second answer after a redelivery is dropped and counted).

@@ -11,7 +11,8 @@
 //! - keeper (every `health_interval_ms`): heartbeat (the stage's `workers` hash); resets the idle
 //!   time of this worker's jobs in flight (XCLAIM JUSTID), so only a worker that stopped has jobs
 //!   taken back; takes back jobs idle past `visibility_timeout_ms` (XAUTOCLAIM) and redelivers or
-//!   dead-letters them by their delivery count (`codec::reclaim`).
+//!   dead-letters them by their delivery count (`codec::reclaim`); now and then deletes the
+//!   group's consumers of workers that are gone (no job, idle past `forget_consumers_after_ms`).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -34,6 +35,27 @@ use crate::metrics;
 /// Jobs examined per XAUTOCLAIM.
 const CLAIM_BATCH: usize = 64;
 
+/// Keeper ticks between two looks for consumers of workers that are gone.
+const FORGET_EVERY: u64 = 20;
+
+/// Deletes the group's consumers that hold no job and were idle longer than ARGV[2] ms (ARGV[1]:
+/// the group; ARGV[3]: a consumer to keep, ARGV[4]: the only one to consider, or ""). One
+/// script, so a consumer cannot take a job between the look and the delete (its pending entries
+/// would go with it). Returns the names deleted.
+const FORGET_SCRIPT: &str = r"
+local deleted = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and f['idle'] > tonumber(ARGV[2]) and f['name'] ~= ARGV[3]
+     and (ARGV[4] == '' or f['name'] == ARGV[4]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    table.insert(deleted, f['name'])
+  end
+end
+return deleted
+";
+
 /// Runs a model's whole pipeline on an uploaded image (`Payload::Image` jobs): the image bytes and
 /// the fault-injection mark in, the answer out.
 pub type ImageRunner = Arc<dyn Fn(Vec<u8>, bool) -> BoxFuture<'static, Outcome> + Send + Sync>;
@@ -43,7 +65,7 @@ pub type ImageRunner = Arc<dyn Fn(Vec<u8>, bool) -> BoxFuture<'static, Outcome> 
 pub enum Runner {
     /// One network: the model input into the stage's batcher.
     Batcher(Addr<Batcher>),
-    /// A whole model pipeline on the image (the face cascade).
+    /// A whole model pipeline on the image (the face cascade, text, plates).
     Image(ImageRunner),
 }
 
@@ -317,7 +339,7 @@ impl Feeder {
     /// failed for good; retried until the job's deadline while Redis is away.
     async fn answer(&self, eid: String, job: JobEntry, outcome: Outcome, mut w: ConnectionManager) {
         let failed_for_good = matches!(outcome, Outcome::Failed { status: 1, .. });
-        self.count(if matches!(outcome, Outcome::Done { .. }) { "done" } else { "failed" }, 1);
+        self.count(if matches!(outcome, Outcome::Failed { .. }) { "failed" } else { "done" }, 1);
         let reply = ReplyEntry { id: job.id.clone(), outcome };
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -383,6 +405,7 @@ impl Feeder {
         let mut conn: Option<ConnectionManager> = None;
         let mut tick = tokio::time::interval(self.pause());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ticks = 0u64;
         loop {
             tick.tick().await;
             let result: redis::RedisResult<()> = async {
@@ -394,8 +417,14 @@ impl Feeder {
                 let c = conn.as_mut().expect("connected above");
                 self.heartbeat(c).await?;
                 self.refresh(c).await?;
-                if self.live() {
+                // A draining worker takes nothing back (nor does it recreate its consumer).
+                let stopping = self.stopping.load(Ordering::Acquire);
+                if self.live() && !stopping {
                     self.reclaim(c).await?;
+                }
+                ticks += 1;
+                if ticks.is_multiple_of(FORGET_EVERY) && !stopping {
+                    self.forget(c, self.config.forget_consumers_after_ms as i64, "").await?;
                 }
                 Ok(())
             }
@@ -415,6 +444,41 @@ impl Feeder {
             }
             self.up.store(up, Ordering::Release);
             ::metrics::gauge!(metrics::BROKER_UP).set(if up { 1.0 } else { 0.0 });
+        }
+    }
+
+    /// Deletes idle consumers without jobs from the stream's group (`only`: that one alone,
+    /// whatever its idle time was; "": every other consumer idle past `min_idle_ms`).
+    async fn forget(&self, c: &mut ConnectionManager, min_idle_ms: i64, only: &str) -> redis::RedisResult<()> {
+        let keep = if only.is_empty() { self.consumer.as_str() } else { "" };
+        let deleted: Vec<String> = within(
+            self.timeout(),
+            "XGROUP DELCONSUMER",
+            redis::cmd("EVAL")
+                .arg(FORGET_SCRIPT)
+                .arg(1)
+                .arg(&self.stream)
+                .arg(GROUP)
+                .arg(min_idle_ms)
+                .arg(keep)
+                .arg(only)
+                .query_async(c),
+        )
+        .await?;
+        if !deleted.is_empty() {
+            tracing::info!(stage = %self.stage, consumers = ?deleted, "broker: consumers of workers gone deleted");
+        }
+        Ok(())
+    }
+
+    /// After a drain (every job taken answered): this worker's consumer leaves the group.
+    pub async fn leave(&self) {
+        let left = async {
+            let mut c = connect(&self.config, self.timeout()).await?;
+            self.forget(&mut c, -1, &self.consumer).await
+        };
+        if let Err(e) = left.await {
+            tracing::warn!(stage = %self.stage, error = %e, "broker: consumer not deleted on drain (the live workers will)");
         }
     }
 
@@ -517,6 +581,6 @@ impl Feeder {
 fn reply_error(reply: &ReplyEntry) -> String {
     match &reply.outcome {
         Outcome::Failed { message, .. } => message.clone(),
-        Outcome::Done { .. } => String::new(),
+        Outcome::Done { .. } | Outcome::Read { .. } => String::new(),
     }
 }

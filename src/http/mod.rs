@@ -201,6 +201,7 @@ impl RunningServer {
             tracing::warn!(jobs = left, "broker: drain timed out; these jobs will be taken back by other workers");
         } else {
             tracing::info!("broker: every job taken was answered");
+            futures_util::future::join_all(feeders.iter().map(|f| f.leave())).await;
         }
     }
 }
@@ -251,8 +252,8 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     let mut face = None;
     let mut text_service = None;
     let mut plate_service = None;
-    // `--role api`: every stage's inputs go through the broker; the face model's images go whole
-    // (one stream named after the model).
+    // `--role api`: every stage's inputs go through the broker; the face, text and plates models'
+    // images go whole (one stream named after the model).
     let broker = (role == Role::Api).then(|| {
         let stages: Vec<(String, usize, std::time::Duration)> = placed
             .iter()
@@ -263,8 +264,8 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             .collect();
         Broker::start(&config.broker, &stages)
     });
-    // `--role worker`: what feeds the face model's cascade (started once the state exists).
-    let mut face_feed = None;
+    // `--role worker`: what feeds the models fed whole images (started once the state exists).
+    let mut whole_feeds = Vec::new();
     let mut feeders = Vec::new();
     let worker_broker_up = (role == Role::Worker).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let consumer = crate::broker::replica_name();
@@ -309,8 +310,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 Some(b) => Route::Remote(b.clone()),
                 None => {
                     let batcher = Batcher::new(&stage, policy, addrs).start();
-                    let fed_whole = mc.architecture == crate::config::Architecture::Face;
-                    if let Some(up) = worker_broker_up.as_ref().filter(|_| !fed_whole) {
+                    if let Some(up) = worker_broker_up.as_ref().filter(|_| !mc.architecture.fed_whole()) {
                         // Batches in flight on every worker plus one forming: what the worker
                         // takes from the stream at once.
                         let budget = (max_batch * (slots + 1)).min(mc.queue_capacity);
@@ -357,7 +357,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             }
             if !role.serves_api() {
                 let groups = [pnet, rnet, onet, embed].map(|s| s.workers.clone()).to_vec();
-                face_feed = Some((name.clone(), groups, mc.max_batch));
+                whole_feeds.push((WholeImage::Face, name.clone(), groups, mc.max_batch));
             }
             // Opened on the store's own thread (the PostgreSQL client blocks and must not live on
             // the async runtime); its first start reports back. After a panic the arbiter's new
@@ -375,9 +375,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 remote: broker.clone(),
             }));
         }
-        if !role.serves_api() {
-            continue;
-        }
+        let groups = stages.iter().map(|s| s.workers.clone()).collect::<Vec<_>>();
         if let (crate::config::Architecture::Text, [det, cls, rec]) = (&mc.architecture, stages.as_slice()) {
             if text_service.is_some() {
                 return Err(StartError::Config(crate::config::ConfigError::Invalid {
@@ -393,7 +391,11 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 rec: rec.clone(),
                 params: mc.text.unwrap_or_default(),
                 charset: Arc::new(charset),
+                remote: broker.clone(),
             }));
+            if !role.serves_api() {
+                whole_feeds.push((WholeImage::Text, name.clone(), groups.clone(), mc.max_batch));
+            }
         }
         if let (crate::config::Architecture::Plates, [det, rec]) = (&mc.architecture, stages.as_slice()) {
             if plate_service.is_some() {
@@ -409,7 +411,11 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 rec: rec.clone(),
                 params: mc.plates.unwrap_or_default(),
                 charset: Arc::new(charset),
+                remote: broker.clone(),
             }));
+            if !role.serves_api() {
+                whole_feeds.push((WholeImage::Plates, name.clone(), groups, mc.max_batch));
+            }
         }
     }
     let placed: Vec<String> = served_models.iter().map(|m| m.name.clone()).collect();
@@ -436,10 +442,18 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         worker_broker_up,
     });
 
-    if let (Some((model, groups, budget)), Some(up)) = (face_feed, &state.worker_broker_up) {
+    for (kind, model, groups, budget) in whole_feeds {
+        let Some(up) = &state.worker_broker_up else { break };
         let runner_state = state.clone();
-        let runner: crate::broker::worker::ImageRunner =
-            Arc::new(move |image, _poisoned| Box::pin(persons::face_job(runner_state.clone(), image)));
+        let runner: crate::broker::worker::ImageRunner = Arc::new(move |image, _poisoned| {
+            let state = runner_state.clone();
+            match kind {
+                WholeImage::Face => Box::pin(persons::face_job(state, image)),
+                WholeImage::Text => Box::pin(text::text_job(state, image)),
+                WholeImage::Plates => Box::pin(plates::plates_job(state, image)),
+            }
+        });
+        // The images a worker holds at once: `max_batch` (their networks' inputs batch together).
         feeders.push(crate::broker::worker::Feeder::start(
             &config.broker,
             &consumer,
@@ -485,6 +499,14 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     Ok(RunningServer { addr, server, feeders })
 }
 
+/// `--role worker`: the models whose images come whole and run every network here.
+#[derive(Debug, Clone, Copy)]
+enum WholeImage {
+    Face,
+    Text,
+    Plates,
+}
+
 /// The person store's actor, opened on its own thread (its first start reports back).
 fn open_store(config: &Config) -> Result<Addr<StoreActor>, StartError> {
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
@@ -513,9 +535,10 @@ fn open_store(config: &Config) -> Result<Addr<StoreActor>, StartError> {
 /// The broker streams of a model: one per network, except the face model's one (its images go
 /// whole to a worker, which runs the cascade).
 pub fn broker_streams(name: &str, mc: &ModelConfig) -> Vec<String> {
-    match mc.architecture {
-        crate::config::Architecture::Face => vec![name.to_string()],
-        _ => mc.stages(name).into_iter().map(|(stage, _, _)| stage).collect(),
+    if mc.architecture.fed_whole() {
+        vec![name.to_string()]
+    } else {
+        mc.stages(name).into_iter().map(|(stage, _, _)| stage).collect()
     }
 }
 
@@ -523,10 +546,7 @@ pub fn broker_streams(name: &str, mc: &ModelConfig) -> Vec<String> {
 /// model's `queue_target`, except for the face model, whose stream holds whole images: the
 /// images one worker takes at once (`max_batch`).
 pub fn broker_stream_target(mc: &ModelConfig) -> usize {
-    match mc.architecture {
-        crate::config::Architecture::Face => mc.max_batch,
-        _ => mc.queue_target(),
-    }
+    if mc.architecture.fed_whole() { mc.max_batch } else { mc.queue_target() }
 }
 
 /// The Vision API (not on `--role worker`).

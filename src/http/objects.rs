@@ -6,14 +6,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use actix_web::web::{Data, Payload, Query};
+use actix_web::web::{Bytes, Data, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use futures_util::future::join_all;
 use serde::{Deserialize, Serialize};
 
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
-use super::plates::{PlateLabel, PlateResult, PlateService, read_image as read_plates};
+use super::plates::{PlateLabel, PlateResult, PlateService, read as read_plates};
 use super::stages::{StageError, each_image, infer_marked, prepare};
 use super::{AppState, ServedModel};
 use crate::actors::Preprocess;
@@ -180,15 +180,14 @@ async fn handle(
     // Each image decoded once, every mode read from it; a mode failing for an image is that
     // mode's per-file status, a request-wide failure (queue full, hang-up) ends the request.
     let read = each_image(state, req, &label.models, &images, |i, image| {
-        let (modes, poisoned) = (&modes, poisoned[i]);
+        let (modes, poisoned, bytes) = (&modes, poisoned[i], &images[i].1);
         async move {
-            let answers = join_all(modes.iter().map(|m| read_mode(state, m, image.clone(), poisoned))).await;
+            let answers = join_all(modes.iter().map(|m| read_mode(state, m, image.clone(), bytes, poisoned))).await;
             answers
                 .into_iter()
                 .map(|a| match a {
                     Ok(answer) => Ok(Ok(answer)),
-                    Err(StageError::Image(e)) => Ok(Err((e.file_status(), e.to_string()))),
-                    Err(request) => Err(request),
+                    Err(e) => e.per_file().map(Err).map_err(StageError::Request),
                 })
                 .collect::<Result<Vec<_>, StageError>>()
         }
@@ -230,11 +229,12 @@ async fn read_mode(
     state: &AppState,
     mode: &Mode<'_>,
     image: Arc<DecodedImage>,
+    bytes: &Bytes,
     poisoned: bool,
 ) -> Result<ModeAnswer, StageError> {
     match mode {
         Mode::Classifier(model) => classify(state, model, image, poisoned).await.map(ModeAnswer::Labels),
-        Mode::Plates(svc) => read_plates(state, svc, image).await.map(ModeAnswer::Plates),
+        Mode::Plates(svc) => read_plates(state, svc, image, bytes).await.map(ModeAnswer::Plates),
     }
 }
 

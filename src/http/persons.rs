@@ -14,7 +14,7 @@ use serde_json::Value;
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{StageError, each_image, fixed, infer, prepare, record_request};
+use super::stages::{StageError, each_image, fixed, image_job, infer, prepare, record_request, remote_images};
 use super::{AppState, FaceService};
 use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
 use crate::actors::{AlignFaces, CropFaces, Prediction, Pyramid};
@@ -346,7 +346,11 @@ async fn analyse(
     let _admitted = admit(state, &stages.map(|s| s.as_ref()), images.len())?;
     let read = match &face.remote {
         None => each_image(state, req, &face.name, images, |_, img| faces_with_embeddings(state, face, img)).await?,
-        Some(broker) => remote_faces(broker, &face.name, req, images).await?,
+        Some(broker) => remote_images(broker, &face.name, req, images)
+            .await?
+            .into_iter()
+            .map(|answer| answer.and_then(|body| decode_faces(&body).map_err(|e| (1, e))))
+            .collect(),
     };
     Ok(images
         .iter()
@@ -355,37 +359,12 @@ async fn analyse(
         .collect())
 }
 
-/// `--role api`: every image on the face model's stream, answered by a worker's cascade.
-async fn remote_faces(
-    broker: &crate::broker::api::Broker,
-    model: &str,
-    req: &HttpRequest,
-    images: &[(String, actix_web::web::Bytes)],
-) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, (u8, String)>>, ApiError> {
-    let mut pending = Vec::with_capacity(images.len());
-    for (_, bytes) in images {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        broker.enqueue_image(model, bytes.to_vec(), false, tx).map_err(|r| ApiError::Overloaded(r.to_string()))?;
-        pending.push(rx);
-    }
-    let answers = futures_util::future::join_all(pending.into_iter().map(|rx| async move {
-        match rx.await {
-            Ok(Ok(p)) => decode_faces(&p.output).map_err(|e| (1, e)),
-            Ok(Err(e)) => Err((e.file_status(), e.to_string())),
-            Err(_) => Err((2, format!("model {model} unavailable, retry later"))),
-        }
-    }));
-    tokio::select! {
-        answers = answers => Ok(answers),
-        () = super::disconnect::client_gone(req) => Err(ApiError::ClientGone("client closed the connection".into())),
-    }
-}
-
 /// Floats per face in a worker's answer: box (4), score, landmarks (10), embedding.
 const FACE_FLOATS: usize = 4 + 1 + 10 + crate::models::sface::EMBEDDING_LEN;
 
-/// A worker's cascade result as one flat output (faces one after another).
-fn encode_faces(faces: &[(Face, Vec<f32>)]) -> Vec<f32> {
+/// A worker's cascade result: the faces one after another, each as [`FACE_FLOATS`]
+/// little-endian f32 (572 bytes).
+fn encode_faces(faces: &[(Face, Vec<f32>)]) -> Vec<u8> {
     let mut out = Vec::with_capacity(faces.len() * FACE_FLOATS);
     for (f, embedding) in faces {
         out.extend_from_slice(&f.bbox);
@@ -393,13 +372,14 @@ fn encode_faces(faces: &[(Face, Vec<f32>)]) -> Vec<f32> {
         out.extend(f.landmarks.iter().flatten());
         out.extend_from_slice(embedding);
     }
-    out
+    out.iter().flat_map(|v| v.to_le_bytes()).collect()
 }
 
-fn decode_faces(out: &[f32]) -> Result<Vec<(Face, Vec<f32>)>, String> {
-    if !out.len().is_multiple_of(FACE_FLOATS) {
-        return Err(format!("worker answered {} floats, not a multiple of {FACE_FLOATS}", out.len()));
+fn decode_faces(body: &[u8]) -> Result<Vec<(Face, Vec<f32>)>, String> {
+    if !body.len().is_multiple_of(FACE_FLOATS * 4) {
+        return Err(format!("worker answered {} bytes, not a multiple of {} (faces)", body.len(), FACE_FLOATS * 4));
     }
+    let out: Vec<f32> = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
     Ok(out
         .chunks_exact(FACE_FLOATS)
         .map(|c| {
@@ -416,30 +396,14 @@ fn decode_faces(out: &[f32]) -> Result<Vec<(Face, Vec<f32>)>, String> {
 /// `--role worker`: one image job of the face model: decode (the configured limits), the cascade
 /// and the embedder on this worker's networks, the faces as one flat output.
 pub(crate) async fn face_job(state: Data<AppState>, image: Vec<u8>) -> crate::broker::codec::Outcome {
-    use crate::broker::codec::Outcome;
     let Some(face) = state.face.clone() else {
-        return Outcome::Failed { status: 1, message: "no face model on this worker. This is a bug.".into() };
+        return crate::broker::codec::Outcome::Failed {
+            status: 1,
+            message: "no face model on this worker. This is a bug.".into(),
+        };
     };
-    let start = Instant::now();
-    let decoded = state.decoder.send(crate::actors::Decode { bytes: image.into(), limits: state.limits.clone() }).await;
-    let img = match decoded {
-        Ok(Ok(img)) => img,
-        Ok(Err(e)) => return Outcome::Failed { status: 1, message: e.to_string() },
-        Err(e) => return Outcome::Failed { status: 2, message: format!("decoder unavailable: {e}") },
-    };
-    match faces_with_embeddings(&state, &face, Arc::new(img)).await {
-        Ok(faces) => Outcome::Done {
-            output: encode_faces(&faces),
-            queue_wait_us: 0,
-            inference_us: start.elapsed().as_micros() as u64,
-            batch_size: 1,
-        },
-        Err(StageError::Image(crate::actors::InferError::Failed(reason))) => {
-            Outcome::Failed { status: 1, message: reason }
-        }
-        Err(StageError::Image(e)) => Outcome::Failed { status: e.file_status(), message: e.to_string() },
-        Err(StageError::Request(e)) => Outcome::Failed { status: 2, message: e.to_string() },
-    }
+    image_job(&state, &face.name, image, |img| faces_with_embeddings(&state, &face, img), |faces| encode_faces(faces))
+        .await
 }
 
 /// Boxes that had pixels to crop, and their crops.
@@ -521,9 +485,9 @@ mod tests {
             .map(|i| (face(i as f32), (0..crate::models::sface::EMBEDDING_LEN).map(|j| (i * j) as f32).collect()))
             .collect();
         let out = encode_faces(&faces);
-        assert_eq!(out.len(), 3 * FACE_FLOATS);
+        assert_eq!(out.len(), 3 * FACE_FLOATS * 4);
         assert_eq!(decode_faces(&out).unwrap(), faces);
-        assert!(decode_faces(&out[1..]).is_err());
+        assert!(decode_faces(&out[4..]).is_err());
         assert_eq!(decode_faces(&[]).unwrap(), vec![]);
     }
 }

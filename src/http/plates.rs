@@ -5,9 +5,10 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use actix_web::web::{Bytes, Data};
+use serde::{Deserialize, Serialize};
 
-use super::stages::{StageError, infer, prepare};
+use super::stages::{StageError, image_job, infer, prepare, remote_image};
 use super::{AppState, ServedModel};
 use crate::actors::{DetectPlates, InferError, PlateCrops};
 use crate::models::ppocr::{Charset, REC_HEIGHT, steps};
@@ -23,6 +24,9 @@ pub struct PlateService {
     pub rec: Arc<ServedModel>,
     pub params: PlateParams,
     pub charset: Arc<Charset>,
+    /// `--role api`: the broker that takes each image to a worker, where detection and reading
+    /// run (the detector's input is 1.0–1.3 MB per photo).
+    pub remote: Option<Arc<crate::broker::api::Broker>>,
 }
 
 impl PlateService {
@@ -31,15 +35,15 @@ impl PlateService {
     }
 }
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TypeProb {
     #[serde(rename = "type")]
-    kind: &'static str,
+    kind: String,
     prob: f32,
 }
 
-/// `car_number_detect_label_property`.
-#[derive(Debug, Serialize)]
+/// `car_number_detect_label_property` (also the JSON between a worker and the api).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PlateLabel {
     eng: String,
     rus: String,
@@ -74,8 +78,38 @@ impl PlateResult {
     }
 }
 
+/// One image's plates: read here, or (`--role api`) by a worker, which gets the file itself.
+pub(super) async fn read(
+    state: &AppState,
+    svc: &PlateService,
+    image: Arc<DecodedImage>,
+    bytes: &Bytes,
+) -> Result<Vec<PlateLabel>, StageError> {
+    match &svc.remote {
+        None => read_image(state, svc, image).await,
+        Some(broker) => {
+            let body = remote_image(broker, &svc.name, bytes, false).await?;
+            serde_json::from_slice(&body)
+                .map_err(|e| StageError::File(1, format!("unreadable answer from the worker: {e}")))
+        }
+    }
+}
+
+/// `--role worker`: one image job of the plates model: decode (the configured limits), detection
+/// and reading on this worker's networks, the plates as JSON.
+pub(crate) async fn plates_job(state: Data<AppState>, image: Vec<u8>) -> crate::broker::codec::Outcome {
+    let Some(svc) = state.plates.clone() else {
+        return crate::broker::codec::Outcome::Failed {
+            status: 1,
+            message: "no plates model on this worker. This is a bug.".into(),
+        };
+    };
+    let encode = |labels: &Vec<PlateLabel>| serde_json::to_vec(labels).expect("plates serialize. This is a bug.");
+    image_job(&state, &svc.name, image, |img| read_image(&state, &svc, img), encode).await
+}
+
 /// One image through the detector and the recogniser.
-pub(super) async fn read_image(
+async fn read_image(
     state: &AppState,
     svc: &PlateService,
     image: Arc<DecodedImage>,
@@ -120,7 +154,7 @@ pub(super) async fn read_image(
             rus: cyrillic(&text).unwrap_or_default(),
             types_prob: types_prob(&text, score)
                 .into_iter()
-                .map(|(kind, prob)| TypeProb { kind, prob: round4(prob) })
+                .map(|(kind, prob)| TypeProb { kind: kind.to_string(), prob: round4(prob) })
                 .collect(),
             eng: text,
             eng_categories: vec![],
@@ -131,4 +165,24 @@ pub(super) async fn read_image(
         });
     }
     Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plates_roundtrip_through_the_workers_json() {
+        let label = PlateLabel {
+            eng: "A123BC77".into(),
+            rus: "А123ВС77".into(),
+            eng_categories: vec![],
+            rus_categories: vec![],
+            prob: 0.9731,
+            coord: [10, 20, 130, 52],
+            types_prob: vec![TypeProb { kind: "rus".into(), prob: 0.8812 }],
+        };
+        let body = serde_json::to_vec(&vec![label.clone()]).unwrap();
+        assert_eq!(serde_json::from_slice::<Vec<PlateLabel>>(&body).unwrap(), vec![label]);
+    }
 }

@@ -21,7 +21,20 @@ use crate::pipelines::preprocess::ModelInput;
 /// A stage failed for one image (per-file status) or for the whole request (queue full).
 pub(super) enum StageError {
     Image(InferError),
+    /// An image's per-file status and error as a worker wrote them (`--role api`).
+    File(u8, String),
     Request(ApiError),
+}
+
+impl StageError {
+    /// The image's per-file (status, error), or the request's error.
+    pub(super) fn per_file(self) -> Result<(u8, String), ApiError> {
+        match self {
+            Self::Image(e) => Ok((e.file_status(), e.to_string())),
+            Self::File(status, error) => Ok((status, error)),
+            Self::Request(e) => Err(e),
+        }
+    }
 }
 
 /// Sends every input through `stage`'s batcher and waits for all of them.
@@ -88,8 +101,7 @@ where
             Err(e) => Ok(Err((1, e.to_string()))),
             Ok(img) => match read(i, Arc::new(img)).await {
                 Ok(v) => Ok(Ok(v)),
-                Err(StageError::Image(e)) => Ok(Err((e.file_status(), e.to_string()))),
-                Err(StageError::Request(e)) => Err(e),
+                Err(e) => e.per_file().map(Err),
             },
         }
     }));
@@ -98,6 +110,83 @@ where
         () = client_gone(req) => return Err(ApiError::ClientGone("client closed the connection".into())),
     };
     results.into_iter().collect()
+}
+
+/// `--role api`: one image on its model's stream, the model's whole pipeline run by a worker: the
+/// worker's serialized result, or the image's per-file failure; refused at once when the stream
+/// is full or the broker down (the request's error).
+pub(super) async fn remote_image(
+    broker: &crate::broker::api::Broker,
+    model: &str,
+    bytes: &Bytes,
+    poisoned: bool,
+) -> Result<Vec<u8>, StageError> {
+    let (tx, rx) = oneshot::channel();
+    broker
+        .enqueue_image(model, bytes.to_vec(), poisoned, tx)
+        .map_err(|refused| StageError::Request(ApiError::Overloaded(refused.to_string())))?;
+    match rx.await {
+        Ok(Ok(body)) => Ok(body),
+        Ok(Err((status, error))) => Err(StageError::File(status, error)),
+        Err(_) => Err(StageError::File(2, format!("model {model} unavailable, retry later"))),
+    }
+}
+
+/// [`remote_image`] for every image of a request, waiting for all of them (or the client's
+/// hang-up): no decoding here, the worker decodes with the same limits.
+pub(super) async fn remote_images(
+    broker: &crate::broker::api::Broker,
+    model: &str,
+    req: &HttpRequest,
+    images: &[(String, Bytes)],
+) -> Result<Vec<Result<Vec<u8>, (u8, String)>>, ApiError> {
+    // Every image goes on the stream before any answer is awaited (they are worked on together).
+    let (tx, rx): (Vec<_>, Vec<_>) = images.iter().map(|_| oneshot::channel()).unzip();
+    for ((_, bytes), tx) in images.iter().zip(tx) {
+        broker.enqueue_image(model, bytes.to_vec(), false, tx).map_err(|r| ApiError::Overloaded(r.to_string()))?;
+    }
+    let answers = join_all(rx.into_iter().map(|rx| async move {
+        match rx.await {
+            Ok(answer) => answer,
+            Err(_) => Err((2, format!("model {model} unavailable, retry later"))),
+        }
+    }));
+    tokio::select! {
+        answers = answers => Ok(answers),
+        () = client_gone(req) => Err(ApiError::ClientGone("client closed the connection".into())),
+    }
+}
+
+/// `--role worker`: one image job of a model whose whole pipeline runs here: decode (the
+/// configured limits), `read`, and its result serialized by `encode`; a failure is the image's
+/// per-file status and error, written as the single process would answer them.
+pub(super) async fn image_job<T, Fut>(
+    state: &AppState,
+    model: &str,
+    bytes: Vec<u8>,
+    read: impl FnOnce(Arc<DecodedImage>) -> Fut,
+    encode: impl FnOnce(&T) -> Vec<u8>,
+) -> crate::broker::codec::Outcome
+where
+    Fut: Future<Output = Result<T, StageError>>,
+{
+    use crate::broker::codec::Outcome;
+    let start = std::time::Instant::now();
+    let decoded = state.decoder.send(Decode { bytes: bytes.into(), limits: state.limits.clone() }).await;
+    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "decode", "model" => model.to_string())
+        .record(start.elapsed().as_secs_f64());
+    let image = match decoded {
+        Ok(Ok(image)) => image,
+        Ok(Err(e)) => return Outcome::Failed { status: 1, message: e.to_string() },
+        Err(e) => return Outcome::Failed { status: 2, message: format!("decoder unavailable: {e}") },
+    };
+    match read(Arc::new(image)).await {
+        Ok(v) => Outcome::Read { body: encode(&v), took_us: start.elapsed().as_micros() as u64 },
+        Err(e) => match e.per_file() {
+            Ok((status, message)) => Outcome::Failed { status, message },
+            Err(request) => Outcome::Failed { status: 2, message: request.to_string() },
+        },
+    }
 }
 
 /// CPU work on the preprocessing pool.

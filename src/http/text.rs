@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{StageError, each_image, infer, prepare, record_request};
+use super::stages::{StageError, each_image, image_job, infer, prepare, record_request, remote_images};
 use super::{AppState, ServedModel};
 use crate::actors::{DetectText, RecLines, TextLines};
 use crate::error::{ApiError, Envelope};
@@ -32,6 +32,9 @@ pub struct TextService {
     pub rec: Arc<ServedModel>,
     pub params: TextParams,
     pub charset: Arc<Charset>,
+    /// `--role api`: the broker that takes each image to a worker, where detection and reading
+    /// run (the detector's input is 5–10 MB per image, the file tens of KB).
+    pub remote: Option<Arc<crate::broker::api::Broker>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -52,8 +55,8 @@ struct TextMeta {
     images: Vec<ImageMeta>,
 }
 
-/// A line read from an image, in the original's pixels.
-#[derive(Debug, Clone)]
+/// A line read from an image, in the original's pixels (JSON between a worker and the api).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Line {
     text: String,
     prob: f32,
@@ -286,7 +289,31 @@ async fn read_all(
     images: &Images,
 ) -> Result<Vec<Result<Vec<Line>, (u8, String)>>, ApiError> {
     let _admitted = admit(state, &[svc.det.as_ref(), svc.cls.as_ref(), svc.rec.as_ref()], images.len())?;
-    each_image(state, req, &svc.name, images, |_, img| read_image(state, svc, img)).await
+    match &svc.remote {
+        None => each_image(state, req, &svc.name, images, |_, img| read_image(state, svc, img)).await,
+        Some(broker) => Ok(remote_images(broker, &svc.name, req, images)
+            .await?
+            .into_iter()
+            .map(|answer| {
+                answer.and_then(|body| {
+                    serde_json::from_slice(&body).map_err(|e| (1, format!("unreadable answer from the worker: {e}")))
+                })
+            })
+            .collect()),
+    }
+}
+
+/// `--role worker`: one image job of the text model: decode (the configured limits), detection
+/// and reading on this worker's networks, the lines as JSON.
+pub(crate) async fn text_job(state: Data<AppState>, image: Vec<u8>) -> crate::broker::codec::Outcome {
+    let Some(svc) = state.text.clone() else {
+        return crate::broker::codec::Outcome::Failed {
+            status: 1,
+            message: "no text model on this worker. This is a bug.".into(),
+        };
+    };
+    let encode = |lines: &Vec<Line>| serde_json::to_vec(lines).expect("lines serialize. This is a bug.");
+    image_job(&state, &svc.name, image, |img| read_image(&state, &svc, img), encode).await
 }
 
 /// One image through the detector and the recogniser.
@@ -330,4 +357,22 @@ async fn read_image(state: &AppState, svc: &TextService, image: Arc<DecodedImage
         out.push(Line { text: reading.text, prob: reading.score, quad: to_original(&text_box.quad, &work), words });
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_roundtrip_through_the_workers_json() {
+        let quad = [[10.5, 20.25], [130.0, 20.0], [130.125, 52.0], [10.0, 51.75]];
+        let line = Line {
+            text: "Привет, world 42".into(),
+            prob: 0.987_654_3,
+            quad,
+            words: vec![("Привет,".into(), 0.912_345_7, quad), ("world".into(), 1.0, quad)],
+        };
+        let body = serde_json::to_vec(&vec![line.clone(), line.clone()]).unwrap();
+        assert_eq!(serde_json::from_slice::<Vec<Line>>(&body).unwrap(), vec![line.clone(), line]);
+    }
 }
