@@ -4,8 +4,9 @@
 //! `bench e2e`     drives a running server with concurrent multipart uploads of real images and
 //!                 prints req/s, latency percentiles, mean batch size, worker busy ratio and server
 //!                 CPU ms per request (from the server's /metrics).
-//! `bench distributed` runs `e2e` on one process, then on `--role api` + `--role worker`
-//!                 processes over a Redis it starts, and prints both and their ratio.
+//! `bench distributed` starts one process and `--role api` + `--role worker` processes over a
+//!                 Redis it starts, runs `e2e` on each in turn for `--rounds` rounds, and prints
+//!                 each round's ratio and the median round.
 //! `bench model`   runs the forward pass alone in a loop at a given batch size on a device, keeping
 //!                 `--depth` batches in flight as the server's worker does (the next launched
 //!                 before the current one is read back); `--torch PYTHON` runs PyTorch's eager
@@ -439,6 +440,11 @@ pub struct DistributedArgs {
     /// The Redis server binary (Debian `redis-server`), started on a free loopback port.
     #[arg(long, default_value = "redis-server")]
     redis_server: PathBuf,
+    /// Measured rounds. Both set-ups stay up; each round loads the one process, then api +
+    /// workers, so a machine whose speed drifts moves both sides of each round's ratio alike.
+    /// The median round is reported.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
 }
 
 #[derive(Debug, Args, Clone)]
@@ -914,15 +920,11 @@ fn start_role(args: &[String]) -> anyhow::Result<(Proc, SocketAddr)> {
 }
 
 fn run_distributed(a: &DistributedArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
     let config = a.config.to_string_lossy().into_owned();
     let base = |role: &str| -> Vec<String> {
         ["-c", &config, "--role", role, "--models", &a.e2e.model].iter().map(|s| s.to_string()).collect()
     };
-    println!("== in-process: one `--role all` process");
-    let (single, addr) = start_role(&base("all"))?;
-    let one = run_e2e(&E2eArgs { addr: addr.to_string(), json: None, worker_metrics: vec![], ..a.e2e.clone() })?;
-    drop(single);
-
     let port = free_port()?;
     let _redis = Proc(
         std::process::Command::new(&a.redis_server)
@@ -938,9 +940,11 @@ fn run_distributed(a: &DistributedArgs) -> anyhow::Result<()> {
         v
     };
     println!(
-        "== distributed: `--role api` + {} `--role worker` over Redis (broker.payload from the config)",
-        a.workers
+        "== one `--role all` process, and `--role api` + {} `--role worker` over Redis (broker.payload from \
+         the config); {} rounds of both",
+        a.workers, a.rounds
     );
+    let (_single, single_addr) = start_role(&base("all"))?;
     let mut procs = Vec::new();
     let mut worker_addrs = Vec::new();
     for _ in 0..a.workers {
@@ -948,31 +952,55 @@ fn run_distributed(a: &DistributedArgs) -> anyhow::Result<()> {
         procs.push(p);
         worker_addrs.push(w.to_string());
     }
-    let (api, api_addr) = start_role(&with_broker("api"))?;
-    let dist =
-        run_e2e(&E2eArgs { addr: api_addr.to_string(), json: None, worker_metrics: worker_addrs, ..a.e2e.clone() })?;
+    let (_api, api_addr) = start_role(&with_broker("api"))?;
+    let mut rounds = Vec::new();
+    for round in 1..=a.rounds {
+        println!("-- round {round}: in-process");
+        let one =
+            run_e2e(&E2eArgs { addr: single_addr.to_string(), json: None, worker_metrics: vec![], ..a.e2e.clone() })?;
+        println!("-- round {round}: distributed");
+        let dist = run_e2e(&E2eArgs {
+            addr: api_addr.to_string(),
+            json: None,
+            worker_metrics: worker_addrs.clone(),
+            ..a.e2e.clone()
+        })?;
+        rounds.push((dist.requests_per_s / one.requests_per_s, one, dist));
+    }
     let api_metrics = scrape(api_addr)?;
-    drop(api);
-    drop(procs);
     let m = [("stage", a.e2e.model.as_str())];
     let rt_n = metric_value(&api_metrics, "gpubackend_broker_round_trip_seconds_count", &m);
     let rt_ms = metric_value(&api_metrics, "gpubackend_broker_round_trip_seconds_sum", &m) * 1e3 / rt_n.max(1.0);
     let bytes = metric_value(&api_metrics, "gpubackend_broker_payload_bytes_total", &[("stage", a.e2e.model.as_str())]);
-    let ratio = dist.requests_per_s / one.requests_per_s;
-    println!("distributed vs in-process ({} clients):", a.e2e.concurrency);
+    println!("distributed vs in-process ({} clients), per round:", a.e2e.concurrency);
+    for (i, (ratio, one, dist)) in rounds.iter().enumerate() {
+        println!(
+            "  round {}: {:.1} vs {:.1} req/s: {ratio:.3}; CPU outside forward passes {:.2} (api) vs {:.2} ms/req",
+            i + 1,
+            dist.requests_per_s,
+            one.requests_per_s,
+            dist.serving_ms_per_req,
+            one.serving_ms_per_req
+        );
+    }
+    let mut order: Vec<usize> = (0..rounds.len()).collect();
+    order.sort_by(|&x, &y| rounds[x].0.total_cmp(&rounds[y].0));
+    let (ratio, one, dist) = &rounds[order[rounds.len() / 2]];
+    println!("median round:");
     println!("  requests/s          {:.1} vs {:.1}: {ratio:.3}", dist.requests_per_s, one.requests_per_s);
     println!("  p50 ms              {:.1} vs {:.1}", dist.p50_ms, one.p50_ms);
     println!("  p99 ms              {:.1} vs {:.1}", dist.p99_ms, one.p99_ms);
     println!("  worker busy         {:.1} % vs {:.1} %", dist.worker_busy * 100.0, one.worker_busy * 100.0);
     println!("  mean batch          {:.2} vs {:.2}", dist.mean_batch, one.mean_batch);
     println!(
-        "  broker round trip   {rt_ms:.1} ms mean over {rt_n} jobs; {:.0} input bytes per job",
+        "  broker round trip   {rt_ms:.1} ms mean over {rt_n} jobs (all rounds); {:.0} input bytes per job",
         bytes / rt_n.max(1.0)
     );
-    write_json(
-        &a.e2e.json,
-        &serde_json::json!({"in_process": one, "distributed": dist, "ratio": ratio, "broker_round_trip_ms": rt_ms}),
-    )?;
+    let all: Vec<_> = rounds
+        .iter()
+        .map(|(ratio, one, dist)| serde_json::json!({"in_process": one, "distributed": dist, "ratio": ratio}))
+        .collect();
+    write_json(&a.e2e.json, &serde_json::json!({"rounds": all, "median_ratio": ratio, "broker_round_trip_ms": rt_ms}))?;
     Ok(())
 }
 

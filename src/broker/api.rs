@@ -366,7 +366,7 @@ impl Broker {
             };
             let mut ids = Vec::with_capacity(entries.len());
             for e in entries {
-                match ReplyEntry::from_fields(&fields_of(&e.map)) {
+                match ReplyEntry::from_fields(&fields_of(e.map)) {
                     Ok(r) => self.answer(&r.id, r.outcome),
                     Err(err) => tracing::warn!(entry = %e.id, error = %err, "broker: unreadable answer dropped"),
                 }

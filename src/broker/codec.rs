@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 
 use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use crate::config::PayloadEncoding;
 use crate::pipelines::preprocess::ModelInput;
@@ -49,7 +50,17 @@ pub enum Payload {
 impl Payload {
     pub fn encode(values: &[f32], encoding: PayloadEncoding) -> Self {
         match encoding {
-            PayloadEncoding::F16 => Self::F16(values.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect()),
+            PayloadEncoding::F16 => {
+                // Slice conversion: 8 values per F16C instruction where the CPU has it (detected
+                // at run time), instead of one call per value.
+                let mut half = vec![0u16; values.len()];
+                half.reinterpret_cast_mut::<f16>().convert_from_f32_slice(values);
+                let mut bytes = Vec::with_capacity(2 * half.len());
+                for h in half {
+                    bytes.extend_from_slice(&h.to_le_bytes());
+                }
+                Self::F16(bytes)
+            }
             PayloadEncoding::U8 => {
                 let (min, max) =
                     values.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
@@ -65,7 +76,10 @@ impl Payload {
     pub fn decode(&self) -> Option<Vec<f32>> {
         match self {
             Self::F16(bytes) => {
-                Some(bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect())
+                let half: Vec<u16> = bytes.chunks_exact(2).map(|b| u16::from_le_bytes([b[0], b[1]])).collect();
+                let mut values = vec![0f32; half.len()];
+                half.reinterpret_cast::<f16>().convert_to_f32_slice(&mut values);
+                Some(values)
             }
             Self::U8 { min, step, data } => Some(data.iter().map(|&q| min + f32::from(q) * step).collect()),
             Self::Image(_) => None,
@@ -297,12 +311,12 @@ pub fn reclaim(attempts_before: u32, max_deliveries: u32) -> Reclaim {
 }
 
 /// Converts a Redis field map (`StreamId::map`) into bytes by field name; values that are not
-/// strings are dropped (and then reported as missing).
-pub fn fields_of(map: &HashMap<String, redis::Value>) -> Fields {
-    map.iter()
+/// strings are dropped (and then reported as missing). Takes the map: a payload is not copied.
+pub fn fields_of(map: HashMap<String, redis::Value>) -> Fields {
+    map.into_iter()
         .filter_map(|(k, v)| match v {
-            redis::Value::BulkString(b) => Some((k.clone(), b.clone())),
-            redis::Value::SimpleString(s) => Some((k.clone(), s.clone().into_bytes())),
+            redis::Value::BulkString(b) => Some((k, b)),
+            redis::Value::SimpleString(s) => Some((k, s.into_bytes())),
             _ => None,
         })
         .collect()
@@ -325,6 +339,12 @@ mod tests {
         let input = sample_input();
         let job = JobEntry::new("a:1".into(), "r".into(), 5, &input, false, PayloadEncoding::F16);
         assert_eq!(job.payload.len(), 2 * input.data.len());
+        // The slice conversion is the per-value IEEE rounding, bit for bit, both ways.
+        let one_by_one: Vec<u8> = input.data.iter().flat_map(|v| f16::from_f32(*v).to_le_bytes()).collect();
+        assert_eq!(job.payload, Payload::F16(one_by_one.clone()));
+        let back_one_by_one: Vec<f32> =
+            one_by_one.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect();
+        assert_eq!(job.payload.decode(), Some(back_one_by_one));
         let back = JobEntry::from_fields(&roundtrip_fields(job.to_fields())).unwrap();
         assert_eq!(back, job);
         let decoded = back.input().unwrap();

@@ -233,7 +233,7 @@ impl Feeder {
 
     /// Starts the jobs just read (or acknowledges those nobody waits for any more).
     async fn take(self: &Arc<Self>, entries: Vec<StreamId>, room: &Arc<Semaphore>, mut w: ConnectionManager) {
-        let jobs: Vec<(String, Fields)> = entries.into_iter().map(|e| (e.id, fields_of(&e.map))).collect();
+        let jobs: Vec<(String, Fields)> = entries.into_iter().map(|e| (e.id, fields_of(e.map))).collect();
         let cancelled = self.cancelled(&jobs, &mut w).await;
         let now = unix_ms();
         let mut skip = Vec::new();
@@ -530,7 +530,7 @@ impl Feeder {
             let mut redelivered = 0u64;
             let mut dead = 0u64;
             for e in &r.claimed {
-                let fields = fields_of(&e.map);
+                let fields = fields_of(e.map.clone());
                 match JobEntry::from_fields(&fields) {
                     Err(err) => {
                         let raw: Vec<(&str, Vec<u8>)> = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
