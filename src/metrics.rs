@@ -95,7 +95,7 @@ fn describe() {
     describe_counter!(
         BROKER_PAYLOAD_BYTES,
         Unit::Bytes,
-        "API: model-input bytes put on the broker (the data field, f16 or u8), by stage"
+        "API: bytes put on the broker per job's data field (a model input as f16 or u8, or an uploaded file), by stage"
     );
     describe_counter!(
         BROKER_JOBS,
