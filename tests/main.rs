@@ -9,6 +9,7 @@ mod broker;
 mod common;
 mod devices;
 mod disconnect;
+mod model_centernet;
 mod model_mobilenet_v2;
 mod model_mtcnn;
 mod model_plates;

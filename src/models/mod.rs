@@ -13,6 +13,7 @@ pub mod ppocr;
 pub mod probe;
 pub mod profile;
 pub mod sface;
+pub mod tfjs;
 
 pub use device::{DeviceError, DeviceSpec};
 

@@ -20,7 +20,7 @@ use super::onnx_weights::{OnnxAttr, OnnxModel, OnnxNode, load_with};
 
 /// One node, ready to run: its op with attributes resolved, its inputs by name.
 #[derive(Debug)]
-enum Op {
+pub(super) enum Op {
     Conv {
         weight: Tensor<4>,
         bias: Option<Tensor<1>>,
@@ -31,7 +31,21 @@ enum Op {
         bias: Option<Tensor<1>>,
         options: ConvTransposeOptions<2>,
     },
+    /// A TensorFlow convolution (`groups` = channels for a depthwise one): `same` pads as
+    /// TensorFlow's SAME does (`max((⌈in/s⌉ − 1)·s + k − in, 0)`, the odd pixel after), from the
+    /// input's size when it runs; otherwise no padding (VALID).
+    TfConv {
+        weight: Tensor<4>,
+        bias: Option<Tensor<1>>,
+        stride: usize,
+        groups: usize,
+        same: bool,
+    },
+    /// TensorFlow's bilinear resize with `align_corners` and `half_pixel_centers` false: output
+    /// pixel `o` samples the input at `o · in / out`, its right/bottom neighbour clamped.
+    ResizeTf([usize; 2]),
     Add,
+    Sub,
     Mul,
     Div,
     Relu,
@@ -60,20 +74,21 @@ enum Op {
 }
 
 #[derive(Debug)]
-struct Step {
-    op: Op,
-    inputs: Vec<String>,
-    output: String,
+pub(super) struct Step {
+    pub(super) op: Op,
+    pub(super) inputs: Vec<String>,
+    pub(super) output: String,
 }
 
-/// A loaded graph: one input, one output.
+/// A loaded graph (an ONNX one, or a TF.js graph model's, `models::tfjs`): one input; its
+/// outputs side by side along C.
 #[derive(Debug)]
 pub struct OnnxGraph {
     steps: Vec<Step>,
     /// Tensor operands of element-wise nodes (biases, scalars), as N×C×H×W with size-1 axes.
     constants: HashMap<String, Tensor<4>>,
     input: String,
-    output: String,
+    outputs: Vec<String>,
 }
 
 fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(usize, usize); 2], String> {
@@ -321,7 +336,21 @@ impl OnnxGraph {
             steps.push(Step { op, inputs, output });
         }
         let output = steps.last().map(|s| s.output.clone()).ok_or("empty graph")?;
-        Ok(Self { steps, constants, input: input.ok_or("no graph input")?, output })
+        Self::from_parts(steps, constants, input.ok_or("no graph input")?, vec![output])
+    }
+
+    pub(super) fn from_parts(
+        steps: Vec<Step>,
+        constants: HashMap<String, Tensor<4>>,
+        input: String,
+        outputs: Vec<String>,
+    ) -> Result<Self, String> {
+        for o in &outputs {
+            if !steps.iter().any(|s| &s.output == o) {
+                return Err(format!("no step computes output `{o}`"));
+            }
+        }
+        Ok(Self { steps, constants, input, outputs })
     }
 
     /// Runs the graph on `x` (N×C×H×W, on the device the graph was loaded on).
@@ -342,7 +371,29 @@ impl OnnxGraph {
                 Op::ConvTranspose { weight, bias, options } => {
                     conv_transpose2d(get(0), weight.clone(), bias.clone(), options.clone())
                 }
+                Op::TfConv { weight, bias, stride, groups, same } => {
+                    let x = get(0);
+                    let [_, _, h, w] = x.dims();
+                    let [_, _, kh, kw] = weight.dims();
+                    let pad = |size: usize, k: usize| -> (usize, usize) {
+                        if !*same {
+                            return (0, 0);
+                        }
+                        let total = ((size.div_ceil(*stride) - 1) * stride + k).saturating_sub(size);
+                        (total / 2, total - total / 2)
+                    };
+                    let ((top, bottom), (left, right)) = (pad(h, kh), pad(w, kw));
+                    let (x, padding) = if top == bottom && left == right {
+                        (x, [top, left])
+                    } else {
+                        (x.pad((left, right, top, bottom), burn::tensor::ops::PadMode::Constant(0.0)), [0, 0])
+                    };
+                    let options = ConvOptions::new([*stride, *stride], padding, [1, 1], *groups);
+                    conv2d(x, weight.clone(), bias.clone(), options)
+                }
+                Op::ResizeTf([oh, ow]) => resize_tf(get(0), [*oh, *ow]),
                 Op::Add => get(0) + get(1),
+                Op::Sub => get(0) - get(1),
                 Op::Mul => get(0) * get(1),
                 Op::Div => get(0) / get(1),
                 Op::Relu => relu(get(0)),
@@ -368,6 +419,35 @@ impl OnnxGraph {
             };
             values.insert(step.output.as_str(), y);
         }
-        values.remove(self.output.as_str()).expect("the last node's output. This is a bug.")
+        let mut outputs: Vec<Tensor<4>> =
+            self.outputs.iter().map(|o| values.remove(o.as_str()).expect("a graph output. This is a bug.")).collect();
+        if outputs.len() == 1 { outputs.remove(0) } else { Tensor::cat(outputs, 1) }
     }
+}
+
+/// TensorFlow's legacy bilinear resize (`align_corners` and `half_pixel_centers` false) of
+/// N×C×H×W to `[oh, ow]`, one axis after the other.
+fn resize_tf(x: Tensor<4>, [oh, ow]: [usize; 2]) -> Tensor<4> {
+    let [_, _, h, w] = x.dims();
+    let device = x.device();
+    let axis = |x: Tensor<4>, dim: usize, size: usize, out: usize| -> Tensor<4> {
+        if size == out {
+            return x;
+        }
+        let (lo, hi, frac) = crate::pipelines::preprocess::tf_bilinear_taps(size, out);
+        let idx = |v: Vec<usize>| {
+            Tensor::<1, burn::prelude::Int>::from_data(
+                TensorData::new(v.into_iter().map(|i| i as i64).collect::<Vec<_>>(), [out]),
+                &device,
+            )
+        };
+        let a = x.clone().select(dim, idx(lo));
+        let b = x.select(dim, idx(hi));
+        let mut shape = [1, 1, 1, 1];
+        shape[dim] = out;
+        let f = Tensor::<4>::from_data(TensorData::new(frac, shape), &device);
+        a.clone() + (b - a) * f
+    };
+    let x = axis(x, 2, h, oh);
+    axis(x, 3, w, ow)
 }

@@ -4,6 +4,7 @@ pub mod align;
 pub mod batching;
 pub mod classify;
 pub mod decode;
+pub mod detect;
 pub mod face_detect;
 pub mod plates;
 pub mod preprocess;
