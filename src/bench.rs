@@ -414,9 +414,13 @@ pub struct E2eArgs {
     images: Vec<PathBuf>,
     #[arg(long, default_value = "test")]
     token: String,
-    /// The classifier model's name in the server's config: worker busy and batch figures are its own.
+    /// The model's name in the server's config: worker busy and batch figures are its own.
     #[arg(long, default_value = "mobilenet_v2")]
     model: String,
+    /// The objects/detect mode requested (`multiobject` / `pedestrian` with `--model centernet`
+    /// drives the COCO detector).
+    #[arg(long, default_value = "object")]
+    mode: String,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -770,14 +774,16 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         .collect::<Result<_, _>>()?;
     let images = Arc::new(images);
     let path = Arc::new(format!("/api/v1/objects/detect?oauth_provider=mcs&oauth_token={}", a.token));
-    let meta: &'static [u8] = br#"{"mode":["object"],"images":[{"name":"file_0"}]}"#;
+    let meta: Arc<Vec<u8>> = Arc::new(
+        serde_json::json!({"mode": [a.mode.as_str()], "images": [{"name": "file_0"}]}).to_string().into_bytes(),
+    );
     let warmup = Duration::from_secs_f64(a.duration * 0.1);
     let measure = Duration::from_secs_f64(a.duration);
     // Warm-up: same load, unmeasured.
     let load = |until: Instant, record: bool| -> Vec<std::thread::JoinHandle<(Vec<Duration>, usize)>> {
         (0..a.concurrency)
             .map(|i| {
-                let (images, path) = (images.clone(), path.clone());
+                let (images, path, meta) = (images.clone(), path.clone(), meta.clone());
                 std::thread::spawn(move || {
                     let mut c = Conn::new(addr);
                     let (mut lat, mut errors, mut k) = (Vec::new(), 0usize, i);
@@ -785,7 +791,8 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
                         let img = &images[k % images.len()];
                         k += 1;
                         let t = Instant::now();
-                        match c.post_multipart(&path, &[("file_0", Some("img"), img), ("meta", None, meta)]) {
+                        match c.post_multipart(&path, &[("file_0", Some("img"), img), ("meta", None, meta.as_slice())])
+                        {
                             Ok(r) if r.status == 200 => {
                                 if record {
                                     lat.push(t.elapsed())

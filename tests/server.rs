@@ -159,7 +159,7 @@ fn documented_request_errors() {
         (br#"{"mode":["sceneaaaa"],"images":[{"name":"file"}]}"#, "unknown mode: sceneaaaa"),
         (
             br#"{"mode":["object","scene"],"images":[{"name":"file"}]}"#,
-            "mode scene is not served by this server (served: car_number, object)",
+            "mode scene is not served by this server (served: car_number, multiobject, object, pedestrian)",
         ),
         (br#"{"mode":["object"],"images":[{"name":"file"},{"name":"file"}]}"#, "duplicate image name: file"),
         (br#"{"mode":"object","images":[{"name":"file"}]}"#, "invalid meta"),

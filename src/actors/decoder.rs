@@ -10,7 +10,7 @@ use crate::pipelines::align::aligned_face;
 use crate::pipelines::decode::{DecodeError, DecodedImage, decode};
 use crate::pipelines::face_detect::{Candidate, DetectParams, Face, Level, Tile, crop_each, pyramid_tiles};
 use crate::pipelines::plates::{PlateCrop, PlateInput, PlateParams, det_input as plate_input, plate_crops};
-use crate::pipelines::preprocess::{ClassifierSpec, ModelInput, classifier_input};
+use crate::pipelines::preprocess::{ClassifierSpec, ModelInput, classifier_input, detector_input};
 use crate::pipelines::text::{
     Detection, LineCrop, LineInput, TextParams, Working, line_crops, line_inputs, prepare_detection,
 };
@@ -54,6 +54,22 @@ impl Handler<Preprocess> for Preprocessor {
 
     fn handle(&mut self, msg: Preprocess, _: &mut SyncContext<Self>) -> Self::Result {
         actix::MessageResult(classifier_input(&msg.image, msg.spec))
+    }
+}
+
+/// The COCO detector's input: the image resized to `side`² (`pipelines::preprocess::detector_input`).
+#[derive(Message)]
+#[rtype(result = "ModelInput")]
+pub struct DetectorInput {
+    pub image: Arc<DecodedImage>,
+    pub side: usize,
+}
+
+impl Handler<DetectorInput> for Preprocessor {
+    type Result = actix::MessageResult<DetectorInput>;
+
+    fn handle(&mut self, msg: DetectorInput, _: &mut SyncContext<Self>) -> Self::Result {
+        actix::MessageResult(detector_input(&msg.image, msg.side))
     }
 }
 

@@ -68,10 +68,12 @@ pub struct ServedModel {
     pub queue_target: usize,
     /// Where its inputs go: the local batcher, or the broker (`--role api`).
     pub route: Route,
-    /// Classifiers only.
+    /// Classifiers and the COCO detector.
     pub labels: Option<LabelMap>,
     pub threshold: f32,
     pub top_k: usize,
+    /// The COCO detector's NMS and peaks (None: not a detector).
+    pub detector: Option<crate::pipelines::detect::DetectorParams>,
     pub workers: Vec<Arc<WorkerHealth>>,
 }
 
@@ -272,7 +274,13 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     for name in &placed {
         let mc: &ModelConfig = &config.models[name];
         let labels = match &mc.labels {
-            Some(path) => Some(LabelMap::load(path, mobilenet_v2::NUM_CLASSES)?),
+            Some(path) => {
+                let classes = match mc.architecture {
+                    crate::config::Architecture::Centernet => crate::pipelines::detect::CENTERNET_CLASSES,
+                    _ => mobilenet_v2::NUM_CLASSES,
+                };
+                Some(LabelMap::load(path, classes)?)
+            }
             None => None,
         };
         let mut stages = Vec::new();
@@ -338,9 +346,14 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 labels: labels.clone(),
                 threshold: mc.threshold,
                 top_k: mc.top_k,
+                detector: (mc.architecture == crate::config::Architecture::Centernet)
+                    .then(|| mc.detector.unwrap_or_default()),
                 workers: health,
             });
-            if mc.architecture == crate::config::Architecture::MobilenetV2 {
+            if matches!(
+                mc.architecture,
+                crate::config::Architecture::MobilenetV2 | crate::config::Architecture::Centernet
+            ) {
                 for mode in &mc.modes {
                     modes.insert(mode.clone(), served.clone());
                 }

@@ -16,7 +16,7 @@ use super::multipart::read_upload;
 use super::plates::{PlateLabel, PlateResult, PlateService, read as read_plates};
 use super::stages::{StageError, each_image, infer_marked, prepare};
 use super::{AppState, ServedModel};
-use crate::actors::Preprocess;
+use crate::actors::{DetectorInput, Preprocess};
 use crate::config::CAR_NUMBER_MODE;
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
@@ -49,6 +49,10 @@ struct FileResult {
     error: Option<String>,
     name: String,
     labels: Vec<ObjectLabel>,
+    /// `pedestrian`: the people found (here: the person boxes kept, not a density-map estimate;
+    /// README).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    count_by_density: Option<usize>,
 }
 
 /// The answer body: `<mode>_labels` for each requested mode.
@@ -94,14 +98,17 @@ struct RequestLabel {
 
 /// What answers one requested mode.
 enum Mode<'a> {
-    Classifier(&'a ServedModel),
+    /// The classifier, and the detector whose boxes `object` adds where one is placed.
+    Classifier(&'a ServedModel, Option<&'a ServedModel>),
+    /// The COCO detector: every class (`multiobject`), or people only (`pedestrian`).
+    Detector(&'a ServedModel, bool),
     Plates(&'a PlateService),
 }
 
 impl Mode<'_> {
     fn name(&self) -> &str {
         match self {
-            Self::Classifier(m) => &m.name,
+            Self::Classifier(m, _) | Self::Detector(m, _) => &m.name,
             Self::Plates(p) => &p.name,
         }
     }
@@ -157,7 +164,17 @@ async fn handle(
         .iter()
         .map(|m| match (*m, &state.plates) {
             (CAR_NUMBER_MODE, Some(plates)) => Mode::Plates(plates),
-            _ => Mode::Classifier(&state.modes[*m]),
+            _ => {
+                let model = state.modes[*m].as_ref();
+                match model.detector {
+                    Some(_) => Mode::Detector(model, *m == "pedestrian"),
+                    // `object` adds the boxes of the detector that serves `multiobject`.
+                    None => Mode::Classifier(
+                        model,
+                        state.modes.get("multiobject").map(|d| d.as_ref()).filter(|d| d.detector.is_some()),
+                    ),
+                }
+            }
         })
         .collect();
     label.modes = requested.join("+");
@@ -168,7 +185,8 @@ async fn handle(
     let stages: Vec<&ServedModel> = modes
         .iter()
         .flat_map(|m| match m {
-            Mode::Classifier(c) => vec![*c],
+            Mode::Classifier(c, None) | Mode::Detector(c, _) => vec![*c],
+            Mode::Classifier(c, Some(d)) => vec![*c, *d],
             Mode::Plates(p) => p.stages().to_vec(),
         })
         .collect();
@@ -215,8 +233,17 @@ async fn handle(
             list.iter().for_each(|r| count(r.status));
             body.car_number_labels = Some(list);
         } else {
-            let list: Vec<FileResult> =
-                named.map(|(name, a)| FileResult::new(name, a.map(ModeAnswer::into_labels))).collect();
+            let pedestrian = *mode == "pedestrian";
+            let list: Vec<FileResult> = named
+                .map(|(name, a)| {
+                    let mut r = FileResult::new(name, a.map(ModeAnswer::into_labels));
+                    if pedestrian {
+                        // Required by the schema; 0 for a file that failed.
+                        r.count_by_density = Some(r.labels.len());
+                    }
+                    r
+                })
+                .collect();
             list.iter().for_each(|r| count(r.status));
             body.classified.insert(format!("{mode}_labels"), list);
         }
@@ -233,7 +260,18 @@ async fn read_mode(
     poisoned: bool,
 ) -> Result<ModeAnswer, StageError> {
     match mode {
-        Mode::Classifier(model) => classify(state, model, image, poisoned).await.map(ModeAnswer::Labels),
+        Mode::Classifier(model, None) => classify(state, model, image, poisoned).await.map(ModeAnswer::Labels),
+        Mode::Classifier(model, Some(detector)) => {
+            let (labels, boxes) = futures_util::future::join(
+                classify(state, model, image.clone(), poisoned),
+                detect_objects(state, detector, image, poisoned, false),
+            )
+            .await;
+            Ok(ModeAnswer::Labels(merge_object_labels(boxes?, labels?)))
+        }
+        Mode::Detector(model, people) => {
+            detect_objects(state, model, image, poisoned, *people).await.map(ModeAnswer::Labels)
+        }
         Mode::Plates(svc) => read_plates(state, svc, image, bytes).await.map(ModeAnswer::Plates),
     }
 }
@@ -252,6 +290,53 @@ async fn classify(
     let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
     let labels = model.labels.as_ref().expect("classifiers have labels (config). This is a bug.");
     Ok(labels.labels(&prediction.output, model.threshold, model.top_k, image.width, image.height))
+}
+
+/// The COCO detector on one image: its input (preprocessing pool) → its batcher → peaks, the
+/// score threshold, per-class NMS, at most `top_k` → labels with boxes in the image's pixels;
+/// `people`: persons only, labelled `Pedestrian` as the docs' `pedestrian` answer is.
+async fn detect_objects(
+    state: &AppState,
+    model: &ServedModel,
+    image: Arc<DecodedImage>,
+    poisoned: bool,
+    people: bool,
+) -> Result<Vec<ObjectLabel>, StageError> {
+    use crate::pipelines::detect::{
+        CENTERNET_CLASSES, CENTERNET_INPUT, CENTERNET_MAP, CenterNetOutput, PERSON, select,
+    };
+    let start = Instant::now();
+    let input = prepare(state, DetectorInput { image: image.clone(), side: CENTERNET_INPUT }).await?;
+    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "preprocess", "model" => model.name.clone())
+        .record(start.elapsed().as_secs_f64());
+    let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
+    let params = model.detector.expect("a detector's params (config). This is a bug.");
+    let labels = model.labels.as_ref().expect("a detector has labels (config). This is a bug.");
+    let out = CenterNetOutput { data: &prediction.output, classes: CENTERNET_CLASSES, side: CENTERNET_MAP };
+    let mut peaks = out.peaks(params.peaks, CENTERNET_INPUT);
+    if people {
+        peaks.retain(|d| d.class == PERSON);
+    }
+    let kept = select(&peaks, model.threshold, params.iou, model.top_k, CENTERNET_INPUT, [image.width, image.height]);
+    Ok(kept
+        .iter()
+        .filter_map(|d| {
+            let coord = d.bbox.map(|v| v.round() as u32);
+            let mut l = labels.label(d.class, d.score, coord)?;
+            if people {
+                (l.eng, l.eng_categories, l.rus_categories) = ("Pedestrian".into(), vec![], vec![]);
+            }
+            Some(l)
+        })
+        .collect())
+}
+
+/// `object` with a detector placed: the classifier's whole-image labels as without one (best
+/// first, `coord` the whole image), then the detector's objects with their boxes (best first).
+fn merge_object_labels(boxes: Vec<ObjectLabel>, whole: Vec<ObjectLabel>) -> Vec<ObjectLabel> {
+    let mut out = whole;
+    out.extend(boxes);
+    out
 }
 
 impl ModeAnswer {
@@ -273,8 +358,10 @@ impl ModeAnswer {
 impl FileResult {
     fn new(name: &str, read: Result<Vec<ObjectLabel>, (u8, String)>) -> Self {
         match read {
-            Ok(labels) => Self { status: 0, error: None, name: name.to_string(), labels },
-            Err((status, error)) => Self { status, error: Some(error), name: name.to_string(), labels: vec![] },
+            Ok(labels) => Self { status: 0, error: None, name: name.to_string(), labels, count_by_density: None },
+            Err((status, error)) => {
+                Self { status, error: Some(error), name: name.to_string(), labels: vec![], count_by_density: None }
+            }
         }
     }
 }

@@ -78,6 +78,11 @@ pub enum ModelSpec {
     PlateDet {
         weights: PathBuf,
     },
+    /// The COCO detector (CenterNet, TF.js graph model `weights` = its model.json): 512²; per
+    /// item the 80 class heatmaps and the 4 box sides on the 128² map.
+    CenterNet {
+        weights: PathBuf,
+    },
 }
 
 /// Warm-up side of the text detector (any multiple of 32 works).
@@ -97,6 +102,7 @@ impl ModelSpec {
             Self::TextRec { .. } => ppocr::REC_HEIGHT,
             Self::PlateDet { .. } => TEXT_DET_WARMUP,
             Self::TextCls { .. } => ppocr::CLS_HEIGHT,
+            Self::CenterNet { .. } => crate::pipelines::detect::CENTERNET_INPUT,
         }
     }
 
@@ -110,7 +116,8 @@ impl ModelSpec {
             | Self::TextDet { weights }
             | Self::TextRec { weights }
             | Self::TextCls { weights }
-            | Self::PlateDet { weights } => weights,
+            | Self::PlateDet { weights }
+            | Self::CenterNet { weights } => weights,
         }
     }
 }
@@ -132,6 +139,7 @@ pub enum Model {
     TextRec(Box<ppocr::TextRecognizer>),
     TextCls(Box<ppocr::OrientationClassifier>),
     PlateDet(Box<plates::PlateDetector>),
+    CenterNet { net: Box<onnx_graph::OnnxGraph>, device: burn::prelude::Device },
 }
 
 /// A batch staged on the CPU: planar RGB `side`² inputs as one contiguous (N, 3, side, side)
@@ -230,6 +238,10 @@ impl Model {
             ModelSpec::TextRec { weights } => Self::TextRec(Box::new(ppocr::TextRecognizer::load(weights, &d)?)),
             ModelSpec::TextCls { weights } => Self::TextCls(Box::new(ppocr::OrientationClassifier::load(weights, &d)?)),
             ModelSpec::PlateDet { weights } => Self::PlateDet(Box::new(plates::PlateDetector::load(weights, &d)?)),
+            ModelSpec::CenterNet { weights } => Self::CenterNet {
+                net: Box::new(tfjs::load_graph(weights, &crate::pipelines::detect::CENTERNET_OUTPUTS, &d)?),
+                device: d,
+            },
         })
     }
 
@@ -245,6 +257,7 @@ impl Model {
             Self::TextRec(_) => ppocr::REC_HEIGHT,
             Self::PlateDet(_) => TEXT_DET_WARMUP,
             Self::TextCls(_) => ppocr::CLS_HEIGHT,
+            Self::CenterNet { .. } => crate::pipelines::detect::CENTERNET_INPUT,
         }
     }
 
@@ -261,6 +274,7 @@ impl Model {
             Self::PlateDet(m) => m.device(),
             Self::TextCls(m) => m.device(),
             Self::TextDet { device, .. }
+            | Self::CenterNet { device, .. }
             | Self::PNet { device, .. }
             | Self::RNet { device, .. }
             | Self::ONet { device, .. } => device,
@@ -290,7 +304,7 @@ impl Model {
                 let out = net.forward(x);
                 Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?])))
             }
-            Self::TextDet { net, .. } => {
+            Self::TextDet { net, .. } | Self::CenterNet { net, .. } => {
                 let out = net.forward(x);
                 Box::new(move || rows(out, n))
             }

@@ -101,6 +101,19 @@ impl LabelMap {
         self.class_to_label.len()
     }
 
+    /// Class `class`'s label with a probability (rounded to 4 decimals) and a box.
+    pub fn label(&self, class: usize, prob: f32, coord: [u32; 4]) -> Option<ObjectLabel> {
+        let l = &self.labels[*self.class_to_label.get(class)?];
+        Some(ObjectLabel {
+            eng: l.eng.clone(),
+            rus: l.rus.clone(),
+            eng_categories: l.eng_categories.clone(),
+            rus_categories: l.rus_categories.clone(),
+            prob: (prob * 10_000.0).round() / 10_000.0,
+            coord,
+        })
+    }
+
     /// Labels with summed probability ≥ `threshold`, best first, at most `top_k`.
     pub fn labels(&self, logits: &[f32], threshold: f32, top_k: usize, width: u32, height: u32) -> Vec<ObjectLabel> {
         let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);

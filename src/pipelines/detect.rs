@@ -5,6 +5,30 @@
 //! 4x + r, 4y + b]` in input pixels (4 = the map's stride); then per class non-maximum
 //! suppression and the score threshold, in the original image's pixels.
 
+/// The CenterNet graph model's input side, map side (stride 4), classes, and the graph outputs
+/// the server runs (the heatmap, then the box sides, side by side along C).
+pub const CENTERNET_INPUT: usize = 512;
+pub const CENTERNET_MAP: usize = 128;
+pub const CENTERNET_CLASSES: usize = 80;
+pub const CENTERNET_OUTPUTS: [&str; 2] = ["tower_0/keypoints", "tower_0/wh"];
+/// COCO's `person` class.
+pub const PERSON: usize = 0;
+
+/// How detections are kept: score threshold, per-class NMS overlap, at most `max` per image, from
+/// the `peaks` best peaks of the map.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DetectorParams {
+    pub iou: f32,
+    pub peaks: usize,
+}
+
+impl Default for DetectorParams {
+    fn default() -> Self {
+        Self { iou: 0.5, peaks: 100 }
+    }
+}
+
 /// One detected object.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Detection {
