@@ -795,7 +795,8 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_field() {
-        let text = EMBEDDED_DEFAULT.replace("max_batch = 4", "max_batch = 0");
+        let text =
+            EMBEDDED_DEFAULT.replace("modes = [\"object\"]\nmax_batch = 4", "modes = [\"object\"]\nmax_batch = 0");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("models.mobilenet_v2.max_batch"), "{err}");
         let text = EMBEDDED_DEFAULT.replace("device = \"cpu\"", "device = \"tpu\"");
@@ -807,6 +808,12 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("dir = \"data\"", "dir = \"data\"\nbackend = \"mysql\"");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("mysql"), "{err}");
+        let text = EMBEDDED_DEFAULT.replace("iou = 0.5", "iou = 1.5");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("models.centernet.detector.iou"), "{err}");
+        let text = EMBEDDED_DEFAULT.replace("modes = [\"multiobject\", \"pedestrian\"]", "modes = [\"scene\"]");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("models.centernet.modes"), "{err}");
         let text = format!("{EMBEDDED_DEFAULT}\n[broker]\nforget_consumers_after_ms = 1000\n");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("broker.forget_consumers_after_ms"), "{err}");
@@ -821,7 +828,7 @@ mod tests {
         assert_eq!(m.queue_target(), 16);
         m.queue_capacity = 10;
         assert_eq!(m.queue_target(), 10);
-        let text = EMBEDDED_DEFAULT.replace("queue_target = 16", "queue_target = 513");
+        let text = EMBEDDED_DEFAULT.replacen("queue_target = 16", "queue_target = 513", 1);
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("models.mobilenet_v2.queue_target"), "{err}");
     }
