@@ -73,6 +73,36 @@ impl Handler<DetectorInput> for Preprocessor {
     }
 }
 
+/// The COCO detector's output → kept detections in the image's pixels (`pipelines::detect`).
+#[derive(Message)]
+#[rtype(result = "Vec<crate::pipelines::detect::Detection>")]
+pub struct DetectorBoxes {
+    pub output: Vec<f32>,
+    pub params: crate::pipelines::detect::DetectorParams,
+    pub threshold: f32,
+    pub max: usize,
+    /// Persons only (`pedestrian`).
+    pub people: bool,
+    /// The image's width and height.
+    pub size: [u32; 2],
+}
+
+impl Handler<DetectorBoxes> for Preprocessor {
+    type Result = actix::MessageResult<DetectorBoxes>;
+
+    fn handle(&mut self, msg: DetectorBoxes, _: &mut SyncContext<Self>) -> Self::Result {
+        use crate::pipelines::detect::{
+            CENTERNET_CLASSES, CENTERNET_INPUT, CENTERNET_MAP, CenterNetOutput, PERSON, select,
+        };
+        let out = CenterNetOutput { data: &msg.output, classes: CENTERNET_CLASSES, side: CENTERNET_MAP };
+        let mut peaks = out.peaks(msg.params.peaks, CENTERNET_INPUT);
+        if msg.people {
+            peaks.retain(|d| d.class == PERSON);
+        }
+        actix::MessageResult(select(&peaks, msg.threshold, msg.params.iou, msg.max, CENTERNET_INPUT, msg.size))
+    }
+}
+
 /// The face cascade's CPU work between its networks, on the preprocessing pool: the pyramid of an
 /// image cut into P-Net tiles.
 #[derive(Message)]

@@ -9,8 +9,8 @@ pub mod worker;
 
 pub use batcher::{Batcher, Enqueue, InferError, Job, Prediction, QueueLen, Refused};
 pub use decoder::{
-    AlignFaces, CropFaces, Decode, Decoder, DetectPlates, DetectText, DetectorInput, PlateCrops, Preprocess,
-    Preprocessor, Pyramid, RecLines, TextLines,
+    AlignFaces, CropFaces, Decode, Decoder, DetectPlates, DetectText, DetectorBoxes, DetectorInput, PlateCrops,
+    Preprocess, Preprocessor, Pyramid, RecLines, TextLines,
 };
 pub use store::StoreActor;
 pub use worker::{InferenceWorker, RunBatch, WorkerHealth};

@@ -16,12 +16,13 @@ use super::multipart::read_upload;
 use super::plates::{PlateLabel, PlateResult, PlateService, read as read_plates};
 use super::stages::{StageError, each_image, infer_marked, prepare};
 use super::{AppState, ServedModel};
-use crate::actors::{DetectorInput, Preprocess};
+use crate::actors::{DetectorBoxes, DetectorInput, Preprocess};
 use crate::config::CAR_NUMBER_MODE;
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
 use crate::pipelines::classify::ObjectLabel;
 use crate::pipelines::decode::DecodedImage;
+use crate::pipelines::detect::CENTERNET_INPUT;
 use crate::pipelines::preprocess::ClassifierSpec;
 
 const ENDPOINT: &str = "objects/detect";
@@ -302,9 +303,6 @@ async fn detect_objects(
     poisoned: bool,
     people: bool,
 ) -> Result<Vec<ObjectLabel>, StageError> {
-    use crate::pipelines::detect::{
-        CENTERNET_CLASSES, CENTERNET_INPUT, CENTERNET_MAP, CenterNetOutput, PERSON, select,
-    };
     let start = Instant::now();
     let input = prepare(state, DetectorInput { image: image.clone(), side: CENTERNET_INPUT }).await?;
     ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "preprocess", "model" => model.name.clone())
@@ -312,12 +310,16 @@ async fn detect_objects(
     let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
     let params = model.detector.expect("a detector's params (config). This is a bug.");
     let labels = model.labels.as_ref().expect("a detector has labels (config). This is a bug.");
-    let out = CenterNetOutput { data: &prediction.output, classes: CENTERNET_CLASSES, side: CENTERNET_MAP };
-    let mut peaks = out.peaks(params.peaks, CENTERNET_INPUT);
-    if people {
-        peaks.retain(|d| d.class == PERSON);
-    }
-    let kept = select(&peaks, model.threshold, params.iou, model.top_k, CENTERNET_INPUT, [image.width, image.height]);
+    // Peaks over the 128² × 80 map and NMS: CPU work, on the preprocessing pool.
+    let boxes = DetectorBoxes {
+        output: prediction.output,
+        params,
+        threshold: model.threshold,
+        max: model.top_k,
+        people,
+        size: [image.width, image.height],
+    };
+    let kept = prepare(state, boxes).await?;
     Ok(kept
         .iter()
         .filter_map(|d| {

@@ -74,13 +74,22 @@ impl CenterNetOutput<'_> {
                             }
                         }
                     }
-                    // Non-peaks score 0, as the graph multiplies by the peak mask.
-                    all.push(((y * s + x) * self.classes + c, if peak { v } else { 0.0 }));
+                    // Non-peaks score 0, as the graph multiplies by the peak mask: they can only
+                    // fill the list when there are fewer than `top_k` peaks.
+                    if peak {
+                        all.push(((y * s + x) * self.classes + c, v));
+                    }
                 }
             }
         }
-        // Highest first; equal scores by index (stable sort).
-        all.sort_by(|a, b| b.1.total_cmp(&a.1));
+        // Highest first, equal scores by index (TopK's order): select the `top_k` best, then
+        // sort only those.
+        let order = |a: &(usize, f32), b: &(usize, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if all.len() > top_k && top_k > 0 {
+            all.select_nth_unstable_by(top_k - 1, order);
+            all.truncate(top_k);
+        }
+        all.sort_by(order);
         all.truncate(top_k);
         all.into_iter()
             .map(|(index, score)| {
