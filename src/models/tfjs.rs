@@ -139,10 +139,6 @@ impl TfjsModel {
         }
         Ok(Self { nodes: model.topology.node, weights })
     }
-
-    pub fn node(&self, name: &str) -> Option<&Node> {
-        self.nodes.iter().find(|n| n.name == name)
-    }
 }
 
 /// One weight from the start of `data`: its values and the bytes it took.
@@ -210,7 +206,9 @@ impl Node {
         Some(
             list.get("i")
                 .and_then(Value::as_array)
-                .map(|v| v.iter().filter_map(|x| x.as_str()?.parse().ok().or_else(|| x.as_i64())).collect())
+                .map(|v| {
+                    v.iter().filter_map(|x| x.as_str().and_then(|s| s.parse().ok()).or_else(|| x.as_i64())).collect()
+                })
                 .unwrap_or_default(),
         )
     }
