@@ -39,6 +39,8 @@ COPY --from=weights /src/models/plates/clp_det.onnx /usr/local/gpu/models/plates
 COPY --from=weights /src/models/centernet/centernet.json /src/models/centernet/centernet.bin /usr/local/gpu/models/centernet/
 COPY models/mobilenet_v2/labels.json /usr/local/gpu/models/mobilenet_v2/
 COPY models/centernet/labels.json /usr/local/gpu/models/centernet/
+COPY --from=weights /src/models/realesrgan/REALESRGAN_ANIMAVIDEOV3_UP4X.param /src/models/realesrgan/REALESRGAN_ANIMAVIDEOV3_UP4X.bin \
+  /src/models/realesrgan/REALESRGAN_X4PLUS_UP4X.param /src/models/realesrgan/REALESRGAN_X4PLUS_UP4X.bin /usr/local/gpu/models/realesrgan/
 COPY config/default.toml config/gpu.toml /etc/gpubackend/
 WORKDIR /usr/local/gpu
 USER 10001

@@ -12,7 +12,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates eval-plates labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -63,6 +63,9 @@ bench-text: weights $(LLVM) ## start a server on the defaults, drive text/recogn
 bench-plates: weights $(LLVM) ## start a server on the defaults, drive objects/detect car_number (CONCURRENCY=8 DURATION=20), stop it
 	bash scripts/bench.sh plates
 
+bench-improve: weights $(LLVM) ## start a server on the defaults, drive photo/improve resolution per size (SIZES=64,128,256 FTYPE=art RFACTOR=4 CONCURRENCY=2 DURATION=60), stop it
+	bash scripts/bench.sh improve
+
 bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=python3 adds PyTorch eager beside it)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16) $(if $(TORCH),--torch $(TORCH))
 
@@ -112,6 +115,11 @@ eval-plates: weights $(LLVM) ## plate set (tools/eval/plates_set.tsv): fetch, th
 	.venv-plates-eval/bin/python tools/eval/plates.py fetch --dir $(PLATE_SET)
 	PLATE_SET=$(PLATE_SET) bash scripts/bench.sh eval-plates
 	.venv-plates-eval/bin/python tools/eval/plates.py agentclpr --dir $(PLATE_SET) 2>/dev/null
+
+reference-realesrgan: weights ## regenerate tests/fixtures/realesrgan (both Real-ESRGAN networks on a chelsea crop) with ncnn from PyPI (fp32 arithmetic)
+	python3 -m venv .venv-ncnn && .venv-ncnn/bin/pip install -q -r tools/reference/realesrgan/requirements.txt
+	.venv-ncnn/bin/python tools/reference/realesrgan/reference.py --models models/realesrgan \
+	  --image tests/data/chelsea.png --out tests/fixtures/realesrgan --numpy-check
 
 reference-sface: weights ## regenerate tests/fixtures/sface (aligned faces + onnxruntime embeddings; after reference-mtcnn)
 	python3 -m venv .venv-ref && .venv-ref/bin/pip install -q -r tools/reference/requirements.txt

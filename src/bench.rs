@@ -23,6 +23,8 @@
 //! `bench text`    the same for text/recognize (lines/s; stages det, cls, rec) on the test
 //!                 images with text, and `bench plates` for objects/detect `car_number` (plates/s;
 //!                 stages det, rec) on a car photo and a photo without a plate.
+//! `bench improve` drives photo/improve `resolution` with tests/data/chelsea.png resized to each
+//!                 `--sizes` side: images/s, tiles/s, p50/p99, the networks' batches and busy share.
 //! `bench persons` fills a person store space with N synthetic 128-d embeddings and times exact
 //!                 cosine search (and the writes), to size `persons per space`.
 
@@ -73,6 +75,8 @@ pub enum Cmd {
     Text(DriveArgs),
     /// Drive a running server's objects/detect `car_number` with a car photo and a photo without a plate.
     Plates(DriveArgs),
+    /// Drive a running server's photo/improve `resolution` at several image sizes: images/s, tiles/s.
+    Improve(ImproveArgs),
 }
 
 /// Writes `value` as JSON to `path`, when one was given.
@@ -191,21 +195,30 @@ struct StageReport {
 /// keep-alive connection, photos in turn) and prints requests/s, items/s, p50/p99 and, per stage,
 /// what /metrics says about its batches over the measured window.
 fn run_drive(a: &DriveArgs, d: &Drive) -> anyhow::Result<()> {
-    let addr = a.addr.to_socket_addrs()?.next().context("address")?;
-    let photos: Vec<(&'static str, Vec<u8>)> = d
+    let photos: Vec<(String, Vec<u8>)> = d
         .photos
         .iter()
         .map(|n| {
-            std::fs::read(format!("tests/data/{n}")).with_context(|| format!("read tests/data/{n}")).map(|b| (*n, b))
+            std::fs::read(format!("tests/data/{n}"))
+                .with_context(|| format!("read tests/data/{n}"))
+                .map(|b| (n.to_string(), b))
         })
         .collect::<Result<_, _>>()?;
+    let report = drive(a, d, photos, d.meta.to_vec())?;
+    write_json(&a.json, &report)
+}
+
+/// [`run_drive`] with `photos` and `meta` given: prints the report and returns it.
+fn drive(a: &DriveArgs, d: &Drive, photos: Vec<(String, Vec<u8>)>, meta: Vec<u8>) -> anyhow::Result<DriveReport> {
+    let addr = a.addr.to_socket_addrs()?.next().context("address")?;
     let photos = Arc::new(photos);
+    let meta = Arc::new(meta);
     let path = Arc::new(format!("{}?oauth_provider=mcs&oauth_token={}", d.endpoint, a.token));
-    let (meta, count) = (d.meta, d.count);
+    let count = d.count;
     let load = |until: Instant| -> Vec<std::thread::JoinHandle<(Vec<Duration>, usize, usize)>> {
         (0..a.concurrency)
             .map(|i| {
-                let (photos, path) = (photos.clone(), path.clone());
+                let (photos, path, meta) = (photos.clone(), path.clone(), meta.clone());
                 std::thread::spawn(move || {
                     let mut c = Conn::new(addr);
                     let (mut lat, mut items, mut errors, mut k) = (Vec::new(), 0usize, 0usize, i);
@@ -213,7 +226,7 @@ fn run_drive(a: &DriveArgs, d: &Drive) -> anyhow::Result<()> {
                         let (name, photo) = &photos[k % photos.len()];
                         k += 1;
                         let t = Instant::now();
-                        match c.post_multipart(&path, &[("file", Some(name), photo), ("meta", None, meta)]) {
+                        match c.post_multipart(&path, &[("file", Some(name.as_str()), photo), ("meta", None, &meta)]) {
                             Ok(r) if r.status == 200 => {
                                 lat.push(t.elapsed());
                                 items += count(&r.json());
@@ -286,21 +299,67 @@ fn run_drive(a: &DriveArgs, d: &Drive) -> anyhow::Result<()> {
         stages.push(r);
     }
     let items_per_s = items as f64 / wall;
-    write_json(
-        &a.json,
-        &DriveReport {
-            clients: a.concurrency,
-            seconds: wall,
-            requests_per_s: lat.len() as f64 / wall,
-            items_per_s,
-            unit: d.unit,
-            faces_per_s: (d.unit == "faces").then_some(items_per_s),
-            errors,
-            p50_ms: percentile(&lat, 0.5),
-            p99_ms: percentile(&lat, 0.99),
-            stages,
-        },
-    )
+    Ok(DriveReport {
+        clients: a.concurrency,
+        seconds: wall,
+        requests_per_s: lat.len() as f64 / wall,
+        items_per_s,
+        unit: d.unit,
+        faces_per_s: (d.unit == "faces").then_some(items_per_s),
+        errors,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        stages,
+    })
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ImproveArgs {
+    #[command(flatten)]
+    drive: DriveArgs,
+    /// Square image sides driven in turn (tests/data/chelsea.png resized).
+    #[arg(long, value_delimiter = ',', default_value = "64,128,256")]
+    sizes: Vec<u32>,
+    /// `art` (realesr-animevideov3) or `photo` (RealESRGAN_x4plus).
+    #[arg(long, default_value = "art")]
+    ftype: String,
+    #[arg(long, default_value_t = 4)]
+    rfactor: u32,
+}
+
+const IMPROVE: Drive = Drive {
+    title: "photo/improve resolution, tests/data/chelsea.png resized",
+    endpoint: "/api/v1/photo/improve",
+    meta: b"",
+    photos: &[],
+    unit: "images",
+    count: |v| usize::from(v["body"]["resolution"][0]["status"] == 0),
+    stages: &["art", "photo"],
+    default_model: "realesrgan",
+};
+
+/// `bench improve`: per size, images/s, tiles/s (the network's items), p50/p99 and the stages'
+/// batches and busy share.
+fn run_improve(a: &ImproveArgs) -> anyhow::Result<()> {
+    let cat = image::open("tests/data/chelsea.png").context("read tests/data/chelsea.png")?;
+    let meta = serde_json::json!({"mode": ["resolution"], "rfactor": a.rfactor, "ftype": a.ftype,
+        "images": [{"name": "file"}]});
+    let mut reports = Vec::new();
+    for &side in &a.sizes {
+        let img = cat.resize_exact(side, side, image::imageops::FilterType::Triangle);
+        let mut png = Vec::new();
+        img.write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)?;
+        println!("== {side}×{side}, ftype {}, ×{}", a.ftype, a.rfactor);
+        let r = drive(&a.drive, &IMPROVE, vec![(format!("chelsea-{side}.png"), png)], meta.to_string().into_bytes())?;
+        let stage = r.stages.iter().find(|s| s.model.ends_with(&a.ftype)).context("the asked network's stage")?;
+        let tiles_per_s = stage.mean_batch * stage.batches_per_s;
+        println!(
+            "  tiles/s             {tiles_per_s:.2}  ({:.1} tiles per image)",
+            tiles_per_s / r.items_per_s.max(1e-9)
+        );
+        reports.push(serde_json::json!({"side": side, "tiles_per_s": tiles_per_s, "report": r}));
+    }
+    write_json(&a.drive.json, &reports)
 }
 
 #[derive(Debug, Args, Clone)]
@@ -1140,6 +1199,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Faces(a) => run_drive(&a, &FACES)?,
         Cmd::Text(a) => run_drive(&a, &TEXT)?,
         Cmd::Plates(a) => run_drive(&a, &PLATES)?,
+        Cmd::Improve(a) => run_improve(&a)?,
         Cmd::Compare { e2e, device, depth, weights } => {
             let r = run_e2e(&E2eArgs { json: None, ..e2e.clone() })?;
             let batch = r.mean_batch.round().max(1.0) as usize;

@@ -266,14 +266,59 @@ pub enum Architecture {
     /// The COCO detector (CenterNet, a TF.js graph model) for objects/detect `multiobject` and
     /// `pedestrian`, and the boxes of `object`.
     Centernet,
+    /// Super-resolution ×4 (Real-ESRGAN, ncnn files) for photo/improve `resolution`: two networks,
+    /// `art` (realesr-animevideov3) and `photo` (RealESRGAN_x4plus).
+    Realesrgan,
 }
 
 impl Architecture {
     /// In distributed mode the model's images go whole to a worker, which decodes them and runs
-    /// every network of the model (its networks' inputs are 5–50× the file's bytes); a
-    /// classifier's one input goes instead.
+    /// every network of the model (its networks' inputs are 5–50× the file's bytes; the
+    /// detector's output 128² × 84 floats); a classifier's one input goes instead.
     pub fn fed_whole(self) -> bool {
-        matches!(self, Self::Face | Self::Text | Self::Plates)
+        matches!(self, Self::Face | Self::Text | Self::Plates | Self::Centernet | Self::Realesrgan)
+    }
+}
+
+/// File names of the super-resolution networks in a `realesrgan` model's weights directory
+/// (`scripts/fetch-weights.sh`; each `.bin` beside its `.param`).
+pub const SR_ART_FILE: &str = "REALESRGAN_ANIMAVIDEOV3_UP4X.param";
+pub const SR_PHOTO_FILE: &str = "REALESRGAN_X4PLUS_UP4X.param";
+
+/// A `realesrgan` model's settings (`[models.<name>.superres]`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuperResConfig {
+    /// Window side in input pixels: every tile of every request has this size, so tiles of all
+    /// requests batch together.
+    pub tile: usize,
+    /// Context kept around each tile's core (input pixels); the window steps by `tile − 2·pad`.
+    pub pad: usize,
+    /// Largest input image (pixels) the endpoint takes; the ×4 raster it builds is 48 bytes per
+    /// input pixel.
+    pub max_input_pixels: u64,
+    /// Largest JPEG answered per image (bytes, before base64); a larger one is that image's
+    /// per-file error.
+    pub max_output_bytes: usize,
+    /// Quality of the answered JPEG (1–100).
+    pub jpeg_quality: u8,
+    /// Images per request and bytes per image for photo/improve (the documented 48 and 8 MB; the
+    /// `limits` section still bounds them).
+    pub max_images: usize,
+    pub max_image_bytes: usize,
+}
+
+impl Default for SuperResConfig {
+    fn default() -> Self {
+        Self {
+            tile: 128,
+            pad: 16,
+            max_input_pixels: 512 * 512,
+            max_output_bytes: 16 << 20,
+            jpeg_quality: 92,
+            max_images: 48,
+            max_image_bytes: 8 << 20,
+        }
     }
 }
 
@@ -372,6 +417,9 @@ pub struct ModelConfig {
     /// objects per image `top_k`).
     #[serde(default)]
     pub detector: Option<crate::pipelines::detect::DetectorParams>,
+    /// Super-resolution tiles and limits; `realesrgan` only (every field has a default).
+    #[serde(default)]
+    pub superres: Option<SuperResConfig>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait of the oldest queued item before a partial batch is sent.
@@ -462,6 +510,14 @@ impl ModelConfig {
             ],
             (Architecture::Centernet, _) => {
                 vec![(name.to_string(), ModelSpec::CenterNet { weights: self.weights.clone() }, self.max_batch)]
+            }
+            (Architecture::Realesrgan, _) => {
+                let tile = self.superres.unwrap_or_default().tile;
+                let net = |file: &str| ModelSpec::SuperRes { weights: self.weights.join(file), tile };
+                vec![
+                    (format!("{name}_art"), net(SR_ART_FILE), self.max_batch),
+                    (format!("{name}_photo"), net(SR_PHOTO_FILE), self.max_batch),
+                ]
             }
             _ => vec![(name.to_string(), ModelSpec::MobilenetV2 { weights: self.weights.clone() }, self.max_batch)],
         }
@@ -701,6 +757,30 @@ impl Config {
                     }
                     if d.peaks == 0 {
                         return Err(invalid(f("detector.peaks"), "must be at least 1"));
+                    }
+                }
+                Architecture::Realesrgan => {
+                    if !m.modes.is_empty() {
+                        return Err(invalid(f("modes"), "a super-resolution model serves photo/improve, not modes"));
+                    }
+                    let sr = m.superres.unwrap_or_default();
+                    if !(16..=1024).contains(&sr.tile) || sr.tile <= 2 * sr.pad + 8 {
+                        return Err(invalid(f("superres.tile"), "must be within 16..=1024 and exceed 2 × pad + 8"));
+                    }
+                    if sr.max_input_pixels == 0 || sr.max_output_bytes < 1024 {
+                        return Err(invalid(
+                            f("superres.max_input_pixels"),
+                            "max_input_pixels must be at least 1 and max_output_bytes at least 1024",
+                        ));
+                    }
+                    if !(1..=100).contains(&sr.jpeg_quality) {
+                        return Err(invalid(f("superres.jpeg_quality"), "must be within 1..=100"));
+                    }
+                    if sr.max_images == 0 || sr.max_image_bytes == 0 {
+                        return Err(invalid(
+                            f("superres.max_images"),
+                            "max_images and max_image_bytes must be at least 1",
+                        ));
                     }
                 }
                 Architecture::Plates => {

@@ -1,6 +1,6 @@
 //! The distributed mode on real processes: `gpubackend --role api` and `--role worker` (the built
 //! binary) over a real `redis-server` on loopback — e2e objects + persons through api + 2 workers,
-//! text and plates (whole images to the worker) answering exactly as one process,
+//! text, plates, the COCO detector and super-resolution (whole images to the worker) answering as one process,
 //! SIGKILL of a worker under load (every request answered, none lost), a Redis restart (fast
 //! refusals, then recovery by itself), a poison image (status 1 + dead letter), and two API
 //! replicas sharing persons through PostgreSQL.
@@ -181,17 +181,19 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 }
 
 #[test]
-fn text_and_plates_go_whole_to_a_worker_and_answer_as_one_process() {
+fn whole_image_models_go_to_a_worker_and_answer_as_one_process() {
     let redis = RedisServer::start();
     let cfg = write_config(&redis, "whole", "");
-    let mut worker = Node::start("worker", &cfg, "mobilenet_v2,text,plates");
-    let mut api = Node::start("api", &cfg, "mobilenet_v2,text,plates");
-    let mut single = Node::start("all", &cfg, "mobilenet_v2,text,plates");
+    let models = "mobilenet_v2,text,plates,centernet,realesrgan";
+    let mut worker = Node::start("worker", &cfg, models);
+    let mut api = Node::start("api", &cfg, models);
+    let mut single = Node::start("all", &cfg, models);
     for n in [&mut worker, &mut api, &mut single] {
         n.wait_ready();
     }
     let page = data("rendered_lines.png");
     let car = data("car_5au5341.png");
+    let person = data("person.jpg");
     let broken = b"not an image".to_vec();
     type Files<'a> = Vec<(&'a str, Vec<u8>)>;
     let calls: Vec<(&str, serde_json::Value, Files)> = vec![
@@ -204,7 +206,12 @@ fn text_and_plates_go_whole_to_a_worker_and_answer_as_one_process() {
         (
             "objects/detect",
             json!({"mode": ["object", "car_number"], "images": [{"name": "car"}, {"name": "broken"}]}),
-            vec![("car", car.clone()), ("broken", broken)],
+            vec![("car", car.clone()), ("broken", broken.clone())],
+        ),
+        (
+            "objects/detect",
+            json!({"mode": ["multiobject", "pedestrian", "object"], "images": [{"name": "person"}, {"name": "broken"}]}),
+            vec![("person", person.clone()), ("broken", broken)],
         ),
     ];
     for (path, meta, files) in &calls {
@@ -218,25 +225,52 @@ fn text_and_plates_go_whole_to_a_worker_and_answer_as_one_process() {
     let (_, v) = vision(&mut api.conn(), "objects/detect", calls[2].1.clone(), &calls[2].2);
     assert_eq!(v["body"]["car_number_labels"][0]["labels"][0]["eng"], "5AU5341", "{v}");
     assert_eq!(v["body"]["car_number_labels"][1]["status"], 1, "{v}");
+    let (_, v) = vision(&mut api.conn(), "objects/detect", calls[3].1.clone(), &calls[3].2);
+    let people = &v["body"]["pedestrian_labels"][0];
+    assert!(people["count_by_density"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(people["labels"][0]["eng"], "Pedestrian", "{v}");
+    assert_eq!(v["body"]["multiobject_labels"][1]["status"], 1, "{v}");
+
+    // Super-resolution: the file goes with its factor and network (two bytes); the JPEG comes back.
+    let mut eye = Vec::new();
+    image::load_from_memory(&data("chelsea.png"))
+        .unwrap()
+        .crop_imm(150, 80, 40, 30)
+        .write_to(&mut std::io::Cursor::new(&mut eye), image::ImageFormat::Png)
+        .unwrap();
+    let meta = json!({"mode": ["resolution"], "rfactor": 2, "ftype": "art", "images": [{"name": "eye"}]});
+    let (status, v) = vision(&mut api.conn(), "photo/improve", meta, &[("eye", eye.clone())]);
+    assert_eq!((status, &v["body"]["resolution"][0]["status"]), (200, &json!(0)), "{v}");
+    use base64::Engine;
+    let jpeg = base64::engine::general_purpose::STANDARD
+        .decode(v["body"]["resolution"][0]["resolved"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(image::load_from_memory(&jpeg).unwrap().to_rgb8().dimensions(), (80, 60));
 
     // The files travel, not the networks' inputs: per call the page + the broken file on `text`,
-    // the car on `text` (scene_text), and the car + the broken file on `plates` (twice).
+    // the car on `text` (scene_text), and the car + the broken file on `plates` (twice); on
+    // `centernet` the car (`object` adds the detector's boxes; twice) and the person once per
+    // call for its three modes (twice).
     let m = api.metrics();
     let bytes = |stage: &str| metric_value(&m, "gpubackend_broker_payload_bytes_total", &[("stage", stage)]);
     assert_eq!(bytes("text"), (page.len() + b"not an image".len() + car.len()) as f64);
     // objects/detect decodes on the api (for `object`); a file that does not decode goes nowhere.
     assert_eq!(bytes("plates"), (2 * car.len()) as f64);
+    assert_eq!(bytes("centernet"), (2 * car.len() + 2 * person.len()) as f64);
+    assert_eq!(bytes("realesrgan"), (2 + eye.len()) as f64);
     for stage in ["text_det", "text_rec", "plates_det", "plates_rec"] {
         assert_eq!(bytes(stage), 0.0, "{stage}");
         assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", stage)]) > 0.0, "{stage}");
     }
+    // The detector's one network is named as its model: the files above are all its stream got.
+    assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", "centernet")]) > 0.0);
+    assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", "realesrgan_art")]) > 0.0);
     let ready = api.conn().get("/health/ready").unwrap().json();
-    assert_eq!(
-        (&ready["stages"]["text"]["live_workers"], &ready["stages"]["plates"]["live_workers"]),
-        (&json!(1), &json!(1))
-    );
+    for model in ["text", "plates", "centernet", "realesrgan"] {
+        assert_eq!(ready["stages"][model]["live_workers"], json!(1), "{model}: {ready}");
+    }
     assert!(ready["stages"]["text_det"].is_null(), "{ready}");
-    for stream in ["whole:jobs:text", "whole:jobs:plates"] {
+    for stream in ["whole:jobs:text", "whole:jobs:plates", "whole:jobs:centernet", "whole:jobs:realesrgan"] {
         assert_eq!(redis.int(&["XLEN", stream]), 0, "{stream}");
     }
 }

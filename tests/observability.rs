@@ -286,12 +286,12 @@ fn placement_page_renders_in_headless_chromium() {
     assert_eq!(view["devices"][0]["label"], "cpu");
     assert_eq!(
         view["devices"][0]["models"],
-        serde_json::json!(["centernet", "face", "mobilenet_v2", "plates", "text"])
+        serde_json::json!(["centernet", "face", "mobilenet_v2", "plates", "realesrgan", "text"])
     );
     assert_eq!(
         view["devices"][0]["workers"].as_array().unwrap().len(),
-        11,
-        "4 face stages + mobilenet_v2 + 3 text stages + 2 plates stages + centernet"
+        13,
+        "4 face stages + mobilenet_v2 + 3 text stages + 2 plates stages + centernet + 2 realesrgan stages"
     );
     assert_eq!(view["devices"][0]["workers"][0]["state"], "idle");
     let mobilenet = view["models"].as_array().unwrap().iter().find(|m| m["name"] == "mobilenet_v2").unwrap();
@@ -315,7 +315,12 @@ fn placement_page_renders_in_headless_chromium() {
     let dom = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(dom.contains(&format!("<span id=\"node\">{node}</span>")), "{dom}");
-    assert!(dom.contains("cpu: [\"centernet\", \"face\", \"mobilenet_v2\", \"plates\", \"text\"]  (cpu on "), "{dom}");
+    assert!(
+        dom.contains(
+            "cpu: [\"centernet\", \"face\", \"mobilenet_v2\", \"plates\", \"realesrgan\", \"text\"]  (cpu on "
+        ),
+        "{dom}"
+    );
     assert!(dom.contains("(CPU, Cpu, driver burn flex))"), "the adapter: {dom}");
     assert!(dom.contains("<td class=\"idle\">idle</td>"), "{dom}");
     assert!(
@@ -334,4 +339,65 @@ fn placement_page_renders_in_headless_chromium() {
     let dark = img.pixels().filter(|p| p.0.iter().all(|&c| c < 100)).count();
     assert!(dark > 2000, "screenshot looks blank ({dark} dark pixels)");
     println!("placement page screenshot: {}", shot.display());
+}
+
+/// Runs tools/ops/playground.mjs: the page in headless Chromium, an image chosen in its file input,
+/// Send pressed; what the page then shows.
+fn playground(server: &TestServer, image: &Path, shot: &Path, endpoint: &str, extra: &[&str]) -> Value {
+    let url = format!("http://{}/playground", server.addr);
+    let out = Command::new("node")
+        .arg(repo().join("tools/ops/playground.mjs"))
+        .args([url.as_str(), &image.to_string_lossy(), &shot.to_string_lossy(), endpoint])
+        .args(extra)
+        .output()
+        .expect("node (scripts/setup.sh installs it)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Pixels of the screenshot within 30 of `rgb` on every channel.
+fn colored(shot: &Path, rgb: [u8; 3]) -> usize {
+    let img = image::open(shot).expect("a PNG screenshot").to_rgb8();
+    img.pixels().filter(|p| p.0.iter().zip(rgb).all(|(a, b)| a.abs_diff(b) <= 30)).count()
+}
+
+#[test]
+fn playground_page_sends_an_upload_and_draws_the_answer_in_headless_chromium() {
+    let mut c = config();
+    // Small super-resolution tiles: the CPU answers in seconds.
+    let sr = c.models.get_mut("realesrgan").expect("the embedded defaults place realesrgan");
+    sr.superres = Some(gpubackend::config::SuperResConfig { tile: 48, pad: 8, ..Default::default() });
+    let server = TestServer::start(c);
+    let page = Conn::new(server.addr).get("/").unwrap();
+    assert_eq!(page.status, 200);
+    assert!(page.text().contains("gpubackend playground"));
+    let admin = Conn::new(server.addr).get("/admin").unwrap().text();
+    assert!(admin.contains("<a href=\"/playground\">playground</a>"), "{admin}");
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+
+    // Objects with boxes: the COCO detector on darknet's dog photo, drawn over the image.
+    let shot = dir.join("playground-objects.png");
+    let shown = playground(&server, &repo().join("tests/data/dog.jpg"), &shot, "objects/detect", &["multiobject"]);
+    let result = &shown["results"][0];
+    assert_eq!(shown["answer"]["status"], 200, "{shown}");
+    let labels = shown["answer"]["body"]["multiobject_labels"][0]["labels"].as_array().unwrap().len();
+    assert!(labels >= 2, "{shown}");
+    assert_eq!(result["shapes"], labels, "one box per label: {shown}");
+    assert_eq!(result["canvas"], serde_json::json!([768, 576]), "drawn at the photo's size: {shown}");
+    let lines: Vec<&str> = result["lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(lines.iter().any(|l| l.starts_with("multiobject: Dog / Собака")), "{lines:?}");
+    // The boxes are on the screenshot in multiobject's colour.
+    assert!(colored(&shot, [0x1a, 0x7f, 0x37]) > 500, "no boxes drawn: {}", shot.display());
+    println!("playground screenshots: {}", shot.display());
+
+    // Super-resolution: the ×2 image beside the original.
+    let small = dir.join("playground-eye.png");
+    let img = image::open(repo().join("tests/data/chelsea.png")).unwrap();
+    img.crop_imm(150, 80, 60, 40).save(&small).unwrap();
+    let shot = dir.join("playground-improve.png");
+    let shown = playground(&server, &small, &shot, "photo/improve", &["--set=rfactor=2", "--set=ftype=art"]);
+    let result = &shown["results"][0];
+    assert_eq!(shown["answer"]["body"]["resolution"][0]["status"], 0, "{shown}");
+    assert_eq!(result["resolved"], serde_json::json!([120, 80]), "{shown}");
+    assert_eq!(result["canvas"], serde_json::json!([60, 40]), "{shown}");
 }

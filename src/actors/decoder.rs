@@ -73,16 +73,15 @@ impl Handler<DetectorInput> for Preprocessor {
     }
 }
 
-/// The COCO detector's output → kept detections in the image's pixels (`pipelines::detect`).
+/// The COCO detector's output → every class's kept detections in the image's pixels, best first
+/// (`pipelines::detect`); `top_k` and `pedestrian`'s persons-only are the caller's (per-class NMS
+/// makes filtering classes afterwards the same as before).
 #[derive(Message)]
 #[rtype(result = "Vec<crate::pipelines::detect::Detection>")]
 pub struct DetectorBoxes {
     pub output: Vec<f32>,
     pub params: crate::pipelines::detect::DetectorParams,
     pub threshold: f32,
-    pub max: usize,
-    /// Persons only (`pedestrian`).
-    pub people: bool,
     /// The image's width and height.
     pub size: [u32; 2],
 }
@@ -91,15 +90,10 @@ impl Handler<DetectorBoxes> for Preprocessor {
     type Result = actix::MessageResult<DetectorBoxes>;
 
     fn handle(&mut self, msg: DetectorBoxes, _: &mut SyncContext<Self>) -> Self::Result {
-        use crate::pipelines::detect::{
-            CENTERNET_CLASSES, CENTERNET_INPUT, CENTERNET_MAP, CenterNetOutput, PERSON, select,
-        };
+        use crate::pipelines::detect::{CENTERNET_CLASSES, CENTERNET_INPUT, CENTERNET_MAP, CenterNetOutput, select};
         let out = CenterNetOutput { data: &msg.output, classes: CENTERNET_CLASSES, side: CENTERNET_MAP };
-        let mut peaks = out.peaks(msg.params.peaks, CENTERNET_INPUT);
-        if msg.people {
-            peaks.retain(|d| d.class == PERSON);
-        }
-        actix::MessageResult(select(&peaks, msg.threshold, msg.params.iou, msg.max, CENTERNET_INPUT, msg.size))
+        let peaks = out.peaks(msg.params.peaks, CENTERNET_INPUT);
+        actix::MessageResult(select(&peaks, msg.threshold, msg.params.iou, usize::MAX, CENTERNET_INPUT, msg.size))
     }
 }
 
@@ -241,5 +235,64 @@ impl Handler<PlateCrops> for Preprocessor {
 
     fn handle(&mut self, msg: PlateCrops, _: &mut SyncContext<Self>) -> Self::Result {
         actix::MessageResult(plate_crops(&msg.image, &msg.output, msg.bucket, msg.ratio, &msg.params))
+    }
+}
+
+/// Super-resolution's windows of an image: each tile and its network input.
+#[derive(Message)]
+#[rtype(result = "Vec<(crate::pipelines::superres::Tile, Vec<f32>)>")]
+pub struct SrTiles {
+    pub image: Arc<DecodedImage>,
+    pub grid: crate::pipelines::superres::TileGrid,
+}
+
+impl Handler<SrTiles> for Preprocessor {
+    type Result = actix::MessageResult<SrTiles>;
+
+    fn handle(&mut self, msg: SrTiles, _: &mut SyncContext<Self>) -> Self::Result {
+        let (img, g) = (&msg.image, &msg.grid);
+        let (w, h) = (img.width as usize, img.height as usize);
+        actix::MessageResult(g.tiles(w, h).into_iter().map(|t| (t, g.input(&img.rgb, w, h, &t))).collect())
+    }
+}
+
+/// One tile's output written into the ×scale raster (handed over and back: one owner at a time).
+#[derive(Message)]
+#[rtype(result = "Vec<u8>")]
+pub struct SrPlace {
+    pub grid: crate::pipelines::superres::TileGrid,
+    pub tile: crate::pipelines::superres::Tile,
+    pub output: Vec<f32>,
+    pub raster: Vec<u8>,
+    /// The input image's width.
+    pub width: usize,
+}
+
+impl Handler<SrPlace> for Preprocessor {
+    type Result = actix::MessageResult<SrPlace>;
+
+    fn handle(&mut self, mut msg: SrPlace, _: &mut SyncContext<Self>) -> Self::Result {
+        msg.grid.place(&msg.output, &msg.tile, &mut msg.raster, msg.width);
+        actix::MessageResult(msg.raster)
+    }
+}
+
+/// The ×scale raster → the answer's JPEG (`pipelines::superres::finish`).
+#[derive(Message)]
+#[rtype(result = "Result<Vec<u8>, String>")]
+pub struct SrFinish {
+    pub raster: Vec<u8>,
+    pub width: u32,
+    pub height: u32,
+    pub factor: u32,
+    pub scale: u32,
+    pub quality: u8,
+}
+
+impl Handler<SrFinish> for Preprocessor {
+    type Result = Result<Vec<u8>, String>;
+
+    fn handle(&mut self, msg: SrFinish, _: &mut SyncContext<Self>) -> Self::Result {
+        crate::pipelines::superres::finish(msg.raster, msg.width, msg.height, msg.factor, msg.scale, msg.quality)
     }
 }

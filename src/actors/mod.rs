@@ -10,7 +10,7 @@ pub mod worker;
 pub use batcher::{Batcher, Enqueue, InferError, Job, Prediction, QueueLen, Refused};
 pub use decoder::{
     AlignFaces, CropFaces, Decode, Decoder, DetectPlates, DetectText, DetectorBoxes, DetectorInput, PlateCrops,
-    Preprocess, Preprocessor, Pyramid, RecLines, TextLines,
+    Preprocess, Preprocessor, Pyramid, RecLines, SrFinish, SrPlace, SrTiles, TextLines,
 };
 pub use store::StoreActor;
 pub use worker::{InferenceWorker, RunBatch, WorkerHealth};

@@ -2,11 +2,13 @@
 
 mod auth;
 mod disconnect;
+mod improve;
 mod multipart;
 mod objects;
 mod persons;
 mod placement;
 mod plates;
+mod playground;
 mod stages;
 mod text;
 
@@ -147,6 +149,8 @@ pub struct AppState {
     pub text: Option<Arc<text::TextService>>,
     /// The plates model's stages, when a plates model is placed here.
     pub plates: Option<Arc<plates::PlateService>>,
+    /// photo/improve `resolution` (a `realesrgan` model placed).
+    pub superres: Option<Arc<improve::SuperResService>>,
     pub decoder: Addr<Decoder>,
     pub preprocessor: Addr<Preprocessor>,
     /// Images admitted and not yet answered, over all requests.
@@ -254,6 +258,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     let mut face = None;
     let mut text_service = None;
     let mut plate_service = None;
+    let mut superres_service = None;
     // `--role api`: every stage's inputs go through the broker; the face, text and plates models'
     // images go whole (one stream named after the model).
     let broker = (role == Role::Api).then(|| {
@@ -389,6 +394,9 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             }));
         }
         let groups = stages.iter().map(|s| s.workers.clone()).collect::<Vec<_>>();
+        if mc.architecture == crate::config::Architecture::Centernet && !role.serves_api() {
+            whole_feeds.push((WholeImage::Detector, name.clone(), groups.clone(), mc.max_batch));
+        }
         if let (crate::config::Architecture::Text, [det, cls, rec]) = (&mc.architecture, stages.as_slice()) {
             if text_service.is_some() {
                 return Err(StartError::Config(crate::config::ConfigError::Invalid {
@@ -430,6 +438,25 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 whole_feeds.push((WholeImage::Plates, name.clone(), groups, mc.max_batch));
             }
         }
+        if let (crate::config::Architecture::Realesrgan, [art, photo]) = (&mc.architecture, stages.as_slice()) {
+            if superres_service.is_some() {
+                return Err(StartError::Config(crate::config::ConfigError::Invalid {
+                    field: format!("models.{name}"),
+                    message: "only one super-resolution model can be placed per process".into(),
+                }));
+            }
+            superres_service = Some(Arc::new(improve::SuperResService {
+                name: name.clone(),
+                art: art.clone(),
+                photo: photo.clone(),
+                config: mc.superres.unwrap_or_default(),
+                remote: broker.clone(),
+            }));
+            if !role.serves_api() {
+                let groups = stages.iter().map(|s| s.workers.clone()).collect();
+                whole_feeds.push((WholeImage::SuperRes, name.clone(), groups, mc.max_batch));
+            }
+        }
     }
     let placed: Vec<String> = served_models.iter().map(|m| m.name.clone()).collect();
 
@@ -442,6 +469,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         face,
         text: text_service,
         plates: plate_service,
+        superres: superres_service,
         decoder,
         preprocessor,
         admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),
@@ -458,12 +486,15 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     for (kind, model, groups, budget) in whole_feeds {
         let Some(up) = &state.worker_broker_up else { break };
         let runner_state = state.clone();
-        let runner: crate::broker::worker::ImageRunner = Arc::new(move |image, _poisoned| {
+        let runner_model = model.clone();
+        let runner: crate::broker::worker::ImageRunner = Arc::new(move |image, poisoned| {
             let state = runner_state.clone();
             match kind {
                 WholeImage::Face => Box::pin(persons::face_job(state, image)),
                 WholeImage::Text => Box::pin(text::text_job(state, image)),
                 WholeImage::Plates => Box::pin(plates::plates_job(state, image)),
+                WholeImage::Detector => Box::pin(objects::detector_job(state, runner_model.clone(), image, poisoned)),
+                WholeImage::SuperRes => Box::pin(improve::superres_job(state, image, poisoned)),
             }
         });
         // The images a worker holds at once: `max_batch` (their networks' inputs batch together).
@@ -518,6 +549,10 @@ enum WholeImage {
     Face,
     Text,
     Plates,
+    /// The COCO detector (the model named beside it).
+    Detector,
+    /// Super-resolution (each job's factor and network in its header).
+    SuperRes,
 }
 
 /// The person store's actor, opened on its own thread (its first start reports back).
@@ -545,8 +580,8 @@ fn open_store(config: &Config) -> Result<Addr<StoreActor>, StartError> {
     Ok(store)
 }
 
-/// The broker streams of a model: one per network, except the face model's one (its images go
-/// whole to a worker, which runs the cascade).
+/// The broker streams of a model: one per network, except one for a model fed whole images (face,
+/// text, plates, the detector: a worker decodes each image and runs every network of the model).
 pub fn broker_streams(name: &str, mc: &ModelConfig) -> Vec<String> {
     if mc.architecture.fed_whole() {
         vec![name.to_string()]
@@ -556,7 +591,7 @@ pub fn broker_streams(name: &str, mc: &ModelConfig) -> Vec<String> {
 }
 
 /// The jobs per worker on a model's streams that autoscaling keeps (KEDA `streamLength`): the
-/// model's `queue_target`, except for the face model, whose stream holds whole images: the
+/// model's `queue_target`, except for a model fed whole images, whose stream holds images: the
 /// images one worker takes at once (`max_batch`).
 pub fn broker_stream_target(mc: &ModelConfig) -> usize {
     if mc.architecture.fed_whole() { mc.max_batch } else { mc.queue_target() }
@@ -572,7 +607,10 @@ fn api_routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/text/recognize", web::post().to(text::recognize))
         .route("/api/v1/scene_text/recognize", web::post().to(text::scene_text))
         .route("/api/v1/docs/recognize", web::post().to(text::docs_not_served))
-        .route("/api/v1/docs/detect", web::post().to(text::docs_not_served));
+        .route("/api/v1/docs/detect", web::post().to(text::docs_not_served))
+        .route("/api/v1/photo/improve", web::post().to(improve::improve))
+        .route("/", web::get().to(playground::page))
+        .route("/playground", web::get().to(playground::page));
 }
 
 async fn metrics_page(state: Data<AppState>) -> HttpResponse {

@@ -8,21 +8,22 @@ use std::time::Instant;
 
 use actix_web::web::{Bytes, Data, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
-use futures_util::future::join_all;
+use futures_util::FutureExt;
+use futures_util::future::{LocalBoxFuture, Shared, join_all};
 use serde::{Deserialize, Serialize};
 
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::plates::{PlateLabel, PlateResult, PlateService, read as read_plates};
-use super::stages::{StageError, each_image, infer_marked, prepare};
-use super::{AppState, ServedModel};
+use super::stages::{StageError, each_image, image_job, infer_marked, prepare, remote_image};
+use super::{AppState, Route, ServedModel};
 use crate::actors::{DetectorBoxes, DetectorInput, Preprocess};
 use crate::config::CAR_NUMBER_MODE;
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
 use crate::pipelines::classify::ObjectLabel;
 use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::detect::CENTERNET_INPUT;
+use crate::pipelines::detect::{CENTERNET_INPUT, Detection, PERSON};
 use crate::pipelines::preprocess::ClassifierSpec;
 
 const ENDPOINT: &str = "objects/detect";
@@ -106,14 +107,27 @@ enum Mode<'a> {
     Plates(&'a PlateService),
 }
 
-impl Mode<'_> {
+impl<'a> Mode<'a> {
     fn name(&self) -> &str {
         match self {
             Self::Classifier(m, _) | Self::Detector(m, _) => &m.name,
             Self::Plates(p) => &p.name,
         }
     }
+
+    /// The detector whose boxes the mode reads.
+    fn detector(&self) -> Option<&'a ServedModel> {
+        match self {
+            Self::Classifier(_, d) => *d,
+            Self::Detector(d, _) => Some(*d),
+            Self::Plates(_) => None,
+        }
+    }
 }
+
+/// One image's detections by one detector, run once and read by every mode that needs them
+/// (`object`, `multiobject`, `pedestrian` in one request: one detector job).
+type SharedBoxes<'a> = Shared<LocalBoxFuture<'a, Result<Arc<Vec<Detection>>, StageError>>>;
 
 /// One image's answer to one mode.
 enum ModeAnswer {
@@ -201,7 +215,16 @@ async fn handle(
     let read = each_image(state, req, &label.models, &images, |i, image| {
         let (modes, poisoned, bytes) = (&modes, poisoned[i], &images[i].1);
         async move {
-            let answers = join_all(modes.iter().map(|m| read_mode(state, m, image.clone(), bytes, poisoned))).await;
+            let mut boxes: Vec<(&str, SharedBoxes)> = Vec::new();
+            for d in modes.iter().filter_map(Mode::detector) {
+                if !boxes.iter().any(|(name, _)| *name == d.name) {
+                    let run = detector_boxes(state, d, image.clone(), bytes, poisoned).boxed_local().shared();
+                    boxes.push((d.name.as_str(), run));
+                }
+            }
+            let boxes = &boxes;
+            let answers =
+                join_all(modes.iter().map(|m| read_mode(state, m, image.clone(), bytes, poisoned, boxes))).await;
             answers
                 .into_iter()
                 .map(|a| match a {
@@ -259,19 +282,20 @@ async fn read_mode(
     image: Arc<DecodedImage>,
     bytes: &Bytes,
     poisoned: bool,
+    boxes: &[(&str, SharedBoxes<'_>)],
 ) -> Result<ModeAnswer, StageError> {
+    let boxes_of = |d: &ServedModel| {
+        boxes.iter().find(|(name, _)| *name == d.name).expect("every mode's detector runs. This is a bug.").1.clone()
+    };
     match mode {
         Mode::Classifier(model, None) => classify(state, model, image, poisoned).await.map(ModeAnswer::Labels),
         Mode::Classifier(model, Some(detector)) => {
-            let (labels, boxes) = futures_util::future::join(
-                classify(state, model, image.clone(), poisoned),
-                detect_objects(state, detector, image, poisoned, false),
-            )
-            .await;
-            Ok(ModeAnswer::Labels(merge_object_labels(boxes?, labels?)))
+            let (labels, boxes) =
+                futures_util::future::join(classify(state, model, image, poisoned), boxes_of(detector)).await;
+            Ok(ModeAnswer::Labels(merge_object_labels(detector_labels(detector, &boxes?, false), labels?)))
         }
         Mode::Detector(model, people) => {
-            detect_objects(state, model, image, poisoned, *people).await.map(ModeAnswer::Labels)
+            boxes_of(model).await.map(|boxes| ModeAnswer::Labels(detector_labels(model, &boxes, *people)))
         }
         Mode::Plates(svc) => read_plates(state, svc, image, bytes).await.map(ModeAnswer::Plates),
     }
@@ -293,35 +317,76 @@ async fn classify(
     Ok(labels.labels(&prediction.output, model.threshold, model.top_k, image.width, image.height))
 }
 
+/// The COCO detector's detections of one image: run here, or (`--role api`) by a worker, which
+/// gets the file itself (the network's input is 512² × 3, its output 128² × 84).
+async fn detector_boxes(
+    state: &AppState,
+    model: &ServedModel,
+    image: Arc<DecodedImage>,
+    bytes: &Bytes,
+    poisoned: bool,
+) -> Result<Arc<Vec<Detection>>, StageError> {
+    match &model.route {
+        Route::Local(_) => detect_boxes(state, model, image, poisoned).await.map(Arc::new),
+        Route::Remote(broker) => {
+            let body = remote_image(broker, &model.model, bytes, poisoned).await?;
+            serde_json::from_slice(&body)
+                .map(Arc::new)
+                .map_err(|e| StageError::File(1, format!("unreadable answer from the worker: {e}")))
+        }
+    }
+}
+
 /// The COCO detector on one image: its input (preprocessing pool) → its batcher → peaks, the
-/// score threshold, per-class NMS, at most `top_k` → labels with boxes in the image's pixels;
-/// `people`: persons only, labelled `Pedestrian` as the docs' `pedestrian` answer is.
-async fn detect_objects(
+/// score threshold and per-class NMS (preprocessing pool) → every class's detections, best first,
+/// in the image's pixels.
+async fn detect_boxes(
     state: &AppState,
     model: &ServedModel,
     image: Arc<DecodedImage>,
     poisoned: bool,
-    people: bool,
-) -> Result<Vec<ObjectLabel>, StageError> {
+) -> Result<Vec<Detection>, StageError> {
     let start = Instant::now();
     let input = prepare(state, DetectorInput { image: image.clone(), side: CENTERNET_INPUT }).await?;
     ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "preprocess", "model" => model.name.clone())
         .record(start.elapsed().as_secs_f64());
     let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
     let params = model.detector.expect("a detector's params (config). This is a bug.");
-    let labels = model.labels.as_ref().expect("a detector has labels (config). This is a bug.");
-    // Peaks over the 128² × 80 map and NMS: CPU work, on the preprocessing pool.
     let boxes = DetectorBoxes {
         output: prediction.output,
         params,
         threshold: model.threshold,
-        max: model.top_k,
-        people,
         size: [image.width, image.height],
     };
-    let kept = prepare(state, boxes).await?;
-    Ok(kept
+    prepare(state, boxes).await
+}
+
+/// `--role worker`: one image job of the COCO detector `model`: decode (the configured limits),
+/// the detector on this worker's network, its detections as JSON (the api labels them per mode).
+pub(crate) async fn detector_job(
+    state: Data<AppState>,
+    model: String,
+    image: Vec<u8>,
+    poisoned: bool,
+) -> crate::broker::codec::Outcome {
+    let Some(served) = state.models.iter().find(|m| m.model == model && m.detector.is_some()).cloned() else {
+        return crate::broker::codec::Outcome::Failed {
+            status: 1,
+            message: format!("no detector {model} on this worker. This is a bug."),
+        };
+    };
+    let encode = |boxes: &Vec<Detection>| serde_json::to_vec(boxes).expect("detections serialize. This is a bug.");
+    image_job(&state, &model, image, |img| detect_boxes(&state, &served, img, poisoned), encode).await
+}
+
+/// A detector's labels for one mode: every class (`multiobject`, `object`) or persons only,
+/// labelled `Pedestrian` as the docs' `pedestrian` answer is (`people`); at most `top_k`, best
+/// first, with their boxes.
+fn detector_labels(model: &ServedModel, boxes: &[Detection], people: bool) -> Vec<ObjectLabel> {
+    let labels = model.labels.as_ref().expect("a detector has labels (config). This is a bug.");
+    boxes
         .iter()
+        .filter(|d| !people || d.class == PERSON)
         .filter_map(|d| {
             let coord = d.bbox.map(|v| v.round() as u32);
             let mut l = labels.label(d.class, d.score, coord)?;
@@ -330,7 +395,8 @@ async fn detect_objects(
             }
             Some(l)
         })
-        .collect())
+        .take(model.top_k)
+        .collect()
 }
 
 /// `object` with a detector placed: the classifier's whole-image labels as without one (best

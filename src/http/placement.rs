@@ -173,7 +173,8 @@ pub fn render_html(view: &PlacementView) -> String {
          <title>gpubackend placement: {node}</title><style>{STYLE}</style></head><body>\
          <h1>Node <span id=\"node\">{node}</span></h1>\
          <p>host {host} · gpubackend {version} · up {uptime} s · <span id=\"ready\">{ready}</span> · \
-         <a href=\"/admin/placement\">JSON</a> · <a href=\"/metrics\">metrics</a></p><h2>Devices</h2><pre id=\"placement\">",
+         <a href=\"/admin/placement\">JSON</a> · <a href=\"/metrics\">metrics</a> · \
+         <a href=\"/playground\">playground</a></p><h2>Devices</h2><pre id=\"placement\">",
         host = escape(&view.host),
         version = escape(&view.version),
         uptime = view.uptime_s,

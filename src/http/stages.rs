@@ -18,7 +18,15 @@ use crate::metrics;
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::preprocess::ModelInput;
 
+/// One entry of a request's `meta.images`.
+#[derive(Debug, serde::Deserialize)]
+pub(super) struct ImageMeta {
+    #[serde(default)]
+    pub(super) name: String,
+}
+
 /// A stage failed for one image (per-file status) or for the whole request (queue full).
+#[derive(Clone)]
 pub(super) enum StageError {
     Image(InferError),
     /// An image's per-file status and error as a worker wrote them (`--role api`).
@@ -48,6 +56,31 @@ pub(super) async fn infer_marked(
     inputs: Vec<ModelInput>,
     poisoned: bool,
 ) -> Result<Vec<Prediction>, StageError> {
+    let mut out = Vec::with_capacity(inputs.len());
+    for rx in enqueue_all(stage, inputs, poisoned).await? {
+        out.push(answered(stage, rx.await)?);
+    }
+    Ok(out)
+}
+
+/// Every input on `stage`'s batcher at once; the predictions as they come, each with its input's
+/// index (a caller can use each output and drop it before the last one is ready).
+pub(super) async fn infer_unordered(
+    stage: &ServedModel,
+    inputs: Vec<ModelInput>,
+    poisoned: bool,
+) -> Result<impl futures_util::Stream<Item = (usize, Result<Prediction, StageError>)> + '_, StageError> {
+    let pending = enqueue_all(stage, inputs, poisoned).await?;
+    Ok(pending
+        .into_iter()
+        .enumerate()
+        .map(|(i, rx)| async move { (i, answered(stage, rx.await)) })
+        .collect::<futures_util::stream::FuturesUnordered<_>>())
+}
+
+type Reply = oneshot::Receiver<Result<Prediction, InferError>>;
+
+async fn enqueue_all(stage: &ServedModel, inputs: Vec<ModelInput>, poisoned: bool) -> Result<Vec<Reply>, StageError> {
     let mut pending = Vec::with_capacity(inputs.len());
     for input in inputs {
         let (tx, rx) = oneshot::channel();
@@ -57,19 +90,22 @@ pub(super) async fn infer_marked(
             .map_err(|refused| StageError::Request(ApiError::Overloaded(refused.to_string())))?;
         pending.push(rx);
     }
-    let mut out = Vec::with_capacity(pending.len());
-    for rx in pending {
-        let p = rx
-            .await
-            .map_err(|_| StageError::Image(InferError::Unavailable { model: stage.name.clone(), waited_ms: 0 }))?
-            .map_err(StageError::Image)?;
-        for (name, d) in [("queue_wait", p.queue_wait), ("inference", p.inference)] {
-            ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => name, "model" => stage.name.clone())
-                .record(d.as_secs_f64());
-        }
-        out.push(p);
+    Ok(pending)
+}
+
+/// One input's answer, its queue wait and inference timed per stage.
+fn answered(
+    stage: &ServedModel,
+    reply: Result<Result<Prediction, InferError>, oneshot::error::RecvError>,
+) -> Result<Prediction, StageError> {
+    let p = reply
+        .map_err(|_| StageError::Image(InferError::Unavailable { model: stage.name.clone(), waited_ms: 0 }))?
+        .map_err(StageError::Image)?;
+    for (name, d) in [("queue_wait", p.queue_wait), ("inference", p.inference)] {
+        ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => name, "model" => stage.name.clone())
+            .record(d.as_secs_f64());
     }
-    Ok(out)
+    Ok(p)
 }
 
 /// Runs `read` on every image of a request at once (with its index in `images`), each decoded on

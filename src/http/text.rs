@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{StageError, each_image, image_job, infer, prepare, record_request, remote_images};
+use super::stages::{ImageMeta, StageError, each_image, image_job, infer, prepare, record_request, remote_images};
 use super::{AppState, ServedModel};
 use crate::actors::{DetectText, RecLines, TextLines};
 use crate::error::{ApiError, Envelope};
@@ -35,12 +35,6 @@ pub struct TextService {
     /// `--role api`: the broker that takes each image to a worker, where detection and reading
     /// run (the detector's input is 5–10 MB per image, the file tens of KB).
     pub remote: Option<Arc<crate::broker::api::Broker>>,
-}
-
-#[derive(Debug, Deserialize)]
-struct ImageMeta {
-    #[serde(default)]
-    name: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -6,6 +6,7 @@ mod device;
 pub mod fold;
 pub mod mobilenet_v2;
 pub mod mtcnn;
+pub mod ncnn;
 pub mod onnx_graph;
 pub mod onnx_weights;
 pub mod plates;
@@ -83,6 +84,11 @@ pub enum ModelSpec {
     CenterNet {
         weights: PathBuf,
     },
+    /// A super-resolution network (ncnn `weights` = its `.param`): `tile`² windows in, ×4 out.
+    SuperRes {
+        weights: PathBuf,
+        tile: usize,
+    },
 }
 
 /// Warm-up side of the text detector (any multiple of 32 works).
@@ -103,6 +109,7 @@ impl ModelSpec {
             Self::PlateDet { .. } => TEXT_DET_WARMUP,
             Self::TextCls { .. } => ppocr::CLS_HEIGHT,
             Self::CenterNet { .. } => crate::pipelines::detect::CENTERNET_INPUT,
+            Self::SuperRes { tile, .. } => *tile,
         }
     }
 
@@ -117,7 +124,8 @@ impl ModelSpec {
             | Self::TextRec { weights }
             | Self::TextCls { weights }
             | Self::PlateDet { weights }
-            | Self::CenterNet { weights } => weights,
+            | Self::CenterNet { weights }
+            | Self::SuperRes { weights, .. } => weights,
         }
     }
 }
@@ -140,6 +148,7 @@ pub enum Model {
     TextCls(Box<ppocr::OrientationClassifier>),
     PlateDet(Box<plates::PlateDetector>),
     CenterNet { net: Box<onnx_graph::OnnxGraph>, device: burn::prelude::Device },
+    SuperRes { net: Box<onnx_graph::OnnxGraph>, tile: usize, device: burn::prelude::Device },
 }
 
 /// A batch staged on the CPU: planar RGB `side`² inputs as one contiguous (N, 3, side, side)
@@ -242,6 +251,9 @@ impl Model {
                 net: Box::new(tfjs::load_graph(weights, &crate::pipelines::detect::CENTERNET_OUTPUTS, &d)?),
                 device: d,
             },
+            ModelSpec::SuperRes { weights, tile } => {
+                Self::SuperRes { net: Box::new(ncnn::load_graph(weights, &d)?), tile: *tile, device: d }
+            }
         })
     }
 
@@ -258,6 +270,7 @@ impl Model {
             Self::PlateDet(_) => TEXT_DET_WARMUP,
             Self::TextCls(_) => ppocr::CLS_HEIGHT,
             Self::CenterNet { .. } => crate::pipelines::detect::CENTERNET_INPUT,
+            Self::SuperRes { tile, .. } => *tile,
         }
     }
 
@@ -275,6 +288,7 @@ impl Model {
             Self::TextCls(m) => m.device(),
             Self::TextDet { device, .. }
             | Self::CenterNet { device, .. }
+            | Self::SuperRes { device, .. }
             | Self::PNet { device, .. }
             | Self::RNet { device, .. }
             | Self::ONet { device, .. } => device,
@@ -304,7 +318,7 @@ impl Model {
                 let out = net.forward(x);
                 Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?])))
             }
-            Self::TextDet { net, .. } | Self::CenterNet { net, .. } => {
+            Self::TextDet { net, .. } | Self::CenterNet { net, .. } | Self::SuperRes { net, .. } => {
                 let out = net.forward(x);
                 Box::new(move || rows(out, n))
             }

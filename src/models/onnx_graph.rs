@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use burn::prelude::{Device, Tensor, TensorData};
-use burn::tensor::activation::{relu, sigmoid};
+use burn::tensor::activation::{leaky_relu, prelu, relu, sigmoid};
 use burn::tensor::module::{avg_pool2d, conv_transpose2d, conv2d, interpolate, max_pool2d};
 use burn::tensor::ops::{
     AvgPoolOptions, ConvOptions, ConvTransposeOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
@@ -49,6 +49,13 @@ pub(super) enum Op {
     Mul,
     Div,
     Relu,
+    /// `x` where positive, else `slope · x`.
+    LeakyRelu(f64),
+    /// LeakyRelu with a slope per channel.
+    PRelu(Tensor<1>),
+    /// PyTorch's PixelShuffle (ncnn mode 0): C·r² × H × W → C × rH × rW, channel `c·r² + i·r + j`
+    /// to pixel (i, j) of each r × r cell.
+    PixelShuffle(usize),
     Sigmoid,
     HardSigmoid {
         alpha: f32,
@@ -89,6 +96,9 @@ pub struct OnnxGraph {
     constants: HashMap<String, Tensor<4>>,
     input: String,
     outputs: Vec<String>,
+    /// Per step, the values it uses for the last time (freed after it: a deep graph's
+    /// intermediates are not all held at once).
+    last_uses: Vec<Vec<String>>,
 }
 
 fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(usize, usize); 2], String> {
@@ -350,14 +360,26 @@ impl OnnxGraph {
                 return Err(format!("no step computes output `{o}`"));
             }
         }
-        Ok(Self { steps, constants, input, outputs })
+        let mut last: HashMap<&str, usize> = HashMap::new();
+        for (i, step) in steps.iter().enumerate() {
+            for name in &step.inputs {
+                last.insert(name.as_str(), i);
+            }
+        }
+        let mut last_uses = vec![Vec::new(); steps.len()];
+        for (name, i) in last {
+            if !outputs.iter().any(|o| o == name) && !constants.contains_key(name) {
+                last_uses[i].push(name.to_string());
+            }
+        }
+        Ok(Self { steps, constants, input, outputs, last_uses })
     }
 
     /// Runs the graph on `x` (N×C×H×W, on the device the graph was loaded on).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut values: HashMap<&str, Tensor<4>> = HashMap::new();
         values.insert(self.input.as_str(), x);
-        for step in &self.steps {
+        for (step, done) in self.steps.iter().zip(&self.last_uses) {
             let get = |i: usize| -> Tensor<4> {
                 let name = step.inputs[i].as_str();
                 values
@@ -397,6 +419,19 @@ impl OnnxGraph {
                 Op::Mul => get(0) * get(1),
                 Op::Div => get(0) / get(1),
                 Op::Relu => relu(get(0)),
+                Op::LeakyRelu(slope) => leaky_relu(get(0), *slope),
+                Op::PRelu(slope) => prelu(get(0), slope.clone()),
+                Op::PixelShuffle(r) => {
+                    let x = get(0);
+                    let [n, c, h, w] = x.dims();
+                    let r = *r;
+                    x.reshape([n, c / (r * r), r, r, h, w]).permute([0, 1, 4, 2, 5, 3]).reshape([
+                        n,
+                        c / (r * r),
+                        h * r,
+                        w * r,
+                    ])
+                }
                 Op::Sigmoid => sigmoid(get(0)),
                 Op::HardSigmoid { alpha, beta } => (get(0) * *alpha + *beta).clamp(0.0, 1.0),
                 Op::Erf => get(0).erf(),
@@ -417,6 +452,9 @@ impl OnnxGraph {
                 Op::AvgPool(options) => avg_pool2d(get(0), options.clone()),
                 Op::Identity => get(0),
             };
+            for name in done {
+                values.remove(name.as_str());
+            }
             values.insert(step.output.as_str(), y);
         }
         let mut outputs: Vec<Tensor<4>> =

@@ -29,8 +29,8 @@ impl Default for DetectorParams {
     }
 }
 
-/// One detected object.
-#[derive(Debug, Clone, PartialEq)]
+/// One detected object (also the JSON between a worker and the api, `--role`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Detection {
     /// `[x1, y1, x2, y2]`.
     pub bbox: [f32; 4],

@@ -8,4 +8,5 @@ pub mod detect;
 pub mod face_detect;
 pub mod plates;
 pub mod preprocess;
+pub mod superres;
 pub mod text;
