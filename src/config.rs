@@ -32,6 +32,8 @@ pub struct Config {
     #[serde(default)]
     pub auth: AuthConfig,
     #[serde(default)]
+    pub rate_limit: RateLimitConfig,
+    #[serde(default)]
     pub limits: Limits,
     #[serde(default)]
     pub pipeline: PipelineConfig,
@@ -162,6 +164,10 @@ pub struct ServerConfig {
     pub gpu_backend: String,
     /// Seconds to wait for in-flight requests on shutdown.
     pub shutdown_timeout_s: u64,
+    /// A second listener (same host) for `/metrics`, `/health/*` and `/admin*`, which the API
+    /// port then no longer serves (and the admin port serves nothing else): the API port can face
+    /// users while probes and Prometheus use this one. 0 = any free port. None: one port for all.
+    pub admin_port: Option<u16>,
 }
 
 impl Default for ServerConfig {
@@ -172,7 +178,24 @@ impl Default for ServerConfig {
             http_workers: 2,
             gpu_backend: "wgpu".into(),
             shutdown_timeout_s: 30,
+            admin_port: None,
         }
+    }
+}
+
+/// Per-token request rate limits (`[rate_limit]`): a token bucket per `oauth_token`.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    /// Sustained requests per second per token; 0 = no limit.
+    pub requests_per_s: f64,
+    /// Requests a token may make at once after being idle.
+    pub burst: f64,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { requests_per_s: 0.0, burst: 20.0 }
     }
 }
 
@@ -664,6 +687,16 @@ impl Config {
                 "broker.forget_consumers_after_ms",
                 "must be at least broker.visibility_timeout_ms and broker.block_ms",
             ));
+        }
+        if self.server.admin_port.is_some_and(|p| p != 0 && p == self.server.port) {
+            return Err(invalid("server.admin_port", "must differ from server.port"));
+        }
+        let r = &self.rate_limit;
+        if !(r.requests_per_s >= 0.0 && r.requests_per_s.is_finite()) {
+            return Err(invalid("rate_limit.requests_per_s", "must be 0 (no limit) or more"));
+        }
+        if r.requests_per_s > 0.0 && !(r.burst >= 1.0 && r.burst.is_finite()) {
+            return Err(invalid("rate_limit.burst", "must be at least 1"));
         }
         if !["wgpu", "cuda"].contains(&self.server.gpu_backend.as_str()) {
             return Err(invalid("server.gpu_backend", "must be `wgpu` or `cuda`"));

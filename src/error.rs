@@ -3,7 +3,8 @@
 //! HTTP status decision (the Vision docs leave it open): the HTTP status equals the envelope's
 //! `status` (400 bad request, 403 auth, 404 unknown path, 500 internal), except overload: the
 //! envelope says 500 (the documented error set) and HTTP says 503 with `Retry-After: 1`, so load
-//! balancers and clients can retry. Per-image failures are not request errors: they answer 200 with
+//! balancers and clients can retry; a token over its rate limit gets 429 in both, with
+//! `Retry-After`. Per-image failures are not request errors: they answer 200 with
 //! that image's `status` 1 (permanent) or 2 (temporary) and its `error`.
 
 use actix_web::http::StatusCode;
@@ -20,6 +21,10 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Overloaded(String),
+    /// The token's request rate is over its limit (`rate_limit`): HTTP and envelope 429, with
+    /// `Retry-After` the seconds until a request would pass.
+    #[error("{message}")]
+    RateLimited { message: String, retry_after_s: u64 },
     #[error("{0}")]
     Internal(String),
     /// The client went away; nobody reads this answer (nginx's 499).
@@ -35,6 +40,7 @@ impl ApiError {
             Self::Forbidden(_) => "forbidden",
             Self::NotFound(_) => "not_found",
             Self::Overloaded(_) => "overloaded",
+            Self::RateLimited { .. } => "rate_limited",
             Self::Internal(_) => "error",
             Self::ClientGone(_) => "client_gone",
         }
@@ -45,6 +51,7 @@ impl ApiError {
             Self::BadRequest(_) => 400,
             Self::Forbidden(_) => 403,
             Self::NotFound(_) => 404,
+            Self::RateLimited { .. } => 429,
             Self::Overloaded(_) | Self::Internal(_) => 500,
             Self::ClientGone(_) => 499,
         }
@@ -76,8 +83,14 @@ impl ResponseError for ApiError {
 
     fn error_response(&self) -> HttpResponse {
         let mut resp = HttpResponse::build(self.status_code());
-        if matches!(self, Self::Overloaded(_)) {
-            resp.insert_header(("Retry-After", "1"));
+        match self {
+            Self::Overloaded(_) => {
+                resp.insert_header(("Retry-After", "1"));
+            }
+            Self::RateLimited { retry_after_s, .. } => {
+                resp.insert_header(("Retry-After", retry_after_s.to_string()));
+            }
+            _ => {}
         }
         resp.json(Envelope {
             status: self.envelope_status(),

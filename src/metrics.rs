@@ -82,7 +82,7 @@ fn describe() {
     describe_counter!(WORKER_RESTARTS, "Worker restarts after a failed forward pass or load, by device and model");
     describe_counter!(
         REFUSALS,
-        "Requests or images refused before inference, by reason (queue_full, admission, not_ready, queue_timeout)"
+        "Requests or images refused before inference, by reason (queue_full, admission, not_ready, queue_timeout, rate_limit)"
     );
     describe_counter!(DROPPED, "Queued items dropped before inference because the client went away, by model");
     describe_gauge!(INFLIGHT_IMAGES, "Images admitted and not yet answered");
@@ -278,7 +278,7 @@ mod tests {
 /// Exports every counter and gauge at zero from the start, so dashboards and alerts see the series
 /// before the first event (a restart or a refusal may never happen).
 pub fn register_zero(workers: &[(String, String)]) {
-    for reason in ["queue_full", "admission", "not_ready", "queue_timeout"] {
+    for reason in ["queue_full", "admission", "not_ready", "queue_timeout", "rate_limit"] {
         metrics::counter!(REFUSALS, "reason" => reason).increment(0);
     }
     metrics::gauge!(INFLIGHT_IMAGES).increment(0.0);

@@ -40,7 +40,8 @@ fn assert_error(resp: &gpubackend::client::Response, http: u16, envelope: u64, b
     assert_eq!(v["status"], envelope);
     assert_eq!(v["htmlencoded"], false);
     assert_eq!(v["last_modified"], 0);
-    if envelope != 404 {
+    // The documented error set is 400, 403, 500; 404 (unknown path) and 429 (rate limit) are ours.
+    if envelope != 404 && envelope != 429 {
         common::schema::OpenApi::load().assert_valid("error_response", &v);
     }
     let got = v["body"].as_str().expect("error body is a string");
@@ -183,7 +184,9 @@ fn documented_request_errors() {
         image::RgbImage::new(4, 4).write_to(&mut out, image::ImageFormat::Png).unwrap();
         out.into_inner()
     };
-    let meta = br#"{"mode":["object"],"images":[{"name":"good"},{"name":"garbage"},{"name":"tiny"},{"name":"gif"}]}"#;
+    // A JPEG upload cut off at 3 KB of its 38: labels on grey fill would be a confident lie.
+    let cut = &data("chelsea.jpg")[..3000];
+    let meta = br#"{"mode":["object"],"images":[{"name":"good"},{"name":"garbage"},{"name":"tiny"},{"name":"gif"},{"name":"cut"}]}"#;
     let r = c
         .post_multipart(
             DETECT,
@@ -192,6 +195,7 @@ fn documented_request_errors() {
                 ("garbage", Some("x.jpg"), b"\xFF\xD8\xFF\xE0 this is not a jpeg at all"),
                 ("tiny", Some("t.png"), &tiny),
                 ("gif", Some("a.gif"), b"GIF89a\x01\x00\x01\x00\x00\x00\x00"),
+                ("cut", Some("c.jpg"), cut),
                 ("meta", None, meta),
             ],
         )
@@ -207,9 +211,11 @@ fn documented_request_errors() {
     assert!(f[2]["error"].as_str().unwrap().contains("image is too small: 4x4"), "{}", f[2]);
     assert_eq!(f[3]["status"], 1);
     assert!(f[3]["error"].as_str().unwrap().contains("unsupported image format"), "{}", f[3]);
+    assert_eq!((f[4]["status"].as_u64(), f[4]["labels"].as_array().map(Vec::len)), (Some(1), Some(0)), "{}", f[4]);
+    assert!(f[4]["error"].as_str().unwrap().contains("cannot decode image: jpeg: "), "{}", f[4]);
     let m = server.metrics();
     assert!(metric_value(&m, "gpubackend_requests_total", &[("outcome", "bad_request")]) >= 10.0);
-    assert!(metric_value(&m, "gpubackend_images_total", &[("status", "1")]) >= 3.0);
+    assert!(metric_value(&m, "gpubackend_images_total", &[("status", "1")]) >= 4.0);
 }
 
 #[test]
@@ -270,6 +276,45 @@ fn auth_tokens_from_config() {
     let r = c.post_multipart("/api/v1/objects/detect?oauth_provider=mcs&oauth_token=s3cret", parts).unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["body"]["object_labels"][0]["labels"][0]["eng"], "Cat");
+}
+
+#[test]
+fn admin_port_serves_probes_and_metrics_and_tokens_are_rate_limited() {
+    let mut cfg = config();
+    cfg.auth.tokens = vec!["a".into(), "b".into()];
+    cfg.server.admin_port = Some(0);
+    // One request per 100 s after a burst of two: no test machine is slow enough to refill.
+    cfg.rate_limit = gpubackend::config::RateLimitConfig { requests_per_s: 0.01, burst: 2.0 };
+    let server = TestServer::start(cfg);
+    let admin = server.admin.expect("the admin listener");
+    assert_ne!(admin.port(), server.addr.port());
+    let (mut api, mut ops) = (server.conn(), gpubackend::client::Conn::new(admin));
+    // The admin surface on its own port only; the API on the other only.
+    for path in ["/metrics", "/health/ready", "/health/live", "/admin", "/admin/placement"] {
+        assert_eq!(ops.get(path).unwrap().status, 200, "{path} on the admin port");
+        let r = api.get(path).unwrap();
+        assert_error(&r, 404, 404, "no such method on this port");
+    }
+    let meta = br#"{"mode":["object"],"images":[]}"#;
+    let detect = |c: &mut gpubackend::client::Conn, token: &str| {
+        let path = format!("/api/v1/objects/detect?oauth_provider=mcs&oauth_token={token}");
+        c.post_multipart(&path, &[("meta", None, meta)]).unwrap()
+    };
+    assert_error(&detect(&mut ops, "a"), 404, 404, "no such method on this port");
+    // Token `a`: its burst of two (answered 400: no images), then 429 with Retry-After.
+    for _ in 0..2 {
+        assert_eq!(detect(&mut api, "a").status, 400);
+    }
+    let r = detect(&mut api, "a");
+    assert_error(&r, 429, 429, "rate limit exceeded for this token");
+    let retry: u64 = r.header("Retry-After").expect("Retry-After").parse().unwrap();
+    assert!((1..=100).contains(&retry), "{retry}");
+    // Token `b` has its own bucket; a wrong token is refused as such.
+    assert_eq!(detect(&mut api, "b").status, 400);
+    assert_error(&detect(&mut api, "c"), 403, 403, "invalid oauth_token");
+    let m = server.metrics();
+    assert_eq!(metric_value(&m, "gpubackend_refusals_total", &[("reason", "rate_limit")]), 1.0);
+    assert!(metric_value(&m, "gpubackend_requests_total", &[("outcome", "rate_limited")]) >= 1.0);
 }
 
 #[test]

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 
 use serde::Deserialize;
 
+use super::ratelimit::RateLimiter;
 use crate::error::ApiError;
 
 #[derive(Debug, Deserialize)]
@@ -16,11 +17,31 @@ pub struct AuthQuery {
 pub struct Auth {
     tokens: HashSet<String>,
     providers: HashSet<String>,
+    /// Per-token rate limits (`rate_limit`), checked after the token.
+    limiter: Option<RateLimiter>,
 }
 
 impl Auth {
-    pub fn new(tokens: Vec<String>, providers: Vec<String>) -> Self {
-        Self { tokens: tokens.into_iter().collect(), providers: providers.into_iter().collect() }
+    pub fn new(tokens: Vec<String>, providers: Vec<String>, rate: crate::config::RateLimitConfig) -> Self {
+        Self {
+            tokens: tokens.into_iter().collect(),
+            providers: providers.into_iter().collect(),
+            limiter: RateLimiter::new(rate.requests_per_s, rate.burst),
+        }
+    }
+
+    /// The token is valid (or auth is open) and within its rate limit.
+    pub fn check(&self, q: &AuthQuery) -> Result<(), ApiError> {
+        self.check_token(q)?;
+        let Some(limiter) = &self.limiter else { return Ok(()) };
+        limiter.take(q.oauth_token.as_deref().unwrap_or_default(), std::time::Instant::now()).map_err(|wait| {
+            ::metrics::counter!(crate::metrics::REFUSALS, "reason" => "rate_limit").increment(1);
+            let retry_after_s = wait.as_secs_f64().ceil().max(1.0) as u64;
+            ApiError::RateLimited {
+                message: format!("rate limit exceeded for this token: retry in {retry_after_s} s (rate_limit)"),
+                retry_after_s,
+            }
+        })
     }
 
     /// No tokens configured: every request is accepted.
@@ -28,7 +49,7 @@ impl Auth {
         self.tokens.is_empty()
     }
 
-    pub fn check(&self, q: &AuthQuery) -> Result<(), ApiError> {
+    fn check_token(&self, q: &AuthQuery) -> Result<(), ApiError> {
         if self.is_open() {
             return Ok(());
         }
@@ -63,7 +84,7 @@ mod tests {
 
     #[test]
     fn checks_token_and_provider() {
-        let a = Auth::new(vec!["secret".into()], vec!["mcs".into()]);
+        let a = Auth::new(vec!["secret".into()], vec!["mcs".into()], Default::default());
         assert!(a.check(&q(Some("secret"), Some("mcs"))).is_ok());
         assert!(a.check(&q(Some("secreT"), Some("mcs"))).is_err());
         assert!(a.check(&q(Some("secret"), Some("vk"))).is_err());
@@ -74,6 +95,20 @@ mod tests {
 
     #[test]
     fn open_when_no_tokens() {
-        assert!(Auth::new(vec![], vec![]).check(&q(None, None)).is_ok());
+        assert!(Auth::new(vec![], vec![], Default::default()).check(&q(None, None)).is_ok());
+    }
+
+    #[test]
+    fn a_token_over_its_rate_gets_429_after_its_burst_and_others_pass() {
+        let rate = crate::config::RateLimitConfig { requests_per_s: 0.01, burst: 2.0 };
+        let a = Auth::new(vec!["a".into(), "b".into()], vec![], rate);
+        let (ta, tb) = (q(Some("a"), Some("mcs")), q(Some("b"), Some("mcs")));
+        assert!(a.check(&ta).is_ok() && a.check(&ta).is_ok());
+        let e = a.check(&ta).unwrap_err();
+        assert!(matches!(e, ApiError::RateLimited { retry_after_s: 100, .. }), "{e:?}");
+        assert_eq!(e.envelope_status(), 429);
+        assert!(a.check(&tb).is_ok());
+        // A wrong token is refused as such, and does not spend anyone's requests.
+        assert!(matches!(a.check(&q(Some("c"), Some("mcs"))), Err(ApiError::Forbidden(_))));
     }
 }

@@ -9,6 +9,7 @@ mod persons;
 mod placement;
 mod plates;
 mod playground;
+mod ratelimit;
 mod stages;
 mod text;
 
@@ -185,6 +186,8 @@ pub enum StartError {
 /// A started server: where it listens and the future that runs it.
 pub struct RunningServer {
     pub addr: SocketAddr,
+    /// `server.admin_port`'s listener, where set.
+    pub admin_addr: Option<SocketAddr>,
     pub server: actix_web::dev::Server,
     /// `--role worker`: the feeders, drained on shutdown before the server stops.
     pub feeders: Vec<Arc<crate::broker::worker::Feeder>>,
@@ -462,7 +465,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
 
     metrics::register_zero(&all_workers.iter().map(|w| (w.model.clone(), w.device.clone())).collect::<Vec<_>>());
     let state = Data::new(AppState {
-        auth: Auth::new(tokens, config.auth.providers.clone()),
+        auth: Auth::new(tokens, config.auth.providers.clone(), config.rate_limit),
         limits: Arc::new(config.limits.clone()),
         modes,
         models: served_models,
@@ -517,9 +520,41 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         }
     };
     let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: "listener".into(), source })?;
-    let server = HttpServer::new(move || {
+    // `server.admin_port`: a second listener for the admin surface, which the API port then
+    // no longer serves (requests are told apart by the port their connection came in on).
+    let admin = match config.server.admin_port {
+        None => None,
+        Some(port) => {
+            let at = format!("{}:{port}", config.server.host);
+            Some(TcpListener::bind(&at).map_err(|source| StartError::Bind { addr: at, source })?)
+        }
+    };
+    let admin_addr = admin
+        .as_ref()
+        .map(|l| l.local_addr())
+        .transpose()
+        .map_err(|source| StartError::Bind { addr: "admin listener".into(), source })?;
+    let admin_port = admin_addr.map(|a| a.port());
+    let mut server = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
+            .wrap_fn(move |req, srv| {
+                use actix_web::dev::Service;
+                let on_admin = req.conn_data::<AdminConnection>().is_some();
+                if admin_port.is_some() && on_admin != is_admin_path(req.path()) {
+                    let wrong = ApiError::NotFound(format!(
+                        "no such method on this port: {} {} (the admin port serves /metrics, /health/*, /admin; \
+                         the API port everything else)",
+                        req.method(),
+                        req.path()
+                    ));
+                    let resp = actix_web::ResponseError::error_response(&wrong);
+                    return Box::pin(async move { Ok(req.into_response(resp)) })
+                        as futures_util::future::LocalBoxFuture<'static, _>;
+                }
+                let call = srv.call(req);
+                Box::pin(async move { call.await.map(|r| r.map_into_boxed_body()) })
+            })
             .configure(|cfg| {
                 if role.serves_api() {
                     api_routes(cfg);
@@ -532,15 +567,35 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             .route("/admin", web::get().to(placement::page))
             .default_service(web::to(not_found))
     })
-    .on_connect(disconnect::on_connect)
+    .on_connect(move |conn, ext| {
+        disconnect::on_connect(conn, ext);
+        if let Some(port) = admin_port
+            && let Some(tcp) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+            && tcp.local_addr().is_ok_and(|a| a.port() == port)
+        {
+            ext.insert(AdminConnection);
+        }
+    })
     .workers(config.server.http_workers)
     .shutdown_timeout(config.server.shutdown_timeout_s)
     .disable_signals()
     .listen(listener)
-    .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?
-    .run();
+    .map_err(|source| StartError::Bind { addr: addr.to_string(), source })?;
+    if let Some(l) = admin {
+        server = server.listen(l).map_err(|source| StartError::Bind { addr: format!("{admin_addr:?}"), source })?;
+        tracing::info!(addr = ?admin_addr, "admin listening (/metrics, /health/*, /admin)");
+    }
+    let server = server.run();
     tracing::info!(%addr, "listening");
-    Ok(RunningServer { addr, server, feeders })
+    Ok(RunningServer { addr, admin_addr, server, feeders })
+}
+
+/// A connection that came in on the admin listener (`server.admin_port`).
+struct AdminConnection;
+
+/// The admin surface: what probes, Prometheus and operators use.
+fn is_admin_path(path: &str) -> bool {
+    path == "/metrics" || path.starts_with("/health/") || path == "/admin" || path.starts_with("/admin/")
 }
 
 /// `--role worker`: the models whose images come whole and run every network here.

@@ -78,10 +78,43 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<DecodedImage, DecodeError
             min_height: limits.min_height,
         });
     }
-    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Corrupt(e.to_string()))?;
+    let mut img = if format == ImageFormat::Jpeg {
+        drop(decoder);
+        strict_jpeg(bytes, w, h)?
+    } else {
+        DynamicImage::from_decoder(decoder).map_err(|e| DecodeError::Corrupt(e.to_string()))?
+    };
     img.apply_orientation(orientation);
     let rgb = img.into_rgb8();
     Ok(DecodedImage { width: rgb.width(), height: rgb.height(), rgb: rgb.into_raw() })
+}
+
+/// A JPEG decoded strictly: what a lenient decoder reports and paints over (scan data that ends
+/// early — a truncated upload —, markers where none belong, bytes between headers) is an error,
+/// not an image half filled with grey. `w` × `h` from the headers already checked.
+fn strict_jpeg(bytes: &[u8], w: u32, h: u32) -> Result<DynamicImage, DecodeError> {
+    use zune_core::colorspace::ColorSpace;
+    let corrupt = |e: zune_jpeg::errors::DecodeErrors| DecodeError::Corrupt(format!("jpeg: {e}"));
+    let options = zune_core::options::DecoderOptions::default()
+        .set_strict_mode(true)
+        .set_max_width(w as usize)
+        .set_max_height(h as usize);
+    let mut probe = zune_jpeg::JpegDecoder::new_with_options(zune_core::bytestream::ZCursor::new(bytes), options);
+    probe.decode_headers().map_err(corrupt)?;
+    let grey = matches!(probe.input_colorspace(), Some(ColorSpace::Luma));
+    let out = if grey { ColorSpace::Luma } else { ColorSpace::RGB };
+    let mut decoder = zune_jpeg::JpegDecoder::new_with_options(
+        zune_core::bytestream::ZCursor::new(bytes),
+        options.jpeg_set_out_colorspace(out),
+    );
+    let pixels = decoder.decode().map_err(corrupt)?;
+    let n = pixels.len();
+    let size = || DecodeError::Corrupt(format!("jpeg: {n} bytes of pixels for {w}x{h}"));
+    Ok(if grey {
+        DynamicImage::ImageLuma8(image::GrayImage::from_raw(w, h, pixels).ok_or_else(size)?)
+    } else {
+        DynamicImage::ImageRgb8(image::RgbImage::from_raw(w, h, pixels).ok_or_else(size)?)
+    })
 }
 
 #[cfg(test)]
@@ -122,6 +155,30 @@ mod tests {
         let mut truncated = png(64, 64);
         truncated.truncate(60);
         assert!(matches!(decode(&truncated, &l).unwrap_err(), DecodeError::Corrupt(_)));
+    }
+
+    fn jpeg(img: &DynamicImage) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, ImageFormat::Jpeg).unwrap();
+        out.into_inner()
+    }
+
+    #[test]
+    fn a_truncated_jpeg_is_an_error_not_grey_fill() {
+        // A real photo cut at 3 KB of its bytes: the headers are whole, the scan ends early.
+        let cat = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/chelsea.jpg")).unwrap();
+        let e = decode(&cat[..3000], &Limits::default()).unwrap_err();
+        assert!(matches!(&e, DecodeError::Corrupt(m) if m.contains("jpeg")), "{e}");
+        let whole = decode(&cat, &Limits::default()).unwrap();
+        assert_eq!((whole.width, whole.height), (451, 300));
+        // Colour and grey JPEGs still decode, to RGB.
+        let grey = DynamicImage::ImageLuma8(image::GrayImage::from_fn(24, 16, |x, _| image::Luma([x as u8 * 10])));
+        let d = decode(&jpeg(&grey), &Limits::default()).unwrap();
+        assert_eq!((d.width, d.height), (24, 16));
+        assert!(d.rgb[3 * 10].abs_diff(100) <= 4 && d.rgb[3 * 10] == d.rgb[3 * 10 + 1]);
+        let colour = DynamicImage::ImageRgb8(image::RgbImage::from_fn(24, 16, |_, _| image::Rgb([200, 40, 10])));
+        let d = decode(&jpeg(&colour), &Limits::default()).unwrap();
+        assert!(d.rgb[0].abs_diff(200) <= 6 && d.rgb[1].abs_diff(40) <= 6, "{:?}", &d.rgb[..3]);
     }
 
     #[test]

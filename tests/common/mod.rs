@@ -13,6 +13,8 @@ use gpubackend::config::Config;
 
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// `server.admin_port`'s listener, where the config sets one (probes and /metrics go there).
+    pub admin: Option<SocketAddr>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -30,12 +32,12 @@ impl TestServer {
             actix_web::rt::System::new().block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").unwrap();
                 let running = gpubackend::http::start(config, Some(listener)).expect("server starts");
-                tx.send((running.addr, running.server.handle())).unwrap();
+                tx.send((running.addr, running.admin_addr, running.server.handle())).unwrap();
                 running.server.await.unwrap();
             })
         });
-        let (addr, handle) = rx.recv().expect("server thread started");
-        Self { addr, handle }
+        let (addr, admin, handle) = rx.recv().expect("server thread started");
+        Self { addr, admin, handle }
     }
 
     pub fn conn(&self) -> Conn {
@@ -45,7 +47,7 @@ impl TestServer {
     /// Polls /health/ready; the bound is generous so slow machines do not fail (not a timing test).
     pub fn wait_ready(&self, bound: Duration) {
         let start = Instant::now();
-        let mut c = self.conn();
+        let mut c = Conn::new(self.admin.unwrap_or(self.addr));
         loop {
             if c.get("/health/ready").map(|r| r.status == 200).unwrap_or(false) {
                 return;
@@ -56,7 +58,7 @@ impl TestServer {
     }
 
     pub fn metrics(&self) -> String {
-        self.conn().get("/metrics").unwrap().text()
+        Conn::new(self.admin.unwrap_or(self.addr)).get("/metrics").unwrap().text()
     }
 }
 
