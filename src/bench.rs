@@ -25,6 +25,10 @@
 //!                 stages det, rec) on a car photo and a photo without a plate.
 //! `bench improve` drives photo/improve `resolution` with tests/data/chelsea.png resized to each
 //!                 `--sizes` side: images/s, tiles/s, p50/p99, the networks' batches and busy share.
+//! `bench soak`    many clients for a long time on mixed endpoints (objects, detector, text, faces,
+//!                 super-resolution) and bad inputs (truncated JPEG, garbage, broken meta): the
+//!                 server's resident memory over time and after the load, p50/p99, answers by HTTP
+//!                 status, and every 200 answer checked to name each sent image exactly once.
 //! `bench persons` fills a person store space with N synthetic 128-d embeddings and times exact
 //!                 cosine search (and the writes), to size `persons per space`.
 
@@ -77,6 +81,9 @@ pub enum Cmd {
     Plates(DriveArgs),
     /// Drive a running server's photo/improve `resolution` at several image sizes: images/s, tiles/s.
     Improve(ImproveArgs),
+    /// Mixed endpoints and bad inputs from many clients for a long time: resident memory over
+    /// time, p50/p99, answers by status, and that every answered image was answered exactly once.
+    Soak(SoakArgs),
 }
 
 /// Writes `value` as JSON to `path`, when one was given.
@@ -1200,6 +1207,10 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         Cmd::Text(a) => run_drive(&a, &TEXT)?,
         Cmd::Plates(a) => run_drive(&a, &PLATES)?,
         Cmd::Improve(a) => run_improve(&a)?,
+        Cmd::Soak(a) => {
+            let r = run_soak(&a)?;
+            write_json(&a.json, &r)?;
+        }
         Cmd::Compare { e2e, device, depth, weights } => {
             let r = run_e2e(&E2eArgs { json: None, ..e2e.clone() })?;
             let batch = r.mean_batch.round().max(1.0) as usize;
@@ -1221,4 +1232,243 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct SoakArgs {
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Clients at once, each on its own connection (32: about twice what saturates the CPU
+    /// server's embedded defaults, so many requests are refused and must come back cleanly).
+    #[arg(long, default_value_t = 32)]
+    pub concurrency: usize,
+    /// Seconds of load.
+    #[arg(long, default_value_t = 600.0)]
+    pub duration: f64,
+    /// Seconds between resident-memory samples.
+    #[arg(long, default_value_t = 10.0)]
+    pub sample: f64,
+    /// Seconds idle after the load before the last sample.
+    #[arg(long, default_value_t = 5.0)]
+    pub idle: f64,
+    #[arg(long, default_value = "test")]
+    pub token: String,
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// What `bench soak` saw.
+#[derive(Debug, Serialize)]
+pub struct SoakReport {
+    pub seconds: f64,
+    pub requests: usize,
+    /// HTTP status → requests.
+    pub by_status: std::collections::BTreeMap<u16, usize>,
+    /// Requests without an HTTP answer (connection errors).
+    pub transport_errors: usize,
+    /// 200 answers whose per-image list did not name each sent image exactly once, in order.
+    pub answer_mismatches: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// (seconds since the start, resident bytes of the server).
+    pub rss: Vec<(f64, u64)>,
+    pub rss_start: u64,
+    pub rss_peak: u64,
+    /// At the end of the load, and after `idle` seconds without it.
+    pub rss_end: u64,
+    pub rss_idle: u64,
+}
+
+/// One kind of request of the soak: where, its meta, its files, and the body's per-image list.
+struct SoakCall {
+    path: &'static str,
+    meta: String,
+    files: Vec<(String, Vec<u8>)>,
+    list: &'static str,
+}
+
+fn soak_calls() -> anyhow::Result<Vec<SoakCall>> {
+    let file = |n: &str| std::fs::read(format!("tests/data/{n}")).with_context(|| format!("read tests/data/{n}"));
+    let named = |names: &[&str]| -> anyhow::Result<Vec<(String, Vec<u8>)>> {
+        names.iter().enumerate().map(|(i, n)| Ok((format!("f{i}"), file(n)?))).collect()
+    };
+    let images = |n: usize| (0..n).map(|i| serde_json::json!({"name": format!("f{i}")})).collect::<Vec<_>>();
+    let cat = file("chelsea.jpg")?;
+    Ok(vec![
+        SoakCall {
+            path: "/api/v1/objects/detect",
+            meta: serde_json::json!({"mode": ["object"], "images": images(4)}).to_string(),
+            files: named(&["chelsea.jpg", "coffee.png", "rocket.jpg", "dog.jpg"])?,
+            list: "object_labels",
+        },
+        SoakCall {
+            path: "/api/v1/objects/detect",
+            meta: serde_json::json!({"mode": ["multiobject"], "images": images(1)}).to_string(),
+            files: named(&["person.jpg"])?,
+            list: "multiobject_labels",
+        },
+        SoakCall {
+            path: "/api/v1/text/recognize",
+            meta: serde_json::json!({"images": images(1)}).to_string(),
+            files: named(&["rendered_lines.png"])?,
+            list: "objects",
+        },
+        SoakCall {
+            path: "/api/v1/persons/recognize",
+            meta:
+                serde_json::json!({"space": "9", "create_new": false, "update_embedding": false, "images": images(1)})
+                    .to_string(),
+            files: named(&["obama.jpg"])?,
+            list: "objects",
+        },
+        // Bad inputs: a truncated JPEG and garbage (each image's status 1), a broken meta (400).
+        SoakCall {
+            path: "/api/v1/objects/detect",
+            meta: serde_json::json!({"mode": ["object"], "images": images(2)}).to_string(),
+            files: vec![("f0".into(), cat[..3000].to_vec()), ("f1".into(), b"\xFF\xD8 not a jpeg".to_vec())],
+            list: "object_labels",
+        },
+        SoakCall { path: "/api/v1/objects/detect", meta: "{".into(), files: named(&["chelsea.jpg"])?, list: "" },
+        SoakCall {
+            path: "/api/v1/photo/improve",
+            meta: serde_json::json!({"mode": ["resolution"], "rfactor": 2, "ftype": "art", "images": images(1)})
+                .to_string(),
+            files: named(&["eye.png"])?,
+            list: "resolution",
+        },
+    ])
+}
+
+/// Whether a 200 answer's per-image list names `files` exactly once each, in order.
+fn answered_once(v: &serde_json::Value, list: &str, files: &[(String, Vec<u8>)]) -> bool {
+    let names: Vec<&str> =
+        v["body"][list].as_array().map(|l| l.iter().filter_map(|r| r["name"].as_str()).collect()).unwrap_or_default();
+    names.len() == files.len() && names.iter().zip(files).all(|(a, (b, _))| *a == b)
+}
+
+/// `bench soak`: prints the run and returns it.
+pub fn run_soak(a: &SoakArgs) -> anyhow::Result<SoakReport> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let addr = a.addr.to_socket_addrs()?.next().context("address")?;
+    let calls = Arc::new(soak_calls()?);
+    let rss_now = || -> anyhow::Result<u64> { Ok(metric_value(&scrape(addr)?, crate::metrics::RESIDENT, &[]) as u64) };
+    let start = Instant::now();
+    let rss_start = rss_now()?;
+    let done = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (done, every) = (done.clone(), Duration::from_secs_f64(a.sample));
+        std::thread::spawn(move || {
+            let mut samples = Vec::new();
+            let mut next = start;
+            while !done.load(Ordering::Relaxed) {
+                if Instant::now() >= next {
+                    if let Ok(text) = scrape(addr) {
+                        let rss = metric_value(&text, crate::metrics::RESIDENT, &[]) as u64;
+                        samples.push((start.elapsed().as_secs_f64(), rss));
+                    }
+                    next += every;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            samples
+        })
+    };
+    let until = start + Duration::from_secs_f64(a.duration);
+    type Seen = (Vec<Duration>, std::collections::BTreeMap<u16, usize>, usize, usize);
+    let clients: Vec<std::thread::JoinHandle<Seen>> = (0..a.concurrency)
+        .map(|i| {
+            let calls = calls.clone();
+            let token = a.token.clone();
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr);
+                let (mut lat, mut by_status, mut transport, mut mismatches) =
+                    (Vec::new(), std::collections::BTreeMap::new(), 0usize, 0usize);
+                let mut k = i;
+                while Instant::now() < until {
+                    let call = &calls[k % calls.len()];
+                    k += 1;
+                    let mut parts: Vec<crate::client::Part<'_>> =
+                        call.files.iter().map(|(n, b)| (n.as_str(), Some("image"), b.as_slice())).collect();
+                    parts.push(("meta", None, call.meta.as_bytes()));
+                    let path = format!("{}?oauth_provider=mcs&oauth_token={token}", call.path);
+                    let t = Instant::now();
+                    match c.post_multipart(&path, &parts) {
+                        Ok(r) => {
+                            *by_status.entry(r.status).or_insert(0) += 1;
+                            if r.status == 200 {
+                                lat.push(t.elapsed());
+                                if !answered_once(&r.json(), call.list, &call.files) {
+                                    mismatches += 1;
+                                }
+                            }
+                        }
+                        Err(_) => {
+                            transport += 1;
+                            c = Conn::new(addr);
+                        }
+                    }
+                }
+                (lat, by_status, transport, mismatches)
+            })
+        })
+        .collect();
+    let (mut lat, mut by_status, mut transport_errors, mut answer_mismatches) =
+        (Vec::new(), std::collections::BTreeMap::new(), 0, 0);
+    for h in clients {
+        let (l, b, t, m) = h.join().expect("client thread");
+        lat.extend(l);
+        for (k, v) in b {
+            *by_status.entry(k).or_insert(0) += v;
+        }
+        transport_errors += t;
+        answer_mismatches += m;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    done.store(true, Ordering::Relaxed);
+    let mut rss = sampler.join().expect("sampler thread");
+    let rss_end = rss_now()?;
+    rss.push((seconds, rss_end));
+    std::thread::sleep(Duration::from_secs_f64(a.idle));
+    let rss_idle = rss_now()?;
+    lat.sort();
+    let report = SoakReport {
+        seconds,
+        requests: by_status.values().sum::<usize>() + transport_errors,
+        by_status,
+        transport_errors,
+        answer_mismatches,
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        rss_peak: rss.iter().map(|r| r.1).max().unwrap_or(rss_end).max(rss_start),
+        rss,
+        rss_start,
+        rss_end,
+        rss_idle,
+    };
+    let mb = |b: u64| b as f64 / (1 << 20) as f64;
+    println!("soak: {} clients, {:.0} s, mixed endpoints + bad inputs", a.concurrency, seconds);
+    println!(
+        "  machine             {} ({} cores)",
+        cpu_name(),
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!("  requests            {} ({} without an HTTP answer)", report.requests, report.transport_errors);
+    for (status, n) in &report.by_status {
+        println!("  HTTP {status}            {n}");
+    }
+    println!("  answer mismatches   {} (200 answers not naming each image exactly once)", report.answer_mismatches);
+    println!("  latency p50 / p99   {:.0} / {:.0} ms (200 answers)", report.p50_ms, report.p99_ms);
+    println!(
+        "  resident MB         start {:.0}, peak {:.0}, end {:.0}, after {:.0} s idle {:.0}",
+        mb(report.rss_start),
+        mb(report.rss_peak),
+        mb(report.rss_end),
+        a.idle,
+        mb(report.rss_idle)
+    );
+    println!(
+        "  resident MB over time: {}",
+        report.rss.iter().map(|(t, b)| format!("{t:.0}s {:.0}", mb(*b))).collect::<Vec<_>>().join(", ")
+    );
+    Ok(report)
 }

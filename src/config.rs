@@ -168,6 +168,10 @@ pub struct ServerConfig {
     /// port then no longer serves (and the admin port serves nothing else): the API port can face
     /// users while probes and Prometheus use this one. 0 = any free port. None: one port for all.
     pub admin_port: Option<u16>,
+    /// glibc malloc arenas at most (0: glibc's default, 8 per core); see `alloc`.
+    pub malloc_arenas: usize,
+    /// How often freed memory is returned to the OS while no image is in flight (0: never).
+    pub trim_interval_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -179,6 +183,8 @@ impl Default for ServerConfig {
             gpu_backend: "wgpu".into(),
             shutdown_timeout_s: 30,
             admin_port: None,
+            malloc_arenas: 2,
+            trim_interval_ms: 5000,
         }
     }
 }

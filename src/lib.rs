@@ -17,8 +17,10 @@
 //! - `client`: a minimal HTTP/1.1 client for tests and the benchmark (no extra dependencies).
 //! - `verify`: every network on a device against the committed onnxruntime fixtures (`gpubackend verify`).
 //! - `bench`: the benchmarks (`gpubackend bench …`).
+//! - `alloc`: glibc malloc's arenas capped and freed memory returned when idle.
 
 pub mod actors;
+pub mod alloc;
 pub mod bench;
 pub mod broker;
 pub mod client;

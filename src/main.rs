@@ -154,6 +154,7 @@ fn serve(cli: Serve) -> anyhow::Result<()> {
         config.store.postgres_url = Some(url);
     }
     config.validate()?;
+    gpubackend::alloc::cap_arenas(config.server.malloc_arenas);
     tracing::info!(role = ?cli.role, "role");
     for p in &config.placement {
         tracing::info!(device = %p.device, models = ?p.models, instances = p.instances, depth = p.depth(), "placement");

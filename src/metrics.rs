@@ -27,6 +27,7 @@ pub const DROPPED: &str = "gpubackend_dropped_items_total";
 pub const INFLIGHT_IMAGES: &str = "gpubackend_inflight_images";
 pub const PROCESS_CPU: &str = "gpubackend_process_cpu_seconds_total";
 pub const INFERENCE_CPU: &str = "gpubackend_inference_cpu_seconds_total";
+pub const RESIDENT: &str = "gpubackend_process_resident_bytes";
 // The broker (distributed mode: `--role api` / `--role worker`).
 pub const BROKER_UP: &str = "gpubackend_broker_up";
 pub const BROKER_ROUND_TRIP: &str = "gpubackend_broker_round_trip_seconds";
@@ -161,6 +162,17 @@ pub fn process_cpu_seconds() -> Option<f64> {
     stat_cpu_seconds(&std::fs::read_to_string("/proc/self/stat").ok()?)
 }
 
+/// The process's resident memory (`VmRSS` of /proc/self/status).
+pub fn process_resident_bytes() -> Option<u64> {
+    resident_bytes(&std::fs::read_to_string("/proc/self/status").ok()?)
+}
+
+fn resident_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// CPU seconds of the threads named with `INFERENCE_THREAD_PREFIXES`.
 pub fn inference_cpu_seconds() -> Option<f64> {
     let mut total = 0.0;
@@ -270,8 +282,10 @@ mod tests {
     }
 
     #[test]
-    fn cpu_time_is_readable() {
+    fn cpu_time_and_resident_memory_are_readable() {
         assert!(process_cpu_seconds().is_some());
+        assert!(process_resident_bytes().is_some_and(|b| b > 1 << 20));
+        assert_eq!(resident_bytes("Name:\tx\nVmRSS:\t  2048 kB\nThreads: 3\n"), Some(2 << 20));
     }
 }
 
@@ -351,6 +365,12 @@ pub fn render(handle: &PrometheusHandle, workers: &[WorkerSample]) -> String {
         let _ = writeln!(
             out,
             "# HELP {PROCESS_CPU} CPU time (user + system) used by the server process\n# TYPE {PROCESS_CPU} counter\n{PROCESS_CPU} {cpu}"
+        );
+    }
+    if let Some(rss) = process_resident_bytes() {
+        let _ = writeln!(
+            out,
+            "# HELP {RESIDENT} Resident memory of the server process (VmRSS)\n# TYPE {RESIDENT} gauge\n{RESIDENT} {rss}"
         );
     }
     if let Some(cpu) = inference_cpu_seconds() {

@@ -23,6 +23,7 @@ mod ops;
 mod persons;
 mod plates;
 mod server;
+mod soak;
 mod store_durability;
 mod store_postgres;
 mod supervision;

@@ -512,6 +512,29 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         ));
     }
 
+    // Freed memory back to the OS once the work stops (`server.trim_interval_ms`, `alloc`): no
+    // image admitted and no forward pass since the last tick, once per quiet period.
+    if config.server.trim_interval_ms > 0 {
+        let (state, max) = (state.clone(), config.limits.max_inflight_images);
+        let every = std::time::Duration::from_millis(config.server.trim_interval_ms);
+        actix_web::rt::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            let (mut last_busy, mut trimmed) = (-1.0, false);
+            loop {
+                tick.tick().await;
+                let now = Instant::now();
+                let busy: f64 = state.workers.iter().map(|w| w.sample(now).busy_seconds_total).sum();
+                let quiet = busy == last_busy && state.admission.available_permits() == max;
+                last_busy = busy;
+                if !quiet {
+                    trimmed = false;
+                } else if !trimmed {
+                    trimmed = tokio::task::spawn_blocking(crate::alloc::trim).await.is_ok();
+                }
+            }
+        });
+    }
     let listener = match listener {
         Some(l) => l,
         None => {
