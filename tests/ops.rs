@@ -5,14 +5,14 @@
 //! and the graceful drain on SIGTERM. The tools come from `make setup` (scripts/setup.sh).
 
 use std::io::Read;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common;
 
-use common::{ChildGuard, repo, tempdir};
+use common::{repo, tempdir};
 use gpubackend::client::{Conn, metric_value};
 use gpubackend::config::Config;
 use serde::Deserialize;
@@ -563,10 +563,6 @@ fn rpm_builds_from_the_server_binary_with_the_lectures_layout() {
 // ---------------------------------------------------------------------------------------------
 // Graceful drain
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 /// SIGTERM while requests are in flight: every one of them is answered in full, no new
 /// connection is accepted, and the process exits 0.
 #[test]
@@ -583,22 +579,8 @@ fn sigterm_drains_in_flight_requests_then_exits() {
     let dir = tempdir("drain");
     let text = text.replace("dir = \"data\"", &format!("dir = {:?}", dir.join("store")));
     std::fs::write(dir.join("drain.toml"), text).unwrap();
-    let port = free_port();
-    let child = Command::new(binary())
-        .args(["-c", dir.join("drain.toml").to_str().unwrap(), "--port", &port.to_string()])
-        .current_dir(repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut child = ChildGuard(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut child, addr) = crate::common::spawn_server(&dir.join("drain.toml"));
     let start = Instant::now();
-    while !Conn::new(addr).get("/health/ready").map(|r| r.status == 200).unwrap_or(false) {
-        assert!(start.elapsed() < Duration::from_secs(600), "server not ready");
-        assert!(child.0.try_wait().unwrap().is_none(), "server exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
     let image = std::fs::read(repo().join("tests/data/chelsea.jpg")).unwrap();
     let clients: Vec<_> = (0..IN_FLIGHT)
         .map(|_| {

@@ -6,14 +6,11 @@
 //! round ends within a bound of the first (a leak per request would add as much again), and
 //! after each round, once quiet, resident memory falls well below its peak.
 
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::SocketAddr;
 
 use gpubackend::bench::{SoakArgs, SoakReport, run_soak};
-use gpubackend::client::Conn;
 
-use crate::common::{ChildGuard, repo, tempdir};
+use crate::common::{spawn_server, tempdir};
 
 fn round(addr: SocketAddr) -> SoakReport {
     let args = SoakArgs {
@@ -40,22 +37,7 @@ fn overload_with_bad_inputs_answers_everything_and_memory_does_not_grow_with_wor
     let text =
         gpubackend::config::EMBEDDED_DEFAULT.replace("dir = \"data\"", &format!("dir = {:?}", dir.join("store")));
     std::fs::write(dir.join("soak.toml"), text).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let child = Command::new(env!("CARGO_BIN_EXE_gpubackend"))
-        .args(["-c", dir.join("soak.toml").to_str().unwrap(), "--port", &port.to_string()])
-        .current_dir(repo())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut child = ChildGuard(child);
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let start = Instant::now();
-    while !Conn::new(addr).get("/health/ready").map(|r| r.status == 200).unwrap_or(false) {
-        assert!(start.elapsed() < Duration::from_secs(600), "server not ready");
-        assert!(child.0.try_wait().unwrap().is_none(), "server exited");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (mut child, addr) = spawn_server(&dir.join("soak.toml"));
     let first = round(addr);
     let second = round(addr);
     let mb = |b: u64| b as f64 / (1 << 20) as f64;

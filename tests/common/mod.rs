@@ -133,6 +133,29 @@ pub fn writer_after_acks(writer: &str, env: (&str, &str), acks: i64) -> (std::pr
 /// A spawned process (server, Prometheus) killed when the test ends, pass or fail.
 pub struct ChildGuard(pub std::process::Child);
 
+/// The server binary cargo built for the tests, started from the crate root on the config file
+/// `config` at a free port (stdout discarded, stderr piped), once `/health/ready` answers 200.
+pub fn spawn_server(config: &std::path::Path) -> (ChildGuard, SocketAddr) {
+    use std::process::{Command, Stdio};
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let child = Command::new(env!("CARGO_BIN_EXE_gpubackend"))
+        .args(["-c", config.to_str().unwrap(), "--port", &port.to_string()])
+        .current_dir(repo())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = ChildGuard(child);
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let start = Instant::now();
+    while !Conn::new(addr).get("/health/ready").map(|r| r.status == 200).unwrap_or(false) {
+        assert!(start.elapsed() < Duration::from_secs(600), "server not ready");
+        assert!(child.0.try_wait().unwrap().is_none(), "server exited");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, addr)
+}
+
 impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.0.kill();
