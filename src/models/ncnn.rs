@@ -294,15 +294,16 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
                 if bottoms.len() < 2 || !(coeffs.is_empty() || coeffs.len() == bottoms.len()) {
                     return Err(format!("{what}: {} bottoms, {} coefficients", bottoms.len(), coeffs.len()));
                 }
-                let (op, scaled) = match l.int(0, 1)? {
-                    0 if coeffs.is_empty() => (Op::Mul, false),
-                    1 => (Op::Add, true),
+                // Product (without coefficients) or sum.
+                let sum = match l.int(0, 1)? {
+                    0 if coeffs.is_empty() => false,
+                    1 => true,
                     other => return Err(format!("{what}: operation {other} is not supported")),
                 };
                 // Each bottom times its coefficient (where not 1), then summed (or multiplied).
                 let mut terms = Vec::new();
                 for (i, b) in bottoms.iter().enumerate() {
-                    match coeffs.get(i).copied().filter(|c| scaled && *c != 1.0) {
+                    match coeffs.get(i).copied().filter(|c| *c != 1.0) {
                         None => terms.push(b.clone()),
                         Some(c) => {
                             let (cname, out) = (format!("{}#c{i}", l.name), format!("{}#t{i}", l.name));
@@ -316,7 +317,7 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
                 let mut acc = terms[0].clone();
                 for (i, t) in terms.iter().enumerate().skip(1) {
                     let out = if i == last { top()? } else { format!("{}#s{i}", l.name) };
-                    let op = if matches!(op, Op::Add) { Op::Add } else { Op::Mul };
+                    let op = if sum { Op::Add } else { Op::Mul };
                     steps.push(Step { op, inputs: vec![acc, t.clone()], output: out.clone() });
                     acc = out;
                 }
