@@ -12,7 +12,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan eval-plates labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan eval-faces eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -110,6 +110,9 @@ reference-plates: weights ## regenerate tests/fixtures/plates (the plate detecto
 	  --network-image tests/data/car_5au5341.png $(addprefix tests/data/,car_5au5341.png plate_krw301.png plate_ad799kb.png)
 
 PLATE_SET ?= $(HOME)/.cache/gpubackend-plate-set
+eval-faces: weights $(LLVM) ## face detection precision / recall on the labelled photos (tools/eval/faces.json) over filter settings
+	cargo run $(CARGO_FEATURES) --bin gpubackend -- eval faces
+
 eval-plates: weights $(LLVM) ## plate set (tools/eval/plates_set.tsv): fetch, then recall / exact reads of a server on the defaults and of AgentCLPR's own pipeline
 	python3 -m venv .venv-plates-eval && .venv-plates-eval/bin/pip install -q --no-deps -r tools/eval/requirements-agentclpr.txt
 	.venv-plates-eval/bin/python tools/eval/plates.py fetch --dir $(PLATE_SET)

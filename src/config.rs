@@ -393,6 +393,30 @@ pub struct FaceConfig {
     /// Faces embedded per image at most (the most probable first).
     #[serde(default = "default_max_faces")]
     pub max_faces: usize,
+    /// Lowest final (O-Net) probability of an answered face; the stage thresholds are the
+    /// paper's, tuned for recall (measured: README, "Face detection precision").
+    #[serde(default = "default_min_score")]
+    pub min_score: f32,
+    /// Smallest answered face side as a fraction of the image's shorter side (`min_face` is the
+    /// absolute floor, pixels).
+    #[serde(default = "default_min_face_fraction")]
+    pub min_face_fraction: f32,
+    /// persons/set binds the largest face of a photo with several when its box has at least
+    /// this many times the area of every other (a portrait with a spurious small detection);
+    /// otherwise the photo is refused as not having one face.
+    #[serde(default = "default_dominant_ratio")]
+    pub dominant_ratio: f32,
+}
+
+impl FaceConfig {
+    /// Which detected faces are answered.
+    pub fn filter(&self) -> crate::pipelines::face_detect::FaceFilter {
+        crate::pipelines::face_detect::FaceFilter {
+            min_score: self.min_score,
+            min_side: self.min_face as f32,
+            min_side_fraction: self.min_face_fraction,
+        }
+    }
 }
 
 fn default_min_face() -> f64 {
@@ -415,6 +439,15 @@ fn default_similarity() -> f32 {
 }
 fn default_max_faces() -> usize {
     50
+}
+fn default_min_score() -> f32 {
+    0.95
+}
+fn default_min_face_fraction() -> f32 {
+    0.02
+}
+fn default_dominant_ratio() -> f32 {
+    4.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -764,6 +797,15 @@ impl Config {
                     }
                     if !(-1.0..=1.0).contains(&fc.similarity_threshold) {
                         return Err(invalid(f("faces.similarity_threshold"), "must be within -1..=1"));
+                    }
+                    if !(0.0..=1.0).contains(&fc.min_score) {
+                        return Err(invalid(f("faces.min_score"), "must be within 0..=1"));
+                    }
+                    if !(0.0..1.0).contains(&fc.min_face_fraction) {
+                        return Err(invalid(f("faces.min_face_fraction"), "must be within 0..1"));
+                    }
+                    if fc.dominant_ratio.is_nan() || fc.dominant_ratio < 1.0 {
+                        return Err(invalid(f("faces.dominant_ratio"), "must be at least 1"));
                     }
                     if fc.pnet_max_batch == 0 || fc.max_faces == 0 {
                         return Err(invalid(

@@ -26,6 +26,7 @@ pub mod broker;
 pub mod client;
 pub mod config;
 pub mod error;
+pub mod eval;
 pub mod http;
 pub mod metrics;
 pub mod models;

@@ -89,6 +89,9 @@ enum Cmd {
     /// Benchmarks: e2e, model, compare, faces, persons (see `gpubackend bench --help`).
     #[command(subcommand)]
     Bench(gpubackend::bench::Cmd),
+    /// Quality on labelled real photos: faces (precision and recall over filter settings).
+    #[command(subcommand)]
+    Eval(gpubackend::eval::Cmd),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -104,6 +107,7 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         None => serve(cli.serve),
         Some(Cmd::Bench(cmd)) => gpubackend::bench::run(cmd),
+        Some(Cmd::Eval(cmd)) => gpubackend::eval::run(cmd),
         Some(Cmd::Devices { json }) => {
             let report = gpubackend::models::probe::Report::gather();
             if json {

@@ -9,6 +9,7 @@ mod broker;
 mod common;
 mod devices;
 mod disconnect;
+mod face_precision;
 mod improve;
 mod model_centernet;
 mod model_mobilenet_v2;

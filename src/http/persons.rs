@@ -218,15 +218,20 @@ async fn handle_set(
     }
     let images = images_of(&meta, &upload, &state.limits)?;
     let analysed = analyse(state, &face, req, &images).await?;
+    let dominant_ratio = face.config.dominant_ratio;
     let mut objects = Vec::with_capacity(images.len());
     let mut faces = Vec::new();
     for ((name, _), (img, result)) in images.iter().zip(meta.images.iter().zip(analysed)) {
         objects.push(match result {
             Err(r) => r,
-            Ok(found) if found.len() != 1 => FileResult::failed(name, 1, NO_SINGLE_FACE.into()),
             Ok(mut found) => {
-                faces.push((img.person_id.expect("checked above. This is a bug."), found.remove(0).1));
-                FileResult::ok(name)
+                match face_detect::dominant(&found.iter().map(|f| f.0).collect::<Vec<_>>(), dominant_ratio) {
+                    None => FileResult::failed(name, 1, NO_SINGLE_FACE.into()),
+                    Some(i) => {
+                        faces.push((img.person_id.expect("checked above. This is a bug."), found.swap_remove(i).1));
+                        FileResult::ok(name)
+                    }
+                }
             }
         });
     }
@@ -443,7 +448,9 @@ async fn faces_with_embeddings(
     let crops = prepare(state, CropFaces { image: image.clone(), boxes: boxes.clone(), size: ONET_SIZE }).await?;
     let (boxes, crops) = kept(boxes, crops);
     let (heads, prob) = split_heads(infer(&face.onet, fixed(crops)).await?, &[4, 10, 2]);
+    let filter = fc.filter();
     let mut faces = face_detect::stage3(&boxes, &heads[0], &heads[1], &prob, params.thresholds[2]);
+    faces.retain(|f| filter.keeps(f, image.width, image.height));
     faces.sort_by(|a, b| b.score.total_cmp(&a.score));
     faces.truncate(fc.max_faces);
     if faces.is_empty() {

@@ -450,9 +450,73 @@ pub fn iou(a: [f32; 4], b: [f32; 4]) -> f32 {
     inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 }
 
+/// Which of the cascade's faces are answered: the final (O-Net) probability and the face's size,
+/// absolute and relative to the image. The cascade's stage thresholds (the paper's 0.6/0.7/0.7)
+/// are tuned for recall; this is where precision is chosen (defaults measured in the README).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FaceFilter {
+    /// Lowest O-Net probability answered.
+    pub min_score: f32,
+    /// Smallest box side answered, pixels (the box's shorter side).
+    pub min_side: f32,
+    /// Smallest box side answered as a fraction of the image's shorter side.
+    pub min_side_fraction: f32,
+}
+
+impl FaceFilter {
+    /// Whether `face` of an image `width × height` is answered.
+    pub fn keeps(&self, face: &Face, width: u32, height: u32) -> bool {
+        let side = (face.bbox[2] - face.bbox[0]).min(face.bbox[3] - face.bbox[1]);
+        face.score >= self.min_score
+            && side >= self.min_side
+            && side >= self.min_side_fraction * width.min(height) as f32
+    }
+}
+
+/// Area of a face's box.
+fn area(f: &Face) -> f32 {
+    (f.bbox[2] - f.bbox[0]).max(0.0) * (f.bbox[3] - f.bbox[1]).max(0.0)
+}
+
+/// The face that clearly dominates a photo: the largest, when its box has at least `ratio` times
+/// the area of every other face's (a portrait with a spurious small detection). `None` when no
+/// face dominates (two similar faces: a group photo) or there is none.
+pub fn dominant(faces: &[Face], ratio: f32) -> Option<usize> {
+    let (best, largest) = faces.iter().enumerate().max_by(|a, b| area(a.1).total_cmp(&area(b.1)))?;
+    let second = faces.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, f)| area(f)).fold(0.0, f32::max);
+    (area(largest) >= ratio * second).then_some(best)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn face(bbox: [f32; 4], score: f32) -> Face {
+        Face { bbox, score, landmarks: [[0.0; 2]; 5] }
+    }
+
+    #[test]
+    fn filter_drops_unsure_small_and_relatively_small_faces() {
+        let f = FaceFilter { min_score: 0.9, min_side: 20.0, min_side_fraction: 0.05 };
+        // 400 × 1000: the relative floor is 0.05 · 400 = 20 px (the absolute one too).
+        assert!(f.keeps(&face([0.0, 0.0, 30.0, 40.0], 0.95), 400, 1000));
+        assert!(!f.keeps(&face([0.0, 0.0, 30.0, 40.0], 0.89), 400, 1000));
+        assert!(!f.keeps(&face([0.0, 0.0, 19.0, 40.0], 0.99), 400, 1000));
+        // 2000 × 2000: 30 px is under 5 % of the shorter side.
+        assert!(!f.keeps(&face([0.0, 0.0, 30.0, 40.0], 0.99), 2000, 2000));
+        assert!(f.keeps(&face([0.0, 0.0, 100.0, 120.0], 0.99), 2000, 2000));
+    }
+
+    #[test]
+    fn dominant_face_needs_a_clear_margin() {
+        let portrait = [face([0.0, 0.0, 50.0, 50.0], 0.99), face([100.0, 100.0, 300.0, 350.0], 0.999)];
+        assert_eq!(dominant(&portrait, 4.0), Some(1));
+        // Two faces of similar size: a pair, not a portrait.
+        let pair = [face([0.0, 0.0, 100.0, 100.0], 0.99), face([200.0, 0.0, 330.0, 130.0], 0.99)];
+        assert_eq!(dominant(&pair, 4.0), None);
+        assert_eq!(dominant(&[face([0.0, 0.0, 10.0, 10.0], 0.9)], 4.0), Some(0));
+        assert_eq!(dominant(&[], 4.0), None);
+    }
 
     #[test]
     fn pyramid_follows_facenet_pytorch() {
