@@ -2,6 +2,8 @@
 CARGO_TARGET_DIR ?= $(or $(HOME),/root)/.cache/gpubackend-target
 export CARGO_TARGET_DIR
 PORT ?= 8080
+# Seconds each fuzz target runs in `make test` (CI) and `make fuzz`.
+FUZZ_SECONDS ?= 20
 
 # Every build here includes the cuda device (FEATURES=cuda; `make FEATURES= …` builds without it and
 # needs no LLVM): one set of dependencies for run, test and the tools. Its bindings target the driver
@@ -12,7 +14,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan eval-faces eval-plates labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -35,6 +37,8 @@ run: weights $(LLVM) ## start the server on the embedded defaults (CPU backend) 
 test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, devices, end-to-end server, ops; the CPU kernels)
 	cargo test --all-targets $(CARGO_FEATURES)
 	cargo test -p gpubackend-kernels
+	cargo test -p gpubackend-formats
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 release: $(LLVM) ## the release binary with cuda + wgpu + cpu (packaged by `make rpm`, carried by `make gpu-pack`)
 	cargo build --release $(CARGO_FEATURES) --bin gpubackend
@@ -110,6 +114,9 @@ reference-plates: weights ## regenerate tests/fixtures/plates (the plate detecto
 	  --network-image tests/data/car_5au5341.png $(addprefix tests/data/,car_5au5341.png plate_krw301.png plate_ad799kb.png)
 
 PLATE_SET ?= $(HOME)/.cache/gpubackend-plate-set
+fuzz: ## the fuzz targets (fuzz/): build instrumented, run each FUZZ_SECONDS (default 20; e.g. `make fuzz FUZZ_SECONDS=600`)
+	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
 eval-faces: weights $(LLVM) ## face detection precision / recall on the labelled photos (tools/eval/faces.json) over filter settings
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- eval faces
 

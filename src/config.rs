@@ -229,8 +229,34 @@ pub struct Limits {
     pub max_height: u32,
     /// Images admitted into the pipeline at once over all requests; beyond it requests are refused.
     pub max_inflight_images: usize,
+    /// Bytes of work admitted at once over all requests and endpoints (each image: its upload
+    /// plus its raster and model inputs, estimated from the header's size); beyond it requests
+    /// are refused (503). Bounds the memory work in flight holds, whatever its mix of sizes.
+    pub max_inflight_bytes: u64,
     /// Size of the `meta` form field.
     pub max_meta_bytes: usize,
+}
+
+impl Limits {
+    /// The byte and count limits of one upload.
+    pub fn upload(&self) -> gpubackend_formats::multipart::UploadLimits {
+        gpubackend_formats::multipart::UploadLimits {
+            max_images: self.max_images,
+            max_image_bytes: self.max_image_bytes,
+            max_request_bytes: self.max_request_bytes,
+            max_meta_bytes: self.max_meta_bytes,
+        }
+    }
+
+    /// The pixel limits of one image.
+    pub fn image(&self) -> crate::pipelines::decode::ImageLimits {
+        crate::pipelines::decode::ImageLimits {
+            min_width: self.min_width,
+            min_height: self.min_height,
+            max_width: self.max_width,
+            max_height: self.max_height,
+        }
+    }
 }
 
 impl Default for Limits {
@@ -244,6 +270,7 @@ impl Default for Limits {
             max_width: 3840,
             max_height: 2160,
             max_inflight_images: 1024,
+            max_inflight_bytes: 1 << 30,
             max_meta_bytes: 64 * 1024,
         }
     }
@@ -692,6 +719,9 @@ impl Config {
         }
         if l.max_image_bytes > l.max_request_bytes {
             return Err(invalid("limits.max_image_bytes", "must not exceed limits.max_request_bytes"));
+        }
+        if l.max_inflight_bytes < l.max_image_bytes as u64 {
+            return Err(invalid("limits.max_inflight_bytes", "must be at least limits.max_image_bytes"));
         }
         if self.supervisor.initial_backoff_ms > self.supervisor.max_backoff_ms {
             return Err(invalid("supervisor.initial_backoff_ms", "must not exceed supervisor.max_backoff_ms"));

@@ -25,6 +25,7 @@ pub const WORKERS_LIVE: &str = "gpubackend_workers_live";
 pub const REFUSALS: &str = "gpubackend_refusals_total";
 pub const DROPPED: &str = "gpubackend_dropped_items_total";
 pub const INFLIGHT_IMAGES: &str = "gpubackend_inflight_images";
+pub const INFLIGHT_BYTES: &str = "gpubackend_inflight_work_bytes";
 pub const PROCESS_CPU: &str = "gpubackend_process_cpu_seconds_total";
 pub const INFERENCE_CPU: &str = "gpubackend_inference_cpu_seconds_total";
 pub const RESIDENT: &str = "gpubackend_process_resident_bytes";
@@ -83,10 +84,15 @@ fn describe() {
     describe_counter!(WORKER_RESTARTS, "Worker restarts after a failed forward pass or load, by device and model");
     describe_counter!(
         REFUSALS,
-        "Requests or images refused before inference, by reason (queue_full, admission, not_ready, queue_timeout, rate_limit)"
+        "Requests or images refused before inference, by reason (queue_full, admission, memory, not_ready, queue_timeout, rate_limit)"
     );
     describe_counter!(DROPPED, "Queued items dropped before inference because the client went away, by model");
     describe_gauge!(INFLIGHT_IMAGES, "Images admitted and not yet answered");
+    describe_gauge!(
+        INFLIGHT_BYTES,
+        Unit::Bytes,
+        "Estimated bytes of the work admitted and not yet answered (limit: limits.max_inflight_bytes)"
+    );
     describe_gauge!(BROKER_UP, "1 while this process reaches the Redis broker (api and worker roles)");
     describe_histogram!(
         BROKER_ROUND_TRIP,
@@ -292,10 +298,11 @@ mod tests {
 /// Exports every counter and gauge at zero from the start, so dashboards and alerts see the series
 /// before the first event (a restart or a refusal may never happen).
 pub fn register_zero(workers: &[(String, String)]) {
-    for reason in ["queue_full", "admission", "not_ready", "queue_timeout", "rate_limit"] {
+    for reason in ["queue_full", "admission", "memory", "not_ready", "queue_timeout", "rate_limit"] {
         metrics::counter!(REFUSALS, "reason" => reason).increment(0);
     }
     metrics::gauge!(INFLIGHT_IMAGES).increment(0.0);
+    metrics::gauge!(INFLIGHT_BYTES).increment(0.0);
     for (model, device) in workers {
         metrics::counter!(WORKER_RESTARTS, "model" => model.clone(), "device" => device.clone()).increment(0);
         metrics::counter!(DROPPED, "model" => model.clone()).increment(0);

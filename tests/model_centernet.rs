@@ -129,7 +129,7 @@ fn decoded_boxes_match_tensorflow_js_and_find_the_photos_objects() {
 #[test]
 fn graph_outside_the_supported_ops_is_refused_by_name() {
     let device = DeviceSpec::Cpu.device().unwrap();
-    let model = tfjs::TfjsModel::load(Path::new("models/centernet/centernet.json")).unwrap();
+    let model = tfjs::load_model(Path::new("models/centernet/centernet.json")).unwrap();
     // The graph's own decode uses TopKV2, which the runner does not have.
     let err = OnnxGraph::from_tfjs(&model, &["tower_0/detections"], &device).unwrap_err();
     assert!(err.contains("TopKV2") || err.contains("is not supported"), "{err}");

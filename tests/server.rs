@@ -175,6 +175,13 @@ fn documented_request_errors() {
     assert_error(&r, 400, 400, "meta is required");
     let r = c.request("POST", DETECT, Some("application/json"), b"{}").unwrap();
     assert_error(&r, 400, 400, "multipart");
+    // A body that ends inside a part right after a CR LF: actix-multipart alone waits for more
+    // forever (the fuzzer's find, fuzz/regressions/multipart/); answered at once.
+    let cut = "--gpubackendfuzz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.jpg\"\r\n\r\nabc\r\n";
+    let started = std::time::Instant::now();
+    let r = c.request("POST", DETECT, Some("multipart/form-data; boundary=gpubackendfuzz"), cut.as_bytes()).unwrap();
+    assert_error(&r, 400, 400, "the body ended inside a form field");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60), "the server waited for a body that had ended");
     let r = c.get("/api/v1/nope").unwrap();
     assert_error(&r, 404, 404, "no such method");
 
@@ -341,4 +348,42 @@ fn full_queue_refuses_at_once() {
     let m = server.metrics();
     assert!(metric_value(&m, "gpubackend_refusals_total", &[("reason", "queue_full")]) >= 1.0);
     assert!(metric_value(&m, "gpubackend_requests_total", &[("outcome", "overloaded")]) >= 1.0);
+}
+
+/// The in-flight byte budget (`limits.max_inflight_bytes`): chelsea.jpg (451 × 300, 38 702 bytes)
+/// counts 38 702 + 16 × 135 300 = 2 203 502 bytes of work. With a 3 MB budget one photo is
+/// admitted (and held: its batch never dispatches), a second is refused with 503 until it is
+/// answered, and a request of two photos can never fit: 400.
+#[test]
+fn in_flight_work_is_bounded_in_bytes() {
+    let mut cfg = config();
+    cfg.limits.max_image_bytes = 1 << 20;
+    cfg.limits.max_request_bytes = 2 << 20;
+    cfg.limits.max_inflight_bytes = 3_000_000;
+    let m = cfg.models.get_mut("mobilenet_v2").unwrap();
+    m.max_batch = 8;
+    m.max_delay_ms = 600_000;
+    let server = TestServer::start(cfg);
+    let img = data("chelsea.jpg");
+    let meta = br#"{"mode":["object"],"images":[{"name":"a"}]}"#;
+    let mut held = server.conn();
+    let held_img = img.clone();
+    // The held request never gets its answer; the server's shutdown ends it.
+    std::thread::spawn(move || {
+        let _ = held.post_multipart(DETECT, &[("a", None, &held_img), ("meta", None, meta)]);
+    });
+    let started = std::time::Instant::now();
+    while metric_value(&server.metrics(), "gpubackend_inflight_images", &[]) < 1.0 {
+        assert!(started.elapsed() < std::time::Duration::from_secs(60), "the first request was never admitted");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // (Metrics are process-wide: other tests' servers may add to the gauge.)
+    assert!(metric_value(&server.metrics(), "gpubackend_inflight_work_bytes", &[]) >= 2_203_502.0);
+    let mut c = server.conn();
+    let r = c.post_multipart(DETECT, &[("a", None, &img), ("meta", None, meta)]).unwrap();
+    assert_error(&r, 503, 500, "bytes of work in flight");
+    assert!(metric_value(&server.metrics(), "gpubackend_refusals_total", &[("reason", "memory")]) >= 1.0);
+    let two = br#"{"mode":["object"],"images":[{"name":"a"},{"name":"b"}]}"#;
+    let r = c.post_multipart(DETECT, &[("a", None, &img), ("b", None, &img), ("meta", None, two)]).unwrap();
+    assert_error(&r, 400, 400, "request is too large: its images need about 4407004 bytes in memory");
 }

@@ -170,9 +170,9 @@ async fn handle(
         serde_json::from_slice(meta).map_err(|e| ApiError::BadRequest(format!("invalid meta: {e}")))?;
     let asked = resolution(&meta)?;
     let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
-    let images = upload.images(&names, &limits)?;
+    let images = upload.images(&names, &limits.upload())?;
     let stage = if asked.photo { &svc.photo } else { &svc.art };
-    let _admitted = admit(state, &[stage.as_ref()], images.len())?;
+    let _admitted = admit(state, &[stage.as_ref()], &images, super::objects::SUPERRES_WORK_BYTES_PER_PIXEL)?;
     let read: Vec<Result<Vec<u8>, (u8, String)>> = match &svc.remote {
         None => each_image(state, req, &stage.name, &images, |_, img| resolve(state, &svc, img, asked, false)).await?,
         Some(broker) => {

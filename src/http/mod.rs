@@ -156,6 +156,8 @@ pub struct AppState {
     pub preprocessor: Addr<Preprocessor>,
     /// Images admitted and not yet answered, over all requests.
     pub admission: Arc<Semaphore>,
+    /// The in-flight work byte budget, in KiB permits (`limits.max_inflight_bytes`).
+    pub work_budget: Arc<Semaphore>,
     pub workers: Vec<Arc<WorkerHealth>>,
     /// Model stages with at least one worker here; ready when each has a live worker.
     pub placed_models: Vec<String>,
@@ -476,6 +478,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         decoder,
         preprocessor,
         admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),
+        work_budget: Arc::new(Semaphore::new(objects::budget_permits(config.limits.max_inflight_bytes))),
         workers: all_workers,
         placed_models: placed,
         panic_marker: config.fault_injection.panic_marker.clone(),

@@ -195,7 +195,7 @@ async fn handle(
     label.modes = requested.join("+");
     label.models = modes.iter().map(Mode::name).collect::<Vec<_>>().join("+");
     let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
-    let images = upload.images(&names, &state.limits)?;
+    let images = upload.images(&names, &state.limits.upload())?;
 
     let stages: Vec<&ServedModel> = modes
         .iter()
@@ -205,7 +205,7 @@ async fn handle(
             Mode::Plates(p) => p.stages().to_vec(),
         })
         .collect();
-    let _admitted = admit(state, &stages, images.len())?;
+    let _admitted = admit(state, &stages, &images, WORK_BYTES_PER_PIXEL)?;
     let poisoned: Vec<bool> = images
         .iter()
         .map(|(_, bytes)| state.panic_marker.as_ref().is_some_and(|m| contains(bytes, m.as_bytes())))
@@ -434,19 +434,54 @@ impl FileResult {
     }
 }
 
-/// A request's images, admitted: the in-flight permits and gauge, released however it ends.
+/// A request's images, admitted: the in-flight permits and gauges, released however it ends.
 pub(super) struct Admitted {
     _permit: tokio::sync::OwnedSemaphorePermit,
+    _bytes: tokio::sync::OwnedSemaphorePermit,
     _inflight: InflightImages,
 }
 
-/// Admits `n` images for `stages`, or refuses at once (503): a stage without a live worker, or
-/// more than `limits.max_inflight_images` images in flight.
-pub(super) fn admit(state: &AppState, stages: &[&ServedModel], n: usize) -> Result<Admitted, ApiError> {
+/// Bytes of work per pixel of an image: its RGB8 raster (3) and one f32 copy of it as model input
+/// (12), rounded up; a super-resolved image adds its ×4 RGB8 raster (48).
+pub(super) const WORK_BYTES_PER_PIXEL: u64 = 16;
+pub(super) const SUPERRES_WORK_BYTES_PER_PIXEL: u64 = WORK_BYTES_PER_PIXEL + 48;
+
+/// KiB permits of a byte budget.
+pub(super) fn budget_permits(bytes: u64) -> usize {
+    (bytes.div_ceil(1024) as usize).min(tokio::sync::Semaphore::MAX_PERMITS)
+}
+
+/// The work `images` will hold in memory: each upload plus `per_pixel` bytes per pixel of the
+/// size its header declares (read without decoding; an unreadable header counts its bytes only:
+/// it fails at decode).
+pub(super) fn work_bytes(images: &[(String, actix_web::web::Bytes)], per_pixel: u64) -> u64 {
+    images
+        .iter()
+        .map(|(_, b)| {
+            let pixels = image::ImageReader::new(std::io::Cursor::new(b.as_ref()))
+                .with_guessed_format()
+                .ok()
+                .and_then(|r| r.into_dimensions().ok())
+                .map_or(0, |(w, h)| u64::from(w) * u64::from(h));
+            b.len() as u64 + pixels * per_pixel
+        })
+        .sum()
+}
+
+/// Admits `images` for `stages`, or refuses at once (503): a stage without a live worker, more
+/// than `limits.max_inflight_images` images or `limits.max_inflight_bytes` bytes of work
+/// ([`work_bytes`] at `per_pixel`) in flight. A request over the whole byte budget alone is a 400.
+pub(super) fn admit(
+    state: &AppState,
+    stages: &[&ServedModel],
+    images: &[(String, actix_web::web::Bytes)],
+    per_pixel: u64,
+) -> Result<Admitted, ApiError> {
     if let Some(stage) = stages.iter().find(|s| !s.has_live_worker()) {
         ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
         return Err(ApiError::Overloaded(format!("{}, retry later", stage.not_live_reason())));
     }
+    let n = images.len();
     let permit = state.admission.clone().try_acquire_many_owned(n as u32).map_err(|_| {
         ::metrics::counter!(metrics::REFUSALS, "reason" => "admission").increment(1);
         ApiError::Overloaded(format!(
@@ -454,23 +489,37 @@ pub(super) fn admit(state: &AppState, stages: &[&ServedModel], n: usize) -> Resu
             state.limits.max_inflight_images
         ))
     })?;
-    Ok(Admitted { _permit: permit, _inflight: InflightImages::new(n) })
+    let bytes = work_bytes(images, per_pixel);
+    let budget = state.limits.max_inflight_bytes;
+    if bytes > budget {
+        return Err(ApiError::BadRequest(format!(
+            "request is too large: its images need about {bytes} bytes in memory, the limit is {budget}"
+        )));
+    }
+    let kib = budget_permits(bytes) as u32;
+    let bytes_permit = state.work_budget.clone().try_acquire_many_owned(kib).map_err(|_| {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "memory").increment(1);
+        ApiError::Overloaded(format!("server overloaded: more than {budget} bytes of work in flight, retry later"))
+    })?;
+    Ok(Admitted { _permit: permit, _bytes: bytes_permit, _inflight: InflightImages::new(n, bytes) })
 }
 
 /// `gpubackend_inflight_images` held up while a request's images are in the pipeline, however the
 /// handler ends.
-struct InflightImages(f64);
+struct InflightImages(f64, f64);
 
 impl InflightImages {
-    fn new(n: usize) -> Self {
+    fn new(n: usize, bytes: u64) -> Self {
         ::metrics::gauge!(metrics::INFLIGHT_IMAGES).increment(n as f64);
-        Self(n as f64)
+        ::metrics::gauge!(metrics::INFLIGHT_BYTES).increment(bytes as f64);
+        Self(n as f64, bytes as f64)
     }
 }
 
 impl Drop for InflightImages {
     fn drop(&mut self) {
         ::metrics::gauge!(metrics::INFLIGHT_IMAGES).decrement(self.0);
+        ::metrics::gauge!(metrics::INFLIGHT_BYTES).decrement(self.1);
     }
 }
 

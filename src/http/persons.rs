@@ -203,7 +203,7 @@ fn images_of(
     limits: &crate::config::Limits,
 ) -> Result<Vec<(String, actix_web::web::Bytes)>, ApiError> {
     let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
-    upload.images(&names, limits)
+    Ok(upload.images(&names, &limits.upload())?)
 }
 
 async fn handle_set(
@@ -348,7 +348,7 @@ async fn analyse(
     images: &[(String, actix_web::web::Bytes)],
 ) -> Result<Vec<Result<Vec<(Face, Vec<f32>)>, FileResult>>, ApiError> {
     let stages = face.stages();
-    let _admitted = admit(state, &stages.map(|s| s.as_ref()), images.len())?;
+    let _admitted = admit(state, &stages.map(|s| s.as_ref()), images, super::objects::WORK_BYTES_PER_PIXEL)?;
     let read = match &face.remote {
         None => each_image(state, req, &face.name, images, |_, img| faces_with_embeddings(state, face, img)).await?,
         Some(broker) => remote_images(broker, &face.name, req, images)

@@ -270,7 +270,7 @@ async fn begin(
     let meta: TextMeta =
         serde_json::from_slice(meta).map_err(|e| ApiError::BadRequest(format!("invalid meta: {e}")))?;
     let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
-    let images = upload.images(&names, &state.limits)?;
+    let images = upload.images(&names, &state.limits.upload())?;
     Ok((svc, meta, images))
 }
 
@@ -282,7 +282,12 @@ async fn read_all(
     req: &HttpRequest,
     images: &Images,
 ) -> Result<Vec<Result<Vec<Line>, (u8, String)>>, ApiError> {
-    let _admitted = admit(state, &[svc.det.as_ref(), svc.cls.as_ref(), svc.rec.as_ref()], images.len())?;
+    let _admitted = admit(
+        state,
+        &[svc.det.as_ref(), svc.cls.as_ref(), svc.rec.as_ref()],
+        images,
+        super::objects::WORK_BYTES_PER_PIXEL,
+    )?;
     match &svc.remote {
         None => each_image(state, req, &svc.name, images, |_, img| read_image(state, svc, img)).await,
         Some(broker) => Ok(remote_images(broker, &svc.name, req, images)

@@ -1,0 +1,10 @@
+//! What gpubackend reads from outside, apart from the networks: request forms, images and weight
+//! files. A crate of its own (no burn, no server) so that the fuzz targets (fuzz/) build it
+//! instrumented in minutes; the server re-exports it where the data path uses it.
+
+pub mod fuzzing;
+pub mod image;
+pub mod multipart;
+pub mod ncnn;
+pub mod onnx;
+pub mod tfjs;

@@ -1,0 +1,4 @@
+//! See `gpubackend_formats::fuzzing::multipart`.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| gpubackend_formats::fuzzing::multipart(data));
