@@ -1270,6 +1270,8 @@ pub struct SoakReport {
     pub answer_mismatches: usize,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// The server's refusals during the load, by reason (its `gpubackend_refusals_total`).
+    pub refusals: std::collections::BTreeMap<String, u64>,
     /// (seconds since the start, resident bytes of the server).
     pub rss: Vec<(f64, u64)>,
     pub rss_start: u64,
@@ -1352,6 +1354,12 @@ pub fn run_soak(a: &SoakArgs) -> anyhow::Result<SoakReport> {
     let addr = a.addr.to_socket_addrs()?.next().context("address")?;
     let calls = Arc::new(soak_calls()?);
     let rss_now = || -> anyhow::Result<u64> { Ok(metric_value(&scrape(addr)?, crate::metrics::RESIDENT, &[]) as u64) };
+    const REASONS: [&str; 6] = ["queue_full", "admission", "memory", "not_ready", "queue_timeout", "rate_limit"];
+    let refusals_now = || -> anyhow::Result<Vec<f64>> {
+        let text = scrape(addr)?;
+        Ok(REASONS.iter().map(|r| metric_value(&text, crate::metrics::REFUSALS, &[("reason", r)])).collect())
+    };
+    let refused_before = refusals_now()?;
     let start = Instant::now();
     let rss_start = rss_now()?;
     let done = Arc::new(AtomicBool::new(false));
@@ -1430,8 +1438,15 @@ pub fn run_soak(a: &SoakArgs) -> anyhow::Result<SoakReport> {
     rss.push((seconds, rss_end));
     std::thread::sleep(Duration::from_secs_f64(a.idle));
     let rss_idle = rss_now()?;
+    let refusals = REASONS
+        .iter()
+        .zip(refusals_now()?.iter().zip(&refused_before))
+        .map(|(r, (after, before))| (r.to_string(), (after - before) as u64))
+        .filter(|(_, n)| *n > 0)
+        .collect();
     lat.sort();
     let report = SoakReport {
+        refusals,
         seconds,
         requests: by_status.values().sum::<usize>() + transport_errors,
         by_status,
@@ -1456,6 +1471,12 @@ pub fn run_soak(a: &SoakArgs) -> anyhow::Result<SoakReport> {
     for (status, n) in &report.by_status {
         println!("  HTTP {status}            {n}");
     }
+    println!(
+        "  answered            {:.2} requests/s with 200 ({} every request got exactly one HTTP answer)",
+        report.by_status.get(&200).copied().unwrap_or(0) as f64 / seconds,
+        if report.transport_errors == 0 { "yes:" } else { "NO:" }
+    );
+    println!("  refusals (server)   {:?}", report.refusals);
     println!("  answer mismatches   {} (200 answers not naming each image exactly once)", report.answer_mismatches);
     println!("  latency p50 / p99   {:.0} / {:.0} ms (200 answers)", report.p50_ms, report.p99_ms);
     println!(
