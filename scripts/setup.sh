@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 need=()
 # mesa/libvulkan: the wgpu test on lavapipe. prometheus (+ promtool), docker-compose, rpm, chromium:
 # the ops tests (tests/ops.rs, tests/observability.rs) run the real tools.
-# g++: the cuda build compiles cubecl-llvm's C++ shims against the LLVM that setup-llvm.sh installs.
+# g++: the cuda build compiles cubecl-llvm's C++ shims against the LLVM that setup-llvm.sh installs. libfuzzer-sys builds libFuzzer with it too (fuzz/).
 # postgresql: the shared person store's tests start throwaway clusters (tests/common/postgres.rs).
 # redis-server: the broker tests start throwaway servers (tests/common/redis.rs).
 for pkg in mesa-vulkan-drivers libvulkan1 python3-pip prometheus docker-compose rpm chromium g++ xz-utils postgresql redis-server; do
