@@ -38,7 +38,7 @@ test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, devic
 	cargo test --all-targets $(CARGO_FEATURES)
 	cargo test -p gpubackend-kernels
 	cargo test -p gpubackend-formats
-	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+	FUZZ_SEED=1 bash scripts/fuzz.sh $(FUZZ_SECONDS)
 
 release: $(LLVM) ## the release binary with cuda + wgpu + cpu (packaged by `make rpm`, carried by `make gpu-pack`)
 	cargo build --release $(CARGO_FEATURES) --bin gpubackend

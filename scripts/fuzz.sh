@@ -3,6 +3,8 @@
 # time from the committed corpus; exits non-zero on any crash, whose input is kept under
 # fuzz/artifacts/<target>/ (turn it into a regression test, see README "Fuzzing").
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET…]     (default 20 s, every target)
+# FUZZ_SEED=N fixes libFuzzer's seed (`make test` uses 1: CI explores the same way each run; a
+# find there is a real bug all the same). Unset: a new seed each run (`make fuzz`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
@@ -25,7 +27,7 @@ for t in "${targets[@]}"; do
   # New inputs go to a scratch dir; the committed corpus seeds it and stays as it is.
   if ! "$CARGO_TARGET_DIR/$host/release/$t" "$work" "fuzz/corpus/$t" \
       -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -max_len=1048576 \
-      -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 2>"$work.log"; then
+      -artifact_prefix="fuzz/artifacts/$t/" -print_final_stats=1 ${FUZZ_SEED:+-seed=$FUZZ_SEED} 2>"$work.log"; then
     echo "fuzz: $t FAILED; the input is in fuzz/artifacts/$t/" >&2
     tail -40 "$work.log" >&2
     status=1

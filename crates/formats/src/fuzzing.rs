@@ -54,7 +54,7 @@ pub fn onnx(data: &[u8]) {
         for node in &model.nodes {
             for i in &node.inputs {
                 if let Some(t) = model.float(model.resolve(i)) {
-                    assert_eq!(t.data.len(), t.dims.iter().product::<usize>());
+                    assert_eq!(Some(t.data.len()), crate::elements(&t.dims));
                 }
             }
             let _ = (node.attr_int("axis"), node.attr_ints("pads"), node.attr_float("alpha"));
@@ -89,7 +89,7 @@ pub fn tfjs(data: &[u8]) {
         }
         for w in model.weights.values() {
             let n = w.floats().map(<[f32]>::len).or(w.ints().map(<[i32]>::len));
-            assert_eq!(n, Some(w.shape.iter().product::<usize>()));
+            assert_eq!(n, crate::elements(&w.shape));
         }
     }
 }

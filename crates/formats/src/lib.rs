@@ -8,3 +8,8 @@ pub mod multipart;
 pub mod ncnn;
 pub mod onnx;
 pub mod tfjs;
+
+/// Elements of a tensor of `shape`, or `None` when the file's shape overflows (fuzz/regressions/onnx/).
+pub(crate) fn elements(shape: &[usize]) -> Option<usize> {
+    shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d))
+}

@@ -196,7 +196,7 @@ fn tensor(buf: &[u8]) -> Result<Tensor, String> {
             _ => {}
         }
     }
-    let expected: usize = dims.iter().product();
+    let expected = crate::elements(&dims).ok_or_else(|| format!("tensor `{name}`: shape {dims:?} overflows"))?;
     match data_type {
         FLOAT => {
             if let Some(raw) = raw {

@@ -120,7 +120,9 @@ impl TfjsModel {
 
 /// One weight from the start of `data`: its values and the bytes it took.
 fn decode(spec: &WeightSpec, data: &[u8]) -> Result<(Weight, usize), String> {
-    let n: usize = spec.shape.iter().product();
+    let n = crate::elements(&spec.shape)
+        .filter(|n| n.checked_mul(4).is_some())
+        .ok_or_else(|| format!("weight {}: shape {:?} overflows", spec.name, spec.shape))?;
     let q = spec.quantization.as_ref();
     let width = match q.map(|q| q.dtype.as_str()) {
         None => 4,
