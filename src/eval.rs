@@ -106,6 +106,8 @@ pub struct Detections {
     pub faces: Vec<Face>,
     pub truth: Vec<[f32; 4]>,
     pub missed: usize,
+    /// The photo tiled (`grid` > 1): the crowd case, scored apart.
+    pub crowd: bool,
 }
 
 /// True positives, false positives and false negatives.
@@ -187,7 +189,7 @@ pub fn detect_all(labels: &Labels, fc: &FaceConfig, weights: &Path, root: &Path)
         let img = decode(&bytes, &limits).with_context(|| format!("decode {}", path.display()))?;
         let (img, truth, missed) = l.prepared(img);
         let faces = detect_tiled(&img, &params, fc.canvas, &nets).map_err(|e| anyhow::anyhow!(e))?;
-        out.push(Detections { width: img.width, height: img.height, faces, truth, missed });
+        out.push(Detections { width: img.width, height: img.height, faces, truth, missed, crowd: l.grid > 1 });
     }
     Ok(out)
 }
@@ -216,9 +218,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
             }
         }
     }
-    let (crowds, photos): (Vec<_>, Vec<_>) = dets.iter().zip(&labels.images).partition(|(_, l)| l.grid > 1);
-    let (crowds, photos): (Vec<&Detections>, Vec<&Detections>) =
-        (crowds.into_iter().map(|p| p.0).collect(), photos.into_iter().map(|p| p.0).collect());
+    let (crowds, photos): (Vec<&Detections>, Vec<_>) = dets.iter().partition(|d| d.crowd);
     let faces = |ds: &[&Detections]| ds.iter().map(|d| d.truth.len() + d.missed).sum::<usize>();
     println!(
         "{} photos ({} faces) as they are, {} as crowds ({} faces); model `{name}` (stage thresholds {:?}, pyramid min_face {})",
@@ -300,6 +300,7 @@ mod tests {
         let d = Detections {
             truth: vec![[0.0, 0.0, 100.0, 100.0], [200.0, 0.0, 240.0, 40.0]],
             missed: 1,
+            crowd: false,
             width: 400,
             height: 400,
             faces: vec![

@@ -17,9 +17,7 @@ fn configured_filter_answers_only_faces() {
     let model = &config.models["face"];
     let fc = model.faces.as_ref().unwrap();
     let dets = detect_all(&labels, fc, &model.weights, root).unwrap();
-    let (crowds, photos): (Vec<_>, Vec<_>) = dets.iter().zip(&labels.images).partition(|(_, l)| l.grid > 1);
-    let photos: Vec<_> = photos.into_iter().map(|p| p.0).collect();
-    let crowds: Vec<_> = crowds.into_iter().map(|p| p.0).collect();
+    let (crowds, photos): (Vec<&_>, Vec<_>) = dets.iter().partition(|d| d.crowd);
 
     let old = score_all(photos.iter().copied(), &NO_FILTER, labels.iou);
     let new = score_all(photos.iter().copied(), &fc.filter(), labels.iou);

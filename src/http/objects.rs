@@ -438,7 +438,7 @@ impl FileResult {
 pub(super) struct Admitted {
     _permit: tokio::sync::OwnedSemaphorePermit,
     _bytes: tokio::sync::OwnedSemaphorePermit,
-    _inflight: InflightImages,
+    _inflight: InflightGauges,
 }
 
 /// Bytes of work per pixel of an image: its RGB8 raster (3) and one f32 copy of it as model input
@@ -501,14 +501,14 @@ pub(super) fn admit(
         ::metrics::counter!(metrics::REFUSALS, "reason" => "memory").increment(1);
         ApiError::Overloaded(format!("server overloaded: more than {budget} bytes of work in flight, retry later"))
     })?;
-    Ok(Admitted { _permit: permit, _bytes: bytes_permit, _inflight: InflightImages::new(n, bytes) })
+    Ok(Admitted { _permit: permit, _bytes: bytes_permit, _inflight: InflightGauges::new(n, bytes) })
 }
 
-/// `gpubackend_inflight_images` held up while a request's images are in the pipeline, however the
+/// `gpubackend_inflight_images` and `_work_bytes` held up while a request's images are in the pipeline, however the
 /// handler ends.
-struct InflightImages(f64, f64);
+struct InflightGauges(f64, f64);
 
-impl InflightImages {
+impl InflightGauges {
     fn new(n: usize, bytes: u64) -> Self {
         ::metrics::gauge!(metrics::INFLIGHT_IMAGES).increment(n as f64);
         ::metrics::gauge!(metrics::INFLIGHT_BYTES).increment(bytes as f64);
@@ -516,7 +516,7 @@ impl InflightImages {
     }
 }
 
-impl Drop for InflightImages {
+impl Drop for InflightGauges {
     fn drop(&mut self) {
         ::metrics::gauge!(metrics::INFLIGHT_IMAGES).decrement(self.0);
         ::metrics::gauge!(metrics::INFLIGHT_BYTES).decrement(self.1);
