@@ -14,7 +14,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
+.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -69,6 +69,9 @@ bench-plates: weights $(LLVM) ## start a server on the defaults, drive objects/d
 
 bench-improve: weights $(LLVM) ## start a server on the defaults, drive photo/improve resolution per size (SIZES=64,128,256 FTYPE=art RFACTOR=4 CONCURRENCY=2 DURATION=60), stop it
 	bash scripts/bench.sh improve
+
+bench-overload: weights $(LLVM) ## start a server with the classifier, drive it at capacity (CONCURRENCY=32) then 10x (OVERLOAD=512) in one run: goodput and p99 of both, stop it
+	bash scripts/bench.sh overload
 
 bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=python3 adds PyTorch eager beside it)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16) $(if $(TORCH),--torch $(TORCH))

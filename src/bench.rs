@@ -84,6 +84,15 @@ pub enum Cmd {
     /// Mixed endpoints and bad inputs from many clients for a long time: resident memory over
     /// time, p50/p99, answers by status, and that every answered image was answered exactly once.
     Soak(SoakArgs),
+    /// `e2e` at its capacity (`--concurrency`, default 32 clients), then at `--overload-clients`
+    /// (default 512: 10× more clients than the capacity needs) on the same server: goodput (200
+    /// answers/s) and p99 of the answered at both, and their ratios.
+    Overload {
+        #[command(flatten)]
+        e2e: E2eArgs,
+        #[arg(long, default_value_t = 512)]
+        overload_clients: usize,
+    },
 }
 
 /// Writes `value` as JSON to `path`, when one was given.
@@ -494,6 +503,9 @@ pub struct E2eArgs {
     /// worker`): batch and busy figures are summed over these instead of read from `--addr`.
     #[arg(long, value_delimiter = ',')]
     worker_metrics: Vec<String>,
+    /// 503 refusals are expected (overload): counted and reported, not a failure of the run.
+    #[arg(long)]
+    refusals_ok: bool,
 }
 
 /// `bench distributed`: the same load on one process and on api + workers over Redis.
@@ -789,6 +801,8 @@ struct E2eReport {
     clients: usize,
     seconds: f64,
     ok: usize,
+    /// 503 answers (the server refused: overload), and every other failure.
+    refused: usize,
     errors: usize,
     requests_per_s: f64,
     images_per_s: f64,
@@ -846,13 +860,13 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
     let warmup = Duration::from_secs_f64(a.duration * 0.1);
     let measure = Duration::from_secs_f64(a.duration);
     // Warm-up: same load, unmeasured.
-    let load = |until: Instant, record: bool| -> Vec<std::thread::JoinHandle<(Vec<Duration>, usize)>> {
+    let load = |until: Instant, record: bool| -> Vec<std::thread::JoinHandle<(Vec<Duration>, usize, usize)>> {
         (0..a.concurrency)
             .map(|i| {
                 let (images, path, meta) = (images.clone(), path.clone(), meta.clone());
                 std::thread::spawn(move || {
                     let mut c = Conn::new(addr);
-                    let (mut lat, mut errors, mut k) = (Vec::new(), 0usize, i);
+                    let (mut lat, mut refused, mut errors, mut k) = (Vec::new(), 0usize, 0usize, i);
                     while Instant::now() < until {
                         let img = &images[k % images.len()];
                         k += 1;
@@ -864,10 +878,12 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
                                     lat.push(t.elapsed())
                                 }
                             }
+                            // A closed-loop client: sent again at once, as wrk does.
+                            Ok(r) if r.status == 503 => refused += 1,
                             _ => errors += 1,
                         }
                     }
-                    (lat, errors)
+                    (lat, refused, errors)
                 })
             })
             .collect()
@@ -880,10 +896,11 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
     let client_cpu0 = process_cpu();
     let start = Instant::now();
     let mut lat = Vec::new();
-    let mut errors = 0;
+    let (mut refused, mut errors) = (0, 0);
     for h in load(start + measure, true) {
-        let (l, e) = h.join().expect("client thread");
+        let (l, r, e) = h.join().expect("client thread");
         lat.extend(l);
+        refused += r;
         errors += e;
     }
     let wall = start.elapsed().as_secs_f64();
@@ -911,8 +928,15 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
     let serving_ms = (delta("gpubackend_process_cpu_seconds_total") - delta("gpubackend_inference_cpu_seconds_total"))
         * 1e3
         / n.max(1.0);
-    println!("e2e: {} clients, {:.1} s, {} ok, {} errors", a.concurrency, wall, lat.len(), errors);
-    println!("  requests/s          {:.1}", n / wall);
+    println!(
+        "e2e: {} clients, {:.1} s, {} ok, {} refused (503), {} errors",
+        a.concurrency,
+        wall,
+        lat.len(),
+        refused,
+        errors
+    );
+    println!("  requests/s          {:.1} answered 200 (goodput), {:.1} refused", n / wall, refused as f64 / wall);
     println!(
         "  latency ms          p50 {:.1}  p90 {:.1}  p99 {:.1}  max {:.1}",
         percentile(&lat, 0.5),
@@ -930,6 +954,7 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         clients: a.concurrency,
         seconds: wall,
         ok: lat.len(),
+        refused,
         errors,
         requests_per_s: n / wall,
         images_per_s: n / wall,
@@ -945,6 +970,9 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
     write_json(&a.json, &report)?;
     if errors > 0 {
         bail!("{errors} requests failed");
+    }
+    if refused > 0 && !a.refusals_ok {
+        bail!("{refused} requests refused (503; --refusals-ok when overload is the point)");
     }
     Ok(report)
 }
@@ -1211,6 +1239,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
             let r = run_soak(&a)?;
             write_json(&a.json, &r)?;
         }
+        Cmd::Overload { e2e, overload_clients } => run_overload(&e2e, overload_clients)?,
         Cmd::Compare { e2e, device, depth, weights } => {
             let r = run_e2e(&E2eArgs { json: None, ..e2e.clone() })?;
             let batch = r.mean_batch.round().max(1.0) as usize;
@@ -1232,6 +1261,30 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `bench overload`: capacity, then 10× the clients, on the same server in one run.
+fn run_overload(e2e: &E2eArgs, overload_clients: usize) -> anyhow::Result<()> {
+    let capacity = run_e2e(&E2eArgs { json: None, refusals_ok: true, ..e2e.clone() })?;
+    // The refused come back at once: let the server's gauges settle between the two loads.
+    std::thread::sleep(Duration::from_secs(2));
+    let over = run_e2e(&E2eArgs { json: None, refusals_ok: true, concurrency: overload_clients, ..e2e.clone() })?;
+    let goodput = over.requests_per_s / capacity.requests_per_s;
+    let p99 = over.p99_ms / capacity.p99_ms;
+    println!("overload: {} clients against the capacity of {}:", over.clients, capacity.clients);
+    println!(
+        "  goodput             {:.1} / {:.1} answered/s = {goodput:.2} of capacity (target ≥ 0.8)",
+        over.requests_per_s, capacity.requests_per_s
+    );
+    println!(
+        "  p99 of the answered {:.0} / {:.0} ms = {p99:.2}× capacity's (target ≤ 3)",
+        over.p99_ms, capacity.p99_ms
+    );
+    println!("  refused             {:.0}/s (503, Retry-After)", over.refused as f64 / over.seconds);
+    write_json(
+        &e2e.json,
+        &serde_json::json!({"capacity": capacity, "overload": over, "goodput_ratio": goodput, "p99_ratio": p99}),
+    )
 }
 
 #[derive(Debug, Args, Clone)]

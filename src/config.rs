@@ -50,6 +50,31 @@ pub struct Config {
     /// The Redis Streams broker between `--role api` and `--role worker` (unused by `--role all`).
     #[serde(default)]
     pub broker: BrokerConfig,
+    /// Requests let into each Vision endpoint at once, and how the rest wait (overload).
+    #[serde(default)]
+    pub admission: AdmissionConfig,
+}
+
+/// The gate in front of each Vision endpoint (README, "Faults and overload"): at most
+/// `max_active_requests` requests of an endpoint are read and worked on at once; the others wait
+/// before their body is read, first come first served while the wait is short and newest first
+/// once it is not (so the answered keep a short latency under overload), and are refused (503,
+/// `Retry-After`) after `max_wait_ms` or when `max_waiting_requests` wait.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdmissionConfig {
+    /// Requests of one endpoint read and worked on at once (body, decode, models, answer).
+    pub max_active_requests: usize,
+    /// Requests of one endpoint waiting for a slot (their bodies unread); more are refused at once.
+    pub max_waiting_requests: usize,
+    /// Longest wait for a slot; then the request is refused.
+    pub max_wait_ms: u64,
+}
+
+impl Default for AdmissionConfig {
+    fn default() -> Self {
+        Self { max_active_requests: 64, max_waiting_requests: 1024, max_wait_ms: 1000 }
+    }
 }
 
 /// What one process does (`--role`): `all` serves the API and runs the models in one process (the
@@ -93,8 +118,9 @@ pub struct BrokerConfig {
     pub prefix: String,
     pub payload: PayloadEncoding,
     /// A job delivered to a worker and not acknowledged for this long (its worker died) is taken
-    /// back and put on its stream again (XAUTOCLAIM). Live workers refresh their jobs' idle time,
-    /// so a slow batch is not redelivered.
+    /// back and put on its stream again (XAUTOCLAIM). Live workers refresh their jobs' idle time
+    /// every `health_interval_ms`, so a slow batch is not redelivered. A stage that has had no
+    /// live worker for this long has its outstanding jobs answered as unavailable by the api.
     pub visibility_timeout_ms: u64,
     /// Deliveries of a job (first + redeliveries after a worker died) before it is dead-lettered
     /// and answered with per-file status 1.
@@ -118,7 +144,7 @@ impl Default for BrokerConfig {
             url: "redis://127.0.0.1:6379/".into(),
             prefix: "gpubackend".into(),
             payload: PayloadEncoding::F16,
-            visibility_timeout_ms: 30_000,
+            visibility_timeout_ms: 5_000,
             max_deliveries: 3,
             block_ms: 1_000,
             command_timeout_ms: 1_000,
@@ -235,6 +261,9 @@ pub struct Limits {
     pub max_inflight_bytes: u64,
     /// Size of the `meta` form field.
     pub max_meta_bytes: usize,
+    /// Longest time a request's body may take to arrive once its endpoint let it in (it holds a
+    /// slot of the endpoint's gate meanwhile); then 400.
+    pub upload_timeout_ms: u64,
 }
 
 impl Limits {
@@ -272,6 +301,7 @@ impl Default for Limits {
             max_inflight_images: 1024,
             max_inflight_bytes: 1 << 30,
             max_meta_bytes: 64 * 1024,
+            upload_timeout_ms: 30_000,
         }
     }
 }
@@ -751,11 +781,35 @@ impl Config {
         if b.visibility_timeout_ms < 3 * b.health_interval_ms {
             return Err(invalid("broker.visibility_timeout_ms", "must be at least 3 × broker.health_interval_ms"));
         }
+        // A dead worker's job is back on the stream at most visibility + one keeper tick after it
+        // was last refreshed: that must leave the job at least half of its wait to be run again.
+        let redelivered_by = b.visibility_timeout_ms + b.health_interval_ms;
+        if let Some((name, m)) = self.models.iter().find(|(_, m)| redelivered_by > m.max_queue_wait_ms / 2) {
+            return Err(invalid(
+                "broker.visibility_timeout_ms",
+                format!(
+                    "a dead worker's jobs are back on the stream after broker.visibility_timeout_ms + \
+                     broker.health_interval_ms = {redelivered_by} ms, which must be at most half of \
+                     models.{name}.max_queue_wait_ms ({} ms) so they are run again before their deadline",
+                    m.max_queue_wait_ms
+                ),
+            ));
+        }
         if b.forget_consumers_after_ms < b.visibility_timeout_ms.max(b.block_ms) {
             return Err(invalid(
                 "broker.forget_consumers_after_ms",
                 "must be at least broker.visibility_timeout_ms and broker.block_ms",
             ));
+        }
+        let a = &self.admission;
+        for (field, v) in [
+            ("admission.max_active_requests", a.max_active_requests as u64),
+            ("admission.max_wait_ms", a.max_wait_ms),
+            ("limits.upload_timeout_ms", self.limits.upload_timeout_ms),
+        ] {
+            if v == 0 {
+                return Err(invalid(field, "must be at least 1"));
+            }
         }
         if self.server.admin_port.is_some_and(|p| p != 0 && p == self.server.port) {
             return Err(invalid("server.admin_port", "must differ from server.port"));
@@ -1008,6 +1062,31 @@ mod tests {
         let text = format!("{EMBEDDED_DEFAULT}\n[broker]\nforget_consumers_after_ms = 1000\n");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("broker.forget_consumers_after_ms"), "{err}");
+        let text = EMBEDDED_DEFAULT.replace("max_active_requests = 64", "max_active_requests = 0");
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("admission.max_active_requests"), "{err}");
+    }
+
+    #[test]
+    fn a_dead_workers_jobs_must_be_redelivered_well_before_their_deadline() {
+        // The shipped defaults: back on the stream after 5.5 s, half of 30 s is 15 s.
+        let c = Config::load(None).unwrap();
+        assert_eq!((c.broker.visibility_timeout_ms, c.broker.health_interval_ms), (5_000, 500));
+        // The old default (30 s, reclaimed exactly when the 30 s deadline passed) is refused,
+        // naming both fields.
+        let text = format!(
+            "{EMBEDDED_DEFAULT}\n[broker]\nvisibility_timeout_ms = 30000\nforget_consumers_after_ms = 600000\n"
+        );
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("broker.visibility_timeout_ms"), "{err}");
+        assert!(err.contains("max_queue_wait_ms"), "{err}");
+        // A model whose wait is too short for the broker's timings, by name.
+        let text = EMBEDDED_DEFAULT.replace(
+            "queue_target = 16\nmax_queue_wait_ms = 30000\nthreshold = 0.1",
+            "queue_target = 16\nmax_queue_wait_ms = 10000\nthreshold = 0.1",
+        );
+        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
+        assert!(err.contains("models.mobilenet_v2.max_queue_wait_ms"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,11 @@ pub const REFUSALS: &str = "gpubackend_refusals_total";
 pub const DROPPED: &str = "gpubackend_dropped_items_total";
 pub const INFLIGHT_IMAGES: &str = "gpubackend_inflight_images";
 pub const INFLIGHT_BYTES: &str = "gpubackend_inflight_work_bytes";
+// The gate in front of each Vision endpoint (`[admission]`).
+pub const GATE_ACTIVE: &str = "gpubackend_gate_active_requests";
+pub const GATE_WAITING: &str = "gpubackend_gate_waiting_requests";
+// Parts of an answer left out because their model had no live worker (partial answers).
+pub const PARTIAL: &str = "gpubackend_partial_answers_total";
 pub const PROCESS_CPU: &str = "gpubackend_process_cpu_seconds_total";
 pub const INFERENCE_CPU: &str = "gpubackend_inference_cpu_seconds_total";
 pub const RESIDENT: &str = "gpubackend_process_resident_bytes";
@@ -84,7 +89,7 @@ fn describe() {
     describe_counter!(WORKER_RESTARTS, "Worker restarts after a failed forward pass or load, by device and model");
     describe_counter!(
         REFUSALS,
-        "Requests or images refused before inference, by reason (queue_full, admission, memory, not_ready, queue_timeout, rate_limit)"
+        "Requests or images refused before inference, by reason (gate_timeout, gate_full, queue_full, admission, memory, not_ready, no_worker, queue_timeout, rate_limit)"
     );
     describe_counter!(DROPPED, "Queued items dropped before inference because the client went away, by model");
     describe_gauge!(INFLIGHT_IMAGES, "Images admitted and not yet answered");
@@ -92,6 +97,18 @@ fn describe() {
         INFLIGHT_BYTES,
         Unit::Bytes,
         "Estimated bytes of the work admitted and not yet answered (limit: limits.max_inflight_bytes)"
+    );
+    describe_gauge!(
+        GATE_ACTIVE,
+        "Requests of an endpoint read and worked on now (at most admission.max_active_requests), by endpoint"
+    );
+    describe_gauge!(
+        GATE_WAITING,
+        "Requests of an endpoint waiting for a slot, bodies unread (at most admission.max_waiting_requests), by endpoint"
+    );
+    describe_counter!(
+        PARTIAL,
+        "Images answered without a part whose model had no live worker or failed (e.g. object without the detector's boxes), by endpoint, mode and model"
     );
     describe_gauge!(BROKER_UP, "1 while this process reaches the Redis broker (api and worker roles)");
     describe_histogram!(

@@ -40,6 +40,19 @@ pub(crate) fn write_config(redis: &RedisServer, prefix: &str, extra: &str) -> Pa
     path
 }
 
+/// The shipped `config/default.toml` as it is, but for the broker's address and key prefix (the
+/// test's own Redis) and the person store's directory: every timeout is the shipped one.
+pub(crate) fn write_default_config(redis: &RedisServer, prefix: &str) -> PathBuf {
+    let dir = tempdir(&format!("broker-defaults-{prefix}"));
+    let text = std::fs::read_to_string(repo().join("config/default.toml")).unwrap();
+    let text = text.replace("dir = \"data\"", &format!("dir = \"{}\"", dir.join("store").display()));
+    assert!(!text.contains("[broker]"), "config/default.toml has a [broker] section now: merge instead");
+    let text = format!("{text}\n[broker]\nurl = \"{}\"\nprefix = \"{prefix}\"\n", redis.url());
+    let path = dir.join("gpubackend.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// One server process of a role.
 pub(crate) struct Node {
     child: ChildGuard,
@@ -77,6 +90,19 @@ impl Node {
 
     fn metrics(&self) -> String {
         self.conn().get("/metrics").unwrap().text()
+    }
+
+    /// An api replica: until its broker sampling sees a live worker on each of `stages`.
+    pub(crate) fn wait_workers(&self, stages: &[&str]) {
+        let start = Instant::now();
+        loop {
+            let v = self.conn().get("/health/ready").unwrap().json();
+            if stages.iter().all(|s| v["stages"][s]["live_workers"].as_u64().unwrap_or(0) > 0) {
+                return;
+            }
+            assert!(start.elapsed() < Duration::from_secs(600), "no live workers for {stages:?}: {v}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn log_text(&self) -> String {
@@ -363,6 +389,157 @@ fn a_worker_killed_under_load_loses_no_request() {
     assert!(redelivered >= 1.0, "the killed worker's jobs were not taken back");
 }
 
+/// The scenario users run, with the shipped `config/default.toml` (no shortened timeouts): an api
+/// and two workers of the classifier, 240 two-image requests from 32 clients, one worker
+/// SIGKILLed 3 s in (sooner on a machine fast enough to be a quarter through by then). Every
+/// request is answered and every image labelled: the dead worker's jobs come back on the stream
+/// within the visibility timeout, well before their deadline (`max_queue_wait_ms`).
+#[test]
+fn with_the_shipped_defaults_a_killed_workers_jobs_are_answered_in_time() {
+    const REQUESTS: usize = 240;
+    let redis = RedisServer::start();
+    let cfg = write_default_config(&redis, "defaults");
+    let mut a = Node::start("worker", &cfg, "mobilenet_v2");
+    let mut b = Node::start("worker", &cfg, "mobilenet_v2");
+    let mut api = Node::start("api", &cfg, "mobilenet_v2");
+    for n in [&mut a, &mut b, &mut api] {
+        n.wait_ready();
+    }
+    let start = Instant::now();
+    while api.conn().get("/health/ready").unwrap().json()["stages"]["mobilenet_v2"]["live_workers"] != 2 {
+        assert!(start.elapsed() < Duration::from_secs(600), "the api never saw both workers");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let image = Arc::new(data("chelsea.jpg"));
+    let next = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let addr = api.addr;
+    let started = Instant::now();
+    // Each request: (sent, answered) since `started`, and what was wrong with its answer.
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (image, next, answered) = (image.clone(), next.clone(), answered.clone());
+            std::thread::spawn(move || {
+                let mut c = Conn::new(addr);
+                let mut done = Vec::new();
+                while next.fetch_add(1, Ordering::Relaxed) < REQUESTS {
+                    let sent = started.elapsed();
+                    let (status, files, labels) = detect(&mut c, &image, 2);
+                    let bad = (status != 200 || files != [0, 0] || labels != ["Cat", "Cat"])
+                        .then(|| format!("{status} {files:?} {labels:?}"));
+                    done.push((sent, started.elapsed(), bad));
+                    answered.fetch_add(1, Ordering::Relaxed);
+                }
+                done
+            })
+        })
+        .collect();
+    while started.elapsed() < Duration::from_secs(3) && answered.load(Ordering::Relaxed) < REQUESTS / 4 {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Killed while it holds jobs (its consumer `<host>-<pid>-<start>` has pending entries).
+    let pid = a.child.0.id().to_string();
+    let wait = Instant::now();
+    while !redis.cli(&["XPENDING", "defaults:jobs:mobilenet_v2", "workers"]).unwrap().contains(&format!("-{pid}-")) {
+        assert!(wait.elapsed() < Duration::from_secs(60), "worker a never held a job");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(Command::new("kill").args(["-KILL", &pid]).status().unwrap().success());
+    let killed = started.elapsed();
+    a.child.0.wait().unwrap();
+    let done: Vec<_> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    assert_eq!(done.len(), REQUESTS);
+    let bad: Vec<&String> = done.iter().filter_map(|(_, _, bad)| bad.as_ref()).collect();
+    assert!(bad.is_empty(), "requests not answered with two Cats: {bad:?}\n{}", api.log_text());
+    let redelivered = metric_value(&b.metrics(), "gpubackend_broker_redeliveries_total", &[("stage", "mobilenet_v2")]);
+    assert!(redelivered >= 1.0, "the killed worker's jobs were not taken back");
+    // The requests in flight at the kill: the last of them answered (README, Faults and overload).
+    let last = done.iter().filter(|(sent, end, _)| *sent <= killed && *end > killed).map(|(_, end, _)| *end).max();
+    let last = last.map_or(0, |end| (end - killed).as_millis());
+    eprintln!(
+        "shipped defaults: worker SIGKILLed at {} ms, {redelivered} jobs redelivered, the requests in flight then \
+         answered within {last} ms of the kill; all {REQUESTS} requests answered in {} ms",
+        killed.as_millis(),
+        started.elapsed().as_millis()
+    );
+}
+
+/// A model without a live worker is left out of the answers that need it only in part: `object`
+/// answers the classifier's labels without the detector's boxes, `car_number` beside `object`
+/// answers per image that it is unavailable, at once instead of at the deadline; a request for
+/// nothing else is refused (503). Shipped timeouts; the detector's worker dies under way.
+#[test]
+fn a_model_without_a_live_worker_is_left_out_of_answers_that_need_it_only_in_part() {
+    let redis = RedisServer::start();
+    let cfg = write_default_config(&redis, "partial");
+    let mut classifier = Node::start("worker", &cfg, "mobilenet_v2");
+    let mut detector = Node::start("worker", &cfg, "centernet");
+    // The api serves the plates model too, but no worker does.
+    let mut api = Node::start("api", &cfg, "mobilenet_v2,centernet,plates");
+    for n in [&mut classifier, &mut detector, &mut api] {
+        n.wait_ready();
+    }
+    api.wait_workers(&["mobilenet_v2", "centernet"]);
+    let mut c = api.conn();
+    let img = data("chelsea.jpg");
+    let call = |c: &mut Conn, modes: &str| {
+        let meta = format!(r#"{{"mode":{modes},"images":[{{"name":"a"}}]}}"#);
+        let r = c.post_multipart(DETECT, &[("a", None, &img), ("meta", None, meta.as_bytes())]).unwrap();
+        (r.status, r.json())
+    };
+    // Both models served: the boxes follow the classifier's labels, nothing missing.
+    let (status, v) = call(&mut c, r#"["object"]"#);
+    assert_eq!(status, 200, "{v}");
+    let full = v["body"]["object_labels"][0].clone();
+    assert_eq!(full["status"], 0, "{v}");
+    assert!(full["missing"].is_null(), "{v}");
+    let full_labels = full["labels"].as_array().unwrap().len();
+
+    // The detector's only worker dies; once the api has seen no live worker on its stream for
+    // the visibility timeout (5 s by default), `object` answers without the boxes.
+    assert!(Command::new("kill").args(["-KILL", &detector.child.0.id().to_string()]).status().unwrap().success());
+    detector.child.0.wait().unwrap();
+    let start = Instant::now();
+    let partial = loop {
+        let (status, v) = call(&mut c, r#"["object","car_number"]"#);
+        assert_eq!(status, 200, "{v}");
+        let object = v["body"]["object_labels"][0].clone();
+        assert_eq!(object["status"], 0, "{v}");
+        assert_eq!(object["labels"][0]["eng"], "Cat", "{v}");
+        if !object["missing"].is_null() {
+            break v;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "the boxes were never left out: {v}");
+    };
+    common::schema::OpenApi::load().assert_valid("objects_detect_response", &partial);
+    let object = &partial["body"]["object_labels"][0];
+    assert_eq!(object["missing"][0]["part"], "boxes", "{partial}");
+    assert_eq!(object["missing"][0]["model"], "centernet", "{partial}");
+    assert_eq!(object["missing"][0]["status"], 2, "{partial}");
+    assert!(object["labels"].as_array().unwrap().len() < full_labels, "{partial}");
+    // No worker ever served the plates: car_number answers status 2 for the image, with why.
+    let plate = &partial["body"]["car_number_labels"][0];
+    assert_eq!(plate["status"], 2, "{partial}");
+    assert!(plate["error"].as_str().unwrap().contains("no live worker"), "{partial}");
+    // Answered without a detector job: nothing more went on its stream for this request.
+    let before = metric_value(&api.metrics(), "gpubackend_broker_payload_bytes_total", &[("stage", "centernet")]);
+    let (status, v) = call(&mut c, r#"["object"]"#);
+    assert_eq!((status, &v["body"]["object_labels"][0]["missing"][0]["model"]), (200, &json!("centernet")), "{v}");
+    let after = metric_value(&api.metrics(), "gpubackend_broker_payload_bytes_total", &[("stage", "centernet")]);
+    assert_eq!(before, after);
+    // The detector alone: refused at once (503), as is a request for the plates alone.
+    for modes in [r#"["multiobject"]"#, r#"["car_number"]"#] {
+        let (status, v) = call(&mut c, modes);
+        assert_eq!(status, 503, "{v}");
+        assert!(v["body"].as_str().unwrap().contains("no live worker"), "{v}");
+    }
+    // Readiness: up, naming the stages without workers.
+    let ready = api.conn().get("/health/ready").unwrap();
+    assert_eq!(ready.status, 200);
+    let ready = ready.json();
+    assert_eq!(ready["no_live_workers"], json!(["centernet", "plates"]), "{ready}");
+}
+
 #[test]
 fn a_worker_stopped_with_sigterm_answers_its_jobs_before_it_exits() {
     let redelivered = stop_a_worker_under_load("term", "-TERM");
@@ -371,24 +548,28 @@ fn a_worker_stopped_with_sigterm_answers_its_jobs_before_it_exits() {
 
 #[test]
 fn a_redis_restart_refuses_fast_then_recovers_by_itself() {
+    // The shipped timeouts.
     let mut redis = RedisServer::start();
-    let cfg = write_config(&redis, "restart", "");
+    let cfg = write_default_config(&redis, "restart");
     let mut worker = Node::start("worker", &cfg, "mobilenet_v2");
     let mut api = Node::start("api", &cfg, "mobilenet_v2");
     worker.wait_ready();
     api.wait_ready();
+    api.wait_workers(&["mobilenet_v2"]);
     let image = data("chelsea.jpg");
     let mut c = api.conn();
     assert_eq!(detect(&mut c, &image, 1).1, [0]);
 
     redis.stop_server();
+    let stopped = Instant::now();
     // Readiness turns false once the health check misses the broker.
-    let start = Instant::now();
     while api.conn().get("/health/ready").unwrap().status != 503 {
-        assert!(start.elapsed() < Duration::from_secs(60), "api still ready without its broker");
+        assert!(stopped.elapsed() < Duration::from_secs(60), "api still ready without its broker");
         std::thread::sleep(Duration::from_millis(20));
     }
+    let unready_after = stopped.elapsed();
     // Refused at once: 503 over HTTP, the envelope's 500, and the reason.
+    let refusing = Instant::now();
     let r = c
         .post_multipart(
             DETECT,
@@ -399,21 +580,33 @@ fn a_redis_restart_refuses_fast_then_recovers_by_itself() {
     let v = r.json();
     assert_eq!(v["status"], 500);
     assert!(v["body"].as_str().unwrap().contains("broker unavailable"), "{v}");
+    let refused_in = refusing.elapsed();
     assert!(metric_value(&api.metrics(), "gpubackend_refusals_total", &[("reason", "not_ready")]) >= 1.0);
 
     // Back (empty: no persistence): both roles reconnect, the worker recreates its group.
     redis.start_server();
+    let restarted = Instant::now();
     api.wait_ready();
-    let start = Instant::now();
     loop {
         let (status, files, labels) = detect(&mut c, &image, 1);
         if status == 200 && files == [0] {
             assert_eq!(labels, ["Cat"]);
             break;
         }
-        assert!(start.elapsed() < Duration::from_secs(60), "no recovery: {status} {files:?}\n{}", worker.log_text());
+        assert!(
+            restarted.elapsed() < Duration::from_secs(60),
+            "no recovery: {status} {files:?}\n{}",
+            worker.log_text()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+    eprintln!(
+        "shipped defaults, Redis restart: api unready {} ms after Redis stopped, a request refused in {} ms, \
+         labelled again {} ms after Redis started",
+        unready_after.as_millis(),
+        refused_in.as_millis(),
+        restarted.elapsed().as_millis()
+    );
     worker.wait_ready();
 }
 

@@ -21,6 +21,7 @@ mod model_sface;
 mod observability;
 mod onnx_models;
 mod ops;
+mod overload;
 mod persons;
 mod plates;
 mod server;

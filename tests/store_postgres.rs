@@ -201,12 +201,20 @@ fn a_database_restart_fails_requests_clearly_then_recovers_by_itself() {
 
     // Database down: the request is answered (500 in the envelope), not left hanging.
     pg.stop_server();
+    let down = std::time::Instant::now();
     let (s, v) = call(&mut conn, "recognize", read.clone(), &[("f", "obama.jpg")]);
     assert_eq!((s, &v["status"]), (500, &json!(500)), "{v}");
+    let failed_in = down.elapsed();
 
     // Back up: the store reconnects on the next request, reloads, and answers.
     pg.start_server();
+    let up = std::time::Instant::now();
     let (s, v) = call(&mut conn, "recognize", read, &[("f", "obama.jpg")]);
     assert_eq!(s, 200, "{v}");
     assert_eq!(persons(&v, 0)[0]["tag"], "person3", "{v}");
+    eprintln!(
+        "PostgreSQL restart: a request during the outage answered 500 in {} ms; the first after it 200 in {} ms",
+        failed_in.as_millis(),
+        up.elapsed().as_millis()
+    );
 }

@@ -45,6 +45,19 @@ pub struct Stage {
     /// Last sampled stream length and live workers.
     pub stream_len: AtomicUsize,
     pub live_workers: AtomicUsize,
+    /// When a sample last saw a live worker on the stage (unix ms; the replica's start before).
+    last_served_ms: AtomicU64,
+}
+
+impl Stage {
+    /// A live worker now, or one seen within `grace_ms` (a worker restarting, or the api just
+    /// started and not yet sampled): jobs put on the stage will be taken. Past that the stage is
+    /// unserved: its modes are left out of answers (or refused when nothing else is asked) and
+    /// its outstanding jobs are answered as unavailable.
+    pub fn served(&self, grace_ms: u64) -> bool {
+        self.live_workers.load(Ordering::Relaxed) > 0
+            || unix_ms().saturating_sub(self.last_served_ms.load(Ordering::Relaxed)) < grace_ms
+    }
 }
 
 /// Who waits for a job's answer: a model input's handler (the prediction), or an image job's
@@ -144,6 +157,7 @@ impl Broker {
                         outstanding: AtomicUsize::new(0),
                         stream_len: AtomicUsize::new(0),
                         live_workers: AtomicUsize::new(0),
+                        last_served_ms: AtomicU64::new(unix_ms()),
                     };
                     (name.clone(), Arc::new(stage))
                 })
@@ -178,6 +192,12 @@ impl Broker {
 
     pub fn stage(&self, name: &str) -> Option<&Arc<Stage>> {
         self.stages.get(name)
+    }
+
+    /// Whether the stage's jobs will be taken by a worker ([`Stage::served`], within the
+    /// visibility timeout).
+    pub fn served(&self, stage: &Stage) -> bool {
+        stage.served(self.config.visibility_timeout_ms)
     }
 
     pub fn stages(&self) -> impl Iterator<Item = &Arc<Stage>> {
@@ -407,7 +427,9 @@ impl Broker {
                     tracing::info!(url = %self.config.url, "broker up");
                 }
                 ::metrics::gauge!(metrics::BROKER_UP).set(1.0);
-                self.sample(c, &cancelled, timeout).await
+                self.sample(c, &cancelled, timeout).await?;
+                self.unserved();
+                Ok(())
             }
             .await;
             if let Err(e) = result {
@@ -454,6 +476,9 @@ impl Broker {
             let live = workers.values().filter(|&&expiry| expiry > now).count();
             s.stream_len.store(len, Ordering::Relaxed);
             s.live_workers.store(live, Ordering::Relaxed);
+            if live > 0 {
+                s.last_served_ms.store(now, Ordering::Relaxed);
+            }
             let stage = s.name.clone();
             ::metrics::gauge!(metrics::BROKER_STREAM_LENGTH, "stage" => stage.clone()).set(len as f64);
             ::metrics::gauge!(metrics::BROKER_STREAM_PENDING, "stage" => stage.clone()).set(pending as f64);
@@ -472,6 +497,29 @@ impl Broker {
         for id in late {
             if let Some(p) = self.take(&id) {
                 ::metrics::counter!(metrics::REFUSALS, "reason" => "queue_timeout").increment(1);
+                let waited_ms = p.sent.elapsed().as_millis() as u64;
+                p.reply.fail(InferError::Unavailable { model: p.stage.name.clone(), waited_ms });
+            }
+        }
+    }
+
+    /// Answers the outstanding jobs of stages without a live worker for the visibility timeout
+    /// (the only worker died, or none ever served the stage) as unavailable, instead of letting
+    /// them wait for their deadline: the request answers with what its other models found.
+    fn unserved(&self) {
+        let gone: Vec<&Arc<Stage>> = self.stages.values().filter(|s| !self.served(s)).collect();
+        if gone.is_empty() {
+            return;
+        }
+        let ids: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, p)| gone.iter().any(|s| Arc::ptr_eq(s, &p.stage)))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            if let Some(p) = self.take(&id) {
+                ::metrics::counter!(metrics::REFUSALS, "reason" => "no_worker").increment(1);
                 let waited_ms = p.sent.elapsed().as_millis() as u64;
                 p.reply.fail(InferError::Unavailable { model: p.stage.name.clone(), waited_ms });
             }

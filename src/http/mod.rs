@@ -2,6 +2,7 @@
 
 mod auth;
 mod disconnect;
+mod gate;
 mod improve;
 mod multipart;
 mod objects;
@@ -93,7 +94,7 @@ impl ServedModel {
     pub fn has_live_worker(&self) -> bool {
         match &self.route {
             Route::Local(_) => self.workers.iter().any(|w| w.is_alive()),
-            Route::Remote(broker) => broker.is_up(),
+            Route::Remote(broker) => broker.is_up() && self.remote_stage(broker).is_none_or(|s| broker.served(s)),
         }
     }
 
@@ -101,8 +102,15 @@ impl ServedModel {
     pub fn not_live_reason(&self) -> String {
         match &self.route {
             Route::Local(_) => format!("model {} is not ready: no live worker (loading or restarting)", self.name),
-            Route::Remote(broker) => format!("broker unavailable ({})", broker.down_reason()),
+            Route::Remote(broker) if !broker.is_up() => format!("broker unavailable ({})", broker.down_reason()),
+            Route::Remote(_) => format!("model {} unavailable: no live worker on the broker", self.name),
         }
+    }
+
+    /// The broker stream this stage's jobs go on (its own, or its model's when the model's images
+    /// go whole, as the face cascade's networks).
+    fn remote_stage<'b>(&self, broker: &'b Broker) -> Option<&'b Arc<crate::broker::api::Stage>> {
+        broker.stage(&self.name).or_else(|| broker.stage(&self.model))
     }
 
     /// Hands one input to the stage; `Err` when it is refused (queue full, broker down).
@@ -129,10 +137,9 @@ impl ServedModel {
         match &self.route {
             Route::Local(_) => self.workers.iter().filter(|w| w.is_alive()).count(),
             // The face model's networks have no streams of their own: its images go whole.
-            Route::Remote(broker) => broker
-                .stage(&self.name)
-                .or_else(|| broker.stage(&self.model))
-                .map_or(0, |s| s.live_workers.load(std::sync::atomic::Ordering::Relaxed)),
+            Route::Remote(broker) => {
+                self.remote_stage(broker).map_or(0, |s| s.live_workers.load(std::sync::atomic::Ordering::Relaxed))
+            }
         }
     }
 }
@@ -169,6 +176,8 @@ pub struct AppState {
     pub broker: Option<Arc<Broker>>,
     /// `--role worker`: whether this worker reaches the broker (its feeders' last heartbeat).
     pub worker_broker_up: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Each Vision endpoint's gate, by path (`[admission]`; taken in `multipart::read_upload`).
+    pub gates: HashMap<&'static str, Arc<gate::Gate>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -487,6 +496,12 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         role,
         broker,
         worker_broker_up,
+        // One gate per Vision endpoint: requests beyond its active slots wait before their body
+        // is read, and are refused after `admission.max_wait_ms`.
+        gates: GATED_ENDPOINTS
+            .iter()
+            .map(|(path, endpoint)| (*path, gate::Gate::new(endpoint, config.admission)))
+            .collect(),
     });
 
     for (kind, model, groups, budget) in whole_feeds {
@@ -616,6 +631,18 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     Ok(RunningServer { addr, admin_addr, server, feeders })
 }
 
+/// The Vision endpoints behind a gate (`[admission]`): (path, the `endpoint` label of its metrics).
+const GATED_ENDPOINTS: &[(&str, &str)] = &[
+    ("/api/v1/objects/detect", "objects/detect"),
+    ("/api/v1/persons/set", "persons/set"),
+    ("/api/v1/persons/recognize", "persons/recognize"),
+    ("/api/v1/persons/delete", "persons/delete"),
+    ("/api/v1/persons/truncate", "persons/truncate"),
+    ("/api/v1/text/recognize", "text/recognize"),
+    ("/api/v1/scene_text/recognize", "scene_text/recognize"),
+    ("/api/v1/photo/improve", "photo/improve"),
+];
+
 /// A connection that came in on the admin listener (`server.admin_port`).
 struct AdminConnection;
 
@@ -739,8 +766,8 @@ async fn ready(state: Data<AppState>) -> HttpResponse {
     if ready { HttpResponse::Ok().json(body) } else { HttpResponse::ServiceUnavailable().json(body) }
 }
 
-/// `--role api`: ready while the broker is reachable (jobs then wait on the streams for workers,
-/// which KEDA may be starting); the body lists each stage's live workers and stream length.
+/// `--role api`: ready while the broker is reachable; the body lists each stage's live workers
+/// and stream length, and the stages no worker serves (`no_live_workers`).
 fn ready_api(broker: &Broker) -> HttpResponse {
     use std::sync::atomic::Ordering;
     let mut streams: Vec<_> = broker.stages().collect();
@@ -757,6 +784,14 @@ fn ready_api(broker: &Broker) -> HttpResponse {
         .collect();
     let up = broker.is_up();
     let mut body = json!({"status": if up { "ready" } else { "not ready" }, "role": "api", "stages": stages});
+    // Stages no live worker serves: their modes are left out of answers (partial answers), or
+    // refused when a request asks for nothing else. The api stays ready for the others.
+    let mut unserved: Vec<&str> =
+        broker.stages().filter(|s| s.live_workers.load(Ordering::Relaxed) == 0).map(|s| s.name.as_str()).collect();
+    unserved.sort_unstable();
+    if !unserved.is_empty() {
+        body["no_live_workers"] = json!(unserved);
+    }
     if up {
         HttpResponse::Ok().json(body)
     } else {

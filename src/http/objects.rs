@@ -2,6 +2,12 @@
 //! once): decode once → every requested mode on it concurrently (classifier modes: preprocess →
 //! batcher → labels; `car_number`: the plates model, `http::plates`) → one `<mode>_labels` list per
 //! mode in the Vision envelope, each image's status per mode.
+//!
+//! Partial answers: a mode whose model has no live worker (restarting, or no `--role worker`
+//! serves it) is answered per image with status 2 and the reason, without waiting, while the
+//! other modes answer as usual; `object` without its detector (unavailable, or failing for the
+//! image) answers the classifier's labels and names the boxes in `missing`. Only a request none of
+//! whose modes can be answered is refused (503).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -55,6 +61,21 @@ struct FileResult {
     /// README).
     #[serde(skip_serializing_if = "Option::is_none")]
     count_by_density: Option<usize>,
+    /// Parts of this answer left out (an addition to the mode whose model was unavailable or
+    /// failed for the image): `object` without the detector's boxes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing: Vec<Missing>,
+}
+
+/// A part left out of an image's answer, and why.
+#[derive(Debug, Clone, Serialize)]
+struct Missing {
+    /// What is missing: `boxes` (the COCO detector's objects that `object` adds).
+    part: &'static str,
+    model: String,
+    /// The part's own status: 1 permanent (this image), 2 temporary (retry later).
+    status: u8,
+    error: String,
 }
 
 /// The answer body: `<mode>_labels` for each requested mode.
@@ -131,8 +152,24 @@ type SharedBoxes<'a> = Shared<LocalBoxFuture<'a, Result<Arc<Vec<Detection>>, Sta
 
 /// One image's answer to one mode.
 enum ModeAnswer {
-    Labels(Vec<ObjectLabel>),
+    /// The labels, and the parts left out.
+    Labels(Vec<ObjectLabel>, Vec<Missing>),
     Plates(Vec<PlateLabel>),
+}
+
+impl Mode<'_> {
+    /// The stages the mode cannot be answered without.
+    fn core(&self) -> Vec<&ServedModel> {
+        match self {
+            Self::Classifier(c, _) | Self::Detector(c, _) => vec![*c],
+            Self::Plates(p) => p.stages().to_vec(),
+        }
+    }
+
+    /// Why the mode cannot be answered now (a core stage without a live worker), if so.
+    fn unavailable(&self) -> Option<String> {
+        self.core().into_iter().find(|s| !s.has_live_worker()).map(ServedModel::not_live_reason)
+    }
 }
 
 /// Modes answered here, sorted.
@@ -175,6 +212,8 @@ async fn handle(
             requested.push(mode);
         }
     }
+    // `object`'s boxes when its detector has no live worker: left out, and why.
+    let mut boxes_left_out: Option<Missing> = None;
     let modes: Vec<Mode> = requested
         .iter()
         .map(|m| match (*m, &state.plates) {
@@ -184,10 +223,23 @@ async fn handle(
                 match model.detector {
                     Some(_) => Mode::Detector(model, *m == "pedestrian"),
                     // `object` adds the boxes of the detector that serves `multiobject`.
-                    None => Mode::Classifier(
-                        model,
-                        state.modes.get("multiobject").map(|d| d.as_ref()).filter(|d| d.detector.is_some()),
-                    ),
+                    None => {
+                        let detector =
+                            state.modes.get("multiobject").map(|d| d.as_ref()).filter(|d| d.detector.is_some());
+                        let detector = match detector {
+                            Some(d) if !d.has_live_worker() => {
+                                boxes_left_out = Some(Missing {
+                                    part: "boxes",
+                                    model: d.name.clone(),
+                                    status: 2,
+                                    error: format!("{}, retry later", d.not_live_reason()),
+                                });
+                                None
+                            }
+                            other => other,
+                        };
+                        Mode::Classifier(model, detector)
+                    }
                 }
             }
         })
@@ -197,14 +249,19 @@ async fn handle(
     let names: Vec<&str> = meta.images.iter().map(|i| i.name.as_str()).collect();
     let images = upload.images(&names, &state.limits.upload())?;
 
-    let stages: Vec<&ServedModel> = modes
-        .iter()
-        .flat_map(|m| match m {
-            Mode::Classifier(c, None) | Mode::Detector(c, _) => vec![*c],
-            Mode::Classifier(c, Some(d)) => vec![*c, *d],
-            Mode::Plates(p) => p.stages().to_vec(),
-        })
-        .collect();
+    // Modes whose model has no live worker are answered as such for every image; the request is
+    // refused only when no mode is left.
+    let unavailable: Vec<Option<String>> = modes.iter().map(Mode::unavailable).collect();
+    if let [Some(why), ..] = unavailable.as_slice()
+        && unavailable.iter().all(Option::is_some)
+    {
+        ::metrics::counter!(metrics::REFUSALS, "reason" => "not_ready").increment(1);
+        return Err(ApiError::Overloaded(format!("{why}, retry later")));
+    }
+    // Admitted on the models the answered modes cannot do without (the detector's boxes of
+    // `object` are not among them).
+    let stages: Vec<&ServedModel> =
+        modes.iter().zip(&unavailable).filter(|(_, why)| why.is_none()).flat_map(|(m, _)| m.core()).collect();
     let _admitted = admit(state, &stages, &images, WORK_BYTES_PER_PIXEL)?;
     let poisoned: Vec<bool> = images
         .iter()
@@ -213,18 +270,27 @@ async fn handle(
     // Each image decoded once, every mode read from it; a mode failing for an image is that
     // mode's per-file status, a request-wide failure (queue full, hang-up) ends the request.
     let read = each_image(state, req, &label.models, &images, |i, image| {
-        let (modes, poisoned, bytes) = (&modes, poisoned[i], &images[i].1);
+        let (modes, unavailable, poisoned, bytes) = (&modes, &unavailable, poisoned[i], &images[i].1);
         async move {
             let mut boxes: Vec<(&str, SharedBoxes)> = Vec::new();
-            for d in modes.iter().filter_map(Mode::detector) {
+            let answered = || modes.iter().zip(unavailable).filter(|(_, why)| why.is_none()).map(|(m, _)| m);
+            for d in answered().filter_map(Mode::detector) {
                 if !boxes.iter().any(|(name, _)| *name == d.name) {
                     let run = detector_boxes(state, d, image.clone(), bytes, poisoned).boxed_local().shared();
                     boxes.push((d.name.as_str(), run));
                 }
             }
             let boxes = &boxes;
-            let answers =
-                join_all(modes.iter().map(|m| read_mode(state, m, image.clone(), bytes, poisoned, boxes))).await;
+            let answers = join_all(modes.iter().zip(unavailable).map(|(m, why)| {
+                let image = image.clone();
+                async move {
+                    match why {
+                        Some(why) => Err(StageError::File(2, format!("{why}, retry later"))),
+                        None => read_mode(state, m, image, bytes, poisoned, boxes).await,
+                    }
+                }
+            }))
+            .await;
             answers
                 .into_iter()
                 .map(|a| match a {
@@ -261,6 +327,13 @@ async fn handle(
             let list: Vec<FileResult> = named
                 .map(|(name, a)| {
                     let mut r = FileResult::new(name, a.map(ModeAnswer::into_labels));
+                    if r.status == 0 {
+                        r.missing.extend(boxes_left_out.iter().filter(|_| *mode == "object").cloned());
+                    }
+                    for m in &r.missing {
+                        ::metrics::counter!(metrics::PARTIAL, "endpoint" => ENDPOINT, "mode" => mode.to_string(), "model" => m.model.clone())
+                            .increment(1);
+                    }
                     if pedestrian {
                         // Required by the schema; 0 for a file that failed.
                         r.count_by_density = Some(r.labels.len());
@@ -288,14 +361,32 @@ async fn read_mode(
         boxes.iter().find(|(name, _)| *name == d.name).expect("every mode's detector runs. This is a bug.").1.clone()
     };
     match mode {
-        Mode::Classifier(model, None) => classify(state, model, image, poisoned).await.map(ModeAnswer::Labels),
+        Mode::Classifier(model, None) => {
+            classify(state, model, image, poisoned).await.map(|labels| ModeAnswer::Labels(labels, vec![]))
+        }
         Mode::Classifier(model, Some(detector)) => {
             let (labels, boxes) =
                 futures_util::future::join(classify(state, model, image, poisoned), boxes_of(detector)).await;
-            Ok(ModeAnswer::Labels(merge_object_labels(detector_labels(detector, &boxes?, false), labels?)))
+            let labels = labels?;
+            // The boxes are an addition: without them (the detector's worker died, its queue is
+            // full, it failed on the image) the classifier's labels answer, the boxes named missing.
+            match boxes {
+                Ok(boxes) => Ok(ModeAnswer::Labels(
+                    merge_object_labels(detector_labels(detector, &boxes, false), labels),
+                    vec![],
+                )),
+                Err(e) => {
+                    let (status, error) = match e {
+                        StageError::Request(e) => (2, e.to_string()),
+                        other => other.per_file().unwrap_or_else(|e| (2, e.to_string())),
+                    };
+                    let missing = Missing { part: "boxes", model: detector.name.clone(), status, error };
+                    Ok(ModeAnswer::Labels(labels, vec![missing]))
+                }
+            }
         }
         Mode::Detector(model, people) => {
-            boxes_of(model).await.map(|boxes| ModeAnswer::Labels(detector_labels(model, &boxes, *people)))
+            boxes_of(model).await.map(|boxes| ModeAnswer::Labels(detector_labels(model, &boxes, *people), vec![]))
         }
         Mode::Plates(svc) => read_plates(state, svc, image, bytes).await.map(ModeAnswer::Plates),
     }
@@ -408,9 +499,9 @@ fn merge_object_labels(boxes: Vec<ObjectLabel>, whole: Vec<ObjectLabel>) -> Vec<
 }
 
 impl ModeAnswer {
-    fn into_labels(self) -> Vec<ObjectLabel> {
+    fn into_labels(self) -> (Vec<ObjectLabel>, Vec<Missing>) {
         match self {
-            Self::Labels(labels) => labels,
+            Self::Labels(labels, missing) => (labels, missing),
             Self::Plates(_) => unreachable!("a classifier mode answered plates. This is a bug."),
         }
     }
@@ -418,17 +509,18 @@ impl ModeAnswer {
     fn into_plates(self) -> Vec<PlateLabel> {
         match self {
             Self::Plates(plates) => plates,
-            Self::Labels(_) => unreachable!("car_number answered labels. This is a bug."),
+            Self::Labels(..) => unreachable!("car_number answered labels. This is a bug."),
         }
     }
 }
 
 impl FileResult {
-    fn new(name: &str, read: Result<Vec<ObjectLabel>, (u8, String)>) -> Self {
+    fn new(name: &str, read: Result<(Vec<ObjectLabel>, Vec<Missing>), (u8, String)>) -> Self {
+        let name = name.to_string();
         match read {
-            Ok(labels) => Self { status: 0, error: None, name: name.to_string(), labels, count_by_density: None },
+            Ok((labels, missing)) => Self { status: 0, error: None, name, labels, count_by_density: None, missing },
             Err((status, error)) => {
-                Self { status, error: Some(error), name: name.to_string(), labels: vec![], count_by_density: None }
+                Self { status, error: Some(error), name, labels: vec![], count_by_density: None, missing: vec![] }
             }
         }
     }
