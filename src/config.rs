@@ -73,7 +73,7 @@ pub struct AdmissionConfig {
 
 impl Default for AdmissionConfig {
     fn default() -> Self {
-        Self { max_active_requests: 64, max_waiting_requests: 1024, max_wait_ms: 1000 }
+        Self { max_active_requests: 32, max_waiting_requests: 1024, max_wait_ms: 1000 }
     }
 }
 
@@ -1062,7 +1062,7 @@ mod tests {
         let text = format!("{EMBEDDED_DEFAULT}\n[broker]\nforget_consumers_after_ms = 1000\n");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("broker.forget_consumers_after_ms"), "{err}");
-        let text = EMBEDDED_DEFAULT.replace("max_active_requests = 64", "max_active_requests = 0");
+        let text = EMBEDDED_DEFAULT.replace("max_active_requests = 32", "max_active_requests = 0");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("admission.max_active_requests"), "{err}");
     }

@@ -511,6 +511,7 @@ fn a_model_without_a_live_worker_is_left_out_of_answers_that_need_it_only_in_par
         }
         assert!(start.elapsed() < Duration::from_secs(120), "the boxes were never left out: {v}");
     };
+    let left_out_after = start.elapsed();
     common::schema::OpenApi::load().assert_valid("objects_detect_response", &partial);
     let object = &partial["body"]["object_labels"][0];
     assert_eq!(object["missing"][0]["part"], "boxes", "{partial}");
@@ -523,7 +524,14 @@ fn a_model_without_a_live_worker_is_left_out_of_answers_that_need_it_only_in_par
     assert!(plate["error"].as_str().unwrap().contains("no live worker"), "{partial}");
     // Answered without a detector job: nothing more went on its stream for this request.
     let before = metric_value(&api.metrics(), "gpubackend_broker_payload_bytes_total", &[("stage", "centernet")]);
+    let asked = Instant::now();
     let (status, v) = call(&mut c, r#"["object"]"#);
+    eprintln!(
+        "shipped defaults, detector worker killed: `object` answered without its boxes in {} ms; the boxes first \
+         left out {} ms after the kill",
+        asked.elapsed().as_millis(),
+        left_out_after.as_millis()
+    );
     assert_eq!((status, &v["body"]["object_labels"][0]["missing"][0]["model"]), (200, &json!("centernet")), "{v}");
     let after = metric_value(&api.metrics(), "gpubackend_broker_payload_bytes_total", &[("stage", "centernet")]);
     assert_eq!(before, after);
