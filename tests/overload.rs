@@ -62,8 +62,10 @@ impl HalfSent {
 
 #[test]
 fn beyond_its_slots_a_request_waits_unread_then_is_refused_and_every_request_let_in_is_answered() {
-    // The shipped defaults (only threads and the store differ: `common::config`).
-    let cfg = config();
+    // The shipped defaults (only threads and the store differ: `common::config`), serving the
+    // classifier alone (`--models mobilenet_v2`: `object` without the detector's boxes).
+    let mut cfg = config();
+    cfg.override_placement(None, Some(vec!["mobilenet_v2".into()])).unwrap();
     assert_eq!(cfg.admission, AdmissionConfig::default());
     let AdmissionConfig { max_active_requests, max_wait_ms, .. } = cfg.admission;
     let server = TestServer::start(cfg);

@@ -51,6 +51,8 @@ fn a_model_whose_workers_keep_restarting_is_left_out_of_answers_it_is_not_needed
     std::fs::write(&bad, b"{\"this is\": \"not a TF.js graph\"}").unwrap();
     let mut cfg = config();
     cfg.models.get_mut("centernet").unwrap().weights = bad;
+    // The models objects/detect uses (`--models mobilenet_v2,centernet,plates`).
+    cfg.override_placement(None, Some(vec!["mobilenet_v2".into(), "centernet".into(), "plates".into()])).unwrap();
     let server = TestServer::start_unready(cfg);
     let mut admin = gpubackend::client::Conn::new(server.admin.unwrap_or(server.addr));
     let start = std::time::Instant::now();
