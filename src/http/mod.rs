@@ -772,8 +772,12 @@ fn ready_api(broker: &Broker) -> HttpResponse {
     use std::sync::atomic::Ordering;
     let mut streams: Vec<_> = broker.stages().collect();
     streams.sort_by(|a, b| a.name.cmp(&b.name));
+    // Stages no live worker serves: their modes are left out of answers (partial answers), or
+    // refused when a request asks for nothing else. The api stays ready for the others.
+    let unserved: Vec<&str> =
+        streams.iter().filter(|s| s.live_workers.load(Ordering::Relaxed) == 0).map(|s| s.name.as_str()).collect();
     let stages: serde_json::Map<String, serde_json::Value> = streams
-        .into_iter()
+        .iter()
         .map(|s| {
             let v = json!({
                 "live_workers": s.live_workers.load(Ordering::Relaxed),
@@ -784,11 +788,6 @@ fn ready_api(broker: &Broker) -> HttpResponse {
         .collect();
     let up = broker.is_up();
     let mut body = json!({"status": if up { "ready" } else { "not ready" }, "role": "api", "stages": stages});
-    // Stages no live worker serves: their modes are left out of answers (partial answers), or
-    // refused when a request asks for nothing else. The api stays ready for the others.
-    let mut unserved: Vec<&str> =
-        broker.stages().filter(|s| s.live_workers.load(Ordering::Relaxed) == 0).map(|s| s.name.as_str()).collect();
-    unserved.sort_unstable();
     if !unserved.is_empty() {
         body["no_live_workers"] = json!(unserved);
     }

@@ -33,7 +33,8 @@ pub async fn read_upload(req: &HttpRequest, mut payload: Payload, limits: &Limit
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     // Form framing adds a little; anything far beyond the limit is refused before reading.
-    if declared.is_some_and(|n| n > limits.max_request_bytes + 64 * 1024) {
+    let most = limits.max_request_bytes + 64 * 1024;
+    if declared.is_some_and(|n| n > most) {
         return Err(UploadError::RequestTooLarge(limits.max_request_bytes).into());
     }
     let gate = req.app_data::<Data<AppState>>().and_then(|s| s.gates.get(req.path()).cloned());
@@ -46,7 +47,7 @@ pub async fn read_upload(req: &HttpRequest, mut payload: Payload, limits: &Limit
                 ::metrics::counter!(metrics::REFUSALS, "reason" => refusal.reason()).increment(1);
                 // The body is read and dropped (bounded), so the connection stays usable and the
                 // answer is not lost to a reset; parsing it would cost more than refusing.
-                drain(&mut payload, limits.max_request_bytes + 64 * 1024).await;
+                drain(&mut payload, most).await;
                 return Err(ApiError::Overloaded(refusal.message(gate.endpoint())));
             }
         }

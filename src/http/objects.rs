@@ -121,11 +121,21 @@ struct RequestLabel {
 
 /// What answers one requested mode.
 enum Mode<'a> {
-    /// The classifier, and the detector whose boxes `object` adds where one is placed.
-    Classifier(&'a ServedModel, Option<&'a ServedModel>),
+    /// The classifier, and the boxes `object` adds where a detector is placed.
+    Classifier(&'a ServedModel, Boxes<'a>),
     /// The COCO detector: every class (`multiobject`), or people only (`pedestrian`).
     Detector(&'a ServedModel, bool),
     Plates(&'a PlateService),
+}
+
+/// The COCO detector's boxes that `object` adds to the classifier's labels.
+enum Boxes<'a> {
+    /// No detector placed: the classifier's labels alone.
+    None,
+    /// From this detector.
+    Detector(&'a ServedModel),
+    /// Its detector has no live worker: left out of the answer, and why.
+    LeftOut(Missing),
 }
 
 impl<'a> Mode<'a> {
@@ -139,8 +149,8 @@ impl<'a> Mode<'a> {
     /// The detector whose boxes the mode reads.
     fn detector(&self) -> Option<&'a ServedModel> {
         match self {
-            Self::Classifier(_, d) => *d,
-            Self::Detector(d, _) => Some(*d),
+            Self::Classifier(_, Boxes::Detector(d)) | Self::Detector(d, _) => Some(*d),
+            Self::Classifier(..) => None,
             Self::Plates(_) => None,
         }
     }
@@ -212,8 +222,6 @@ async fn handle(
             requested.push(mode);
         }
     }
-    // `object`'s boxes when its detector has no live worker: left out, and why.
-    let mut boxes_left_out: Option<Missing> = None;
     let modes: Vec<Mode> = requested
         .iter()
         .map(|m| match (*m, &state.plates) {
@@ -226,19 +234,17 @@ async fn handle(
                     None => {
                         let detector =
                             state.modes.get("multiobject").map(|d| d.as_ref()).filter(|d| d.detector.is_some());
-                        let detector = match detector {
-                            Some(d) if !d.has_live_worker() => {
-                                boxes_left_out = Some(Missing {
-                                    part: "boxes",
-                                    model: d.name.clone(),
-                                    status: 2,
-                                    error: format!("{}, retry later", d.not_live_reason()),
-                                });
-                                None
-                            }
-                            other => other,
+                        let boxes = match detector {
+                            None => Boxes::None,
+                            Some(d) if d.has_live_worker() => Boxes::Detector(d),
+                            Some(d) => Boxes::LeftOut(Missing {
+                                part: "boxes",
+                                model: d.name.clone(),
+                                status: 2,
+                                error: format!("{}, retry later", d.not_live_reason()),
+                            }),
                         };
-                        Mode::Classifier(model, detector)
+                        Mode::Classifier(model, boxes)
                     }
                 }
             }
@@ -327,9 +333,6 @@ async fn handle(
             let list: Vec<FileResult> = named
                 .map(|(name, a)| {
                     let mut r = FileResult::new(name, a.map(ModeAnswer::into_labels));
-                    if r.status == 0 {
-                        r.missing.extend(boxes_left_out.iter().filter(|_| *mode == "object").cloned());
-                    }
                     for m in &r.missing {
                         ::metrics::counter!(metrics::PARTIAL, "endpoint" => ENDPOINT, "mode" => mode.to_string(), "model" => m.model.clone())
                             .increment(1);
@@ -361,10 +364,13 @@ async fn read_mode(
         boxes.iter().find(|(name, _)| *name == d.name).expect("every mode's detector runs. This is a bug.").1.clone()
     };
     match mode {
-        Mode::Classifier(model, None) => {
+        Mode::Classifier(model, Boxes::None) => {
             classify(state, model, image, poisoned).await.map(|labels| ModeAnswer::Labels(labels, vec![]))
         }
-        Mode::Classifier(model, Some(detector)) => {
+        Mode::Classifier(model, Boxes::LeftOut(missing)) => classify(state, model, image, poisoned)
+            .await
+            .map(|labels| ModeAnswer::Labels(labels, vec![missing.clone()])),
+        Mode::Classifier(model, Boxes::Detector(detector)) => {
             let (labels, boxes) =
                 futures_util::future::join(classify(state, model, image, poisoned), boxes_of(detector)).await;
             let labels = labels?;
