@@ -35,7 +35,7 @@ run: weights $(LLVM) ## start the server on the embedded defaults (CPU backend) 
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- --port $(PORT)
 
 test: setup ## run every test (unit, model-vs-reference, wgpu on lavapipe, devices, end-to-end server, ops; the CPU kernels)
-	cargo test --all-targets $(CARGO_FEATURES)
+	cargo test --all-targets $(CARGO_FEATURES) -p gpubackend -p gpubackend-nets
 	cargo test -p gpubackend-kernels
 	cargo test -p gpubackend-formats
 	FUZZ_SEED=1 bash scripts/fuzz.sh $(FUZZ_SECONDS)

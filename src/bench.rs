@@ -42,7 +42,6 @@ use clap::{Args, Subcommand};
 use serde::Serialize;
 
 use crate::client::{Conn, metric_value};
-use crate::config::Limits;
 use crate::models::profile::OpTime;
 use crate::models::{DeviceSpec, Model, ModelSpec};
 use crate::pipelines::decode::decode;
@@ -722,7 +721,7 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
     let (unfolded, folded, burn_ops, served) = match a.model.as_str() {
         "mobilenet_v2" => {
             let weights = a.weights.clone().unwrap_or_else(|| "models/mobilenet_v2/mobilenet_v2-b0353104.pth".into());
-            let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Limits::default())?;
+            let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Default::default())?;
             let input = classifier_input(&img, ClassifierSpec::IMAGENET);
             let data: Vec<f32> = (0..a.batch).flat_map(|_| input.data.iter().copied()).collect();
             let x = Tensor::<4>::from_data(TensorData::new(data, [a.batch, 3, INPUT_SIZE, INPUT_SIZE]), &device);
@@ -747,7 +746,7 @@ fn run_layers(a: &LayersArgs) -> anyhow::Result<()> {
         }
         "pnet" => {
             let weights = a.weights.clone().unwrap_or_else(|| "models/mtcnn/pnet.pt".into());
-            let img = decode(&std::fs::read("tests/data/obama2.jpg")?, &Limits::default())?;
+            let img = decode(&std::fs::read("tests/data/obama2.jpg")?, &Default::default())?;
             let side = 128;
             // The photo's first P-Net tile, as the face model cuts and normalises it.
             let (_, tiles) = crate::pipelines::face_detect::pyramid_tiles(&img, &Default::default(), side);
@@ -1139,7 +1138,7 @@ fn run_model(a: &ModelArgs) -> anyhow::Result<ModelReport> {
     let depth = a.depth.unwrap_or(if spec == DeviceSpec::Cpu { 1 } else { 2 }).max(1);
     let adapter = spec.probe()?.to_string();
     let model = Model::load(&ModelSpec::MobilenetV2 { weights: a.weights.clone() }, &spec)?;
-    let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Limits::default())?;
+    let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Default::default())?;
     let input = classifier_input(&img, ClassifierSpec::IMAGENET);
     let batch: Vec<&[f32]> = (0..a.batch).map(|_| input.data.as_slice()).collect();
     // On the CPU each thread count runs in its own rayon pool (burn flex's ops and gemm use the

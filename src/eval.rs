@@ -12,9 +12,9 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 
-use crate::config::{Config, FaceConfig, Limits};
+use crate::config::{Config, FaceConfig};
 use crate::models::DeviceSpec;
-use crate::pipelines::decode::{DecodedImage, decode};
+use crate::pipelines::decode::{DecodedImage, ImageLimits, decode};
 use crate::pipelines::face_detect::{DetectParams, Face, FaceFilter, detect_tiled, iou};
 use crate::pipelines::text::resize_bilinear;
 
@@ -180,7 +180,7 @@ pub fn load_labels(path: &Path) -> anyhow::Result<Labels> {
 pub fn detect_all(labels: &Labels, fc: &FaceConfig, weights: &Path, root: &Path) -> anyhow::Result<Vec<Detections>> {
     let nets = crate::models::mtcnn::Mtcnn::load(&root.join(weights), DeviceSpec::Cpu.device()?)?;
     let params = DetectParams { min_face: fc.min_face, thresholds: fc.thresholds, factor: fc.factor };
-    let limits = Limits { max_width: 8192, max_height: 8192, ..Limits::default() };
+    let limits = ImageLimits { max_width: 8192, max_height: 8192, ..ImageLimits::default() };
     let mut out = Vec::new();
     for l in &labels.images {
         let path = root.join(&l.path);

@@ -29,7 +29,8 @@ pub mod error;
 pub mod eval;
 pub mod http;
 pub mod metrics;
-pub mod models;
+/// The networks and the engine beneath them (the `gpubackend-nets` crate).
+pub use gpubackend_nets as models;
 pub mod pipelines;
 pub mod store;
 pub mod verify;

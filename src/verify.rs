@@ -197,7 +197,7 @@ fn plates(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
     let path = fx.root.join("tests/data/car_5au5341.png");
     let bytes =
         std::fs::read(&path).map_err(|e| VerifyError::Fixture { path: path.clone(), message: e.to_string() })?;
-    let img = crate::pipelines::decode::decode(&bytes, &crate::config::Limits::default())
+    let img = crate::pipelines::decode::decode(&bytes, &Default::default())
         .map_err(|e| VerifyError::Fixture { path: path.clone(), message: e.to_string() })?;
     let x = det_input(&img, &PlateParams { bucket: 32, ..PlateParams::default() });
     let [h, w] = x.bucket;

@@ -28,6 +28,7 @@ mod server;
 mod soak;
 mod store_durability;
 mod store_postgres;
+mod structure;
 mod supervision;
 mod text;
 mod unloadable;

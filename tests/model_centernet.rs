@@ -12,10 +12,10 @@
 use std::path::Path;
 
 use burn::prelude::{Tensor, TensorData};
-use gpubackend::config::Limits;
 use gpubackend::models::DeviceSpec;
 use gpubackend::models::onnx_graph::OnnxGraph;
 use gpubackend::models::tfjs;
+use gpubackend::pipelines::decode::ImageLimits;
 use gpubackend::pipelines::decode::decode;
 use gpubackend::pipelines::detect::{CenterNetOutput, Detection, iou, select};
 use gpubackend::pipelines::preprocess::detector_input;
@@ -40,7 +40,7 @@ fn reference() -> Value {
 /// The network's output for a photo of tests/data: 84 × 128 × 128, and the photo's size.
 fn run(net: &OnnxGraph, device: &burn::prelude::Device, file: &str) -> (Vec<f32>, [u32; 2]) {
     let bytes = std::fs::read(format!("tests/data/{file}")).unwrap();
-    let img = decode(&bytes, &Limits::default()).unwrap();
+    let img = decode(&bytes, &ImageLimits::default()).unwrap();
     let input = detector_input(&img, SIDE);
     let x = Tensor::<4>::from_data(TensorData::new(input.data, [1, 3, SIDE, SIDE]), device);
     let y = net.forward(x);

@@ -8,9 +8,9 @@ use common::read_f32s;
 
 use std::path::Path;
 
-use gpubackend::config::Limits;
 use gpubackend::models::DeviceSpec;
 use gpubackend::models::mobilenet_v2::{Classifier, INPUT_LEN, NUM_CLASSES};
+use gpubackend::pipelines::decode::ImageLimits;
 use gpubackend::pipelines::decode::decode;
 use gpubackend::pipelines::preprocess::{ClassifierSpec, classifier_input};
 
@@ -30,7 +30,7 @@ fn argmax(v: &[f32]) -> usize {
 fn preprocessing_matches_the_reference() {
     for name in IMAGES {
         let bytes = std::fs::read(format!("{}/tests/data/{name}.png", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let img = decode(&bytes, &Limits::default()).unwrap();
+        let img = decode(&bytes, &ImageLimits::default()).unwrap();
         let ours = classifier_input(&img, ClassifierSpec::IMAGENET);
         let reference = read_f32s(&format!("tests/fixtures/mobilenet_v2/{name}.input.f32"));
         let d = max_abs_diff(&ours.data, &reference);

@@ -93,7 +93,7 @@ fn a_wrong_weights_file_is_refused_with_its_path() {
 fn check_against_reference(
     detect: impl Fn(&gpubackend::pipelines::decode::DecodedImage) -> Vec<gpubackend::pipelines::face_detect::Face>,
 ) {
-    use gpubackend::config::Limits;
+    use gpubackend::pipelines::decode::ImageLimits;
     use gpubackend::pipelines::decode::decode;
     use gpubackend::pipelines::face_detect::iou;
 
@@ -104,7 +104,7 @@ fn check_against_reference(
     assert!(images.len() >= 5);
     for (name, faces) in images {
         let bytes = std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        let img = decode(&bytes, &Limits::default()).unwrap();
+        let img = decode(&bytes, &ImageLimits::default()).unwrap();
         let ours = detect(&img);
         let faces = faces.as_array().unwrap();
         println!("{name}: {} faces (reference {})", ours.len(), faces.len());

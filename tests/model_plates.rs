@@ -9,14 +9,14 @@ use std::path::Path;
 
 use burn::prelude::{Tensor, TensorData};
 use common::read_f32s;
-use gpubackend::config::Limits;
 use gpubackend::models::DeviceSpec;
 use gpubackend::models::plates::{ANCHOR_VALUES, PlateDetector, anchor_count};
+use gpubackend::pipelines::decode::ImageLimits;
 use gpubackend::pipelines::decode::{DecodedImage, decode};
 use gpubackend::pipelines::plates::{PlateParams, decode as decode_plates, det_input};
 
 fn image(name: &str) -> DecodedImage {
-    decode(&std::fs::read(format!("tests/data/{name}")).unwrap(), &Limits::default()).unwrap()
+    decode(&std::fs::read(format!("tests/data/{name}")).unwrap(), &ImageLimits::default()).unwrap()
 }
 
 fn detector() -> PlateDetector {

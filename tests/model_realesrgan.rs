@@ -8,9 +8,9 @@
 use std::path::Path;
 
 use burn::prelude::{Tensor, TensorData};
-use gpubackend::config::Limits;
 use gpubackend::models::DeviceSpec;
 use gpubackend::models::ncnn;
+use gpubackend::pipelines::decode::ImageLimits;
 use gpubackend::pipelines::decode::decode;
 use gpubackend::pipelines::superres::TileGrid;
 
@@ -64,7 +64,7 @@ fn x4plus_matches_ncnn() {
 fn tiled_against_whole(param: &str, (x, y, w, h): (usize, usize, usize, usize), grid: TileGrid) -> (u8, f64) {
     let device = DeviceSpec::Cpu.device().unwrap();
     let net = ncnn::load_graph(Path::new(param), &device).unwrap();
-    let img = decode(&std::fs::read("tests/data/chelsea.png").unwrap(), &Limits::default()).unwrap();
+    let img = decode(&std::fs::read("tests/data/chelsea.png").unwrap(), &ImageLimits::default()).unwrap();
     let rgb: Vec<u8> = (y..y + h)
         .flat_map(|r| img.rgb[(r * img.width as usize + x) * 3..(r * img.width as usize + x + w) * 3].to_vec())
         .collect();

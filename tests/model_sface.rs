@@ -64,7 +64,7 @@ fn reference_landmarks(name: &str) -> [[f32; 2]; 5] {
 
 fn decoded(name: &str) -> gpubackend::pipelines::decode::DecodedImage {
     let bytes = std::fs::read(format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    gpubackend::pipelines::decode::decode(&bytes, &gpubackend::config::Limits::default()).unwrap()
+    gpubackend::pipelines::decode::decode(&bytes, &gpubackend::pipelines::decode::ImageLimits::default()).unwrap()
 }
 
 /// The Rust alignment vs the reference's on the same landmarks. The photos are JPEGs and the two

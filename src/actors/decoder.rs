@@ -32,7 +32,7 @@ impl Handler<Decode> for Decoder {
     type Result = Result<DecodedImage, DecodeError>;
 
     fn handle(&mut self, msg: Decode, _: &mut SyncContext<Self>) -> Self::Result {
-        decode(&msg.bytes, &msg.limits)
+        decode(&msg.bytes, &msg.limits.image())
     }
 }
 
@@ -90,7 +90,8 @@ impl Handler<DetectorBoxes> for Preprocessor {
     type Result = actix::MessageResult<DetectorBoxes>;
 
     fn handle(&mut self, msg: DetectorBoxes, _: &mut SyncContext<Self>) -> Self::Result {
-        use crate::pipelines::detect::{CENTERNET_CLASSES, CENTERNET_INPUT, CENTERNET_MAP, CenterNetOutput, select};
+        use crate::models::centernet::{CENTERNET_CLASSES, CENTERNET_INPUT, CENTERNET_MAP};
+        use crate::pipelines::detect::{CenterNetOutput, select};
         let out = CenterNetOutput { data: &msg.output, classes: CENTERNET_CLASSES, side: CENTERNET_MAP };
         let peaks = out.peaks(msg.params.peaks, CENTERNET_INPUT);
         actix::MessageResult(select(&peaks, msg.threshold, msg.params.iou, usize::MAX, CENTERNET_INPUT, msg.size))

@@ -295,7 +295,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         let labels = match &mc.labels {
             Some(path) => {
                 let classes = match mc.architecture {
-                    crate::config::Architecture::Centernet => crate::pipelines::detect::CENTERNET_CLASSES,
+                    crate::config::Architecture::Centernet => crate::models::centernet::CENTERNET_CLASSES,
                     _ => mobilenet_v2::NUM_CLASSES,
                 };
                 Some(LabelMap::load(path, classes)?)

@@ -27,9 +27,10 @@ use crate::actors::{DetectorBoxes, DetectorInput, Preprocess};
 use crate::config::CAR_NUMBER_MODE;
 use crate::error::{ApiError, Envelope};
 use crate::metrics;
+use crate::models::centernet::CENTERNET_INPUT;
 use crate::pipelines::classify::ObjectLabel;
 use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::detect::{CENTERNET_INPUT, Detection, PERSON};
+use crate::pipelines::detect::{Detection, PERSON};
 use crate::pipelines::preprocess::ClassifierSpec;
 
 const ENDPOINT: &str = "objects/detect";

@@ -19,8 +19,9 @@ use super::{AppState, FaceService};
 use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
 use crate::actors::{AlignFaces, CropFaces, Prediction, Pyramid};
 use crate::error::{ApiError, Envelope};
+use crate::models::mtcnn::{ONET_SIZE, RNET_SIZE};
 use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::face_detect::{self, Candidate, DetectParams, Face, ONET_SIZE, RNET_SIZE};
+use crate::pipelines::face_detect::{self, Candidate, DetectParams, Face};
 use crate::store::SPACES;
 
 const NO_SINGLE_FACE: &str = "face set required only one face per image";

@@ -5,12 +5,6 @@
 //! 4x + r, 4y + b]` in input pixels (4 = the map's stride); then per class non-maximum
 //! suppression and the score threshold, in the original image's pixels.
 
-/// The CenterNet graph model's input side, map side (stride 4), classes, and the graph outputs
-/// the server runs (the heatmap, then the box sides, side by side along C).
-pub const CENTERNET_INPUT: usize = 512;
-pub const CENTERNET_MAP: usize = 128;
-pub const CENTERNET_CLASSES: usize = 80;
-pub const CENTERNET_OUTPUTS: [&str; 2] = ["tower_0/keypoints", "tower_0/wh"];
 /// COCO's `person` class.
 pub const PERSON: usize = 0;
 

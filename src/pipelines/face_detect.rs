@@ -4,6 +4,7 @@
 //! crops can be batched across requests. Boxes are pixels `[x1, y1, x2, y2]` of the original image.
 
 use super::decode::DecodedImage;
+use crate::models::mtcnn::{FaceNets, ONET_SIZE, RNET_SIZE};
 
 /// Detector settings; the defaults are facenet-pytorch's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -53,9 +54,6 @@ pub enum Overlap {
     Union,
     MinPlusOne,
 }
-
-pub const RNET_SIZE: usize = 24;
-pub const ONET_SIZE: usize = 48;
 
 /// Pyramid scales `m · factor^k` (m = 12 / min_face) while the shorter side stays ≥ 12 pixels.
 pub fn pyramid(width: u32, height: u32, params: &DetectParams) -> Vec<Level> {
@@ -367,27 +365,6 @@ pub fn stage3(boxes: &[Candidate], reg: &[f32], landmarks: &[f32], prob: &[f32],
     let b: Vec<[f32; 4]> = faces.iter().map(|f| f.bbox).collect();
     let s: Vec<f32> = faces.iter().map(|f| f.score).collect();
     nms(&b, &s, 0.7, Overlap::MinPlusOne).into_iter().map(|i| faces[i]).collect()
-}
-
-/// Flat outputs of one of the networks: `reg` (4 per window or crop), `prob` (2, face second),
-/// `landmarks` (O-Net: 10 per crop), and for P-Net the map size (h, w).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct NetOutput {
-    pub reg: Vec<f32>,
-    pub prob: Vec<f32>,
-    pub landmarks: Vec<f32>,
-    pub map: (usize, usize),
-}
-
-/// The three networks as the cascade needs them: each takes a batch (planar RGB, normalised).
-/// `Err` carries the device's message.
-pub trait FaceNets {
-    /// One image of `h × w` → maps (4, h', w') and (2, h', w').
-    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, String>;
-    /// `n` crops of 24².
-    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
-    /// `n` crops of 48², with landmarks.
-    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
 }
 
 /// The whole cascade on one image, each stage's networks run by `nets` (batched within the image).

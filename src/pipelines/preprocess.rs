@@ -3,6 +3,7 @@
 //! in numpy in `tools/reference/mobilenet_v2.py`; the model test checks both agree.
 
 use super::decode::DecodedImage;
+use crate::models::onnx_graph::tf_bilinear_taps;
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
@@ -118,25 +119,6 @@ pub fn classifier_input(img: &DecodedImage, spec: ClassifierSpec) -> ModelInput 
     ModelInput::fixed(data)
 }
 
-/// TensorFlow's legacy bilinear taps (`align_corners` and `half_pixel_centers` false, as
-/// TensorFlow.js's `resizeBilinear` by default) from `size` to `out` samples: per output sample
-/// the lower and upper input index and the weight of the upper one. Output `o` samples the input
-/// at `o · size / out`.
-pub fn tf_bilinear_taps(size: usize, out: usize) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
-    let ratio = size as f64 / out as f64;
-    let mut lo = Vec::with_capacity(out);
-    let mut hi = Vec::with_capacity(out);
-    let mut frac = Vec::with_capacity(out);
-    for o in 0..out {
-        let src = o as f64 * ratio;
-        let l = (src.floor() as usize).min(size - 1);
-        lo.push(l);
-        hi.push((src.ceil() as usize).min(size - 1));
-        frac.push((src - l as f64) as f32);
-    }
-    (lo, hi, frac)
-}
-
 /// The COCO detector's input: the image resized to `side`² by TensorFlow's legacy bilinear
 /// resize (the aspect ratio is not kept, as the reference library feeds it), RGB 0–255, CHW f32.
 pub fn detector_input(img: &DecodedImage, side: usize) -> ModelInput {
@@ -189,16 +171,5 @@ mod tests {
     fn tiny_images_are_upscaled() {
         let img = DecodedImage { width: 5, height: 5, rgb: vec![77; 75] };
         assert_eq!(classifier_input(&img, ClassifierSpec::IMAGENET).data.len(), 3 * 224 * 224);
-    }
-
-    #[test]
-    fn tf_bilinear_taps_sample_at_o_times_in_over_out() {
-        // 4 → 8: sources 0, 0.5, 1, …, 3.5; the last one's upper tap is clamped.
-        let (lo, hi, frac) = tf_bilinear_taps(4, 8);
-        assert_eq!(lo, [0, 0, 1, 1, 2, 2, 3, 3]);
-        assert_eq!(hi, [0, 1, 1, 2, 2, 3, 3, 3]);
-        assert_eq!(frac, [0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5]);
-        // 3 → 2: sources 0 and 1.5.
-        assert_eq!(tf_bilinear_taps(3, 2), (vec![0, 1], vec![0, 2], vec![0.0, 0.5]));
     }
 }

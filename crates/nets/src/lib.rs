@@ -1,6 +1,11 @@
-//! burn model definitions and weight loading. No actix, no HTTP: a model is built on a `Device`
-//! (which picks the backend at run time) and maps a batch of inputs to outputs.
+//! gpubackend's networks and the engine beneath them: burn model definitions, the graph runner
+//! (ONNX, ncnn, TF.js), the CPU engine, devices and weight loading. No actix, no HTTP, no server
+//! configuration: a model is built on a `Device` (which picks the backend at run time) and maps a
+//! batch of inputs to outputs. A crate of its own (re-exported as `gpubackend::models`), so
+//! nothing here can import the server's stages or configuration: what a network's callers need
+//! (input sizes, output names, the cascade's contract) is declared here.
 
+pub mod centernet;
 pub mod cpu;
 mod device;
 pub mod fold;
@@ -20,7 +25,7 @@ pub use device::{DeviceError, DeviceSpec};
 
 use std::path::{Path, PathBuf};
 
-use crate::pipelines::face_detect::{ONET_SIZE, RNET_SIZE};
+use mtcnn::{ONET_SIZE, RNET_SIZE};
 
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -108,7 +113,7 @@ impl ModelSpec {
             Self::TextRec { .. } => ppocr::REC_HEIGHT,
             Self::PlateDet { .. } => TEXT_DET_WARMUP,
             Self::TextCls { .. } => ppocr::CLS_HEIGHT,
-            Self::CenterNet { .. } => crate::pipelines::detect::CENTERNET_INPUT,
+            Self::CenterNet { .. } => centernet::CENTERNET_INPUT,
             Self::SuperRes { tile, .. } => *tile,
         }
     }
@@ -248,7 +253,7 @@ impl Model {
             ModelSpec::TextCls { weights } => Self::TextCls(Box::new(ppocr::OrientationClassifier::load(weights, &d)?)),
             ModelSpec::PlateDet { weights } => Self::PlateDet(Box::new(plates::PlateDetector::load(weights, &d)?)),
             ModelSpec::CenterNet { weights } => Self::CenterNet {
-                net: Box::new(tfjs::load_graph(weights, &crate::pipelines::detect::CENTERNET_OUTPUTS, &d)?),
+                net: Box::new(tfjs::load_graph(weights, &centernet::CENTERNET_OUTPUTS, &d)?),
                 device: d,
             },
             ModelSpec::SuperRes { weights, tile } => {
@@ -269,7 +274,7 @@ impl Model {
             Self::TextRec(_) => ppocr::REC_HEIGHT,
             Self::PlateDet(_) => TEXT_DET_WARMUP,
             Self::TextCls(_) => ppocr::CLS_HEIGHT,
-            Self::CenterNet { .. } => crate::pipelines::detect::CENTERNET_INPUT,
+            Self::CenterNet { .. } => centernet::CENTERNET_INPUT,
             Self::SuperRes { tile, .. } => *tile,
         }
     }

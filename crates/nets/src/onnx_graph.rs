@@ -463,6 +463,25 @@ impl OnnxGraph {
     }
 }
 
+/// TensorFlow's legacy bilinear taps (`align_corners` and `half_pixel_centers` false, as
+/// TensorFlow.js's `resizeBilinear` by default) from `size` to `out` samples: per output sample
+/// the lower and upper input index and the weight of the upper one. Output `o` samples the input
+/// at `o · size / out`.
+pub fn tf_bilinear_taps(size: usize, out: usize) -> (Vec<usize>, Vec<usize>, Vec<f32>) {
+    let ratio = size as f64 / out as f64;
+    let mut lo = Vec::with_capacity(out);
+    let mut hi = Vec::with_capacity(out);
+    let mut frac = Vec::with_capacity(out);
+    for o in 0..out {
+        let src = o as f64 * ratio;
+        let l = (src.floor() as usize).min(size - 1);
+        lo.push(l);
+        hi.push((src.ceil() as usize).min(size - 1));
+        frac.push((src - l as f64) as f32);
+    }
+    (lo, hi, frac)
+}
+
 /// TensorFlow's legacy bilinear resize (`align_corners` and `half_pixel_centers` false) of
 /// N×C×H×W to `[oh, ow]`, one axis after the other.
 fn resize_tf(x: Tensor<4>, [oh, ow]: [usize; 2]) -> Tensor<4> {
@@ -472,7 +491,7 @@ fn resize_tf(x: Tensor<4>, [oh, ow]: [usize; 2]) -> Tensor<4> {
         if size == out {
             return x;
         }
-        let (lo, hi, frac) = crate::pipelines::preprocess::tf_bilinear_taps(size, out);
+        let (lo, hi, frac) = tf_bilinear_taps(size, out);
         let idx = |v: Vec<usize>| {
             Tensor::<1, burn::prelude::Int>::from_data(
                 TensorData::new(v.into_iter().map(|i| i as i64).collect::<Vec<_>>(), [out]),
@@ -488,4 +507,20 @@ fn resize_tf(x: Tensor<4>, [oh, ow]: [usize; 2]) -> Tensor<4> {
     };
     let x = axis(x, 2, h, oh);
     axis(x, 3, w, ow)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tf_bilinear_taps_sample_at_o_times_in_over_out() {
+        // 4 → 8: sources 0, 0.5, 1, …, 3.5; the last one's upper tap is clamped.
+        let (lo, hi, frac) = tf_bilinear_taps(4, 8);
+        assert_eq!(lo, [0, 0, 1, 1, 2, 2, 3, 3]);
+        assert_eq!(hi, [0, 1, 1, 2, 2, 3, 3, 3]);
+        assert_eq!(frac, [0.0, 0.5, 0.0, 0.5, 0.0, 0.5, 0.0, 0.5]);
+        // 3 → 2: sources 0 and 1.5.
+        assert_eq!(tf_bilinear_taps(3, 2), (vec![0, 1], vec![0, 2], vec![0.0, 0.5]));
+    }
 }

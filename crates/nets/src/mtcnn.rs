@@ -18,9 +18,31 @@ use burn::tensor::activation::softmax;
 use super::LoadError;
 use super::cpu::{self, Act, HwcConv, Layer, Trunk};
 use super::profile::{OpTime, conv_flops, timed};
-use crate::pipelines::face_detect::{FaceNets, NetOutput};
 
-use crate::pipelines::face_detect::{ONET_SIZE, RNET_SIZE};
+/// R-Net's and O-Net's input sides (face crops).
+pub const RNET_SIZE: usize = 24;
+pub const ONET_SIZE: usize = 48;
+
+/// Flat outputs of one of the networks: `reg` (4 per window or crop), `prob` (2, face second),
+/// `landmarks` (O-Net: 10 per crop), and for P-Net the map size (h, w).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct NetOutput {
+    pub reg: Vec<f32>,
+    pub prob: Vec<f32>,
+    pub landmarks: Vec<f32>,
+    pub map: (usize, usize),
+}
+
+/// The three networks as the cascade needs them: each takes a batch (planar RGB, normalised).
+/// `Err` carries the device's message.
+pub trait FaceNets {
+    /// One image of `h × w` → maps (4, h', w') and (2, h', w').
+    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, String>;
+    /// `n` crops of 24².
+    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
+    /// `n` crops of 48², with landmarks.
+    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
+}
 
 fn conv(c: [usize; 2], k: usize, device: &Device) -> Conv2d {
     Conv2dConfig::new(c, [k, k]).init(device)
