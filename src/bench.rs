@@ -1111,7 +1111,7 @@ fn process_cpu() -> f64 {
 /// The forward loop: keeps `depth` batches launched (the next staged, uploaded and queued before
 /// the oldest is read back), as the server's worker does. Passes and wall seconds.
 fn forward_loop(model: &Model, batch: &[&[f32]], depth: usize, duration: f64) -> anyhow::Result<(usize, f64)> {
-    let side = model.input_side();
+    let size = model.input_size();
     for _ in 0..2 {
         model.forward(batch)?;
     }
@@ -1119,7 +1119,7 @@ fn forward_loop(model: &Model, batch: &[&[f32]], depth: usize, duration: f64) ->
     let mut passes = 0usize;
     let mut launched = std::collections::VecDeque::new();
     while start.elapsed().as_secs_f64() < duration || passes + launched.len() < 3 {
-        launched.push_back(model.launch(crate::models::stage(batch, side)?)?);
+        launched.push_back(model.launch(crate::models::stage_sized(batch, size)?)?);
         if launched.len() >= depth {
             launched.pop_front().expect("non-empty. This is a bug.").read()?;
             passes += 1;

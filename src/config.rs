@@ -355,6 +355,10 @@ pub enum Architecture {
     /// Super-resolution ×4 (Real-ESRGAN, ncnn files) for photo/improve `resolution`: two networks,
     /// `art` (realesr-animevideov3) and `photo` (RealESRGAN_x4plus).
     Realesrgan,
+    /// A network declared here, not in code: an ONNX graph (`weights`) with its I/O contract
+    /// (`[models.<name>.io]`), served by the graph runner. `task = "classify"`: a classifier for
+    /// the objects/detect modes it names.
+    Onnx,
 }
 
 impl Architecture {
@@ -539,6 +543,9 @@ pub struct ModelConfig {
     /// Super-resolution tiles and limits; `realesrgan` only (every field has a default).
     #[serde(default)]
     pub superres: Option<SuperResConfig>,
+    /// The I/O contract of a declared network; `onnx` only.
+    #[serde(default)]
+    pub io: Option<crate::models::declared::IoContract>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait of the oldest queued item before a partial batch is sent.
@@ -627,6 +634,14 @@ impl ModelConfig {
                 ),
                 (format!("{name}_rec"), ModelSpec::TextRec { weights: self.plate_recognizer() }, self.max_batch),
             ],
+            (Architecture::Onnx, _) => match &self.io {
+                Some(io) => vec![(
+                    name.to_string(),
+                    ModelSpec::Declared { weights: self.weights.clone(), io: *io },
+                    self.max_batch,
+                )],
+                None => vec![],
+            },
             (Architecture::Centernet, _) => {
                 vec![(name.to_string(), ModelSpec::CenterNet { weights: self.weights.clone() }, self.max_batch)]
             }
@@ -945,6 +960,28 @@ impl Config {
                         return Err(invalid(
                             f("superres.max_images"),
                             "max_images and max_image_bytes must be at least 1",
+                        ));
+                    }
+                }
+                Architecture::Onnx => {
+                    let Some(io) = &m.io else {
+                        return Err(invalid(f("io"), "a declared network needs [models.<name>.io] (its I/O contract)"));
+                    };
+                    if let Err((field, message)) = io.check() {
+                        return Err(invalid(f(&format!("io.{field}")), message));
+                    }
+                    if m.modes.is_empty()
+                        || m.modes.iter().any(|x| DETECTOR_MODES.contains(&x.as_str()) || x == CAR_NUMBER_MODE)
+                    {
+                        return Err(invalid(
+                            f("modes"),
+                            "a declared classifier serves objects/detect classifier modes (e.g. \"object\"), not the detector's or car_number",
+                        ));
+                    }
+                    if m.labels.is_none() {
+                        return Err(invalid(
+                            f("labels"),
+                            "a classifier needs its labels (a JSON table or one label per line)",
                         ));
                     }
                 }

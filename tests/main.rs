@@ -7,6 +7,7 @@
 
 mod broker;
 mod common;
+mod declared;
 mod devices;
 mod disconnect;
 mod face_precision;

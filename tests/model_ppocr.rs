@@ -122,3 +122,20 @@ fn cls_probabilities_match_onnxruntime() {
     assert!(!gpubackend::pipelines::text::upside_down(&ours[0..2], &p));
     assert!(gpubackend::pipelines::text::upside_down(&ours[2..4], &p));
 }
+
+/// The orientation classifier's whole ONNX graph on the graph runner (its head, GlobalAveragePool
+/// → Flatten/Reshape → MatMul → Add → Softmax, included): the same probabilities as onnxruntime
+/// within 1e-4. What a model declared only in the configuration (`architecture = "onnx"`) runs on.
+#[test]
+fn the_whole_cls_graph_runs_on_the_graph_runner_as_onnxruntime() {
+    let device = DeviceSpec::Cpu.device().unwrap();
+    let net = OnnxGraph::load(Path::new("models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx"), &device).unwrap();
+    let input = read_f32s("tests/fixtures/ppocr/cls.input.f32");
+    let reference = read_f32s("tests/fixtures/ppocr/cls.prob.f32");
+    let y = net.forward(Tensor::<4>::from_data(TensorData::new(input, [2, 3, 48, 192]), &device));
+    assert_eq!(y.dims(), [2, 2, 1, 1]);
+    let ours: Vec<f32> = y.into_data().iter::<f32>().collect();
+    let d = ours.iter().zip(&reference).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+    println!("cls on the graph runner: ours {ours:?}, onnxruntime {reference:?}, max diff {d:e}");
+    assert!(d <= 1e-4, "cls probabilities differ by {d}");
+}

@@ -10,7 +10,7 @@ use crate::pipelines::align::aligned_face;
 use crate::pipelines::decode::{DecodeError, DecodedImage, decode};
 use crate::pipelines::face_detect::{Candidate, DetectParams, Face, Level, Tile, crop_each, pyramid_tiles};
 use crate::pipelines::plates::{PlateCrop, PlateInput, PlateParams, det_input as plate_input, plate_crops};
-use crate::pipelines::preprocess::{ClassifierSpec, ModelInput, classifier_input, detector_input};
+use crate::pipelines::preprocess::{ClassifierPrep, ModelInput, detector_input};
 use crate::pipelines::text::{
     Detection, LineCrop, LineInput, TextParams, Working, line_crops, line_inputs, prepare_detection,
 };
@@ -46,14 +46,14 @@ impl Actor for Preprocessor {
 #[rtype(result = "ModelInput")]
 pub struct Preprocess {
     pub image: Arc<DecodedImage>,
-    pub spec: ClassifierSpec,
+    pub prep: ClassifierPrep,
 }
 
 impl Handler<Preprocess> for Preprocessor {
     type Result = actix::MessageResult<Preprocess>;
 
     fn handle(&mut self, msg: Preprocess, _: &mut SyncContext<Self>) -> Self::Result {
-        actix::MessageResult(classifier_input(&msg.image, msg.spec))
+        actix::MessageResult(msg.prep.input(&msg.image))
     }
 }
 

@@ -404,8 +404,7 @@ impl Handler<RunBatch> for InferenceWorker {
         // Staging (one contiguous buffer) happens here, while the device runs the previous batch.
         // The batcher batches items of one size only; a fixed-size model's items have no size.
         let inputs: Vec<&[f32]> = msg.inputs.iter().map(|i| i.data.as_slice()).collect();
-        let side = self.spec.input_side();
-        let size = msg.inputs.first().and_then(|i| i.size).unwrap_or([side, side]);
+        let size = msg.inputs.first().and_then(|i| i.size).unwrap_or(self.spec.input_size());
         let batch = match crate::models::stage_sized(&inputs, size) {
             Ok(b) => b,
             Err(e) => return failed(self.fail(ctx, e.to_string())),

@@ -78,6 +78,9 @@ pub struct ServedModel {
     pub top_k: usize,
     /// The COCO detector's NMS and peaks (None: not a detector).
     pub detector: Option<crate::pipelines::detect::DetectorParams>,
+    /// Classifiers: how an image becomes the input, and what the outputs are.
+    pub prep: crate::pipelines::preprocess::ClassifierPrep,
+    pub scores: crate::models::declared::Scores,
     pub workers: Vec<Arc<WorkerHealth>>,
 }
 
@@ -294,8 +297,9 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
         let mc: &ModelConfig = &config.models[name];
         let labels = match &mc.labels {
             Some(path) => {
-                let classes = match mc.architecture {
-                    crate::config::Architecture::Centernet => crate::models::centernet::CENTERNET_CLASSES,
+                let classes = match (mc.architecture, &mc.io) {
+                    (crate::config::Architecture::Centernet, _) => crate::models::centernet::CENTERNET_CLASSES,
+                    (crate::config::Architecture::Onnx, Some(io)) => io.classes,
                     _ => mobilenet_v2::NUM_CLASSES,
                 };
                 Some(LabelMap::load(path, classes)?)
@@ -367,11 +371,18 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
                 top_k: mc.top_k,
                 detector: (mc.architecture == crate::config::Architecture::Centernet)
                     .then(|| mc.detector.unwrap_or_default()),
+                prep: match mc.io {
+                    Some(io) => crate::pipelines::preprocess::ClassifierPrep::Declared(io),
+                    None => crate::pipelines::preprocess::ClassifierPrep::ImageNet,
+                },
+                scores: mc.io.map(|io| io.output).unwrap_or_default(),
                 workers: health,
             });
             if matches!(
                 mc.architecture,
-                crate::config::Architecture::MobilenetV2 | crate::config::Architecture::Centernet
+                crate::config::Architecture::MobilenetV2
+                    | crate::config::Architecture::Centernet
+                    | crate::config::Architecture::Onnx
             ) {
                 for mode in &mc.modes {
                     modes.insert(mode.clone(), served.clone());

@@ -31,7 +31,6 @@ use crate::models::centernet::CENTERNET_INPUT;
 use crate::pipelines::classify::ObjectLabel;
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::detect::{Detection, PERSON};
-use crate::pipelines::preprocess::ClassifierSpec;
 
 const ENDPOINT: &str = "objects/detect";
 /// Every mode of the documented `objects/detect` API.
@@ -407,12 +406,12 @@ async fn classify(
     poisoned: bool,
 ) -> Result<Vec<ObjectLabel>, StageError> {
     let start = Instant::now();
-    let input = prepare(state, Preprocess { image: image.clone(), spec: ClassifierSpec::IMAGENET }).await?;
+    let input = prepare(state, Preprocess { image: image.clone(), prep: model.prep }).await?;
     ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "preprocess", "model" => model.name.clone())
         .record(start.elapsed().as_secs_f64());
     let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
     let labels = model.labels.as_ref().expect("classifiers have labels (config). This is a bug.");
-    Ok(labels.labels(&prediction.output, model.threshold, model.top_k, image.width, image.height))
+    Ok(labels.labels_of(&prediction.output, model.scores, model.threshold, model.top_k, image.width, image.height))
 }
 
 /// The COCO detector's detections of one image: run here, or (`--role api`) by a worker, which

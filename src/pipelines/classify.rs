@@ -8,6 +8,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::models::declared::Scores;
+
 #[derive(Debug, Clone, Deserialize)]
 struct ClassEntry {
     index: usize,
@@ -63,9 +65,32 @@ impl LabelMap {
         let p = path.display().to_string();
         let text =
             std::fs::read_to_string(path).map_err(|e| LabelError::Read { path: p.clone(), message: e.to_string() })?;
-        let file: LabelFile =
-            serde_json::from_str(&text).map_err(|e| LabelError::Invalid { path: p.clone(), message: e.to_string() })?;
-        Self::from_classes(file.classes, num_classes).map_err(|message| LabelError::Invalid { path: p, message })
+        let classes = if path.extension().is_some_and(|e| e == "json") {
+            let file: LabelFile = serde_json::from_str(&text)
+                .map_err(|e| LabelError::Invalid { path: p.clone(), message: e.to_string() })?;
+            file.classes
+        } else {
+            Self::lines(&text)
+        };
+        Self::from_classes(classes, num_classes).map_err(|message| LabelError::Invalid { path: p, message })
+    }
+
+    /// A labels file of one label per line, class 0 first (Triton's and most exports' form): the
+    /// label answers as both `eng` and `rus`, without categories. Blank lines at the end are not
+    /// classes.
+    fn lines(text: &str) -> Vec<ClassEntry> {
+        let lines: Vec<&str> = text.trim_end().lines().map(str::trim).collect();
+        lines
+            .into_iter()
+            .enumerate()
+            .map(|(index, l)| ClassEntry {
+                index,
+                eng: l.to_string(),
+                rus: l.to_string(),
+                eng_categories: vec![],
+                rus_categories: vec![],
+            })
+            .collect()
     }
 
     fn from_classes(classes: Vec<ClassEntry>, num_classes: usize) -> Result<Self, String> {
@@ -116,12 +141,33 @@ impl LabelMap {
 
     /// Labels with summed probability ≥ `threshold`, best first, at most `top_k`.
     pub fn labels(&self, logits: &[f32], threshold: f32, top_k: usize, width: u32, height: u32) -> Vec<ObjectLabel> {
-        let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let exp: Vec<f64> = logits.iter().map(|&l| f64::from(l - max).exp()).collect();
-        let total: f64 = exp.iter().sum();
+        self.labels_of(logits, Scores::Logits, threshold, top_k, width, height)
+    }
+
+    /// [`Self::labels`] of logits (a softmax is taken) or of probabilities (taken as they are).
+    pub fn labels_of(
+        &self,
+        scores: &[f32],
+        kind: Scores,
+        threshold: f32,
+        top_k: usize,
+        width: u32,
+        height: u32,
+    ) -> Vec<ObjectLabel> {
+        let probs: Vec<f64> = match kind {
+            Scores::Logits => {
+                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exp: Vec<f64> = scores.iter().map(|&l| f64::from(l - max).exp()).collect();
+                let total: f64 = exp.iter().sum();
+                exp.into_iter().map(|e| e / total).collect()
+            }
+            Scores::Probabilities => scores.iter().map(|&p| f64::from(p)).collect(),
+        };
         let mut sums = vec![0f64; self.labels.len()];
-        for (class, e) in exp.iter().enumerate() {
-            sums[self.class_to_label[class]] += e / total;
+        for (class, p) in probs.iter().enumerate() {
+            if let Some(&label) = self.class_to_label.get(class) {
+                sums[label] += p;
+            }
         }
         let mut order: Vec<usize> = (0..sums.len()).filter(|&i| sums[i] as f32 >= threshold).collect();
         order.sort_by(|&a, &b| sums[b].total_cmp(&sums[a]));
@@ -171,6 +217,17 @@ mod tests {
         let logits = [3.0f32, 2.0, 0.0];
         assert_eq!(map.labels(&logits, 0.2, 10, 1, 1).len(), 2);
         assert_eq!(map.labels(&logits, 0.0, 1, 1, 1).len(), 1);
+    }
+
+    #[test]
+    fn probabilities_are_taken_as_they_are_and_label_lines_are_classes() {
+        let map = LabelMap::from_classes(LabelMap::lines("0\n180\n\n"), 2).unwrap();
+        let labels = map.labels_of(&[0.25, 0.75], Scores::Probabilities, 0.0, 5, 10, 20);
+        assert_eq!(
+            labels.iter().map(|l| (l.eng.as_str(), l.rus.as_str(), l.prob)).collect::<Vec<_>>(),
+            [("180", "180", 0.75), ("0", "0", 0.25)]
+        );
+        assert!(LabelMap::from_classes(LabelMap::lines("a\nb\nc"), 2).is_err());
     }
 
     #[test]

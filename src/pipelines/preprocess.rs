@@ -3,6 +3,7 @@
 //! in numpy in `tools/reference/mobilenet_v2.py`; the model test checks both agree.
 
 use super::decode::DecodedImage;
+use crate::models::declared::{Channels, IoContract, Resize};
 use crate::models::onnx_graph::tf_bilinear_taps;
 
 const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
@@ -38,6 +39,66 @@ pub struct ClassifierSpec {
 
 impl ClassifierSpec {
     pub const IMAGENET: Self = Self { resize_short: 256, crop: 224 };
+}
+
+/// How a served classifier's input is made: the built-in ImageNet steps, or a declared network's
+/// I/O contract (`[models.<name>.io]`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ClassifierPrep {
+    ImageNet,
+    Declared(IoContract),
+}
+
+impl ClassifierPrep {
+    pub fn input(&self, img: &DecodedImage) -> ModelInput {
+        match self {
+            Self::ImageNet => classifier_input(img, ClassifierSpec::IMAGENET),
+            Self::Declared(io) => declared_input(img, io),
+        }
+    }
+}
+
+/// A declared network's input (its I/O contract): the image resized (stretched, or the shorter
+/// side scaled and the centre cut) to `io.input` with the same antialiased triangle filter as the
+/// ImageNet steps (the identity when the image already has the input's size), channels in the
+/// declared order, `(x · scale − mean) / std`, CHW f32, sized `io.input`.
+pub fn declared_input(img: &DecodedImage, io: &IoContract) -> ModelInput {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let [oh, ow] = io.input;
+    // The resized image's size, and where the input window sits in it.
+    let (nw, nh) = match io.resize {
+        Resize::Stretch => (ow, oh),
+        Resize::CenterCrop => {
+            let k = (ow as f64 / w as f64).max(oh as f64 / h as f64) / f64::from(io.crop_fraction);
+            (((w as f64 * k).round() as usize).max(ow), ((h as f64 * k).round() as usize).max(oh))
+        }
+    };
+    let (top, left) = ((nh - oh) / 2, (nw - ow) / 2);
+    let rows: Vec<(usize, Vec<f64>)> = triangle_weights(h, nh).into_iter().skip(top).take(oh).collect();
+    let cols: Vec<(usize, Vec<f64>)> = triangle_weights(w, nw).into_iter().skip(left).take(ow).collect();
+    let order = match io.channels {
+        Channels::Rgb => [0, 1, 2],
+        Channels::Bgr => [2, 1, 0],
+    };
+    let mut data = vec![0f32; 3 * oh * ow];
+    for (y, (ylo, yw)) in rows.iter().enumerate() {
+        for (x, (xlo, xw)) in cols.iter().enumerate() {
+            let mut acc = [0f64; 3];
+            for (dy, &wy) in yw.iter().enumerate() {
+                for (dx, &wx) in xw.iter().enumerate() {
+                    let at = ((ylo + dy) * w + xlo + dx) * 3;
+                    for (c, a) in acc.iter_mut().enumerate() {
+                        *a += wy * wx * f64::from(img.rgb[at + c]);
+                    }
+                }
+            }
+            for (c, &src) in order.iter().enumerate() {
+                let v = acc[src] as f32 * io.scale;
+                data[c * oh * ow + y * ow + x] = (v - io.mean[c]) / io.std[c];
+            }
+        }
+    }
+    ModelInput::sized(data, oh, ow)
 }
 
 /// Sparse rows of an (out × in) resampling matrix: (first input index, weights).
@@ -143,6 +204,60 @@ pub fn detector_input(img: &DecodedImage, side: usize) -> ModelInput {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image(w: u32, h: u32) -> DecodedImage {
+        let rgb = (0..w * h * 3).map(|i| (i * 37 % 251) as u8).collect();
+        DecodedImage { width: w, height: h, rgb }
+    }
+
+    fn io(input: [usize; 2]) -> IoContract {
+        IoContract {
+            task: crate::models::declared::Task::Classify,
+            input,
+            layout: Default::default(),
+            channels: Channels::Bgr,
+            resize: Resize::Stretch,
+            crop_fraction: 0.875,
+            scale: 1.0 / 255.0,
+            mean: [0.5; 3],
+            std: [0.5; 3],
+            output: Default::default(),
+            classes: 2,
+        }
+    }
+
+    #[test]
+    fn a_declared_input_of_the_images_own_size_is_its_pixels_normalised() {
+        let img = image(7, 5);
+        let x = declared_input(&img, &io([5, 7]));
+        assert_eq!(x.size, Some([5, 7]));
+        for (y, xx, c) in [(0, 0, 0), (4, 6, 1), (2, 3, 2)] {
+            // BGR: channel 0 is the image's blue.
+            let px = f32::from(img.rgb[(y * 7 + xx) * 3 + (2 - c)]);
+            let want = (px / 255.0 - 0.5) / 0.5;
+            assert!((x.data[c * 35 + y * 7 + xx] - want).abs() < 1e-6, "({y}, {xx}, {c})");
+        }
+    }
+
+    #[test]
+    fn a_declared_centre_crop_keeps_the_aspect_and_the_middle() {
+        // A 40 × 20 image of one colour left and another right; a 10² centre crop at 1.0 scales
+        // the shorter side to 10 and cuts the middle 10 columns: half of each colour.
+        let mut rgb = vec![0u8; 40 * 20 * 3];
+        for y in 0..20 {
+            for x in 20..40 {
+                rgb[(y * 40 + x) * 3..(y * 40 + x) * 3 + 3].copy_from_slice(&[255, 255, 255]);
+            }
+        }
+        let img = DecodedImage { width: 40, height: 20, rgb };
+        let mut c = io([10, 10]);
+        c.resize = Resize::CenterCrop;
+        c.crop_fraction = 1.0;
+        c.mean = [0.0; 3];
+        c.std = [1.0; 3];
+        let x = declared_input(&img, &c);
+        assert!(x.data[0] < 0.01 && x.data[9] > 0.99, "{:?}", &x.data[..10]);
+    }
 
     #[test]
     fn weights_are_normalised_and_local() {

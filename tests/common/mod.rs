@@ -136,10 +136,16 @@ pub struct ChildGuard(pub std::process::Child);
 /// The server binary cargo built for the tests, started from the crate root on the config file
 /// `config` at a free port (stdout discarded, stderr piped), once `/health/ready` answers 200.
 pub fn spawn_server(config: &std::path::Path) -> (ChildGuard, SocketAddr) {
+    spawn_server_args(config, &[])
+}
+
+/// [`spawn_server`] with more command-line arguments (e.g. `--models a,b`).
+pub fn spawn_server_args(config: &std::path::Path, args: &[&str]) -> (ChildGuard, SocketAddr) {
     use std::process::{Command, Stdio};
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let child = Command::new(env!("CARGO_BIN_EXE_gpubackend"))
         .args(["-c", config.to_str().unwrap(), "--port", &port.to_string()])
+        .args(args)
         .current_dir(repo())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -15,6 +15,7 @@ pub struct OnnxTensor {
 }
 
 const FLOAT: u64 = 1;
+const INT32: u64 = 6;
 const INT64: u64 = 7;
 
 /// A node of the graph, in graph (topological) order.
@@ -186,6 +187,10 @@ fn tensor(buf: &[u8]) -> Result<Tensor, String> {
             (2, 0, _, v) => data_type = v,
             (4, 2, packed, _) => data.extend(floats(packed)),
             (4, 5, one, _) => data.extend(floats(one)),
+            (5, 0, _, v) => ints.push(i64::from(v as i32)),
+            (5, 2, packed, _) => {
+                ints.extend(varints(packed)?.into_iter().map(|v| i64::from(v as i32)));
+            }
             (7, 0, _, v) => ints.push(v as i64),
             (7, 2, packed, _) => {
                 ints.extend(varints(packed)?.into_iter().map(|v| v as i64));
@@ -210,6 +215,16 @@ fn tensor(buf: &[u8]) -> Result<Tensor, String> {
         INT64 => {
             if let Some(raw) = raw {
                 ints.extend(raw.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().expect("8 bytes"))));
+            }
+            if ints.len() != expected {
+                return Err(format!("tensor `{name}`: {} values for shape {dims:?}", ints.len()));
+            }
+            Ok(Tensor::Int64(name, ints))
+        }
+        // Shape arithmetic in some exports (Paddle's `fill_constant`): read as i64.
+        INT32 => {
+            if let Some(raw) = raw {
+                ints.extend(raw.chunks_exact(4).map(|b| i64::from(i32::from_le_bytes(b.try_into().expect("4 bytes")))));
             }
             if ints.len() != expected {
                 return Err(format!("tensor `{name}`: {} values for shape {dims:?}", ints.len()));
@@ -394,6 +409,28 @@ mod tests {
         let w = initializers(&model).unwrap();
         assert_eq!(w["w"], OnnxTensor { dims: vec![2, 3], data: vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0] });
         assert_eq!(w["s"].data, vec![127.5]);
+    }
+
+    #[test]
+    fn reads_int32_tensors_as_ints() {
+        // int32_data (field 5) packed, with a negative value (sign-extended 10-byte varint), and raw.
+        let mut t = Vec::new();
+        varint(1 << 3, &mut t);
+        varint(2, &mut t);
+        varint(2 << 3, &mut t);
+        varint(INT32, &mut t);
+        let mut packed = Vec::new();
+        varint(200, &mut packed);
+        varint(-3i64 as u64, &mut packed);
+        ld(5, &packed, &mut t);
+        assert!(matches!(tensor(&t).unwrap(), Tensor::Int64(_, v) if v == [200, -3]));
+        let mut r = Vec::new();
+        varint(1 << 3, &mut r);
+        varint(1, &mut r);
+        varint(2 << 3, &mut r);
+        varint(INT32, &mut r);
+        ld(9, &(-7i32).to_le_bytes(), &mut r);
+        assert!(matches!(tensor(&r).unwrap(), Tensor::Int64(_, v) if v == [-7]));
     }
 
     fn attribute_proto(name: &str, body: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {

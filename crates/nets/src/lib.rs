@@ -7,6 +7,7 @@
 
 pub mod centernet;
 pub mod cpu;
+pub mod declared;
 mod device;
 pub mod fold;
 pub mod mobilenet_v2;
@@ -94,16 +95,21 @@ pub enum ModelSpec {
         weights: PathBuf,
         tile: usize,
     },
+    /// A network declared in the configuration (an ONNX graph and its I/O contract).
+    Declared {
+        weights: PathBuf,
+        io: declared::IoContract,
+    },
 }
 
 /// Warm-up side of the text detector (any multiple of 32 works).
 const TEXT_DET_WARMUP: usize = 32;
 
 impl ModelSpec {
-    /// Side of the square input the model takes (each item is 3 × side × side); for the text
-    /// networks, which take any size (items carry theirs), the side of the warm-up pass.
-    pub fn input_side(&self) -> usize {
-        match self {
+    /// Height and width of the input the model takes (each item is 3 × h × w); for the networks
+    /// that take any size (items carry theirs), the size of the warm-up pass.
+    pub fn input_size(&self) -> [usize; 2] {
+        let side = match self {
             Self::MobilenetV2 { .. } => mobilenet_v2::INPUT_SIZE,
             Self::PNet { canvas, .. } => *canvas,
             Self::RNet { .. } => RNET_SIZE,
@@ -115,7 +121,9 @@ impl ModelSpec {
             Self::TextCls { .. } => ppocr::CLS_HEIGHT,
             Self::CenterNet { .. } => centernet::CENTERNET_INPUT,
             Self::SuperRes { tile, .. } => *tile,
-        }
+            Self::Declared { io, .. } => return io.input,
+        };
+        [side, side]
     }
 
     pub fn weights(&self) -> &Path {
@@ -130,7 +138,8 @@ impl ModelSpec {
             | Self::TextCls { weights }
             | Self::PlateDet { weights }
             | Self::CenterNet { weights }
-            | Self::SuperRes { weights, .. } => weights,
+            | Self::SuperRes { weights, .. }
+            | Self::Declared { weights, .. } => weights,
         }
     }
 }
@@ -154,6 +163,7 @@ pub enum Model {
     PlateDet(Box<plates::PlateDetector>),
     CenterNet { net: Box<onnx_graph::OnnxGraph>, device: burn::prelude::Device },
     SuperRes { net: Box<onnx_graph::OnnxGraph>, tile: usize, device: burn::prelude::Device },
+    Declared { net: Box<declared::DeclaredNet>, input: [usize; 2] },
 }
 
 /// A batch staged on the CPU: planar RGB `side`² inputs as one contiguous (N, 3, side, side)
@@ -259,12 +269,15 @@ impl Model {
             ModelSpec::SuperRes { weights, tile } => {
                 Self::SuperRes { net: Box::new(ncnn::load_graph(weights, &d)?), tile: *tile, device: d }
             }
+            ModelSpec::Declared { weights, io } => {
+                Self::Declared { net: Box::new(declared::DeclaredNet::load(weights, io, &d)?), input: io.input }
+            }
         })
     }
 
-    /// Side of the square input (each item is 3 × side × side).
-    pub fn input_side(&self) -> usize {
-        match self {
+    /// Height and width of the input (each item is 3 × h × w).
+    pub fn input_size(&self) -> [usize; 2] {
+        let side = match self {
             Self::MobilenetV2(_) => mobilenet_v2::INPUT_SIZE,
             Self::PNet { canvas, .. } => *canvas,
             Self::RNet { .. } => RNET_SIZE,
@@ -276,12 +289,15 @@ impl Model {
             Self::TextCls(_) => ppocr::CLS_HEIGHT,
             Self::CenterNet { .. } => centernet::CENTERNET_INPUT,
             Self::SuperRes { tile, .. } => *tile,
-        }
+            Self::Declared { input, .. } => return *input,
+        };
+        [side, side]
     }
 
     /// Values per input item (C×H×W).
     pub fn input_len(&self) -> usize {
-        3 * self.input_side() * self.input_side()
+        let [h, w] = self.input_size();
+        3 * h * w
     }
 
     fn device(&self) -> &burn::prelude::Device {
@@ -291,6 +307,7 @@ impl Model {
             Self::TextRec(m) => m.device(),
             Self::PlateDet(m) => m.device(),
             Self::TextCls(m) => m.device(),
+            Self::Declared { net, .. } => net.device(),
             Self::TextDet { device, .. }
             | Self::CenterNet { device, .. }
             | Self::SuperRes { device, .. }
@@ -339,6 +356,10 @@ impl Model {
                 let out = m.forward(x);
                 Box::new(move || rows(out, n))
             }
+            Self::Declared { net, .. } => {
+                let out = net.forward(x);
+                Box::new(move || rows(out, n))
+            }
             Self::ONet { net, .. } => {
                 let out = net.forward(x);
                 let landmarks = out.landmarks.ok_or_else(|| ForwardError::Device("O-Net gave no landmarks".into()))?;
@@ -355,7 +376,7 @@ impl Model {
     /// `reg` map then the `prob` map; R-Net: `reg` (4) then `prob` (2); O-Net: `reg` (4),
     /// `landmarks` (10), `prob` (2); SFace: the embedding.
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
-        self.launch(stage(inputs, self.input_side())?)?.read()
+        self.launch(stage_sized(inputs, self.input_size())?)?.read()
     }
 }
 

@@ -78,6 +78,11 @@ pub(super) enum Op {
     /// Average pooling without padding (so `count_include_pad` does not matter).
     AvgPool(AvgPoolOptions<2>),
     Identity,
+    /// N×C×H×W → N×(C·H·W)×1×1: a 2-D value (N × features) as the runner holds it, 4-D with
+    /// unit spatial axes (a classifier's head: `Flatten`, `Reshape` to 2-D, `Squeeze`).
+    Flatten,
+    /// Softmax over C (axis 1 of a 4-D value, or the features of a flat one).
+    SoftmaxC,
 }
 
 #[derive(Debug)]
@@ -147,6 +152,98 @@ fn tensor4(model: &OnnxModel, name: &str, device: &Device) -> Option<Tensor<4>> 
     Some(Tensor::from_data(TensorData::new(t.data.clone(), dims), device))
 }
 
+/// One value of a shape being computed by the graph: the batch size, a known number, or unknown.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Dim {
+    Batch,
+    Known(i64),
+    Unknown,
+}
+
+/// A constant int tensor, or a shape computed so far.
+fn dims_of(model: &OnnxModel, shapes: &HashMap<String, Vec<Dim>>, name: &str) -> Option<Vec<Dim>> {
+    shapes
+        .get(name)
+        .cloned()
+        .or_else(|| model.ints.get(model.resolve(name)).map(|v| v.iter().map(|&d| Dim::Known(d)).collect()))
+}
+
+/// A node of the graph's shape arithmetic, evaluated: `Shape` of a value (N × C × H × W, or N × F
+/// for a flat one), and `Cast`, `Slice` (axis 0, step 1), `Gather`, `Unsqueeze`, `Concat` of
+/// shapes and int constants. `None`: the node computes tensor values, not a shape.
+fn shape_arithmetic(
+    model: &OnnxModel,
+    node: &OnnxNode,
+    shapes: &HashMap<String, Vec<Dim>>,
+    flat: &std::collections::HashSet<String>,
+) -> Result<Option<Vec<Dim>>, String> {
+    let ints = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| dims_of(model, shapes, n));
+    let is_shape = |i: usize| node.inputs.get(i).is_some_and(|n| shapes.contains_key(n));
+    let known = |d: Option<Vec<Dim>>| -> Option<Vec<i64>> {
+        d?.into_iter().map(|d| if let Dim::Known(v) = d { Some(v) } else { None }).collect()
+    };
+    Ok(Some(match node.op_type.as_str() {
+        "Shape" => {
+            let x = node.inputs.first().ok_or("Shape: no input")?;
+            if flat.contains(x) {
+                vec![Dim::Batch, Dim::Unknown]
+            } else {
+                vec![Dim::Batch, Dim::Unknown, Dim::Unknown, Dim::Unknown]
+            }
+        }
+        "Cast" | "Unsqueeze" | "Squeeze"
+            if is_shape(0) || (model.ints.contains_key(model.resolve(&node.inputs[0]))) =>
+        {
+            ints(0).ok_or(format!("{}: no shape", node.op_type))?
+        }
+        "Slice" if is_shape(0) => {
+            let data = ints(0).unwrap_or_default();
+            let attr = |name: &str| node.attr_ints(name).map(<[i64]>::to_vec);
+            let starts = known(ints(1)).or_else(|| attr("starts")).ok_or("Slice: starts are not constant")?;
+            let ends = known(ints(2)).or_else(|| attr("ends")).ok_or("Slice: ends are not constant")?;
+            let axes = known(ints(3)).or_else(|| attr("axes")).unwrap_or(vec![0]);
+            let steps = known(ints(4)).unwrap_or(vec![1]);
+            let (&[s], &[e], &[0], &[1]) = (starts.as_slice(), ends.as_slice(), axes.as_slice(), steps.as_slice())
+            else {
+                return Err(format!("Slice of a shape: starts {starts:?} ends {ends:?} axes {axes:?} steps {steps:?}"));
+            };
+            let len = data.len() as i64;
+            let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
+            data[clamp(s)..clamp(e).max(clamp(s))].to_vec()
+        }
+        "Gather" if is_shape(0) => {
+            let data = ints(0).unwrap_or_default();
+            let idx = known(ints(1)).ok_or("Gather of a shape: indices are not constant")?;
+            let len = data.len() as i64;
+            idx.iter()
+                .map(|&i| {
+                    data.get((if i < 0 { i + len } else { i }) as usize)
+                        .copied()
+                        .ok_or(format!("Gather of a shape: index {i}"))
+                })
+                .collect::<Result<_, _>>()?
+        }
+        "Concat" if node.inputs.iter().any(|n| shapes.contains_key(n)) => {
+            let mut out = Vec::new();
+            for i in 0..node.inputs.len() {
+                out.extend(ints(i).ok_or("Concat of a shape with a value")?);
+            }
+            out
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// A constant operand of a 2-D value (N × F, held as N×F×1×1): `[F]` or `[1, F]` → 1×F×1×1.
+fn features(model: &OnnxModel, name: &str, device: &Device) -> Option<Tensor<4>> {
+    let t = model.float(name)?;
+    match t.dims.as_slice() {
+        [] | [1] | [1, 1] => Some(Tensor::from_data(TensorData::new(t.data.clone(), [1, 1, 1, 1]), device)),
+        [f] | [1, f] => Some(Tensor::from_data(TensorData::new(t.data.clone(), [1, *f, 1, 1]), device)),
+        _ => None,
+    }
+}
+
 fn tensor1(model: &OnnxModel, name: &str, device: &Device) -> Option<Tensor<1>> {
     let t = model.float(name)?;
     Some(Tensor::from_data(TensorData::new(t.data.clone(), [t.data.len()]), device))
@@ -190,12 +287,26 @@ impl OnnxGraph {
         let mut steps = Vec::new();
         let mut constants = HashMap::new();
         let mut input = None;
+        // Values that are 2-D (N × features) in the graph, held as N×F×1×1: their constant
+        // operands broadcast along F (axis 1 here), not along the last axis.
+        let mut flat: std::collections::HashSet<String> = std::collections::HashSet::new();
+        // Shape arithmetic (`Shape` → `Slice` / `Gather` → `Concat` → a `Reshape`'s target),
+        // evaluated here: no step runs it.
+        let mut shapes: HashMap<String, Vec<Dim>> = HashMap::new();
         for node in &model.nodes[..nodes.min(model.nodes.len())] {
             let weight = |i: usize| -> Result<Tensor<4>, String> {
                 let name = node.inputs.get(i).ok_or(format!("{}: missing input {i}", node.op_type))?;
                 tensor4(model, name, device).ok_or(format!("{}: input `{name}` is not a weight", node.op_type))
             };
             let bias = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| tensor1(model, n, device));
+            if let Some(dims) = shape_arithmetic(model, node, &shapes, &flat)? {
+                if let Some(out) = node.outputs.first() {
+                    shapes.insert(out.clone(), dims);
+                }
+                continue;
+            }
+            let from_flat = node.inputs.iter().any(|i| flat.contains(i));
+            let mut makes_flat = from_flat;
             let op = match node.op_type.as_str() {
                 "Conv" => {
                     let (weight, bias, options) = conv(model, node, device)?;
@@ -219,8 +330,15 @@ impl OnnxGraph {
                 "Add" | "Mul" | "Div" => {
                     for name in &node.inputs {
                         if !produced.contains(model.resolve(name)) && model.float(name).is_some() {
-                            let t = tensor4(model, name, device)
-                                .ok_or(format!("{}: operand `{name}` has more than 4 axes", node.op_type))?;
+                            let t = if from_flat {
+                                features(model, name, device).ok_or(format!(
+                                    "{}: operand `{name}` of a 2-D value is not a vector of its features",
+                                    node.op_type
+                                ))?
+                            } else {
+                                tensor4(model, name, device)
+                                    .ok_or(format!("{}: operand `{name}` has more than 4 axes", node.op_type))?
+                            };
                             constants.insert(name.clone(), t);
                         }
                     }
@@ -331,7 +449,104 @@ impl OnnxGraph {
                 // Renamed weights are read through `OnnxModel::resolve`; only renamed values run.
                 "Identity" if node.inputs.first().is_some_and(|i| model.float(i).is_some()) => continue,
                 "Identity" => Op::Identity,
-                other => return Err(format!("op `{other}` is not supported by the graph runner")),
+                // A classifier's head: features (N×C×H×W → N×F), dense layers, softmax.
+                "Flatten" => match node.attr_int("axis").unwrap_or(1) {
+                    1 => {
+                        makes_flat = true;
+                        Op::Flatten
+                    }
+                    axis => return Err(format!("Flatten on axis {axis} is not supported by the graph runner")),
+                },
+                "Squeeze" => {
+                    let axes = node
+                        .attr_ints("axes")
+                        .map(<[i64]>::to_vec)
+                        .or_else(|| node.inputs.get(1).and_then(|n| model.ints.get(model.resolve(n))).cloned());
+                    match axes.as_deref() {
+                        Some(&[2, 3]) | Some(&[-2, -1]) => {
+                            makes_flat = true;
+                            Op::Flatten
+                        }
+                        other => return Err(format!("Squeeze of axes {other:?} is not supported by the graph runner")),
+                    }
+                }
+                "Reshape" => {
+                    let shape = node.inputs.get(1).and_then(|n| dims_of(model, &shapes, n));
+                    match shape.as_deref() {
+                        // To N × features (the batch axis kept whatever the export wrote for it).
+                        Some(&[Dim::Batch | Dim::Known(-1..=1), Dim::Known(f)]) if f == -1 || f > 0 => {
+                            makes_flat = true;
+                            Op::Flatten
+                        }
+                        other => {
+                            return Err(format!(
+                                "Reshape of a value to {other:?} is not supported by the graph runner (only to N × \
+                                 features)"
+                            ));
+                        }
+                    }
+                }
+                "MatMul" | "Gemm" if from_flat => {
+                    let name = node.inputs.get(1).ok_or(format!("{}: missing input 1", node.op_type))?;
+                    let b = model.float(name).ok_or(format!("{}: input `{name}` is not a weight", node.op_type))?;
+                    let &[rows, cols] = b.dims.as_slice() else {
+                        return Err(format!("{}: weight `{name}` has shape {:?}, not 2-D", node.op_type, b.dims));
+                    };
+                    let gemm = node.op_type == "Gemm";
+                    if gemm && node.attr_int("transA").unwrap_or(0) != 0 {
+                        return Err("Gemm with transA".into());
+                    }
+                    let trans_b = gemm && node.attr_int("transB").unwrap_or(0) != 0;
+                    let alpha = if gemm { node.attr_float("alpha").unwrap_or(1.0) } else { 1.0 };
+                    // As a 1×1 convolution: weight K × C × 1 × 1 (B is C × K, or K × C transposed).
+                    let (c, k) = if trans_b { (cols, rows) } else { (rows, cols) };
+                    let mut w = vec![0f32; k * c];
+                    for (i, &v) in b.data.iter().enumerate() {
+                        let (r, s) = (i / cols, i % cols);
+                        let (ci, ki) = if trans_b { (s, r) } else { (r, s) };
+                        w[ki * c + ci] = alpha * v;
+                    }
+                    let bias = if gemm {
+                        let beta = node.attr_float("beta").unwrap_or(1.0);
+                        match node.inputs.get(2).filter(|n| !n.is_empty()) {
+                            None => None,
+                            Some(n) => match model.float(n) {
+                                Some(t) if t.data.len() == k => Some(Tensor::<1>::from_data(
+                                    TensorData::new(t.data.iter().map(|v| beta * v).collect::<Vec<_>>(), [k]),
+                                    device,
+                                )),
+                                _ => return Err(format!("Gemm: bias `{n}` is not a vector of {k}")),
+                            },
+                        }
+                    } else {
+                        None
+                    };
+                    makes_flat = true;
+                    Op::Conv {
+                        weight: Tensor::from_data(TensorData::new(w, [k, c, 1, 1]), device),
+                        bias,
+                        options: ConvOptions::new([1, 1], [0, 0], [1, 1], 1),
+                    }
+                }
+                "Softmax" => {
+                    // Opset 13 defaults to the last axis, earlier ones to 1: on a flat value both
+                    // are its features.
+                    let axis = node.attr_int("axis");
+                    match (from_flat, axis) {
+                        (true, None | Some(1) | Some(-1)) | (false, Some(1)) => Op::SoftmaxC,
+                        (_, axis) => {
+                            return Err(format!(
+                                "Softmax on axis {axis:?} of a 4-D value is not supported by the graph runner"
+                            ));
+                        }
+                    }
+                }
+                other => {
+                    let out = node.outputs.first().map_or("", String::as_str);
+                    return Err(format!(
+                        "op `{other}` (the node computing `{out}`) is not supported by the graph runner"
+                    ));
+                }
             };
             let inputs: Vec<String> = node.inputs.iter().filter(|n| !n.is_empty()).cloned().collect();
             // The graph input: the first name that no node produces and that is not a weight.
@@ -343,6 +558,9 @@ impl OnnxGraph {
                 input = Some(first.clone());
             }
             let output = node.outputs.first().cloned().ok_or(format!("{}: no output", node.op_type))?;
+            if makes_flat {
+                flat.insert(output.clone());
+            }
             steps.push(Step { op, inputs, output });
         }
         let output = steps.last().map(|s| s.output.clone()).ok_or("empty graph")?;
@@ -451,6 +669,12 @@ impl OnnxGraph {
                 Op::MaxPool(options) => max_pool2d(get(0), options.clone()),
                 Op::AvgPool(options) => avg_pool2d(get(0), options.clone()),
                 Op::Identity => get(0),
+                Op::Flatten => {
+                    let x = get(0);
+                    let [n, c, h, w] = x.dims();
+                    x.reshape([n, c * h * w, 1, 1])
+                }
+                Op::SoftmaxC => burn::tensor::activation::softmax(get(0), 1),
             };
             for name in done {
                 values.remove(name.as_str());
