@@ -43,7 +43,7 @@ use serde::Serialize;
 
 use crate::client::{Conn, metric_value};
 use crate::models::profile::OpTime;
-use crate::models::{DeviceSpec, Model, ModelSpec};
+use crate::models::{DeviceSpec, Model};
 use crate::pipelines::decode::decode;
 use crate::pipelines::preprocess::{ClassifierSpec, classifier_input};
 
@@ -1137,7 +1137,7 @@ fn run_model(a: &ModelArgs) -> anyhow::Result<ModelReport> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let depth = a.depth.unwrap_or(if spec == DeviceSpec::Cpu { 1 } else { 2 }).max(1);
     let adapter = spec.probe()?.to_string();
-    let model = Model::load(&ModelSpec::MobilenetV2 { weights: a.weights.clone() }, &spec)?;
+    let model = Model::load(&crate::models::mobilenet_v2::spec(a.weights.clone()), &spec)?;
     let img = decode(&std::fs::read("tests/data/chelsea.jpg")?, &Default::default())?;
     let input = classifier_input(&img, ClassifierSpec::IMAGENET);
     let batch: Vec<&[f32]> = (0..a.batch).map(|_| input.data.as_slice()).collect();

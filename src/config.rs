@@ -594,66 +594,42 @@ impl ModelConfig {
     /// A classifier is one stage named like the model; `face` is `<name>_pnet`, `_rnet`, `_onet`,
     /// `_embed`.
     pub fn stages(&self, name: &str) -> Vec<(String, crate::models::ModelSpec, usize)> {
-        use crate::models::ModelSpec;
+        use crate::models;
         match (&self.architecture, &self.faces) {
             (Architecture::Face, Some(fc)) => {
                 let net = |file: &str| self.weights.join(file);
                 vec![
-                    (
-                        format!("{name}_pnet"),
-                        ModelSpec::PNet { weights: net("pnet.pt"), canvas: fc.canvas },
-                        fc.pnet_max_batch,
-                    ),
-                    (format!("{name}_rnet"), ModelSpec::RNet { weights: net("rnet.pt") }, self.max_batch),
-                    (format!("{name}_onet"), ModelSpec::ONet { weights: net("onet.pt") }, self.max_batch),
-                    (format!("{name}_embed"), ModelSpec::SFace { weights: fc.embedder.clone() }, self.max_batch),
+                    (format!("{name}_pnet"), models::mtcnn::pnet_spec(net("pnet.pt"), fc.canvas), fc.pnet_max_batch),
+                    (format!("{name}_rnet"), models::mtcnn::rnet_spec(net("rnet.pt")), self.max_batch),
+                    (format!("{name}_onet"), models::mtcnn::onet_spec(net("onet.pt")), self.max_batch),
+                    (format!("{name}_embed"), models::sface::spec(fc.embedder.clone()), self.max_batch),
                 ]
             }
             (Architecture::Text, _) => vec![
-                (
-                    format!("{name}_det"),
-                    ModelSpec::TextDet { weights: self.weights.join(TEXT_DET_FILE) },
-                    self.max_batch,
-                ),
-                (
-                    format!("{name}_cls"),
-                    ModelSpec::TextCls { weights: self.weights.join(TEXT_CLS_FILE) },
-                    self.max_batch,
-                ),
-                (
-                    format!("{name}_rec"),
-                    ModelSpec::TextRec { weights: self.weights.join(TEXT_REC_FILE) },
-                    self.max_batch,
-                ),
+                (format!("{name}_det"), models::ppocr::det_spec(self.weights.join(TEXT_DET_FILE)), self.max_batch),
+                (format!("{name}_cls"), models::ppocr::cls_spec(self.weights.join(TEXT_CLS_FILE)), self.max_batch),
+                (format!("{name}_rec"), models::ppocr::rec_spec(self.weights.join(TEXT_REC_FILE)), self.max_batch),
             ],
             (Architecture::Plates, _) => vec![
-                (
-                    format!("{name}_det"),
-                    ModelSpec::PlateDet { weights: self.weights.join(PLATE_DET_FILE) },
-                    self.max_batch,
-                ),
-                (format!("{name}_rec"), ModelSpec::TextRec { weights: self.plate_recognizer() }, self.max_batch),
+                (format!("{name}_det"), models::plates::spec(self.weights.join(PLATE_DET_FILE)), self.max_batch),
+                (format!("{name}_rec"), models::ppocr::rec_spec(self.plate_recognizer()), self.max_batch),
             ],
             (Architecture::Onnx, _) => match &self.io {
-                Some(io) => vec![(
-                    name.to_string(),
-                    ModelSpec::Declared { weights: self.weights.clone(), io: *io },
-                    self.max_batch,
-                )],
+                Some(io) => vec![(name.to_string(), models::declared::spec(self.weights.clone(), *io), self.max_batch)],
                 None => vec![],
             },
             (Architecture::Centernet, _) => {
-                vec![(name.to_string(), ModelSpec::CenterNet { weights: self.weights.clone() }, self.max_batch)]
+                vec![(name.to_string(), models::centernet::spec(self.weights.clone()), self.max_batch)]
             }
             (Architecture::Realesrgan, _) => {
                 let tile = self.superres.unwrap_or_default().tile;
-                let net = |file: &str| ModelSpec::SuperRes { weights: self.weights.join(file), tile };
+                let net = |file: &str| models::ncnn::superres_spec(self.weights.join(file), tile);
                 vec![
                     (format!("{name}_art"), net(SR_ART_FILE), self.max_batch),
                     (format!("{name}_photo"), net(SR_PHOTO_FILE), self.max_batch),
                 ]
             }
-            _ => vec![(name.to_string(), ModelSpec::MobilenetV2 { weights: self.weights.clone() }, self.max_batch)],
+            _ => vec![(name.to_string(), models::mobilenet_v2::spec(self.weights.clone()), self.max_batch)],
         }
     }
 

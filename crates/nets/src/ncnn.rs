@@ -254,6 +254,14 @@ pub fn load_graph(param: &Path, device: &Device) -> Result<OnnxGraph, LoadError>
     graph(&layers, &bytes, device).map_err(bad)
 }
 
+/// A super-resolution network (`weights`: its ncnn `.param`, the `.bin` beside it): `tile`²
+/// windows in, ×4 out.
+pub fn superres_spec(weights: std::path::PathBuf, tile: usize) -> super::ModelSpec {
+    super::ModelSpec::new("superres", weights, [tile, tile], |w, d| {
+        Ok(Box::new(super::onnx_graph::GraphNet { graph: load_graph(w, d)?, device: d.clone() }))
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -687,6 +687,24 @@ impl OnnxGraph {
     }
 }
 
+/// A graph on its device, as a worker drives it. Per item: its outputs, flattened, side by side.
+pub struct GraphNet {
+    pub graph: OnnxGraph,
+    pub device: Device,
+}
+
+impl super::Network for GraphNet {
+    fn device(&self) -> &Device {
+        &self.device
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, super::ForwardError> {
+        let n = x.dims()[0];
+        let out = self.graph.forward(x);
+        Ok(Box::new(move || super::rows(out, n)))
+    }
+}
+
 /// TensorFlow's legacy bilinear taps (`align_corners` and `half_pixel_centers` false, as
 /// TensorFlow.js's `resizeBilinear` by default) from `size` to `out` samples: per output sample
 /// the lower and upper input index and the weight of the upper one. Output `o` samples the input

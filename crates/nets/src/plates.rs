@@ -233,3 +233,22 @@ impl PlateDetector {
         Tensor::cat(per_level, 1)
     }
 }
+
+/// Per anchor: its box, score and corners.
+impl super::Network for PlateDetector {
+    fn device(&self) -> &Device {
+        PlateDetector::device(self)
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, super::ForwardError> {
+        let n = x.dims()[0];
+        let out = self.forward(x);
+        Ok(Box::new(move || super::rows(out, n)))
+    }
+}
+
+/// The plate detector: any size (multiples of 32).
+pub fn spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    let side = super::ppocr::DET_WARMUP;
+    super::ModelSpec::new("plate_det", weights, [side, side], |w, d| Ok(Box::new(PlateDetector::load(w, d)?)))
+}

@@ -381,3 +381,53 @@ impl OrientationClassifier {
         softmax(logits, 1)
     }
 }
+
+/// Warm-up side of the detectors that take any size (a multiple of 32).
+pub const DET_WARMUP: usize = 32;
+
+/// Per item: the best class and its probability per time step.
+impl super::Network for TextRecognizer {
+    fn device(&self) -> &Device {
+        TextRecognizer::device(self)
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, ForwardError> {
+        let n = x.dims()[0];
+        let out = self.best(x);
+        Ok(Box::new(move || super::rows(out, n)))
+    }
+}
+
+/// Per item: the probabilities of 0° and 180°.
+impl super::Network for OrientationClassifier {
+    fn device(&self) -> &Device {
+        OrientationClassifier::device(self)
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, ForwardError> {
+        let n = x.dims()[0];
+        let out = self.forward(x);
+        Ok(Box::new(move || super::rows(out, n)))
+    }
+}
+
+/// The text detector (any size, multiples of 32) on the graph runner; per item the probability map.
+pub fn det_spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    super::ModelSpec::new("text_det", weights, [DET_WARMUP, DET_WARMUP], |w, d| {
+        Ok(Box::new(super::onnx_graph::GraphNet { graph: OnnxGraph::load(w, d)?, device: d.clone() }))
+    })
+}
+
+/// The text recogniser: 48 high, any width.
+pub fn rec_spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    super::ModelSpec::new("text_rec", weights, [REC_HEIGHT, REC_HEIGHT], |w, d| {
+        Ok(Box::new(TextRecognizer::load(w, d)?))
+    })
+}
+
+/// The line orientation classifier: 48 × 192.
+pub fn cls_spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    super::ModelSpec::new("text_cls", weights, [CLS_HEIGHT, CLS_WIDTH], |w, d| {
+        Ok(Box::new(OrientationClassifier::load(w, d)?))
+    })
+}

@@ -206,3 +206,23 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f32 {
     let nb: f32 = b.iter().map(|x| x * x).sum::<f32>().sqrt();
     if na == 0.0 || nb == 0.0 { 0.0 } else { dot / (na * nb) }
 }
+
+/// Per item: the 128-d embedding.
+impl super::Network for Embedder {
+    fn device(&self) -> &Device {
+        Embedder::device(self)
+    }
+
+    fn launch(&self, x: Tensor<4>) -> Result<super::Readback, ForwardError> {
+        let n = x.dims()[0];
+        let out = self.embed(x);
+        Ok(Box::new(move || super::rows(out, n)))
+    }
+}
+
+/// The embedder as a worker loads it (`weights`: the ONNX file).
+pub fn spec(weights: std::path::PathBuf) -> super::ModelSpec {
+    super::ModelSpec::new("sface", weights, [INPUT_SIZE, INPUT_SIZE], |w, d| {
+        Ok(Box::new(Embedder::load(w, d.clone())?))
+    })
+}
