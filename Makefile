@@ -14,7 +14,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
+.PHONY: deploy-files help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -119,6 +119,9 @@ reference-plates: weights ## regenerate tests/fixtures/plates (the plate detecto
 PLATE_SET ?= $(HOME)/.cache/gpubackend-plate-set
 fuzz: ## the fuzz targets (fuzz/): build instrumented, run each FUZZ_SECONDS (default 20; e.g. `make fuzz FUZZ_SECONDS=600`)
 	bash scripts/fuzz.sh $(FUZZ_SECONDS)
+
+deploy-files: ## regenerate the per-model k8s worker Deployments and KEDA objects (deploy/k8s/distributed) from config/gpu.toml and deploy/templates
+	cargo run $(CARGO_FEATURES) --bin gpubackend -- deploy k8s -c config/gpu.toml
 
 eval-faces: weights $(LLVM) ## face detection precision / recall on the labelled photos (tools/eval/faces.json) over filter settings
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- eval faces

@@ -633,6 +633,24 @@ impl ModelConfig {
         }
     }
 
+    /// The broker streams of the model: one per network, except one for a model fed whole images
+    /// (face, text, plates, the detector, super-resolution: a worker decodes each image and runs
+    /// every network of the model).
+    pub fn broker_streams(&self, name: &str) -> Vec<String> {
+        if self.architecture.fed_whole() {
+            vec![name.to_string()]
+        } else {
+            self.stages(name).into_iter().map(|(stage, _, _)| stage).collect()
+        }
+    }
+
+    /// The jobs per worker on the model's streams that autoscaling keeps (KEDA `streamLength`):
+    /// `queue_target`, except for a model fed whole images, whose stream holds images: the images
+    /// one worker takes at once (`max_batch`).
+    pub fn broker_stream_target(&self) -> usize {
+        if self.architecture.fed_whole() { self.max_batch } else { self.queue_target() }
+    }
+
     /// The recogniser a plates model reads with.
     pub fn plate_recognizer(&self) -> PathBuf {
         self.recognizer.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PLATE_RECOGNIZER))

@@ -16,6 +16,7 @@
 //! - `metrics`: every exported metric, described in one place.
 //! - `client`: a minimal HTTP/1.1 client for tests and the benchmark (no extra dependencies).
 //! - `verify`: every network on a device against the committed onnxruntime fixtures (`gpubackend verify`).
+//! - `deploy`: the per-model Kubernetes files generated from the model list (`gpubackend deploy k8s`).
 //! - `bench`: the benchmarks (`gpubackend bench …`).
 //! - `alloc`: glibc malloc's arenas capped and freed memory returned when idle.
 
@@ -25,6 +26,7 @@ pub mod bench;
 pub mod broker;
 pub mod client;
 pub mod config;
+pub mod deploy;
 pub mod error;
 pub mod eval;
 pub mod http;

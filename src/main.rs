@@ -92,6 +92,24 @@ enum Cmd {
     /// Quality on labelled real photos: faces (precision and recall over filter settings).
     #[command(subcommand)]
     Eval(gpubackend::eval::Cmd),
+    /// Deploy files from the model list.
+    #[command(subcommand)]
+    Deploy(DeployCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum DeployCmd {
+    /// The distributed mode's per-model worker Deployments and KEDA ScaledObjects, from
+    /// deploy/templates for every placed model of the config (run from the repository root).
+    K8s {
+        #[arg(short = 'c', long, default_value = "config/gpu.toml")]
+        config: PathBuf,
+        #[arg(long, default_value = gpubackend::deploy::OUT_DIR)]
+        out: PathBuf,
+        /// Write nothing; exit non-zero if a file differs from what would be written.
+        #[arg(long)]
+        check: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -108,6 +126,18 @@ fn main() -> anyhow::Result<()> {
         None => serve(cli.serve),
         Some(Cmd::Bench(cmd)) => gpubackend::bench::run(cmd),
         Some(Cmd::Eval(cmd)) => gpubackend::eval::run(cmd),
+        Some(Cmd::Deploy(DeployCmd::K8s { config, out, check })) => {
+            let c = gpubackend::config::Config::load(Some(&config))?;
+            let differ = gpubackend::deploy::write_k8s_workers(&c, &config.display().to_string(), &out, check)?;
+            for path in &differ {
+                println!("{} {path}", if check { "differs:" } else { "wrote" });
+            }
+            anyhow::ensure!(
+                !check || differ.is_empty(),
+                "deploy files are not what the config makes: run `make deploy-files`"
+            );
+            Ok(())
+        }
         Some(Cmd::Devices { json }) => {
             let report = gpubackend::models::probe::Report::gather();
             if json {

@@ -380,6 +380,21 @@ fn k8s_deployment_is_the_lectures_pod_and_matches_the_config() {
     assert_eq!(rule["spec"]["groups"], alerts["groups"]);
 }
 
+/// The per-model worker Deployments and ScaledObjects are what the generator makes from
+/// config/gpu.toml (the ConfigMap's config) and the templates: none is written by hand.
+#[test]
+fn k8s_worker_files_are_generated_from_the_model_list() {
+    let gpu = Config::load(Some(&repo().join("config/gpu.toml"))).unwrap();
+    for (file, text) in gpubackend::deploy::k8s_workers(&gpu, "config/gpu.toml") {
+        let path = repo().join(gpubackend::deploy::OUT_DIR).join(file);
+        let committed = std::fs::read_to_string(&path).unwrap();
+        assert!(committed == text, "{} is not what `make deploy-files` makes from config/gpu.toml", path.display());
+    }
+    // The CLI's check says the same.
+    let out = Command::new(binary()).args(["deploy", "k8s", "--check"]).current_dir(repo()).output().unwrap();
+    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn k8s_distributed_mode_is_an_api_and_a_worker_per_model_scaled_on_their_streams() {
     let objects = k8s_objects();
@@ -437,11 +452,11 @@ fn k8s_distributed_mode_is_an_api_and_a_worker_per_model_scaled_on_their_streams
 
         // KEDA: one redis-streams trigger per stream of the model, at its queue target, by length.
         let mc = &gpu.models[&model];
-        let target = gpubackend::http::broker_stream_target(mc).to_string();
+        let target = mc.broker_stream_target().to_string();
         let keda = in_file("keda-workers.yaml", &name);
         assert_eq!(str_at(&keda, &["spec", "scaleTargetRef", "name"]), name);
         let triggers = keda["spec"]["triggers"].as_sequence().unwrap();
-        let stages = gpubackend::http::broker_streams(&model, mc);
+        let stages = mc.broker_streams(&model);
         assert_eq!(triggers.len(), stages.len());
         for (t, stage) in triggers.iter().zip(&stages) {
             assert_eq!(str_at(t, &["type"]), "redis-streams");

@@ -283,7 +283,7 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
             .iter()
             .flat_map(|name| {
                 let mc = &config.models[name];
-                broker_streams(name, mc).into_iter().map(|stage| (stage, mc.queue_capacity, mc.max_queue_wait()))
+                mc.broker_streams(name).into_iter().map(|stage| (stage, mc.queue_capacity, mc.max_queue_wait()))
             })
             .collect();
         Broker::start(&config.broker, &stages)
@@ -697,23 +697,6 @@ fn open_store(config: &Config) -> Result<Addr<StoreActor>, StartError> {
     });
     opened_rx.recv().map_err(|_| crate::store::StoreError::Unavailable)??;
     Ok(store)
-}
-
-/// The broker streams of a model: one per network, except one for a model fed whole images (face,
-/// text, plates, the detector: a worker decodes each image and runs every network of the model).
-pub fn broker_streams(name: &str, mc: &ModelConfig) -> Vec<String> {
-    if mc.architecture.fed_whole() {
-        vec![name.to_string()]
-    } else {
-        mc.stages(name).into_iter().map(|(stage, _, _)| stage).collect()
-    }
-}
-
-/// The jobs per worker on a model's streams that autoscaling keeps (KEDA `streamLength`): the
-/// model's `queue_target`, except for a model fed whole images, whose stream holds images: the
-/// images one worker takes at once (`max_batch`).
-pub fn broker_stream_target(mc: &ModelConfig) -> usize {
-    if mc.architecture.fed_whole() { mc.max_batch } else { mc.queue_target() }
 }
 
 /// The Vision API (not on `--role worker`).
