@@ -41,7 +41,9 @@ pub struct Config {
     pub supervisor: SupervisorConfig,
     /// Models by name; `objects/detect` mode `object` is served by the model named in `modes`.
     pub models: BTreeMap<String, ModelConfig>,
-    /// Which models each device serves (the lecture's "gpu #0: [face]" table).
+    /// Which models each device serves (the lecture's "gpu #0: [face]" table); devices parsed as
+    /// the file is read (an unknown one is refused naming `placement[i].device`).
+    #[serde(deserialize_with = "placements")]
     pub placement: Vec<Placement>,
     #[serde(default)]
     pub store: StoreConfig,
@@ -669,25 +671,47 @@ impl ModelConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     /// `cpu`, `wgpu`, `wgpu:N`, `cuda:N` (cuda needs the `cuda` build feature).
-    pub device: String,
+    pub device: crate::models::DeviceSpec,
     pub models: Vec<String>,
     /// Workers per model on this device (the lecture's rule: 1).
-    #[serde(default = "default_instances")]
     pub instances: usize,
     /// Batches a worker holds at once: 2 stages, uploads and launches the next batch while the
     /// device runs the current one; 1 runs them one after another. Default: 1 on `cpu`, 2 on GPUs.
-    #[serde(default)]
     pub depth: Option<usize>,
+}
+
+/// `[[placement]]` as written.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlacementToml {
+    device: String,
+    models: Vec<String>,
+    #[serde(default = "default_instances")]
+    instances: usize,
+    #[serde(default)]
+    depth: Option<usize>,
 }
 
 impl Placement {
     pub fn depth(&self) -> usize {
-        self.depth.unwrap_or(if self.device == "cpu" { 1 } else { 2 })
+        self.depth.unwrap_or(if self.device == crate::models::DeviceSpec::Cpu { 1 } else { 2 })
     }
+}
+
+/// `[[placement]]`, each device parsed once, where the file is read.
+fn placements<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<Placement>, D::Error> {
+    Vec::<PlacementToml>::deserialize(d)?
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let device = crate::models::DeviceSpec::parse(&p.device)
+                .map_err(|e| serde::de::Error::custom(format!("placement[{i}].device: {e}")))?;
+            Ok(Placement { device, models: p.models, instances: p.instances, depth: p.depth })
+        })
+        .collect()
 }
 
 fn default_instances() -> usize {
@@ -726,8 +750,9 @@ impl Config {
             return Ok(());
         }
         let device = match gpu {
-            Some(n) => format!("{}:{n}", self.server.gpu_backend),
-            None => self.placement.first().map(|p| p.device.clone()).unwrap_or_else(|| "cpu".into()),
+            Some(n) => crate::models::DeviceSpec::parse(&format!("{}:{n}", self.server.gpu_backend))
+                .map_err(|e| invalid("server.gpu_backend", e.to_string()))?,
+            None => self.placement.first().map(|p| p.device.clone()).unwrap_or(crate::models::DeviceSpec::Cpu),
         };
         let models = models.unwrap_or_else(|| self.placement.iter().flat_map(|p| p.models.clone()).collect());
         self.placement = vec![Placement { device, models, instances: 1, depth: None }];
@@ -998,8 +1023,6 @@ impl Config {
             return Err(invalid("placement", "at least one device must serve a model"));
         }
         for (i, p) in self.placement.iter().enumerate() {
-            crate::models::DeviceSpec::parse(&p.device)
-                .map_err(|e| invalid(format!("placement[{i}].device"), e.to_string()))?;
             if p.instances == 0 {
                 return Err(invalid(format!("placement[{i}].instances"), "must be at least 1"));
             }
@@ -1049,7 +1072,7 @@ mod tests {
     fn embedded_default_is_valid() {
         let c = Config::load(None).unwrap();
         assert_eq!(c.limits, Limits::default());
-        assert_eq!(c.placement[0].device, "cpu");
+        assert_eq!(c.placement[0].device, crate::models::DeviceSpec::Cpu);
     }
 
     #[test]
@@ -1140,7 +1163,12 @@ mod tests {
         c.override_placement(Some(1), Some(vec!["mobilenet_v2".into()])).unwrap();
         assert_eq!(
             c.placement,
-            vec![Placement { device: "wgpu:1".into(), models: vec!["mobilenet_v2".into()], instances: 1, depth: None }]
+            vec![Placement {
+                device: crate::models::DeviceSpec::Wgpu(Some(1)),
+                models: vec!["mobilenet_v2".into()],
+                instances: 1,
+                depth: None
+            }]
         );
         assert!(c.override_placement(None, Some(vec!["nope".into()])).is_err());
     }

@@ -11,6 +11,51 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde::Serialize;
 
+/// One file's outcome in a Vision answer. Inside the server a file's failure carries this; the
+/// Vision codes (0, 1, 2) are written only at the edge: the answer's `status`, the broker's
+/// wire, the `status` label of `gpubackend_images_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FileStatus {
+    /// Answered (0).
+    Ok,
+    /// This file cannot be answered: it does not decode, is too large, a network failed on it (1).
+    Permanent,
+    /// Try again later: no live worker, the deadline passed, the broker is down (2).
+    Temporary,
+}
+
+impl FileStatus {
+    /// The Vision API's per-file `status`.
+    pub fn code(self) -> u8 {
+        match self {
+            Self::Ok => 0,
+            Self::Permanent => 1,
+            Self::Temporary => 2,
+        }
+    }
+
+    pub fn from_code(code: u8) -> Option<Self> {
+        match code {
+            0 => Some(Self::Ok),
+            1 => Some(Self::Permanent),
+            2 => Some(Self::Temporary),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for FileStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.code())
+    }
+}
+
+impl Serialize for FileStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u8(self.code())
+    }
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
     #[error("{0}")]
@@ -104,6 +149,17 @@ impl ResponseError for ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_statuses_are_the_vision_codes_at_the_edge() {
+        for (status, code) in [(FileStatus::Ok, 0), (FileStatus::Permanent, 1), (FileStatus::Temporary, 2)] {
+            assert_eq!(status.code(), code);
+            assert_eq!(FileStatus::from_code(code), Some(status));
+            assert_eq!(serde_json::to_string(&status).unwrap(), code.to_string());
+            assert_eq!(status.to_string(), code.to_string());
+        }
+        assert_eq!(FileStatus::from_code(3), None);
+    }
 
     #[test]
     fn statuses_follow_the_documented_decision() {

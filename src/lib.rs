@@ -6,7 +6,9 @@
 //!
 //! - `config`: TOML topology + CLI overrides, validated with errors naming the field.
 //! - `error`: request errors → Vision envelope and HTTP status, in one place.
-//! - `http`: routes, shared state, server start-up and placement of workers.
+//! - `http`: routes, request parsing and answers, the admission gates and the server start-up.
+//! - `infer`: the inference layer under HTTP and `--role worker`: batchers, supervised workers and
+//!   placement, and the multi-network cascades (faces, text, plates, super-resolution, detector).
 //! - `pipelines`: pure stage logic (decode, preprocess, batching window, labels, the MTCNN cascade,
 //!   face alignment).
 //! - `actors`: thin actix actors owning threads, mailboxes and supervision.
@@ -30,6 +32,7 @@ pub mod deploy;
 pub mod error;
 pub mod eval;
 pub mod http;
+pub mod infer;
 pub mod metrics;
 /// The networks and the engine beneath them (the `gpubackend-nets` crate).
 pub use gpubackend_nets as models;

@@ -204,7 +204,7 @@ fn serve(cli: Serve) -> anyhow::Result<()> {
         if !cli.skip_devices && cli.role.runs_models() {
             let placed = config.placed_models();
             for p in config.placement.iter().filter(|p| p.models.iter().any(|m| placed.contains(m))) {
-                match DeviceSpec::parse(&p.device)?.probe() {
+                match p.device.probe() {
                     Ok(adapter) => println!("device {}: {adapter}", p.device),
                     Err(e) => {
                         let why = match e {

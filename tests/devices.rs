@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestServer, config, repo, tempdir};
 use gpubackend::config::Placement;
+use gpubackend::models::DeviceSpec;
 
 fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_gpubackend"))
@@ -133,8 +134,12 @@ fn cuda_without_libcuda_says_so() {
 fn a_worker_whose_device_cannot_open_says_why_in_readiness_and_admin() {
     let mut c = config();
     c.models.retain(|name, _| name == "mobilenet_v2");
-    c.placement =
-        vec![Placement { device: "wgpu:0".into(), models: vec!["mobilenet_v2".into()], instances: 1, depth: None }];
+    c.placement = vec![Placement {
+        device: DeviceSpec::Wgpu(Some(0)),
+        models: vec!["mobilenet_v2".into()],
+        instances: 1,
+        depth: None,
+    }];
     c.supervisor.initial_backoff_ms = 50;
     let server = TestServer::start_unready(c);
     let mut conn = server.conn();

@@ -27,8 +27,12 @@ fn server_config(max_input_pixels: u64) -> Config {
     ))
     .unwrap();
     c.models.insert("realesrgan".into(), model);
-    c.placement =
-        vec![Placement { device: "cpu".into(), models: vec!["realesrgan".into()], instances: 1, depth: None }];
+    c.placement = vec![Placement {
+        device: gpubackend::models::DeviceSpec::Cpu,
+        models: vec!["realesrgan".into()],
+        instances: 1,
+        depth: None,
+    }];
     c
 }
 

@@ -62,9 +62,11 @@ fn ppocr_cls_weights_live_in_constant_nodes() {
     let m = load("models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx");
     let ops = ops(&m);
     assert_eq!((m.nodes.len(), ops["Constant"], ops["BatchNormalization"]), (566, 308, 35));
-    // No initializers at all: 285 float and 22 int64 tensors are `Constant` values.
+    // No initializers at all: 285 float, 22 int64 and one int32 (the head's Reshape width, 200:
+    // read as ints since the graph runner runs the head) tensors are `Constant` values.
     assert_eq!(float_values(&m), (285, 133_700));
-    assert_eq!((m.ints.len(), m.ints.values().map(Vec::len).sum::<usize>()), (22, 76));
+    assert_eq!((m.ints.len(), m.ints.values().map(Vec::len).sum::<usize>()), (23, 77));
+    assert_eq!(m.ints["fill_constant_1.tmp_0"], [200]);
     let conv = m.nodes.iter().find(|n| n.op_type == "Conv").unwrap();
     assert_eq!(conv.inputs[1], "conv1_weights");
     assert_eq!(m.float("conv1_weights").unwrap().dims, [8, 3, 3, 3]);

@@ -10,6 +10,7 @@ use actix::{Actor, ActorFutureExt, AsyncContext, Context, Handler, Message, Reci
 use tokio::sync::oneshot;
 
 use super::worker::{RunBatch, WorkerHealth};
+use crate::error::FileStatus;
 use crate::metrics;
 use crate::pipelines::batching::{BatchPolicy, BatchQueue, ISOLATE_AFTER_FAILURES, Queued, SendReason};
 use crate::pipelines::preprocess::ModelInput;
@@ -46,10 +47,10 @@ pub enum InferError {
 
 impl InferError {
     /// The Vision per-file status: 1 permanent, 2 temporary.
-    pub fn file_status(&self) -> u8 {
+    pub fn file_status(&self) -> FileStatus {
         match self {
-            Self::Failed(_) => 1,
-            Self::Unavailable { .. } | Self::Temporary(_) => 2,
+            Self::Failed(_) => FileStatus::Permanent,
+            Self::Unavailable { .. } | Self::Temporary(_) => FileStatus::Temporary,
         }
     }
 }
@@ -382,7 +383,7 @@ mod tests {
             let (j, rx) = job();
             batcher.send(Enqueue(j)).await.unwrap().unwrap();
             let err = rx.await.unwrap().unwrap_err();
-            assert_eq!(err.file_status(), 2);
+            assert_eq!(err.file_status(), FileStatus::Temporary);
             assert_eq!(t0.elapsed(), MS(1_000));
             assert!(log.lock().unwrap().is_empty());
 

@@ -24,6 +24,7 @@ use super::codec::{JobEntry, Outcome, ReplyEntry, fields_of};
 use super::{Keys, connect, unix_ms, within};
 use crate::actors::{InferError, Job, Prediction, Refused};
 use crate::config::BrokerConfig;
+use crate::error::FileStatus;
 use crate::metrics;
 
 /// Jobs handed to the writer and not yet written, over all stages.
@@ -65,7 +66,7 @@ impl Stage {
 /// and error as the worker wrote it).
 pub enum Waiter {
     Tensor(oneshot::Sender<Result<Prediction, InferError>>),
-    Image(oneshot::Sender<Result<Vec<u8>, (u8, String)>>),
+    Image(oneshot::Sender<Result<Vec<u8>, (FileStatus, String)>>),
 }
 
 impl Waiter {
@@ -104,9 +105,9 @@ impl Waiter {
     }
 }
 
-/// A worker's per-file failure: status 1 is the image's own (permanent), anything else temporary.
-fn failure(status: u8, message: String) -> InferError {
-    if status == 1 { InferError::Failed(message) } else { InferError::Temporary(message) }
+/// A worker's per-file failure: a permanent one is the image's own, anything else temporary.
+fn failure(status: FileStatus, message: String) -> InferError {
+    if status == FileStatus::Permanent { InferError::Failed(message) } else { InferError::Temporary(message) }
 }
 
 struct Pending {
@@ -225,7 +226,7 @@ impl Broker {
         stage: &str,
         image: Vec<u8>,
         poisoned: bool,
-        reply: oneshot::Sender<Result<Vec<u8>, (u8, String)>>,
+        reply: oneshot::Sender<Result<Vec<u8>, (FileStatus, String)>>,
     ) -> Result<(), Refused> {
         self.submit(stage, Waiter::Image(reply), |id, reply_key, deadline| {
             JobEntry::image(id, reply_key, deadline, image, poisoned)
@@ -564,7 +565,7 @@ mod tests {
         rx.try_recv().expect("answered")
     }
 
-    fn image(outcome: Outcome) -> Result<Vec<u8>, (u8, String)> {
+    fn image(outcome: Outcome) -> Result<Vec<u8>, (FileStatus, String)> {
         let (tx, mut rx) = oneshot::channel();
         Waiter::Image(tx).deliver(outcome);
         rx.try_recv().expect("answered")
@@ -578,17 +579,27 @@ mod tests {
             (p.output, p.queue_wait, p.inference, p.batch_size),
             (vec![0.5, 0.25], Duration::from_micros(1500), Duration::from_millis(20), 3)
         );
-        let e = tensor(Outcome::Failed { status: 1, message: "injected fault".into() }).unwrap_err();
-        assert_eq!((e.file_status(), e.to_string()), (1, "inference failed on this image: injected fault".to_string()));
-        let e = tensor(Outcome::Failed { status: 2, message: "model m unavailable".into() }).unwrap_err();
-        assert_eq!((e.file_status(), e.to_string()), (2, "model m unavailable".to_string()));
+        let e =
+            tensor(Outcome::Failed { status: FileStatus::Permanent, message: "injected fault".into() }).unwrap_err();
+        assert_eq!(
+            (e.file_status(), e.to_string()),
+            (FileStatus::Permanent, "inference failed on this image: injected fault".to_string())
+        );
+        let e = tensor(Outcome::Failed { status: FileStatus::Temporary, message: "model m unavailable".into() })
+            .unwrap_err();
+        assert_eq!((e.file_status(), e.to_string()), (FileStatus::Temporary, "model m unavailable".to_string()));
         // An image job's failure is the worker's own words.
-        let e = image(Outcome::Failed { status: 1, message: "image is too large: 9000x9000".into() }).unwrap_err();
-        assert_eq!(e, (1, "image is too large: 9000x9000".to_string()));
+        let e =
+            image(Outcome::Failed { status: FileStatus::Permanent, message: "image is too large: 9000x9000".into() })
+                .unwrap_err();
+        assert_eq!(e, (FileStatus::Permanent, "image is too large: 9000x9000".to_string()));
         assert_eq!(image(Outcome::Read { body: b"[]".to_vec(), took_us: 5 }).unwrap(), b"[]".to_vec());
         // An answer of the wrong kind fails the image for good instead of being misread.
-        assert_eq!(image(done).unwrap_err().0, 1);
-        assert_eq!(tensor(Outcome::Read { body: vec![1], took_us: 1 }).unwrap_err().file_status(), 1);
+        assert_eq!(image(done).unwrap_err().0, FileStatus::Permanent);
+        assert_eq!(
+            tensor(Outcome::Read { body: vec![1], took_us: 1 }).unwrap_err().file_status(),
+            FileStatus::Permanent
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@ use half::f16;
 use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 use crate::config::PayloadEncoding;
+use crate::error::FileStatus;
 use crate::pipelines::preprocess::ModelInput;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -239,9 +240,9 @@ pub enum Outcome {
         body: Vec<u8>,
         took_us: u64,
     },
-    /// Per-file status (1 permanent, 2 temporary) and why.
+    /// Per-file status (permanent or temporary) and why.
     Failed {
-        status: u8,
+        status: FileStatus,
         message: String,
     },
 }
@@ -272,10 +273,14 @@ impl ReplyEntry {
 
     pub fn from_fields(fields: &Fields) -> Result<Self, CodecError> {
         let id = text(fields, "id")?;
-        let status: u8 = number(fields, "status")?;
-        let outcome = if status == 0 && fields.contains_key("body") {
+        let code: u8 = number(fields, "status")?;
+        let status = FileStatus::from_code(code).ok_or_else(|| CodecError::Invalid {
+            field: "status",
+            message: format!("{code} is not a per-file status"),
+        })?;
+        let outcome = if status == FileStatus::Ok && fields.contains_key("body") {
             Outcome::Read { body: fields["body"].clone(), took_us: number(fields, "took_us")? }
-        } else if status == 0 {
+        } else if status == FileStatus::Ok {
             let out = fields.get("out").ok_or(CodecError::Missing("out"))?;
             if out.len() % 4 != 0 {
                 return Err(CodecError::Invalid { field: "out", message: "length not a multiple of 4".into() });
@@ -416,7 +421,7 @@ mod tests {
             Outcome::Done { output: vec![0.25, -3.5, 1e-8], queue_wait_us: 12, inference_us: 3400, batch_size: 4 },
             Outcome::Read { body: br#"[{"text":"5AU5341"}]"#.to_vec(), took_us: 81_000 },
             Outcome::Read { body: vec![], took_us: 0 },
-            Outcome::Failed { status: 1, message: "inference failed on this image: boom".into() },
+            Outcome::Failed { status: FileStatus::Permanent, message: "inference failed on this image: boom".into() },
         ] {
             let r = ReplyEntry { id: "x:9".into(), outcome };
             assert_eq!(ReplyEntry::from_fields(&roundtrip_fields(r.to_fields())).unwrap(), r);

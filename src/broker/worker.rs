@@ -30,6 +30,7 @@ use super::codec::{Fields, JobEntry, Outcome, Payload, Reclaim, ReplyEntry, fiel
 use super::{GROUP, Keys, connect, ensure_group, unix_ms, within, xadd};
 use crate::actors::{Batcher, Enqueue, InferError, Job, WorkerHealth};
 use crate::config::BrokerConfig;
+use crate::error::FileStatus;
 use crate::metrics;
 
 /// Jobs examined per XAUTOCLAIM.
@@ -285,7 +286,7 @@ impl Feeder {
     async fn work(&self, job: &JobEntry) -> BoxFuture<'static, Outcome> {
         let wrong = |what: &str| -> BoxFuture<'static, Outcome> {
             let message = format!("{what} job on stage {}: unreadable here", self.stage);
-            Box::pin(std::future::ready(Outcome::Failed { status: 1, message }))
+            Box::pin(std::future::ready(Outcome::Failed { status: FileStatus::Permanent, message }))
         };
         match (&self.runner, &job.payload) {
             (Runner::Image(run), Payload::Image(bytes)) => run(bytes.clone(), job.poisoned),
@@ -305,12 +306,22 @@ impl Feeder {
                                 batch_size: p.batch_size,
                             },
                             // The API wraps a permanent failure's reason in its own words again.
-                            Ok(Err(InferError::Failed(reason))) => Outcome::Failed { status: 1, message: reason },
+                            Ok(Err(InferError::Failed(reason))) => {
+                                Outcome::Failed { status: FileStatus::Permanent, message: reason }
+                            }
                             Ok(Err(e)) => Outcome::Failed { status: e.file_status(), message: e.to_string() },
-                            Err(_) => Outcome::Failed { status: 2, message: "the worker's batcher stopped".into() },
+                            Err(_) => Outcome::Failed {
+                                status: FileStatus::Temporary,
+                                message: "the worker's batcher stopped".into(),
+                            },
                         },
-                        Ok(Err(refused)) => Outcome::Failed { status: 2, message: refused.to_string() },
-                        Err(e) => Outcome::Failed { status: 2, message: format!("batcher unavailable: {e}") },
+                        Ok(Err(refused)) => {
+                            Outcome::Failed { status: FileStatus::Temporary, message: refused.to_string() }
+                        }
+                        Err(e) => Outcome::Failed {
+                            status: FileStatus::Temporary,
+                            message: format!("batcher unavailable: {e}"),
+                        },
                     }
                 })
             }
@@ -338,7 +349,7 @@ impl Feeder {
     /// Writes the answer, acknowledges and deletes the job (one MULTI), dead-letters a job that
     /// failed for good; retried until the job's deadline while Redis is away.
     async fn answer(&self, eid: String, job: JobEntry, outcome: Outcome, mut w: ConnectionManager) {
-        let failed_for_good = matches!(outcome, Outcome::Failed { status: 1, .. });
+        let failed_for_good = matches!(outcome, Outcome::Failed { status: FileStatus::Permanent, .. });
         self.count(if matches!(outcome, Outcome::Failed { .. }) { "failed" } else { "done" }, 1);
         let reply = ReplyEntry { id: job.id.clone(), outcome };
         let mut pipe = redis::pipe();
@@ -378,7 +389,8 @@ impl Feeder {
         let raw: Vec<(&str, Vec<u8>)> = fields.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
         pipe.add_command(self.dead_letter(&raw, &why)).ignore();
         if let Ok((id, reply_key)) = JobEntry::address(&fields) {
-            let reply = ReplyEntry { id, outcome: Outcome::Failed { status: 1, message: why.clone() } };
+            let reply =
+                ReplyEntry { id, outcome: Outcome::Failed { status: FileStatus::Permanent, message: why.clone() } };
             pipe.add_command(xadd(&reply_key, &reply.to_fields())).ignore();
         }
         pipe.cmd("XACK").arg(&self.stream).arg(GROUP).arg(&eid).ignore();
@@ -546,8 +558,10 @@ impl Feeder {
                         Reclaim::DeadLetter => {
                             let why = format!("delivered {} times, each time its worker stopped", job.attempts + 1);
                             pipe.add_command(self.dead_letter(&job.to_fields(), &why)).ignore();
-                            let reply =
-                                ReplyEntry { id: job.id.clone(), outcome: Outcome::Failed { status: 1, message: why } };
+                            let reply = ReplyEntry {
+                                id: job.id.clone(),
+                                outcome: Outcome::Failed { status: FileStatus::Permanent, message: why },
+                            };
                             pipe.add_command(xadd(&job.reply, &reply.to_fields())).ignore();
                             dead += 1;
                         }

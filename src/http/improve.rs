@@ -5,43 +5,23 @@
 //! Lanczos3 when asked, JPEG (preprocessing pool) → base64 in the Vision envelope. Mode `improve`
 //! (restoration + colorization) answers "not served".
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::web::{Bytes, Data, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use base64::Engine;
-use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::AppState;
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{
-    ImageMeta, StageError, each_image, image_job, infer_unordered, prepare, record_request, remote_images,
-};
-use super::{AppState, ServedModel};
-use crate::actors::{SrFinish, SrPlace, SrTiles};
-use crate::config::SuperResConfig;
+use super::stages::{ImageMeta, each_image, record_request, remote_images};
+use crate::error::FileStatus;
 use crate::error::{ApiError, Envelope};
-use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::preprocess::ModelInput;
-use crate::pipelines::superres::TileGrid;
+use crate::infer::superres::{Resolution, resolve};
 
 const ENDPOINT: &str = "photo/improve";
-/// The networks' scale.
-const SCALE: usize = 4;
-
-/// The super-resolution model: its two networks and its tiles and limits.
-pub struct SuperResService {
-    pub name: String,
-    pub art: Arc<ServedModel>,
-    pub photo: Arc<ServedModel>,
-    pub config: SuperResConfig,
-    /// `--role api`: the broker that takes each image (with its factor and type) to a worker,
-    /// which answers the JPEG (the tiles' outputs are 16× the input's pixels as floats).
-    pub remote: Option<Arc<crate::broker::api::Broker>>,
-}
 
 #[derive(Debug, Deserialize)]
 struct ImproveMeta {
@@ -58,31 +38,10 @@ struct ImproveMeta {
     rtype: Option<String>,
 }
 
-/// What one request asks: the factor and which network.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Resolution {
-    pub factor: u32,
-    pub photo: bool,
-}
-
-impl Resolution {
-    /// The header a worker's job carries before the file: factor, then 0 (art) or 1 (photo).
-    fn header(self) -> [u8; 2] {
-        [self.factor as u8, u8::from(self.photo)]
-    }
-
-    fn from_header(h: &[u8]) -> Option<Self> {
-        match h {
-            [f @ (2 | 4), p @ (0 | 1), ..] => Some(Self { factor: u32::from(*f), photo: *p == 1 }),
-            _ => None,
-        }
-    }
-}
-
 /// `resolution_object`.
 #[derive(Debug, Serialize)]
 struct ResolutionResult {
-    status: u8,
+    status: FileStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     name: String,
@@ -103,7 +62,7 @@ pub async fn improve(
 ) -> HttpResponse {
     let started = Instant::now();
     let result = handle(&state, &query, &req, payload).await;
-    let statuses: Vec<u8> =
+    let statuses: Vec<FileStatus> =
         result.as_ref().map(|b| b.resolution.iter().map(|r| r.status).collect()).unwrap_or_default();
     record_request(ENDPOINT, started, &result, statuses.into_iter());
     match result {
@@ -154,7 +113,7 @@ async fn handle(
     payload: Payload,
 ) -> Result<ImproveBody, ApiError> {
     state.auth.check(query)?;
-    let svc = state.superres.clone().ok_or_else(|| {
+    let svc = state.infer.superres.clone().ok_or_else(|| {
         ApiError::BadRequest("photo/improve is not served by this server (no super-resolution model placed)".into())
     })?;
     // The endpoint's own, smaller limits (the documented 48 images of 8 MB).
@@ -173,8 +132,11 @@ async fn handle(
     let images = upload.images(&names, &limits.upload())?;
     let stage = if asked.photo { &svc.photo } else { &svc.art };
     let _admitted = admit(state, &[stage.as_ref()], &images, super::objects::SUPERRES_WORK_BYTES_PER_PIXEL)?;
-    let read: Vec<Result<Vec<u8>, (u8, String)>> = match &svc.remote {
-        None => each_image(state, req, &stage.name, &images, |_, img| resolve(state, &svc, img, asked, false)).await?,
+    let read: Vec<Result<Vec<u8>, (FileStatus, String)>> = match &svc.remote {
+        None => {
+            each_image(&state.infer, req, &stage.name, &images, |_, img| resolve(&state.infer, &svc, img, asked, false))
+                .await?
+        }
         Some(broker) => {
             let jobs: Vec<(String, Bytes)> = images
                 .iter()
@@ -189,96 +151,18 @@ async fn handle(
             .iter()
             .zip(read)
             .map(|((name, _), r)| match r {
-                Ok(jpeg) => ResolutionResult { status: 0, error: None, name: name.clone(), resolved: b64.encode(jpeg) },
+                Ok(jpeg) => ResolutionResult {
+                    status: FileStatus::Ok,
+                    error: None,
+                    name: name.clone(),
+                    resolved: b64.encode(jpeg),
+                },
                 Err((status, error)) => {
                     ResolutionResult { status, error: Some(error), name: name.clone(), resolved: String::new() }
                 }
             })
             .collect(),
     })
-}
-
-/// `--role worker`: one image job of the super-resolution model: its factor and network from the
-/// job's header, decode (the configured limits), the tiles on this worker's network, the JPEG.
-pub(crate) async fn superres_job(state: Data<AppState>, job: Vec<u8>, poisoned: bool) -> crate::broker::codec::Outcome {
-    use crate::broker::codec::Outcome;
-    let Some(svc) = state.superres.clone() else {
-        return Outcome::Failed {
-            status: 1,
-            message: "no super-resolution model on this worker. This is a bug.".into(),
-        };
-    };
-    let Some(asked) = Resolution::from_header(&job) else {
-        return Outcome::Failed {
-            status: 1,
-            message: "a super-resolution job without its header. This is a bug.".into(),
-        };
-    };
-    let image = job[2..].to_vec();
-    image_job(
-        &state,
-        &svc.name,
-        image,
-        |img| resolve(&state, &svc, img, asked, poisoned),
-        |jpeg: &Vec<u8>| jpeg.clone(),
-    )
-    .await
-}
-
-/// One image at the asked factor through the asked network: its JPEG.
-async fn resolve(
-    state: &AppState,
-    svc: &SuperResService,
-    image: Arc<DecodedImage>,
-    asked: Resolution,
-    poisoned: bool,
-) -> Result<Vec<u8>, StageError> {
-    let c = &svc.config;
-    let (w, h) = (image.width as usize, image.height as usize);
-    let pixels = w as u64 * h as u64;
-    if pixels > c.max_input_pixels {
-        return Err(StageError::File(
-            1,
-            format!(
-                "image is {w}×{h} = {pixels} pixels; photo/improve takes at most {} (superres.max_input_pixels)",
-                c.max_input_pixels
-            ),
-        ));
-    }
-    let stage = if asked.photo { &svc.photo } else { &svc.art };
-    let grid = TileGrid { tile: c.tile, pad: c.pad, scale: SCALE };
-    let start = Instant::now();
-    let tiles = prepare(state, SrTiles { image: image.clone(), grid }).await?;
-    ::metrics::histogram!(crate::metrics::STAGE_DURATION, "stage" => "preprocess", "model" => stage.name.clone())
-        .record(start.elapsed().as_secs_f64());
-    let (tiles, inputs): (Vec<_>, Vec<_>) = tiles.into_iter().map(|(t, x)| (t, ModelInput::fixed(x))).unzip();
-    // Each tile's core goes into the raster as its output comes, and the output is dropped.
-    let mut raster = vec![0u8; w * SCALE * h * SCALE * 3];
-    let mut outputs = std::pin::pin!(infer_unordered(stage, inputs, poisoned).await?);
-    while let Some((i, prediction)) = outputs.next().await {
-        let output = prediction?.output;
-        raster = prepare(state, SrPlace { grid, tile: tiles[i], output, raster, width: w }).await?;
-    }
-    let finish = SrFinish {
-        raster,
-        width: (w * SCALE) as u32,
-        height: (h * SCALE) as u32,
-        factor: asked.factor,
-        scale: SCALE as u32,
-        quality: c.jpeg_quality,
-    };
-    let jpeg = prepare(state, finish).await?.map_err(|e| StageError::File(1, e))?;
-    if jpeg.len() > c.max_output_bytes {
-        return Err(StageError::File(
-            1,
-            format!(
-                "the result is a {} byte JPEG; photo/improve answers at most {} (superres.max_output_bytes)",
-                jpeg.len(),
-                c.max_output_bytes
-            ),
-        ));
-    }
-    Ok(jpeg)
 }
 
 #[cfg(test)]
@@ -310,15 +194,5 @@ mod tests {
         assert!(err(serde_json::json!({"mode": [], "rfactor": 2, "ftype": "art"})).contains("mode is required"));
         assert!(err(serde_json::json!({"mode": ["improve"]})).contains("not served"));
         assert!(err(serde_json::json!({"mode": ["zoom"]})).contains("unknown mode: zoom"));
-    }
-
-    #[test]
-    fn a_jobs_header_carries_factor_and_network() {
-        for asked in [Resolution { factor: 2, photo: true }, Resolution { factor: 4, photo: false }] {
-            let job = [&asked.header()[..], b"\xff\xd8jpeg"].concat();
-            assert_eq!(Resolution::from_header(&job), Some(asked));
-        }
-        assert_eq!(Resolution::from_header(&[3, 0]), None);
-        assert_eq!(Resolution::from_header(&[2]), None);
     }
 }

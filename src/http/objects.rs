@@ -18,16 +18,18 @@ use futures_util::FutureExt;
 use futures_util::future::{LocalBoxFuture, Shared, join_all};
 use serde::{Deserialize, Serialize};
 
+use super::AppState;
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
-use super::plates::{PlateLabel, PlateResult, PlateService, read as read_plates};
-use super::stages::{StageError, each_image, image_job, infer_marked, prepare, remote_image};
-use super::{AppState, Route, ServedModel};
-use crate::actors::{DetectorBoxes, DetectorInput, Preprocess};
+use super::stages::each_image;
 use crate::config::CAR_NUMBER_MODE;
+use crate::error::FileStatus;
 use crate::error::{ApiError, Envelope};
+use crate::infer::ServedModel;
+use crate::infer::objects::{classify, detector_boxes};
+use crate::infer::plates::{PlateLabel, PlateService, read as read_plates};
+use crate::infer::stages::StageError;
 use crate::metrics;
-use crate::models::centernet::CENTERNET_INPUT;
 use crate::pipelines::classify::ObjectLabel;
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::detect::{Detection, PERSON};
@@ -49,10 +51,30 @@ struct ObjectsMeta {
     images: Vec<ImageMeta>,
 }
 
+/// `car_number_detect_result_property`.
+#[derive(Debug, Serialize)]
+pub struct PlateResult {
+    pub status: FileStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    name: String,
+    labels: Vec<PlateLabel>,
+}
+
+impl PlateResult {
+    /// One image's answer: its plates, or its per-file (status, error).
+    pub fn new(name: &str, read: Result<Vec<PlateLabel>, (FileStatus, String)>) -> Self {
+        match read {
+            Ok(labels) => Self { status: FileStatus::Ok, error: None, name: name.to_string(), labels },
+            Err((status, error)) => Self { status, error: Some(error), name: name.to_string(), labels: vec![] },
+        }
+    }
+}
+
 /// One image's answer (`object_detect_result_property`).
 #[derive(Debug, Serialize)]
 struct FileResult {
-    status: u8,
+    status: FileStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     name: String,
@@ -74,7 +96,7 @@ struct Missing {
     part: &'static str,
     model: String,
     /// The part's own status: 1 permanent (this image), 2 temporary (retry later).
-    status: u8,
+    status: FileStatus,
     error: String,
 }
 
@@ -184,8 +206,8 @@ impl Mode<'_> {
 
 /// Modes answered here, sorted.
 fn served_modes(state: &AppState) -> Vec<&str> {
-    let mut served: Vec<&str> = state.modes.keys().map(String::as_str).collect();
-    if state.plates.is_some() {
+    let mut served: Vec<&str> = state.infer.modes.keys().map(String::as_str).collect();
+    if state.infer.plates.is_some() {
         served.push(CAR_NUMBER_MODE);
     }
     served.sort();
@@ -224,23 +246,23 @@ async fn handle(
     }
     let modes: Vec<Mode> = requested
         .iter()
-        .map(|m| match (*m, &state.plates) {
+        .map(|m| match (*m, &state.infer.plates) {
             (CAR_NUMBER_MODE, Some(plates)) => Mode::Plates(plates),
             _ => {
-                let model = state.modes[*m].as_ref();
+                let model = state.infer.modes[*m].as_ref();
                 match model.detector {
                     Some(_) => Mode::Detector(model, *m == "pedestrian"),
                     // `object` adds the boxes of the detector that serves `multiobject`.
                     None => {
                         let detector =
-                            state.modes.get("multiobject").map(|d| d.as_ref()).filter(|d| d.detector.is_some());
+                            state.infer.modes.get("multiobject").map(|d| d.as_ref()).filter(|d| d.detector.is_some());
                         let boxes = match detector {
                             None => Boxes::None,
                             Some(d) if d.has_live_worker() => Boxes::Detector(d),
                             Some(d) => Boxes::LeftOut(Missing {
                                 part: "boxes",
                                 model: d.name.clone(),
-                                status: 2,
+                                status: FileStatus::Temporary,
                                 error: format!("{}, retry later", d.not_live_reason()),
                             }),
                         };
@@ -275,14 +297,14 @@ async fn handle(
         .collect();
     // Each image decoded once, every mode read from it; a mode failing for an image is that
     // mode's per-file status, a request-wide failure (queue full, hang-up) ends the request.
-    let read = each_image(state, req, &label.models, &images, |i, image| {
+    let read = each_image(&state.infer, req, &label.models, &images, |i, image| {
         let (modes, unavailable, poisoned, bytes) = (&modes, &unavailable, poisoned[i], &images[i].1);
         async move {
             let mut boxes: Vec<(&str, SharedBoxes)> = Vec::new();
             let answered = || modes.iter().zip(unavailable).filter(|(_, why)| why.is_none()).map(|(m, _)| m);
             for d in answered().filter_map(Mode::detector) {
                 if !boxes.iter().any(|(name, _)| *name == d.name) {
-                    let run = detector_boxes(state, d, image.clone(), bytes, poisoned).boxed_local().shared();
+                    let run = detector_boxes(&state.infer, d, image.clone(), bytes, poisoned).boxed_local().shared();
                     boxes.push((d.name.as_str(), run));
                 }
             }
@@ -291,7 +313,7 @@ async fn handle(
                 let image = image.clone();
                 async move {
                     match why {
-                        Some(why) => Err(StageError::File(2, format!("{why}, retry later"))),
+                        Some(why) => Err(StageError::File(FileStatus::Temporary, format!("{why}, retry later"))),
                         None => read_mode(state, m, image, bytes, poisoned, boxes).await,
                     }
                 }
@@ -309,7 +331,7 @@ async fn handle(
     .await?;
 
     // Per image per mode → per mode per image; an image that did not decode fails every mode.
-    let mut per_mode: Vec<Vec<Result<ModeAnswer, (u8, String)>>> =
+    let mut per_mode: Vec<Vec<Result<ModeAnswer, (FileStatus, String)>>> =
         modes.iter().map(|_| Vec::with_capacity(images.len())).collect();
     for image in read {
         match image {
@@ -317,7 +339,7 @@ async fn handle(
             Err(e) => per_mode.iter_mut().for_each(|list| list.push(Err(e.clone()))),
         }
     }
-    let count = |status: u8| {
+    let count = |status: FileStatus| {
         ::metrics::counter!(metrics::IMAGES, "endpoint" => ENDPOINT, "status" => status.to_string()).increment(1);
     };
     let mut body = ObjectsBody::default();
@@ -365,14 +387,14 @@ async fn read_mode(
     };
     match mode {
         Mode::Classifier(model, Boxes::None) => {
-            classify(state, model, image, poisoned).await.map(|labels| ModeAnswer::Labels(labels, vec![]))
+            classify(&state.infer, model, image, poisoned).await.map(|labels| ModeAnswer::Labels(labels, vec![]))
         }
-        Mode::Classifier(model, Boxes::LeftOut(missing)) => classify(state, model, image, poisoned)
+        Mode::Classifier(model, Boxes::LeftOut(missing)) => classify(&state.infer, model, image, poisoned)
             .await
             .map(|labels| ModeAnswer::Labels(labels, vec![missing.clone()])),
         Mode::Classifier(model, Boxes::Detector(detector)) => {
             let (labels, boxes) =
-                futures_util::future::join(classify(state, model, image, poisoned), boxes_of(detector)).await;
+                futures_util::future::join(classify(&state.infer, model, image, poisoned), boxes_of(detector)).await;
             let labels = labels?;
             // The boxes are an addition: without them (the detector's worker died, its queue is
             // full, it failed on the image) the classifier's labels answer, the boxes named missing.
@@ -383,8 +405,8 @@ async fn read_mode(
                 )),
                 Err(e) => {
                     let (status, error) = match e {
-                        StageError::Request(e) => (2, e.to_string()),
-                        other => other.per_file().unwrap_or_else(|e| (2, e.to_string())),
+                        StageError::Request(e) => (FileStatus::Temporary, e.to_string()),
+                        other => other.per_file().unwrap_or_else(|e| (FileStatus::Temporary, e.to_string())),
                     };
                     let missing = Missing { part: "boxes", model: detector.name.clone(), status, error };
                     Ok(ModeAnswer::Labels(labels, vec![missing]))
@@ -394,86 +416,8 @@ async fn read_mode(
         Mode::Detector(model, people) => {
             boxes_of(model).await.map(|boxes| ModeAnswer::Labels(detector_labels(model, &boxes, *people), vec![]))
         }
-        Mode::Plates(svc) => read_plates(state, svc, image, bytes).await.map(ModeAnswer::Plates),
+        Mode::Plates(svc) => read_plates(&state.infer, svc, image, bytes).await.map(ModeAnswer::Plates),
     }
-}
-
-/// A classifier mode: ImageNet preprocessing (preprocessing pool) → the model's batcher → labels.
-async fn classify(
-    state: &AppState,
-    model: &ServedModel,
-    image: Arc<DecodedImage>,
-    poisoned: bool,
-) -> Result<Vec<ObjectLabel>, StageError> {
-    let start = Instant::now();
-    let input = prepare(state, Preprocess { image: image.clone(), prep: model.prep }).await?;
-    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "preprocess", "model" => model.name.clone())
-        .record(start.elapsed().as_secs_f64());
-    let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
-    let labels = model.labels.as_ref().expect("classifiers have labels (config). This is a bug.");
-    Ok(labels.labels_of(&prediction.output, model.scores, model.threshold, model.top_k, image.width, image.height))
-}
-
-/// The COCO detector's detections of one image: run here, or (`--role api`) by a worker, which
-/// gets the file itself (the network's input is 512² × 3, its output 128² × 84).
-async fn detector_boxes(
-    state: &AppState,
-    model: &ServedModel,
-    image: Arc<DecodedImage>,
-    bytes: &Bytes,
-    poisoned: bool,
-) -> Result<Arc<Vec<Detection>>, StageError> {
-    match &model.route {
-        Route::Local(_) => detect_boxes(state, model, image, poisoned).await.map(Arc::new),
-        Route::Remote(broker) => {
-            let body = remote_image(broker, &model.model, bytes, poisoned).await?;
-            serde_json::from_slice(&body)
-                .map(Arc::new)
-                .map_err(|e| StageError::File(1, format!("unreadable answer from the worker: {e}")))
-        }
-    }
-}
-
-/// The COCO detector on one image: its input (preprocessing pool) → its batcher → peaks, the
-/// score threshold and per-class NMS (preprocessing pool) → every class's detections, best first,
-/// in the image's pixels.
-async fn detect_boxes(
-    state: &AppState,
-    model: &ServedModel,
-    image: Arc<DecodedImage>,
-    poisoned: bool,
-) -> Result<Vec<Detection>, StageError> {
-    let start = Instant::now();
-    let input = prepare(state, DetectorInput { image: image.clone(), side: CENTERNET_INPUT }).await?;
-    ::metrics::histogram!(metrics::STAGE_DURATION, "stage" => "preprocess", "model" => model.name.clone())
-        .record(start.elapsed().as_secs_f64());
-    let prediction = infer_marked(model, vec![input], poisoned).await?.remove(0);
-    let params = model.detector.expect("a detector's params (config). This is a bug.");
-    let boxes = DetectorBoxes {
-        output: prediction.output,
-        params,
-        threshold: model.threshold,
-        size: [image.width, image.height],
-    };
-    prepare(state, boxes).await
-}
-
-/// `--role worker`: one image job of the COCO detector `model`: decode (the configured limits),
-/// the detector on this worker's network, its detections as JSON (the api labels them per mode).
-pub(crate) async fn detector_job(
-    state: Data<AppState>,
-    model: String,
-    image: Vec<u8>,
-    poisoned: bool,
-) -> crate::broker::codec::Outcome {
-    let Some(served) = state.models.iter().find(|m| m.model == model && m.detector.is_some()).cloned() else {
-        return crate::broker::codec::Outcome::Failed {
-            status: 1,
-            message: format!("no detector {model} on this worker. This is a bug."),
-        };
-    };
-    let encode = |boxes: &Vec<Detection>| serde_json::to_vec(boxes).expect("detections serialize. This is a bug.");
-    image_job(&state, &model, image, |img| detect_boxes(&state, &served, img, poisoned), encode).await
 }
 
 /// A detector's labels for one mode: every class (`multiobject`, `object`) or persons only,
@@ -521,10 +465,12 @@ impl ModeAnswer {
 }
 
 impl FileResult {
-    fn new(name: &str, read: Result<(Vec<ObjectLabel>, Vec<Missing>), (u8, String)>) -> Self {
+    fn new(name: &str, read: Result<(Vec<ObjectLabel>, Vec<Missing>), (FileStatus, String)>) -> Self {
         let name = name.to_string();
         match read {
-            Ok((labels, missing)) => Self { status: 0, error: None, name, labels, count_by_density: None, missing },
+            Ok((labels, missing)) => {
+                Self { status: FileStatus::Ok, error: None, name, labels, count_by_density: None, missing }
+            }
             Err((status, error)) => {
                 Self { status, error: Some(error), name, labels: vec![], count_by_density: None, missing: vec![] }
             }

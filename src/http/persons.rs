@@ -11,17 +11,16 @@ use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::AppState;
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{StageError, each_image, fixed, image_job, infer, prepare, record_request, remote_images};
-use super::{AppState, FaceService};
+use super::stages::{each_image, record_request, remote_images};
 use crate::actors::store::{DeletePersons, Recognize, SetFaces, Truncate};
-use crate::actors::{AlignFaces, CropFaces, Prediction, Pyramid};
+use crate::error::FileStatus;
 use crate::error::{ApiError, Envelope};
-use crate::models::mtcnn::{ONET_SIZE, RNET_SIZE};
-use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::face_detect::{self, Candidate, DetectParams, Face};
+use crate::infer::face::{FaceService, decode_faces, faces_with_embeddings};
+use crate::pipelines::face_detect::Face;
 use crate::store::SPACES;
 
 const NO_SINGLE_FACE: &str = "face set required only one face per image";
@@ -51,7 +50,7 @@ fn yes() -> bool {
 /// One file's answer (`base_work_result_property`, plus `persons` for recognize).
 #[derive(Debug, Serialize)]
 struct FileResult {
-    status: u8,
+    status: FileStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     name: String,
@@ -61,10 +60,10 @@ struct FileResult {
 
 impl FileResult {
     fn ok(name: &str) -> Self {
-        Self { status: 0, error: None, name: name.to_string(), persons: None }
+        Self { status: FileStatus::Ok, error: None, name: name.to_string(), persons: None }
     }
 
-    fn failed(name: &str, status: u8, error: String) -> Self {
+    fn failed(name: &str, status: FileStatus, error: String) -> Self {
         Self { status, error: Some(error), name: name.to_string(), persons: None }
     }
 }
@@ -109,7 +108,7 @@ fn parse_meta(meta: Option<&[u8]>) -> Result<PersonsMeta, ApiError> {
 }
 
 fn face_service(state: &AppState) -> Result<Arc<FaceService>, ApiError> {
-    state.face.clone().ok_or_else(|| {
+    state.infer.face.clone().ok_or_else(|| {
         ApiError::BadRequest("the persons methods are not served by this server (no face model placed)".into())
     })
 }
@@ -152,7 +151,8 @@ async fn respond(
 ) -> HttpResponse {
     let started = Instant::now();
     let result = handle.await;
-    let statuses: Vec<u8> = result.as_ref().map(|b| b.objects.iter().map(|r| r.status).collect()).unwrap_or_default();
+    let statuses: Vec<FileStatus> =
+        result.as_ref().map(|b| b.objects.iter().map(|r| r.status).collect()).unwrap_or_default();
     record_request(endpoint, started, &result, statuses.into_iter());
     match result {
         Ok(body) => {
@@ -226,8 +226,11 @@ async fn handle_set(
         objects.push(match result {
             Err(r) => r,
             Ok(mut found) => {
-                match face_detect::dominant(&found.iter().map(|f| f.0).collect::<Vec<_>>(), dominant_ratio) {
-                    None => FileResult::failed(name, 1, NO_SINGLE_FACE.into()),
+                match crate::pipelines::face_detect::dominant(
+                    &found.iter().map(|f| f.0).collect::<Vec<_>>(),
+                    dominant_ratio,
+                ) {
+                    None => FileResult::failed(name, FileStatus::Permanent, NO_SINGLE_FACE.into()),
                     Some(i) => {
                         faces.push((img.person_id.expect("checked above. This is a bug."), found.swap_remove(i).1));
                         FileResult::ok(name)
@@ -285,7 +288,7 @@ async fn handle_recognize(
                 }
             })
             .collect();
-        objects.push(FileResult { status: 0, error: None, name: name.clone(), persons: Some(persons) });
+        objects.push(FileResult { status: FileStatus::Ok, error: None, name: name.clone(), persons: Some(persons) });
     }
     Ok(ObjectsBody { objects, aliases_changed: Some(aliases_changed) })
 }
@@ -312,7 +315,7 @@ async fn handle_delete(
             if existed {
                 FileResult::ok(&img.name)
             } else {
-                FileResult::failed(&img.name, 1, format!("no person {id} in space {space}"))
+                FileResult::failed(&img.name, FileStatus::Permanent, format!("no person {id} in space {space}"))
             }
         })
         .collect();
@@ -351,11 +354,14 @@ async fn analyse(
     let stages = face.stages();
     let _admitted = admit(state, &stages.map(|s| s.as_ref()), images, super::objects::WORK_BYTES_PER_PIXEL)?;
     let read = match &face.remote {
-        None => each_image(state, req, &face.name, images, |_, img| faces_with_embeddings(state, face, img)).await?,
+        None => {
+            each_image(&state.infer, req, &face.name, images, |_, img| faces_with_embeddings(&state.infer, face, img))
+                .await?
+        }
         Some(broker) => remote_images(broker, &face.name, req, images)
             .await?
             .into_iter()
-            .map(|answer| answer.and_then(|body| decode_faces(&body).map_err(|e| (1, e))))
+            .map(|answer| answer.and_then(|body| decode_faces(&body).map_err(|e| (FileStatus::Permanent, e))))
             .collect(),
     };
     Ok(images
@@ -363,139 +369,4 @@ async fn analyse(
         .zip(read)
         .map(|((name, _), r)| r.map_err(|(status, e)| FileResult::failed(name, status, e)))
         .collect())
-}
-
-/// Floats per face in a worker's answer: box (4), score, landmarks (10), embedding.
-const FACE_FLOATS: usize = 4 + 1 + 10 + crate::models::sface::EMBEDDING_LEN;
-
-/// A worker's cascade result: the faces one after another, each as [`FACE_FLOATS`]
-/// little-endian f32 (572 bytes).
-fn encode_faces(faces: &[(Face, Vec<f32>)]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(faces.len() * FACE_FLOATS);
-    for (f, embedding) in faces {
-        out.extend_from_slice(&f.bbox);
-        out.push(f.score);
-        out.extend(f.landmarks.iter().flatten());
-        out.extend_from_slice(embedding);
-    }
-    out.iter().flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn decode_faces(body: &[u8]) -> Result<Vec<(Face, Vec<f32>)>, String> {
-    if !body.len().is_multiple_of(FACE_FLOATS * 4) {
-        return Err(format!("worker answered {} bytes, not a multiple of {} (faces)", body.len(), FACE_FLOATS * 4));
-    }
-    let out: Vec<f32> = body.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
-    Ok(out
-        .chunks_exact(FACE_FLOATS)
-        .map(|c| {
-            let mut landmarks = [[0f32; 2]; 5];
-            for (i, l) in landmarks.iter_mut().enumerate() {
-                *l = [c[5 + 2 * i], c[6 + 2 * i]];
-            }
-            let face = Face { bbox: [c[0], c[1], c[2], c[3]], score: c[4], landmarks };
-            (face, c[15..].to_vec())
-        })
-        .collect())
-}
-
-/// `--role worker`: one image job of the face model: decode (the configured limits), the cascade
-/// and the embedder on this worker's networks, the faces as one flat output.
-pub(crate) async fn face_job(state: Data<AppState>, image: Vec<u8>) -> crate::broker::codec::Outcome {
-    let Some(face) = state.face.clone() else {
-        return crate::broker::codec::Outcome::Failed {
-            status: 1,
-            message: "no face model on this worker. This is a bug.".into(),
-        };
-    };
-    image_job(&state, &face.name, image, |img| faces_with_embeddings(&state, &face, img), |faces| encode_faces(faces))
-        .await
-}
-
-/// Boxes that had pixels to crop, and their crops.
-fn kept(boxes: Vec<Candidate>, crops: Vec<Option<Vec<f32>>>) -> (Vec<Candidate>, Vec<Vec<f32>>) {
-    boxes.into_iter().zip(crops).filter_map(|(b, c)| c.map(|c| (b, c))).unzip()
-}
-
-/// One image through the cascade and the embedder.
-async fn faces_with_embeddings(
-    state: &AppState,
-    face: &FaceService,
-    image: Arc<DecodedImage>,
-) -> Result<Vec<(Face, Vec<f32>)>, StageError> {
-    let fc = &face.config;
-    let params = DetectParams { min_face: fc.min_face, thresholds: fc.thresholds, factor: fc.factor };
-    // Stage 1: P-Net on fixed tiles of every pyramid level.
-    let (levels, tiles) = prepare(state, Pyramid { image: image.clone(), params, canvas: fc.canvas }).await?;
-    let map = crate::models::pnet_map_side(fc.canvas);
-    let outputs = infer(&face.pnet, fixed(tiles.iter().map(|t| t.input.clone()).collect())).await?;
-    let mut per_level = vec![Vec::new(); levels.len()];
-    for (tile, out) in tiles.iter().zip(outputs) {
-        per_level[tile.level].extend(face_detect::tile_candidates(
-            &out.output,
-            map,
-            tile,
-            &levels[tile.level],
-            params.thresholds[0],
-        ));
-    }
-    let boxes = face_detect::stage1(per_level);
-    // Stage 2: R-Net on 24×24 crops.
-    let crops = prepare(state, CropFaces { image: image.clone(), boxes: boxes.clone(), size: RNET_SIZE }).await?;
-    let (boxes, crops) = kept(boxes, crops);
-    let (reg, prob) = split_heads(infer(&face.rnet, fixed(crops)).await?, &[4, 2]);
-    let boxes = face_detect::stage2(&boxes, &reg[0], &prob, params.thresholds[1]);
-    // Stage 3: O-Net on 48×48 crops.
-    let crops = prepare(state, CropFaces { image: image.clone(), boxes: boxes.clone(), size: ONET_SIZE }).await?;
-    let (boxes, crops) = kept(boxes, crops);
-    let (heads, prob) = split_heads(infer(&face.onet, fixed(crops)).await?, &[4, 10, 2]);
-    let filter = fc.filter();
-    let mut faces = face_detect::stage3(&boxes, &heads[0], &heads[1], &prob, params.thresholds[2]);
-    faces.retain(|f| filter.keeps(f, image.width, image.height));
-    faces.sort_by(|a, b| b.score.total_cmp(&a.score));
-    faces.truncate(fc.max_faces);
-    if faces.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Embeddings of the aligned faces.
-    let aligned = prepare(state, AlignFaces { image, faces: faces.clone() }).await?;
-    let embeddings = infer(&face.embed, fixed(aligned)).await?;
-    Ok(faces.into_iter().zip(embeddings.into_iter().map(|p| p.output)).collect())
-}
-
-/// Per-item outputs laid side by side (`widths` per head) → one flat array per head except the
-/// last, and the last (the probabilities) apart.
-fn split_heads(outputs: Vec<Prediction>, widths: &[usize]) -> (Vec<Vec<f32>>, Vec<f32>) {
-    let mut heads = vec![Vec::new(); widths.len()];
-    for p in &outputs {
-        let mut at = 0;
-        for (h, &w) in widths.iter().enumerate() {
-            heads[h].extend_from_slice(&p.output[at..at + w]);
-            at += w;
-        }
-    }
-    let prob = heads.pop().unwrap_or_default();
-    (heads, prob)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn worker_faces_roundtrip_through_one_flat_output() {
-        let face = |k: f32| Face {
-            bbox: [k, k + 1.0, k + 30.0, k + 40.0],
-            score: 0.99,
-            landmarks: [[k, 1.0], [2.0, 3.0], [4.0, 5.0], [6.0, 7.0], [8.0, k]],
-        };
-        let faces: Vec<(Face, Vec<f32>)> = (0..3)
-            .map(|i| (face(i as f32), (0..crate::models::sface::EMBEDDING_LEN).map(|j| (i * j) as f32).collect()))
-            .collect();
-        let out = encode_faces(&faces);
-        assert_eq!(out.len(), 3 * FACE_FLOATS * 4);
-        assert_eq!(decode_faces(&out).unwrap(), faces);
-        assert!(decode_faces(&out[4..]).is_err());
-        assert_eq!(decode_faces(&[]).unwrap(), vec![]);
-    }
 }

@@ -70,9 +70,9 @@ async fn collect(state: &AppState) -> PlacementView {
     let mut devices: Vec<DeviceView> = Vec::new();
     // A worker's model as configured (the face model's stages list as `face`).
     let model_of = |stage: &str| {
-        state.models.iter().find(|m| m.name == stage).map_or_else(|| stage.to_string(), |m| m.model.clone())
+        state.infer.models.iter().find(|m| m.name == stage).map_or_else(|| stage.to_string(), |m| m.model.clone())
     };
-    for w in &state.workers {
+    for w in &state.infer.workers {
         let model = model_of(&w.model);
         let sample = w.sample(now);
         let worker = WorkerView {
@@ -101,7 +101,7 @@ async fn collect(state: &AppState) -> PlacementView {
         }
     }
     let mut models = Vec::new();
-    for m in &state.models {
+    for m in &state.infer.models {
         let queue_size = m.queue_len().await;
         models.push(ModelView {
             name: m.name.clone(),

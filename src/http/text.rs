@@ -11,31 +11,16 @@ use actix_web::web::{Data, Payload, Query};
 use actix_web::{HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 
+use super::AppState;
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{ImageMeta, StageError, each_image, image_job, infer, prepare, record_request, remote_images};
-use super::{AppState, ServedModel};
-use crate::actors::{DetectText, RecLines, TextLines};
+use super::stages::{ImageMeta, each_image, record_request, remote_images};
+use crate::error::FileStatus;
 use crate::error::{ApiError, Envelope};
+use crate::infer::text::{Line, TextService, read_image};
 use crate::metrics;
-use crate::models::ppocr::{CLS_HEIGHT, CLS_WIDTH, Charset, steps};
-use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::preprocess::ModelInput;
-use crate::pipelines::text::{Quad, TextParams, ctc_decode, language, to_original, upside_down, words};
-
-/// The text model: its detector and recogniser stages, its settings and the recogniser's classes.
-pub struct TextService {
-    pub name: String,
-    pub det: Arc<ServedModel>,
-    pub cls: Arc<ServedModel>,
-    pub rec: Arc<ServedModel>,
-    pub params: TextParams,
-    pub charset: Arc<Charset>,
-    /// `--role api`: the broker that takes each image to a worker, where detection and reading
-    /// run (the detector's input is 5–10 MB per image, the file tens of KB).
-    pub remote: Option<Arc<crate::broker::api::Broker>>,
-}
+use crate::pipelines::text::{Quad, language};
 
 #[derive(Debug, Deserialize)]
 struct TextMeta {
@@ -47,15 +32,6 @@ struct TextMeta {
     lang: Option<String>,
     #[serde(default)]
     images: Vec<ImageMeta>,
-}
-
-/// A line read from an image, in the original's pixels (JSON between a worker and the api).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-struct Line {
-    text: String,
-    prob: f32,
-    quad: Quad,
-    words: Vec<(String, f32, Quad)>,
 }
 
 fn round4(x: f32) -> f32 {
@@ -91,7 +67,7 @@ struct TextLine {
 /// image has no text.
 #[derive(Debug, Serialize)]
 struct TextResult {
-    status: u8,
+    status: FileStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     name: String,
@@ -111,7 +87,7 @@ struct SceneWord {
 /// `scene_text_recognize_result_property`.
 #[derive(Debug, Serialize)]
 struct SceneResult {
-    status: u8,
+    status: FileStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<String>,
     name: String,
@@ -126,11 +102,11 @@ struct Objects<T> {
 /// Runs `handle`, counts and times the request, and answers with the envelope.
 async fn respond<T: Serialize>(
     endpoint: &'static str,
-    handle: impl std::future::Future<Output = Result<Vec<(u8, T)>, ApiError>>,
+    handle: impl std::future::Future<Output = Result<Vec<(FileStatus, T)>, ApiError>>,
 ) -> HttpResponse {
     let started = Instant::now();
     let result = handle.await;
-    let statuses: Vec<u8> = result.as_ref().map(|o| o.iter().map(|r| r.0).collect()).unwrap_or_default();
+    let statuses: Vec<FileStatus> = result.as_ref().map(|o| o.iter().map(|r| r.0).collect()).unwrap_or_default();
     record_request(endpoint, started, &result, statuses.into_iter());
     match result {
         Ok(objects) => {
@@ -161,16 +137,35 @@ pub async fn recognize(
                 Err((status, error)) => {
                     (status, TextResult { status, error: Some(error), name: name.clone(), text: None, results: None })
                 }
-                Ok(lines) if lines.is_empty() => {
-                    (0, TextResult { status: 0, error: None, name: name.clone(), text: None, results: None })
-                }
+                Ok(lines) if lines.is_empty() => (
+                    FileStatus::Ok,
+                    TextResult { status: FileStatus::Ok, error: None, name: name.clone(), text: None, results: None },
+                ),
                 Ok(lines) if detailed => {
                     let results = lines.iter().map(text_line).collect();
-                    (0, TextResult { status: 0, error: None, name: name.clone(), text: None, results: Some(results) })
+                    (
+                        FileStatus::Ok,
+                        TextResult {
+                            status: FileStatus::Ok,
+                            error: None,
+                            name: name.clone(),
+                            text: None,
+                            results: Some(results),
+                        },
+                    )
                 }
                 Ok(lines) => {
                     let text = lines.iter().map(|l| l.text.as_str()).collect::<Vec<_>>().join("\n");
-                    (0, TextResult { status: 0, error: None, name: name.clone(), text: Some(text), results: None })
+                    (
+                        FileStatus::Ok,
+                        TextResult {
+                            status: FileStatus::Ok,
+                            error: None,
+                            name: name.clone(),
+                            text: Some(text),
+                            results: None,
+                        },
+                    )
                 }
             })
             .collect())
@@ -228,7 +223,7 @@ pub async fn scene_text(
                             text: text.clone(),
                         })
                         .collect();
-                    (0, SceneResult { status: 0, error: None, name: name.clone(), words })
+                    (FileStatus::Ok, SceneResult { status: FileStatus::Ok, error: None, name: name.clone(), words })
                 }
             })
             .collect())
@@ -262,7 +257,7 @@ async fn begin(
     payload: Payload,
 ) -> Result<(Arc<TextService>, TextMeta, Images), ApiError> {
     state.auth.check(query)?;
-    let svc = state.text.clone().ok_or_else(|| {
+    let svc = state.infer.text.clone().ok_or_else(|| {
         ApiError::BadRequest("the text methods are not served by this server (no text model placed)".into())
     })?;
     let upload = read_upload(req, payload, &state.limits).await?;
@@ -281,7 +276,7 @@ async fn read_all(
     svc: &TextService,
     req: &HttpRequest,
     images: &Images,
-) -> Result<Vec<Result<Vec<Line>, (u8, String)>>, ApiError> {
+) -> Result<Vec<Result<Vec<Line>, (FileStatus, String)>>, ApiError> {
     let _admitted = admit(
         state,
         &[svc.det.as_ref(), svc.cls.as_ref(), svc.rec.as_ref()],
@@ -289,89 +284,16 @@ async fn read_all(
         super::objects::WORK_BYTES_PER_PIXEL,
     )?;
     match &svc.remote {
-        None => each_image(state, req, &svc.name, images, |_, img| read_image(state, svc, img)).await,
+        None => each_image(&state.infer, req, &svc.name, images, |_, img| read_image(&state.infer, svc, img)).await,
         Some(broker) => Ok(remote_images(broker, &svc.name, req, images)
             .await?
             .into_iter()
             .map(|answer| {
                 answer.and_then(|body| {
-                    serde_json::from_slice(&body).map_err(|e| (1, format!("unreadable answer from the worker: {e}")))
+                    serde_json::from_slice(&body)
+                        .map_err(|e| (FileStatus::Permanent, format!("unreadable answer from the worker: {e}")))
                 })
             })
             .collect()),
-    }
-}
-
-/// `--role worker`: one image job of the text model: decode (the configured limits), detection
-/// and reading on this worker's networks, the lines as JSON.
-pub(crate) async fn text_job(state: Data<AppState>, image: Vec<u8>) -> crate::broker::codec::Outcome {
-    let Some(svc) = state.text.clone() else {
-        return crate::broker::codec::Outcome::Failed {
-            status: 1,
-            message: "no text model on this worker. This is a bug.".into(),
-        };
-    };
-    let encode = |lines: &Vec<Line>| serde_json::to_vec(lines).expect("lines serialize. This is a bug.");
-    image_job(&state, &svc.name, image, |img| read_image(&state, &svc, img), encode).await
-}
-
-/// One image through the detector and the recogniser.
-async fn read_image(state: &AppState, svc: &TextService, image: Arc<DecodedImage>) -> Result<Vec<Line>, StageError> {
-    let p = svc.params;
-    let det = prepare(state, DetectText { image, params: p }).await?;
-    let [bh, bw] = det.bucket;
-    let map = infer(&svc.det, vec![ModelInput::sized(det.input, bh, bw)]).await?.remove(0).output;
-    let work = Arc::new(det.work);
-    let crops =
-        prepare(state, TextLines { work: work.clone(), map, size: det.size, bucket: det.bucket, params: p }).await?;
-    if crops.is_empty() {
-        return Ok(Vec::new());
-    }
-    let flip = if p.use_cls {
-        let inputs = crops.iter().map(|c| ModelInput::sized(c.cls.clone(), CLS_HEIGHT, CLS_WIDTH)).collect();
-        infer(&svc.cls, inputs).await?.iter().map(|o| upside_down(&o.output, &p)).collect()
-    } else {
-        Vec::new()
-    };
-    let lines = prepare(state, RecLines { lines: crops, flip, params: p }).await?;
-    let (boxes, inputs): (Vec<_>, Vec<_>) = lines
-        .into_iter()
-        .map(|l| {
-            ((l.text_box, l.width, l.resized), ModelInput::sized(l.input, crate::models::ppocr::REC_HEIGHT, l.width))
-        })
-        .unzip();
-    let read = infer(&svc.rec, inputs).await?;
-    let mut out = Vec::new();
-    for ((text_box, width, resized), prediction) in boxes.into_iter().zip(read) {
-        let steps = steps(&prediction.output)
-            .map_err(|e| StageError::Image(crate::actors::InferError::Failed(e.to_string())))?;
-        let reading = ctc_decode(&steps, &svc.charset);
-        if reading.text.trim().is_empty() || reading.score < p.text_score {
-            continue;
-        }
-        let words = words(&reading, &text_box.quad, steps.len(), width, resized)
-            .into_iter()
-            .map(|w| (w.text, w.prob, to_original(&w.quad, &work)))
-            .collect();
-        out.push(Line { text: reading.text, prob: reading.score, quad: to_original(&text_box.quad, &work), words });
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lines_roundtrip_through_the_workers_json() {
-        let quad = [[10.5, 20.25], [130.0, 20.0], [130.125, 52.0], [10.0, 51.75]];
-        let line = Line {
-            text: "Привет, world 42".into(),
-            prob: 0.987_654_3,
-            quad,
-            words: vec![("Привет,".into(), 0.912_345_7, quad), ("world".into(), 1.0, quad)],
-        };
-        let body = serde_json::to_vec(&vec![line.clone(), line.clone()]).unwrap();
-        assert_eq!(serde_json::from_slice::<Vec<Line>>(&body).unwrap(), vec![line.clone(), line]);
     }
 }

@@ -3,8 +3,11 @@
 //! network, landmarks. Pure functions; the networks run elsewhere (models::mtcnn), so each stage's
 //! crops can be batched across requests. Boxes are pixels `[x1, y1, x2, y2]` of the original image.
 
+use std::future::Future;
+use std::sync::Arc;
+
 use super::decode::DecodedImage;
-use crate::models::mtcnn::{FaceNets, ONET_SIZE, RNET_SIZE};
+use crate::models::mtcnn::{FaceNets, NetOutput, ONET_SIZE, RNET_SIZE};
 
 /// Detector settings; the defaults are facenet-pytorch's.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -367,56 +370,183 @@ pub fn stage3(boxes: &[Candidate], reg: &[f32], landmarks: &[f32], prob: &[f32],
     nms(&b, &s, 0.7, Overlap::MinPlusOne).into_iter().map(|i| faces[i]).collect()
 }
 
-/// The whole cascade on one image, each stage's networks run by `nets` (batched within the image).
-pub fn detect(img: &DecodedImage, params: &DetectParams, nets: &impl FaceNets) -> Result<Vec<Face>, String> {
-    let mut levels = Vec::new();
-    for level in pyramid(img.width, img.height, params) {
-        let out = nets.pnet(level_input(img, &level), level.height, level.width)?;
-        levels.push(pnet_candidates(&out.reg, &out.prob, out.map, level.scale, params.thresholds[0]));
-    }
-    refine(img, params, nets, stage1(levels))
+/// The cascade's networks and CPU steps, as [`cascade`] drives them: the one MTCNN cascade of the
+/// server (each network through its batcher, the CPU steps on the preprocessing pool:
+/// `infer::face`), the tools and the tests (in place: [`InPlace`]).
+pub trait CascadeRunner {
+    type Error;
+    /// The pyramid's levels and their `canvas`² tiles.
+    fn tiles(
+        &self,
+        image: Arc<DecodedImage>,
+        params: DetectParams,
+        canvas: usize,
+    ) -> impl Future<Output = Result<(Vec<Level>, Vec<Tile>), Self::Error>>;
+    /// One `size`² crop per box; `None` where a box has no pixels.
+    fn crops(
+        &self,
+        image: Arc<DecodedImage>,
+        boxes: Vec<Candidate>,
+        size: usize,
+    ) -> impl Future<Output = Result<Vec<Option<Vec<f32>>>, Self::Error>>;
+    /// P-Net on tiles: per tile `reg` (4 × m × m) then `prob` (2 × m × m).
+    fn pnet(&self, tiles: Vec<Vec<f32>>) -> impl Future<Output = Result<Vec<Vec<f32>>, Self::Error>>;
+    /// R-Net on 24² crops: per crop `reg` (4) then `prob` (2).
+    fn rnet(&self, crops: Vec<Vec<f32>>) -> impl Future<Output = Result<Vec<Vec<f32>>, Self::Error>>;
+    /// O-Net on 48² crops: per crop `reg` (4), `landmarks` (10), `prob` (2).
+    fn onet(&self, crops: Vec<Vec<f32>>) -> impl Future<Output = Result<Vec<Vec<f32>>, Self::Error>>;
 }
 
-/// The cascade as the server runs it (P-Net on `canvas`² tiles instead of whole levels), one
-/// image at a time; for tests and tools.
+/// The cascade on one image: P-Net on fixed `canvas`² tiles of every pyramid level (so tiles of
+/// all images batch together), stage 1, then [`refine`]. The faces before the answer's filter.
+pub async fn cascade<R: CascadeRunner>(
+    image: Arc<DecodedImage>,
+    params: DetectParams,
+    canvas: usize,
+    r: &R,
+) -> Result<Vec<Face>, R::Error> {
+    let (levels, tiles) = r.tiles(image.clone(), params, canvas).await?;
+    let map = crate::models::pnet_map_side(canvas);
+    let outputs = r.pnet(tiles.iter().map(|t| t.input.clone()).collect()).await?;
+    let mut per_level = vec![Vec::new(); levels.len()];
+    for (tile, out) in tiles.iter().zip(outputs) {
+        per_level[tile.level].extend(tile_candidates(&out, map, tile, &levels[tile.level], params.thresholds[0]));
+    }
+    refine(image, params, r, stage1(per_level)).await
+}
+
+/// Stages 2 and 3 (R-Net on 24² crops, O-Net on 48² crops) on stage 1's boxes.
+async fn refine<R: CascadeRunner>(
+    image: Arc<DecodedImage>,
+    params: DetectParams,
+    r: &R,
+    boxes: Vec<Candidate>,
+) -> Result<Vec<Face>, R::Error> {
+    let crops = r.crops(image.clone(), boxes.clone(), RNET_SIZE).await?;
+    let (boxes, crops) = kept(boxes, crops);
+    let (reg, prob) = split_heads(r.rnet(crops).await?, &[4, 2]);
+    let boxes = stage2(&boxes, &reg[0], &prob, params.thresholds[1]);
+    let crops = r.crops(image, boxes.clone(), ONET_SIZE).await?;
+    let (boxes, crops) = kept(boxes, crops);
+    let (heads, prob) = split_heads(r.onet(crops).await?, &[4, 10, 2]);
+    Ok(stage3(&boxes, &heads[0], &heads[1], &prob, params.thresholds[2]))
+}
+
+/// Boxes that had pixels to crop, and their crops.
+fn kept(boxes: Vec<Candidate>, crops: Vec<Option<Vec<f32>>>) -> (Vec<Candidate>, Vec<Vec<f32>>) {
+    boxes.into_iter().zip(crops).filter_map(|(b, c)| c.map(|c| (b, c))).unzip()
+}
+
+/// Per-item outputs laid side by side (`widths` per head) → one flat array per head except the
+/// last, and the last (the probabilities) apart.
+pub fn split_heads(outputs: Vec<Vec<f32>>, widths: &[usize]) -> (Vec<Vec<f32>>, Vec<f32>) {
+    let mut heads = vec![Vec::new(); widths.len()];
+    for out in &outputs {
+        let mut at = 0;
+        for (h, &w) in widths.iter().enumerate() {
+            heads[h].extend_from_slice(&out[at..at + w]);
+            at += w;
+        }
+    }
+    let prob = heads.pop().unwrap_or_default();
+    (heads, prob)
+}
+
+/// The cascade's networks run in place, one image at a time ([`FaceNets`]: the networks of
+/// `models::mtcnn::Mtcnn`), for tools and tests.
+pub struct InPlace<'a, N>(pub &'a N);
+
+/// Per item: each head's values side by side (`reg`, then `landmarks` when there are, then `prob`).
+fn rows(out: NetOutput, n: usize) -> Vec<Vec<f32>> {
+    let per = |v: &[f32]| v.len() / n.max(1);
+    let (r, l, p) = (per(&out.reg), per(&out.landmarks), per(&out.prob));
+    (0..n)
+        .map(|i| {
+            let mut row = out.reg[i * r..(i + 1) * r].to_vec();
+            row.extend_from_slice(&out.landmarks[i * l..(i + 1) * l]);
+            row.extend_from_slice(&out.prob[i * p..(i + 1) * p]);
+            row
+        })
+        .collect()
+}
+
+impl<N: FaceNets> CascadeRunner for InPlace<'_, N> {
+    type Error = String;
+
+    async fn tiles(
+        &self,
+        image: Arc<DecodedImage>,
+        params: DetectParams,
+        canvas: usize,
+    ) -> Result<(Vec<Level>, Vec<Tile>), String> {
+        Ok(pyramid_tiles(&image, &params, canvas))
+    }
+
+    async fn crops(
+        &self,
+        image: Arc<DecodedImage>,
+        boxes: Vec<Candidate>,
+        size: usize,
+    ) -> Result<Vec<Option<Vec<f32>>>, String> {
+        Ok(crop_each(&image, &boxes, size))
+    }
+
+    async fn pnet(&self, tiles: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
+        tiles
+            .into_iter()
+            .map(|t| {
+                let side = ((t.len() / 3) as f64).sqrt().round() as usize;
+                let out = self.0.pnet(t, side, side)?;
+                Ok(out.reg.into_iter().chain(out.prob).collect())
+            })
+            .collect()
+    }
+
+    async fn rnet(&self, crops: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
+        let n = crops.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(rows(self.0.rnet(crops.concat(), n)?, n))
+    }
+
+    async fn onet(&self, crops: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
+        let n = crops.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        Ok(rows(self.0.onet(crops.concat(), n)?, n))
+    }
+}
+
+/// A future that never waits (the in-place runner's), run to its end here.
+fn in_place<T>(f: impl Future<Output = T>) -> T {
+    let mut f = std::pin::pin!(f);
+    match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+        std::task::Poll::Ready(v) => v,
+        std::task::Poll::Pending => unreachable!("the in-place cascade waited. This is a bug."),
+    }
+}
+
+/// [`cascade`] in place on one image (what the server runs, one image at a time): tools and tests.
 pub fn detect_tiled(
     img: &DecodedImage,
     params: &DetectParams,
     canvas: usize,
     nets: &impl FaceNets,
 ) -> Result<Vec<Face>, String> {
-    let (levels, tiles) = pyramid_tiles(img, params, canvas);
-    let map = crate::models::pnet_map_side(canvas);
-    let mut per_level = vec![Vec::new(); levels.len()];
-    for tile in &tiles {
-        let out = nets.pnet(tile.input.clone(), canvas, canvas)?;
-        let flat: Vec<f32> = out.reg.iter().chain(&out.prob).copied().collect();
-        per_level[tile.level].extend(tile_candidates(&flat, map, tile, &levels[tile.level], params.thresholds[0]));
-    }
-    refine(img, params, nets, stage1(per_level))
+    in_place(cascade(Arc::new(img.clone()), *params, canvas, &InPlace(nets)))
 }
 
-/// Stages 2 and 3 (R-Net, O-Net) on stage 1's boxes.
-fn refine(
-    img: &DecodedImage,
-    params: &DetectParams,
-    nets: &impl FaceNets,
-    boxes: Vec<Candidate>,
-) -> Result<Vec<Face>, String> {
-    let (input, kept) = crops(img, &boxes, RNET_SIZE);
-    if kept.is_empty() {
-        return Ok(Vec::new());
+/// The paper's stage 1 on whole pyramid levels instead of tiles, then the same [`refine`]: the
+/// reference the tiled cascade is checked against (`tests/model_mtcnn.rs`).
+pub fn detect(img: &DecodedImage, params: &DetectParams, nets: &impl FaceNets) -> Result<Vec<Face>, String> {
+    let mut levels = Vec::new();
+    for level in pyramid(img.width, img.height, params) {
+        let out = nets.pnet(level_input(img, &level), level.height, level.width)?;
+        levels.push(pnet_candidates(&out.reg, &out.prob, out.map, level.scale, params.thresholds[0]));
     }
-    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
-    let out = nets.rnet(input, boxes.len())?;
-    let boxes = stage2(&boxes, &out.reg, &out.prob, params.thresholds[1]);
-    let (input, kept) = crops(img, &boxes, ONET_SIZE);
-    if kept.is_empty() {
-        return Ok(Vec::new());
-    }
-    let boxes: Vec<Candidate> = kept.iter().map(|&i| boxes[i]).collect();
-    let out = nets.onet(input, boxes.len())?;
-    Ok(stage3(&boxes, &out.reg, &out.landmarks, &out.prob, params.thresholds[2]))
+    in_place(refine(Arc::new(img.clone()), *params, &InPlace(nets), stage1(levels)))
 }
 
 /// Intersection over union of two boxes (no +1).

@@ -1,16 +1,19 @@
-//! `objects/detect` mode `car_number`, read top to bottom: per image decode → detector input
+//! Licence plates (objects/detect mode `car_number`): per image decode → detector input
 //! (preprocessing pool) → plate detector (its batcher batches images of all requests by size
 //! bucket) → plates and their rectified crops (preprocessing pool) → recogniser (batched by width
 //! bucket) → CTC → plate text, its Cyrillic spelling and its type from its format.
 
 use std::sync::Arc;
 
-use actix_web::web::{Bytes, Data};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use super::stages::{StageError, image_job, infer, prepare, remote_image};
-use super::{AppState, ServedModel};
+use super::{Builder, StartError};
+use super::{Inference, ServedModel};
 use crate::actors::{DetectPlates, InferError, PlateCrops};
+use crate::config::ModelConfig;
+use crate::error::FileStatus;
 use crate::models::ppocr::{Charset, REC_HEIGHT, steps};
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::plates::{PlateParams, cyrillic, plate_text, types_prob};
@@ -54,33 +57,13 @@ pub struct PlateLabel {
     types_prob: Vec<TypeProb>,
 }
 
-/// `car_number_detect_result_property`.
-#[derive(Debug, Serialize)]
-pub struct PlateResult {
-    pub status: u8,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<String>,
-    name: String,
-    labels: Vec<PlateLabel>,
-}
-
 fn round4(x: f32) -> f32 {
     (x * 1e4).round() / 1e4
 }
 
-impl PlateResult {
-    /// One image's answer: its plates, or its per-file (status, error).
-    pub fn new(name: &str, read: Result<Vec<PlateLabel>, (u8, String)>) -> Self {
-        match read {
-            Ok(labels) => Self { status: 0, error: None, name: name.to_string(), labels },
-            Err((status, error)) => Self { status, error: Some(error), name: name.to_string(), labels: vec![] },
-        }
-    }
-}
-
 /// One image's plates: read here, or (`--role api`) by a worker, which gets the file itself.
-pub(super) async fn read(
-    state: &AppState,
+pub async fn read(
+    state: &Inference,
     svc: &PlateService,
     image: Arc<DecodedImage>,
     bytes: &Bytes,
@@ -90,17 +73,17 @@ pub(super) async fn read(
         Some(broker) => {
             let body = remote_image(broker, &svc.name, bytes, false).await?;
             serde_json::from_slice(&body)
-                .map_err(|e| StageError::File(1, format!("unreadable answer from the worker: {e}")))
+                .map_err(|e| StageError::File(FileStatus::Permanent, format!("unreadable answer from the worker: {e}")))
         }
     }
 }
 
 /// `--role worker`: one image job of the plates model: decode (the configured limits), detection
 /// and reading on this worker's networks, the plates as JSON.
-pub(crate) async fn plates_job(state: Data<AppState>, image: Vec<u8>) -> crate::broker::codec::Outcome {
+pub async fn plates_job(state: Arc<Inference>, image: Vec<u8>) -> crate::broker::codec::Outcome {
     let Some(svc) = state.plates.clone() else {
         return crate::broker::codec::Outcome::Failed {
-            status: 1,
+            status: FileStatus::Permanent,
             message: "no plates model on this worker. This is a bug.".into(),
         };
     };
@@ -110,7 +93,7 @@ pub(crate) async fn plates_job(state: Data<AppState>, image: Vec<u8>) -> crate::
 
 /// One image through the detector and the recogniser.
 async fn read_image(
-    state: &AppState,
+    state: &Inference,
     svc: &PlateService,
     image: Arc<DecodedImage>,
 ) -> Result<Vec<PlateLabel>, StageError> {
@@ -165,6 +148,28 @@ async fn read_image(
         });
     }
     Ok(labels)
+}
+
+/// The plates model's service from its two stages (detector, recogniser) and the recogniser's
+/// classes, and its whole-image jobs on `--role worker`.
+pub fn attach(b: &mut Builder, name: &str, mc: &ModelConfig, stages: &[Arc<ServedModel>]) -> Result<(), StartError> {
+    let [det, rec] = stages else {
+        return Ok(());
+    };
+    if b.plates.is_some() {
+        return Err(Builder::only_one(name, "plates"));
+    }
+    let charset = Charset::load(&mc.plate_recognizer())?;
+    b.plates = Some(Arc::new(PlateService {
+        name: name.to_string(),
+        det: det.clone(),
+        rec: rec.clone(),
+        params: mc.plates.unwrap_or_default(),
+        charset: Arc::new(charset),
+        remote: b.broker.clone(),
+    }));
+    b.feed_whole(name, mc, stages, |state, _, image, _| Box::pin(plates_job(state, image)));
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,0 +1,466 @@
+//! The inference layer: one place that runs the networks and their cascades, for the HTTP
+//! handlers (`http`) and for `--role worker`'s broker jobs alike. It starts the decoder and
+//! preprocessing pools, a batcher and supervised workers per network (or, `--role api`, the
+//! broker's streams), and the multi-network services: faces (`face`), text (`text`), plates
+//! (`plates`), super-resolution (`superres`), classifiers and the COCO detector (`objects`).
+//! Nothing here speaks HTTP.
+
+pub mod face;
+pub mod objects;
+pub mod plates;
+pub mod stages;
+pub mod superres;
+pub mod text;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use actix::{Actor, Addr, Arbiter, Supervisor, SyncArbiter};
+use futures_util::future::BoxFuture;
+
+use crate::actors::{
+    Batcher, Decoder, Enqueue, InferenceWorker, Job, Preprocessor, QueueLen, Refused, StoreActor, WorkerHealth,
+};
+use crate::broker::api::Broker;
+use crate::config::{Architecture, Config, Limits, ModelConfig, Role};
+use crate::metrics;
+use crate::models::{self, mobilenet_v2};
+use crate::pipelines::batching::BatchPolicy;
+use crate::pipelines::classify::LabelMap;
+
+/// The inference layer, as the handlers and `--role worker` use it: the decoder and
+/// preprocessing pools, every served stage (a batcher and its workers, or the broker), and the
+/// multi-network services (face, text, plates, super-resolution) whose cascades run here.
+pub struct Inference {
+    /// The image limits images are decoded within.
+    pub limits: Arc<Limits>,
+    /// Vision API mode → classifier or detector (`car_number` is the plates model's, `plates`).
+    pub modes: HashMap<String, Arc<ServedModel>>,
+    /// Every served model stage (a classifier, or one network of a cascade), in placement order.
+    pub models: Vec<Arc<ServedModel>>,
+    /// The face model's stages and the person store, when a face model is placed here.
+    pub face: Option<Arc<face::FaceService>>,
+    /// The text model's stages, when a text model is placed here.
+    pub text: Option<Arc<text::TextService>>,
+    /// The plates model's stages, when a plates model is placed here.
+    pub plates: Option<Arc<plates::PlateService>>,
+    /// photo/improve `resolution` (a `realesrgan` model placed).
+    pub superres: Option<Arc<superres::SuperResService>>,
+    pub decoder: Addr<Decoder>,
+    pub preprocessor: Addr<Preprocessor>,
+    pub workers: Vec<Arc<WorkerHealth>>,
+    /// Model stages with at least one worker here; ready when each has a live worker.
+    pub placed_models: Vec<String>,
+    /// `--role api`: the broker the stages' inputs go through.
+    pub broker: Option<Arc<Broker>>,
+}
+
+/// The inference layer started: the state, and (`--role worker`) what feeds it from the broker.
+pub struct Started {
+    pub inference: Arc<Inference>,
+    /// `--role worker`: the feeders, drained on shutdown before the server stops.
+    pub feeders: Vec<Arc<crate::broker::worker::Feeder>>,
+    /// `--role worker`: whether this worker reaches the broker (its feeders' last heartbeat).
+    pub worker_broker_up: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
+
+/// A model stage this process serves: its batcher and (classifiers) how outputs become labels.
+pub struct ServedModel {
+    /// The stage's name (the model's own for a classifier; `<model>_pnet` … for the face model).
+    pub name: String,
+    /// The configured model it belongs to.
+    pub model: String,
+    pub modes: Vec<String>,
+    pub queue_capacity: usize,
+    pub queue_target: usize,
+    /// Where its inputs go: the local batcher, or the broker (`--role api`).
+    pub route: Route,
+    /// Classifiers and the COCO detector.
+    pub labels: Option<LabelMap>,
+    pub threshold: f32,
+    pub top_k: usize,
+    /// The COCO detector's NMS and peaks (None: not a detector).
+    pub detector: Option<crate::pipelines::detect::DetectorParams>,
+    /// Classifiers: how an image becomes the input, and what the outputs are.
+    pub prep: crate::pipelines::preprocess::ClassifierPrep,
+    pub scores: crate::models::declared::Scores,
+    pub workers: Vec<Arc<WorkerHealth>>,
+}
+
+/// A stage's way to its workers.
+pub enum Route {
+    Local(Addr<Batcher>),
+    /// Through the broker to the workers of `--role worker` processes.
+    Remote(Arc<Broker>),
+}
+
+impl ServedModel {
+    /// Whether work for the stage can be taken now: a live local worker, or (through the broker)
+    /// the broker reachable; jobs then wait on the stream for a worker, up to `max_queue_wait_ms`.
+    pub fn has_live_worker(&self) -> bool {
+        match &self.route {
+            Route::Local(_) => self.workers.iter().any(|w| w.is_alive()),
+            Route::Remote(broker) => broker.is_up() && self.remote_stage(broker).is_none_or(|s| broker.served(s)),
+        }
+    }
+
+    /// Why [`Self::has_live_worker`] is false.
+    pub fn not_live_reason(&self) -> String {
+        match &self.route {
+            Route::Local(_) => format!("model {} is not ready: no live worker (loading or restarting)", self.name),
+            Route::Remote(broker) if !broker.is_up() => format!("broker unavailable ({})", broker.down_reason()),
+            Route::Remote(_) => format!("model {} unavailable: no live worker on the broker", self.name),
+        }
+    }
+
+    /// The broker stream this stage's jobs go on (its own, or its model's when the model's images
+    /// go whole, as the face cascade's networks).
+    fn remote_stage<'b>(&self, broker: &'b Broker) -> Option<&'b Arc<crate::broker::api::Stage>> {
+        broker.stage(&self.name).or_else(|| broker.stage(&self.model))
+    }
+
+    /// Hands one input to the stage; `Err` when it is refused (queue full, broker down).
+    pub async fn enqueue(&self, job: Job) -> Result<(), Refused> {
+        match &self.route {
+            Route::Local(batcher) => {
+                batcher.send(Enqueue(job)).await.unwrap_or_else(|_| Err(Refused::Stopping(self.name.clone())))
+            }
+            Route::Remote(broker) => broker.enqueue(&self.name, job),
+        }
+    }
+
+    /// Items waiting: the local batcher's queue, or this replica's jobs outstanding on the broker.
+    pub async fn queue_len(&self) -> usize {
+        match &self.route {
+            // A batcher that cannot answer (only while the system stops) shows an empty queue.
+            Route::Local(batcher) => batcher.send(QueueLen).await.unwrap_or(0),
+            Route::Remote(broker) => broker.outstanding(&self.name),
+        }
+    }
+
+    /// Live workers: local ones, or the broker's heartbeats for the stage.
+    pub fn live_workers(&self) -> usize {
+        match &self.route {
+            Route::Local(_) => self.workers.iter().filter(|w| w.is_alive()).count(),
+            // The face model's networks have no streams of their own: its images go whole.
+            Route::Remote(broker) => {
+                self.remote_stage(broker).map_or(0, |s| s.live_workers.load(std::sync::atomic::Ordering::Relaxed))
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error(transparent)]
+    Load(#[from] models::LoadError),
+    #[error(transparent)]
+    Labels(#[from] crate::pipelines::classify::LabelError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: String, source: std::io::Error },
+}
+
+/// Starts the inference layer of `role` inside the current actix `System`: the pools, every placed
+/// model's stages (batchers and supervised workers; `--role api`: the broker's streams instead),
+/// each model's service (its family's `attach`), and (`--role worker`) the feeders that take jobs
+/// from the broker.
+pub fn start(config: &Config, role: Role) -> Result<Started, StartError> {
+    let placed = config.placed_models();
+    if role.runs_models() {
+        probe_devices(config, &placed)?;
+    }
+    let mut b = Builder::new(config, role, &placed);
+    for name in &placed {
+        let mc = &config.models[name];
+        let stages = b.place(name, mc)?;
+        match mc.architecture {
+            Architecture::MobilenetV2 | Architecture::Onnx => objects::attach_classifier(&mut b, mc, &stages),
+            Architecture::Centernet => objects::attach_detector(&mut b, name, mc, &stages),
+            Architecture::Face => face::attach(&mut b, name, mc, &stages)?,
+            Architecture::Text => text::attach(&mut b, name, mc, &stages)?,
+            Architecture::Plates => plates::attach(&mut b, name, mc, &stages)?,
+            Architecture::Realesrgan => superres::attach(&mut b, name, mc, &stages)?,
+        }
+    }
+    Ok(b.finish())
+}
+
+/// Each GPU device is probed once, here on one thread, before its workers start: the log says
+/// which adapter it runs on, or what is missing. (Probing creates and drops a Vulkan instance,
+/// which the loader does not tolerate on several threads at once.)
+fn probe_devices(config: &Config, placed: &[String]) -> Result<(), StartError> {
+    for p in config.placement.iter().filter(|p| p.models.iter().any(|m| placed.contains(m))) {
+        let device = &p.device;
+        match device.probe() {
+            Ok(adapter) => tracing::info!(device = %device, %adapter, "device found"),
+            Err(e) => {
+                tracing::error!(device = %device, reason = %e, "device unavailable: its workers will keep retrying")
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `--role worker`: a model's whole pipeline on one image job (the model's name, the image, the
+/// fault-injection mark).
+pub type ImageJob = fn(Arc<Inference>, String, Vec<u8>, bool) -> BoxFuture<'static, crate::broker::codec::Outcome>;
+
+/// `--role worker`: a model fed whole images: its workers (per stage) and how many images it holds.
+struct WholeFeed {
+    model: String,
+    groups: Vec<Vec<Arc<WorkerHealth>>>,
+    budget: usize,
+    job: ImageJob,
+}
+
+/// The inference layer while it starts: what every model's stages and services are added to.
+pub struct Builder<'c> {
+    config: &'c Config,
+    pub role: Role,
+    /// `--role api`: every stage's inputs go through the broker; the models fed whole images go
+    /// whole (one stream named after the model).
+    pub broker: Option<Arc<Broker>>,
+    decoder: Addr<Decoder>,
+    preprocessor: Addr<Preprocessor>,
+    modes: HashMap<String, Arc<ServedModel>>,
+    models: Vec<Arc<ServedModel>>,
+    workers: Vec<Arc<WorkerHealth>>,
+    pub face: Option<Arc<face::FaceService>>,
+    pub text: Option<Arc<text::TextService>>,
+    pub plates: Option<Arc<plates::PlateService>>,
+    pub superres: Option<Arc<superres::SuperResService>>,
+    /// `--role worker`: the models fed whole images, fed once the state exists.
+    whole_feeds: Vec<WholeFeed>,
+    feeders: Vec<Arc<crate::broker::worker::Feeder>>,
+    worker_broker_up: Option<Arc<std::sync::atomic::AtomicBool>>,
+    consumer: String,
+}
+
+impl<'c> Builder<'c> {
+    fn new(config: &'c Config, role: Role, placed: &[String]) -> Self {
+        if config.fault_injection.panic_marker.is_some() {
+            tracing::warn!("fault injection is ON: inputs carrying the panic marker crash their worker");
+        }
+        let broker = (role == Role::Api).then(|| {
+            let stages: Vec<(String, usize, std::time::Duration)> = placed
+                .iter()
+                .flat_map(|name| {
+                    let mc = &config.models[name];
+                    mc.broker_streams(name).into_iter().map(|stage| (stage, mc.queue_capacity, mc.max_queue_wait()))
+                })
+                .collect();
+            Broker::start(&config.broker, &stages)
+        });
+        Self {
+            config,
+            role,
+            broker,
+            decoder: SyncArbiter::start(config.pipeline.decoders, || Decoder),
+            preprocessor: SyncArbiter::start(config.pipeline.preprocessors, || Preprocessor),
+            modes: HashMap::new(),
+            models: Vec::new(),
+            workers: Vec::new(),
+            face: None,
+            text: None,
+            plates: None,
+            superres: None,
+            whole_feeds: Vec::new(),
+            feeders: Vec::new(),
+            worker_broker_up: (role == Role::Worker).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false))),
+            consumer: crate::broker::replica_name(),
+        }
+    }
+
+    /// A model's stages, one per network: a batcher and the placement's supervised workers
+    /// (`--role api`: the broker's stream; `--role worker`: fed from it too, unless the model's
+    /// images come whole).
+    fn place(&mut self, name: &str, mc: &ModelConfig) -> Result<Vec<Arc<ServedModel>>, StartError> {
+        let (config, role) = (self.config, self.role);
+        let fault_injection = config.fault_injection.panic_marker.is_some();
+        let labels = match &mc.labels {
+            Some(path) => {
+                let classes = match (mc.architecture, &mc.io) {
+                    (Architecture::Centernet, _) => models::centernet::CENTERNET_CLASSES,
+                    (Architecture::Onnx, Some(io)) => io.classes,
+                    _ => mobilenet_v2::NUM_CLASSES,
+                };
+                Some(LabelMap::load(path, classes)?)
+            }
+            None => None,
+        };
+        let mut stages = Vec::new();
+        for (stage, spec, max_batch) in mc.stages(name) {
+            if role.runs_models() {
+                models::check_weights(spec.weights())?;
+            }
+            let mut addrs = Vec::new();
+            for p in config.placement.iter().filter(|p| role.runs_models() && p.models.iter().any(|m| m == name)) {
+                let device = p.device.clone();
+                for _ in 0..p.instances {
+                    let health = Arc::new(WorkerHealth::new(&stage, &device, p.depth()));
+                    self.workers.push(health.clone());
+                    let worker_health = health.clone();
+                    let (spec, device, sup) = (spec.clone(), device.clone(), config.supervisor.clone());
+                    let arbiter = Arbiter::new();
+                    let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |_| {
+                        InferenceWorker::new(spec, device, health, sup, fault_injection)
+                    });
+                    addrs.push((addr.recipient(), worker_health));
+                    // The arbiter thread lives until the System stops.
+                    std::mem::forget(arbiter);
+                }
+            }
+            let policy = BatchPolicy {
+                max_batch,
+                max_delay: mc.max_delay(),
+                capacity: mc.queue_capacity,
+                max_queue_wait: mc.max_queue_wait(),
+            };
+            let health: Vec<_> = addrs.iter().map(|(_, h)| h.clone()).collect();
+            let slots: usize = config
+                .placement
+                .iter()
+                .filter(|p| p.models.iter().any(|m| m == name))
+                .map(|p| p.instances * p.depth())
+                .sum();
+            let route = match &self.broker {
+                Some(b) => Route::Remote(b.clone()),
+                None => {
+                    let batcher = Batcher::new(&stage, policy, addrs).start();
+                    if let Some(up) = self.worker_broker_up.as_ref().filter(|_| !mc.architecture.fed_whole()) {
+                        // Batches in flight on every worker plus one forming: what the worker
+                        // takes from the stream at once.
+                        let budget = (max_batch * (slots + 1)).min(mc.queue_capacity);
+                        self.feeders.push(crate::broker::worker::Feeder::start(
+                            &config.broker,
+                            &self.consumer,
+                            &stage,
+                            crate::broker::worker::Runner::Batcher(batcher.clone()),
+                            vec![health.clone()],
+                            budget,
+                            up.clone(),
+                        ));
+                    }
+                    Route::Local(batcher)
+                }
+            };
+            metrics::register_model(&stage, mc.queue_capacity, mc.queue_target());
+            let served = Arc::new(ServedModel {
+                name: stage.clone(),
+                model: name.to_string(),
+                modes: mc.modes.clone(),
+                queue_capacity: mc.queue_capacity,
+                queue_target: mc.queue_target(),
+                route,
+                labels: labels.clone(),
+                threshold: mc.threshold,
+                top_k: mc.top_k,
+                detector: (mc.architecture == Architecture::Centernet).then(|| mc.detector.unwrap_or_default()),
+                prep: match mc.io {
+                    Some(io) => crate::pipelines::preprocess::ClassifierPrep::Declared(io),
+                    None => crate::pipelines::preprocess::ClassifierPrep::ImageNet,
+                },
+                scores: mc.io.map(|io| io.output).unwrap_or_default(),
+                workers: health,
+            });
+            self.models.push(served.clone());
+            stages.push(served);
+        }
+        Ok(stages)
+    }
+
+    /// The Vision modes a one-network model answers (objects/detect).
+    pub fn serve_modes(&mut self, mc: &ModelConfig, served: &Arc<ServedModel>) {
+        for mode in &mc.modes {
+            self.modes.insert(mode.clone(), served.clone());
+        }
+    }
+
+    /// `--role worker`: `job` runs each of the model's whole-image jobs here (nothing on `--role
+    /// all` or `api`). The images a worker holds at once: `max_batch` (their networks' inputs
+    /// batch together).
+    pub fn feed_whole(&mut self, name: &str, mc: &ModelConfig, stages: &[Arc<ServedModel>], job: ImageJob) {
+        if !self.role.serves_api() {
+            let groups = stages.iter().map(|s| s.workers.clone()).collect();
+            self.whole_feeds.push(WholeFeed { model: name.to_string(), groups, budget: mc.max_batch, job });
+        }
+    }
+
+    /// The error of a second model of a family that serves one per process.
+    pub fn only_one(name: &str, what: &str) -> StartError {
+        StartError::Config(crate::config::ConfigError::Invalid {
+            field: format!("models.{name}"),
+            message: format!("only one {what} model can be placed per process"),
+        })
+    }
+
+    /// The person store, opened once (`--role all` / `api`; workers keep no persons).
+    pub fn open_store(&self) -> Result<Option<Addr<StoreActor>>, StartError> {
+        self.role.serves_api().then(|| open_store(self.config)).transpose()
+    }
+
+    fn finish(self) -> Started {
+        let placed: Vec<String> = self.models.iter().map(|m| m.name.clone()).collect();
+        metrics::register_zero(&self.workers.iter().map(|w| (w.model.clone(), w.device.clone())).collect::<Vec<_>>());
+        let inference = Arc::new(Inference {
+            limits: Arc::new(self.config.limits.clone()),
+            modes: self.modes,
+            models: self.models,
+            face: self.face,
+            text: self.text,
+            plates: self.plates,
+            superres: self.superres,
+            decoder: self.decoder,
+            preprocessor: self.preprocessor,
+            workers: self.workers,
+            placed_models: placed,
+            broker: self.broker,
+        });
+        let mut feeders = self.feeders;
+        for WholeFeed { model, groups, budget, job } in self.whole_feeds {
+            let Some(up) = &self.worker_broker_up else { break };
+            let (state, name) = (inference.clone(), model.clone());
+            let runner: crate::broker::worker::ImageRunner =
+                Arc::new(move |image, poisoned| job(state.clone(), name.clone(), image, poisoned));
+            feeders.push(crate::broker::worker::Feeder::start(
+                &self.config.broker,
+                &self.consumer,
+                &model,
+                crate::broker::worker::Runner::Image(runner),
+                groups,
+                budget,
+                up.clone(),
+            ));
+        }
+        Started { inference, feeders, worker_broker_up: self.worker_broker_up }
+    }
+}
+
+/// The person store's actor, opened on its own thread (its first start reports back).
+fn open_store(config: &Config) -> Result<Addr<StoreActor>, StartError> {
+    let (opened_tx, opened_rx) = std::sync::mpsc::channel();
+    let store = SyncArbiter::start(1, {
+        let first = std::sync::Mutex::new(Some((config.store.clone(), opened_tx)));
+        move || {
+            let first = first.lock().expect("store opener. This is a bug.").take();
+            StoreActor::new(first.and_then(|(store_config, opened)| {
+                match crate::store::PersonStore::open_config(&store_config, crate::models::sface::EMBEDDING_LEN) {
+                    Ok(store) => {
+                        let _ = opened.send(Ok(()));
+                        Some(store)
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        None
+                    }
+                }
+            }))
+        }
+    });
+    opened_rx.recv().map_err(|_| crate::store::StoreError::Unavailable)??;
+    Ok(store)
+}
