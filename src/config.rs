@@ -377,42 +377,8 @@ impl Architecture {
 pub const SR_ART_FILE: &str = "REALESRGAN_ANIMAVIDEOV3_UP4X.param";
 pub const SR_PHOTO_FILE: &str = "REALESRGAN_X4PLUS_UP4X.param";
 
-/// A `realesrgan` model's settings (`[models.<name>.superres]`).
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct SuperResConfig {
-    /// Window side in input pixels: every tile of every request has this size, so tiles of all
-    /// requests batch together.
-    pub tile: usize,
-    /// Context kept around each tile's core (input pixels); the window steps by `tile − 2·pad`.
-    pub pad: usize,
-    /// Largest input image (pixels) the endpoint takes; the ×4 raster it builds is 48 bytes per
-    /// input pixel.
-    pub max_input_pixels: u64,
-    /// Largest JPEG answered per image (bytes, before base64); a larger one is that image's
-    /// per-file error.
-    pub max_output_bytes: usize,
-    /// Quality of the answered JPEG (1–100).
-    pub jpeg_quality: u8,
-    /// Images per request and bytes per image for photo/improve (the documented 48 and 8 MB; the
-    /// `limits` section still bounds them).
-    pub max_images: usize,
-    pub max_image_bytes: usize,
-}
-
-impl Default for SuperResConfig {
-    fn default() -> Self {
-        Self {
-            tile: 128,
-            pad: 16,
-            max_input_pixels: 512 * 512,
-            max_output_bytes: 16 << 20,
-            jpeg_quality: 92,
-            max_images: 48,
-            max_image_bytes: 8 << 20,
-        }
-    }
-}
+pub use crate::pipelines::face_detect::FaceConfig;
+pub use crate::pipelines::superres::SuperResConfig;
 
 /// The modes a COCO detector serves.
 pub const DETECTOR_MODES: [&str; 2] = ["multiobject", "pedestrian"];
@@ -427,91 +393,6 @@ pub const PLATE_DET_FILE: &str = "clp_det.onnx";
 pub const DEFAULT_PLATE_RECOGNIZER: &str = "models/ppocr/PP-OCRv6_rec_small.onnx";
 /// The Vision API mode a plates model answers.
 pub const CAR_NUMBER_MODE: &str = "car_number";
-
-/// The face model's settings (`[models.<name>.faces]`); defaults are facenet-pytorch's MTCNN
-/// and OpenCV's SFace threshold.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct FaceConfig {
-    /// SFace ONNX file.
-    pub embedder: PathBuf,
-    /// Smallest face side (pixels) the detector looks for.
-    #[serde(default = "default_min_face")]
-    pub min_face: f64,
-    /// Face-probability thresholds of P-Net, R-Net, O-Net.
-    #[serde(default = "default_thresholds")]
-    pub thresholds: [f32; 3],
-    /// Pyramid scale step.
-    #[serde(default = "default_factor")]
-    pub factor: f64,
-    /// Side of the fixed tiles P-Net runs on (batched across requests); even.
-    #[serde(default = "default_canvas")]
-    pub canvas: usize,
-    /// Tiles per P-Net batch.
-    #[serde(default = "default_pnet_max_batch")]
-    pub pnet_max_batch: usize,
-    /// Cosine similarity from which a face is the person.
-    #[serde(default = "default_similarity")]
-    pub similarity_threshold: f32,
-    /// Faces embedded per image at most (the most probable first).
-    #[serde(default = "default_max_faces")]
-    pub max_faces: usize,
-    /// Lowest final (O-Net) probability of an answered face; the stage thresholds are the
-    /// paper's, tuned for recall (measured: README, "Face detection precision").
-    #[serde(default = "default_min_score")]
-    pub min_score: f32,
-    /// Smallest answered face side as a fraction of the image's shorter side (`min_face` is the
-    /// absolute floor, pixels).
-    #[serde(default = "default_min_face_fraction")]
-    pub min_face_fraction: f32,
-    /// persons/set binds the largest face of a photo with several when its box has at least
-    /// this many times the area of every other (a portrait with a spurious small detection);
-    /// otherwise the photo is refused as not having one face.
-    #[serde(default = "default_dominant_ratio")]
-    pub dominant_ratio: f32,
-}
-
-impl FaceConfig {
-    /// Which detected faces are answered.
-    pub fn filter(&self) -> crate::pipelines::face_detect::FaceFilter {
-        crate::pipelines::face_detect::FaceFilter {
-            min_score: self.min_score,
-            min_side: self.min_face as f32,
-            min_side_fraction: self.min_face_fraction,
-        }
-    }
-}
-
-fn default_min_face() -> f64 {
-    20.0
-}
-fn default_thresholds() -> [f32; 3] {
-    [0.6, 0.7, 0.7]
-}
-fn default_factor() -> f64 {
-    0.709
-}
-fn default_canvas() -> usize {
-    128
-}
-fn default_pnet_max_batch() -> usize {
-    8
-}
-fn default_similarity() -> f32 {
-    0.363
-}
-fn default_max_faces() -> usize {
-    50
-}
-fn default_min_score() -> f32 {
-    0.95
-}
-fn default_min_face_fraction() -> f32 {
-    0.02
-}
-fn default_dominant_ratio() -> f32 {
-    4.0
-}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -901,35 +782,8 @@ impl Config {
                     if !m.modes.is_empty() {
                         return Err(invalid(f("modes"), "a face model serves the persons endpoints, not modes"));
                     }
-                    if fc.canvas < 24 || fc.canvas % 2 != 0 {
-                        return Err(invalid(f("faces.canvas"), "must be even and at least 24"));
-                    }
-                    if fc.min_face < 12.0 {
-                        return Err(invalid(f("faces.min_face"), "must be at least 12 (P-Net's window)"));
-                    }
-                    if !(0.1..1.0).contains(&fc.factor) {
-                        return Err(invalid(f("faces.factor"), "must be within 0.1..1"));
-                    }
-                    if fc.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
-                        return Err(invalid(f("faces.thresholds"), "each must be within 0..=1"));
-                    }
-                    if !(-1.0..=1.0).contains(&fc.similarity_threshold) {
-                        return Err(invalid(f("faces.similarity_threshold"), "must be within -1..=1"));
-                    }
-                    if !(0.0..=1.0).contains(&fc.min_score) {
-                        return Err(invalid(f("faces.min_score"), "must be within 0..=1"));
-                    }
-                    if !(0.0..1.0).contains(&fc.min_face_fraction) {
-                        return Err(invalid(f("faces.min_face_fraction"), "must be within 0..1"));
-                    }
-                    if fc.dominant_ratio.is_nan() || fc.dominant_ratio < 1.0 {
-                        return Err(invalid(f("faces.dominant_ratio"), "must be at least 1"));
-                    }
-                    if fc.pnet_max_batch == 0 || fc.max_faces == 0 {
-                        return Err(invalid(
-                            f("faces.pnet_max_batch"),
-                            "pnet_max_batch and max_faces must be at least 1",
-                        ));
+                    if let Err((field, message)) = fc.check() {
+                        return Err(invalid(f(&format!("faces.{field}")), message));
                     }
                 }
                 Architecture::Text => {
@@ -950,36 +804,16 @@ impl Config {
                     if m.labels.is_none() {
                         return Err(invalid(f("labels"), "a detector needs its label table"));
                     }
-                    let d = m.detector.unwrap_or_default();
-                    if !(d.iou > 0.0 && d.iou <= 1.0) {
-                        return Err(invalid(f("detector.iou"), "must be within (0, 1]"));
-                    }
-                    if d.peaks == 0 {
-                        return Err(invalid(f("detector.peaks"), "must be at least 1"));
+                    if let Err((field, message)) = m.detector.unwrap_or_default().check() {
+                        return Err(invalid(f(&format!("detector.{field}")), message));
                     }
                 }
                 Architecture::Realesrgan => {
                     if !m.modes.is_empty() {
                         return Err(invalid(f("modes"), "a super-resolution model serves photo/improve, not modes"));
                     }
-                    let sr = m.superres.unwrap_or_default();
-                    if !(16..=1024).contains(&sr.tile) || sr.tile <= 2 * sr.pad + 8 {
-                        return Err(invalid(f("superres.tile"), "must be within 16..=1024 and exceed 2 × pad + 8"));
-                    }
-                    if sr.max_input_pixels == 0 || sr.max_output_bytes < 1024 {
-                        return Err(invalid(
-                            f("superres.max_input_pixels"),
-                            "max_input_pixels must be at least 1 and max_output_bytes at least 1024",
-                        ));
-                    }
-                    if !(1..=100).contains(&sr.jpeg_quality) {
-                        return Err(invalid(f("superres.jpeg_quality"), "must be within 1..=100"));
-                    }
-                    if sr.max_images == 0 || sr.max_image_bytes == 0 {
-                        return Err(invalid(
-                            f("superres.max_images"),
-                            "max_images and max_image_bytes must be at least 1",
-                        ));
+                    if let Err((field, message)) = m.superres.unwrap_or_default().check() {
+                        return Err(invalid(f(&format!("superres.{field}")), message));
                     }
                 }
                 Architecture::Onnx => {

@@ -23,6 +23,19 @@ impl Default for DetectorParams {
     }
 }
 
+impl DetectorParams {
+    /// The settings' own checks: `Err((field, message))`, the field relative to `detector`.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(self.iou > 0.0 && self.iou <= 1.0) {
+            return Err(("iou", "must be within (0, 1]"));
+        }
+        if self.peaks == 0 {
+            return Err(("peaks", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
 /// One detected object (also the JSON between a worker and the api, `--role`).
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Detection {

@@ -4,9 +4,13 @@
 //! crops can be batched across requests. Boxes are pixels `[x1, y1, x2, y2]` of the original image.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use serde::Deserialize;
+
 use super::decode::DecodedImage;
+use crate::models::ForwardError;
 use crate::models::mtcnn::{FaceNets, NetOutput, ONET_SIZE, RNET_SIZE};
 
 /// Detector settings; the defaults are facenet-pytorch's.
@@ -471,14 +475,14 @@ fn rows(out: NetOutput, n: usize) -> Vec<Vec<f32>> {
 }
 
 impl<N: FaceNets> CascadeRunner for InPlace<'_, N> {
-    type Error = String;
+    type Error = ForwardError;
 
     async fn tiles(
         &self,
         image: Arc<DecodedImage>,
         params: DetectParams,
         canvas: usize,
-    ) -> Result<(Vec<Level>, Vec<Tile>), String> {
+    ) -> Result<(Vec<Level>, Vec<Tile>), ForwardError> {
         Ok(pyramid_tiles(&image, &params, canvas))
     }
 
@@ -487,11 +491,11 @@ impl<N: FaceNets> CascadeRunner for InPlace<'_, N> {
         image: Arc<DecodedImage>,
         boxes: Vec<Candidate>,
         size: usize,
-    ) -> Result<Vec<Option<Vec<f32>>>, String> {
+    ) -> Result<Vec<Option<Vec<f32>>>, ForwardError> {
         Ok(crop_each(&image, &boxes, size))
     }
 
-    async fn pnet(&self, tiles: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
+    async fn pnet(&self, tiles: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, ForwardError> {
         tiles
             .into_iter()
             .map(|t| {
@@ -502,7 +506,7 @@ impl<N: FaceNets> CascadeRunner for InPlace<'_, N> {
             .collect()
     }
 
-    async fn rnet(&self, crops: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
+    async fn rnet(&self, crops: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, ForwardError> {
         let n = crops.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -510,7 +514,7 @@ impl<N: FaceNets> CascadeRunner for InPlace<'_, N> {
         Ok(rows(self.0.rnet(crops.concat(), n)?, n))
     }
 
-    async fn onet(&self, crops: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, String> {
+    async fn onet(&self, crops: Vec<Vec<f32>>) -> Result<Vec<Vec<f32>>, ForwardError> {
         let n = crops.len();
         if n == 0 {
             return Ok(Vec::new());
@@ -534,13 +538,13 @@ pub fn detect_tiled(
     params: &DetectParams,
     canvas: usize,
     nets: &impl FaceNets,
-) -> Result<Vec<Face>, String> {
+) -> Result<Vec<Face>, ForwardError> {
     in_place(cascade(Arc::new(img.clone()), *params, canvas, &InPlace(nets)))
 }
 
 /// The paper's stage 1 on whole pyramid levels instead of tiles, then the same [`refine`]: the
 /// reference the tiled cascade is checked against (`tests/model_mtcnn.rs`).
-pub fn detect(img: &DecodedImage, params: &DetectParams, nets: &impl FaceNets) -> Result<Vec<Face>, String> {
+pub fn detect(img: &DecodedImage, params: &DetectParams, nets: &impl FaceNets) -> Result<Vec<Face>, ForwardError> {
     let mut levels = Vec::new();
     for level in pyramid(img.width, img.height, params) {
         let out = nets.pnet(level_input(img, &level), level.height, level.width)?;
@@ -592,6 +596,123 @@ pub fn dominant(faces: &[Face], ratio: f32) -> Option<usize> {
     let (best, largest) = faces.iter().enumerate().max_by(|a, b| area(a.1).total_cmp(&area(b.1)))?;
     let second = faces.iter().enumerate().filter(|&(i, _)| i != best).map(|(_, f)| area(f)).fold(0.0, f32::max);
     (area(largest) >= ratio * second).then_some(best)
+}
+
+/// The face model's settings (`[models.<name>.faces]`); defaults are facenet-pytorch's MTCNN
+/// and OpenCV's SFace threshold.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FaceConfig {
+    /// SFace ONNX file.
+    pub embedder: PathBuf,
+    /// Smallest face side (pixels) the detector looks for.
+    #[serde(default = "default_min_face")]
+    pub min_face: f64,
+    /// Face-probability thresholds of P-Net, R-Net, O-Net.
+    #[serde(default = "default_thresholds")]
+    pub thresholds: [f32; 3],
+    /// Pyramid scale step.
+    #[serde(default = "default_factor")]
+    pub factor: f64,
+    /// Side of the fixed tiles P-Net runs on (batched across requests); even.
+    #[serde(default = "default_canvas")]
+    pub canvas: usize,
+    /// Tiles per P-Net batch.
+    #[serde(default = "default_pnet_max_batch")]
+    pub pnet_max_batch: usize,
+    /// Cosine similarity from which a face is the person.
+    #[serde(default = "default_similarity")]
+    pub similarity_threshold: f32,
+    /// Faces embedded per image at most (the most probable first).
+    #[serde(default = "default_max_faces")]
+    pub max_faces: usize,
+    /// Lowest final (O-Net) probability of an answered face; the stage thresholds are the
+    /// paper's, tuned for recall (measured: README, "Face detection precision").
+    #[serde(default = "default_min_score")]
+    pub min_score: f32,
+    /// Smallest answered face side as a fraction of the image's shorter side (`min_face` is the
+    /// absolute floor, pixels).
+    #[serde(default = "default_min_face_fraction")]
+    pub min_face_fraction: f32,
+    /// persons/set binds the largest face of a photo with several when its box has at least
+    /// this many times the area of every other (a portrait with a spurious small detection);
+    /// otherwise the photo is refused as not having one face.
+    #[serde(default = "default_dominant_ratio")]
+    pub dominant_ratio: f32,
+}
+
+impl FaceConfig {
+    /// The settings' own checks: `Err((field, message))`, the field relative to `faces`.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.canvas < 24 || !self.canvas.is_multiple_of(2) {
+            return Err(("canvas", "must be even and at least 24"));
+        }
+        if self.min_face < 12.0 {
+            return Err(("min_face", "must be at least 12 (P-Net's window)"));
+        }
+        if !(0.1..1.0).contains(&self.factor) {
+            return Err(("factor", "must be within 0.1..1"));
+        }
+        if self.thresholds.iter().any(|t| !(0.0..=1.0).contains(t)) {
+            return Err(("thresholds", "each must be within 0..=1"));
+        }
+        if !(-1.0..=1.0).contains(&self.similarity_threshold) {
+            return Err(("similarity_threshold", "must be within -1..=1"));
+        }
+        if !(0.0..=1.0).contains(&self.min_score) {
+            return Err(("min_score", "must be within 0..=1"));
+        }
+        if !(0.0..1.0).contains(&self.min_face_fraction) {
+            return Err(("min_face_fraction", "must be within 0..1"));
+        }
+        if self.dominant_ratio.is_nan() || self.dominant_ratio < 1.0 {
+            return Err(("dominant_ratio", "must be at least 1"));
+        }
+        if self.pnet_max_batch == 0 || self.max_faces == 0 {
+            return Err(("pnet_max_batch", "pnet_max_batch and max_faces must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// Which detected faces are answered.
+    pub fn filter(&self) -> FaceFilter {
+        FaceFilter {
+            min_score: self.min_score,
+            min_side: self.min_face as f32,
+            min_side_fraction: self.min_face_fraction,
+        }
+    }
+}
+
+fn default_min_face() -> f64 {
+    20.0
+}
+fn default_thresholds() -> [f32; 3] {
+    [0.6, 0.7, 0.7]
+}
+fn default_factor() -> f64 {
+    0.709
+}
+fn default_canvas() -> usize {
+    128
+}
+fn default_pnet_max_batch() -> usize {
+    8
+}
+fn default_similarity() -> f32 {
+    0.363
+}
+fn default_max_faces() -> usize {
+    50
+}
+fn default_min_score() -> f32 {
+    0.95
+}
+fn default_min_face_fraction() -> f32 {
+    0.02
+}
+fn default_dominant_ratio() -> f32 {
+    4.0
 }
 
 #[cfg(test)]

@@ -129,6 +129,62 @@ pub fn finish(
     Ok(jpeg)
 }
 
+/// A `realesrgan` model's settings (`[models.<name>.superres]`).
+#[derive(Debug, Clone, Copy, serde::Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SuperResConfig {
+    /// Window side in input pixels: every tile of every request has this size, so tiles of all
+    /// requests batch together.
+    pub tile: usize,
+    /// Context kept around each tile's core (input pixels); the window steps by `tile − 2·pad`.
+    pub pad: usize,
+    /// Largest input image (pixels) the endpoint takes; the ×4 raster it builds is 48 bytes per
+    /// input pixel.
+    pub max_input_pixels: u64,
+    /// Largest JPEG answered per image (bytes, before base64); a larger one is that image's
+    /// per-file error.
+    pub max_output_bytes: usize,
+    /// Quality of the answered JPEG (1–100).
+    pub jpeg_quality: u8,
+    /// Images per request and bytes per image for photo/improve (the documented 48 and 8 MB; the
+    /// `limits` section still bounds them).
+    pub max_images: usize,
+    pub max_image_bytes: usize,
+}
+
+impl SuperResConfig {
+    /// The settings' own checks: `Err((field, message))`, the field relative to `superres`.
+    pub fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if !(16..=1024).contains(&self.tile) || self.tile <= 2 * self.pad + 8 {
+            return Err(("tile", "must be within 16..=1024 and exceed 2 × pad + 8"));
+        }
+        if self.max_input_pixels == 0 || self.max_output_bytes < 1024 {
+            return Err(("max_input_pixels", "max_input_pixels must be at least 1 and max_output_bytes at least 1024"));
+        }
+        if !(1..=100).contains(&self.jpeg_quality) {
+            return Err(("jpeg_quality", "must be within 1..=100"));
+        }
+        if self.max_images == 0 || self.max_image_bytes == 0 {
+            return Err(("max_images", "max_images and max_image_bytes must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+impl Default for SuperResConfig {
+    fn default() -> Self {
+        Self {
+            tile: 128,
+            pad: 16,
+            max_input_pixels: 512 * 512,
+            max_output_bytes: 16 << 20,
+            jpeg_quality: 92,
+            max_images: 48,
+            max_image_bytes: 8 << 20,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

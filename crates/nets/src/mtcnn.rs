@@ -34,14 +34,13 @@ pub struct NetOutput {
 }
 
 /// The three networks as the cascade needs them: each takes a batch (planar RGB, normalised).
-/// `Err` carries the device's message.
 pub trait FaceNets {
     /// One image of `h × w` → maps (4, h', w') and (2, h', w').
-    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, String>;
+    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, super::ForwardError>;
     /// `n` crops of 24².
-    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
+    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, super::ForwardError>;
     /// `n` crops of 48², with landmarks.
-    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String>;
+    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, super::ForwardError>;
 }
 
 fn conv(c: [usize; 2], k: usize, device: &Device) -> Conv2d {
@@ -428,8 +427,9 @@ pub struct Mtcnn {
     device: Device,
 }
 
-fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, String> {
-    t.try_into_data().map_err(|e| format!("{e:?}"))?.try_into_vec::<f32>().map_err(|e| format!("{e:?}"))
+fn to_vec<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, super::ForwardError> {
+    let device = |e: &dyn std::fmt::Debug| super::ForwardError::Device(format!("{e:?}"));
+    t.try_into_data().map_err(|e| device(&e))?.try_into_vec::<f32>().map_err(|e| device(&e))
 }
 
 impl Mtcnn {
@@ -448,20 +448,21 @@ impl Mtcnn {
 }
 
 impl FaceNets for Mtcnn {
-    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, String> {
+    fn pnet(&self, input: Vec<f32>, h: usize, w: usize) -> Result<NetOutput, super::ForwardError> {
         let out = self.pnet.forward(self.tensor(input, [1, 3, h, w]));
         let [_, _, mh, mw] = out.prob.dims();
         Ok(NetOutput { reg: to_vec(out.reg)?, prob: to_vec(out.prob)?, landmarks: Vec::new(), map: (mh, mw) })
     }
 
-    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String> {
+    fn rnet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, super::ForwardError> {
         let out = self.rnet.forward(self.tensor(input, [n, 3, RNET_SIZE, RNET_SIZE]));
         Ok(NetOutput { reg: to_vec(out.reg)?, prob: to_vec(out.prob)?, ..NetOutput::default() })
     }
 
-    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, String> {
+    fn onet(&self, input: Vec<f32>, n: usize) -> Result<NetOutput, super::ForwardError> {
         let out = self.onet.forward(self.tensor(input, [n, 3, ONET_SIZE, ONET_SIZE]));
-        let landmarks = out.landmarks.ok_or("O-Net returned no landmarks")?;
+        let landmarks =
+            out.landmarks.ok_or_else(|| super::ForwardError::Device("O-Net returned no landmarks".into()))?;
         Ok(NetOutput { reg: to_vec(out.reg)?, prob: to_vec(out.prob)?, landmarks: to_vec(landmarks)?, map: (0, 0) })
     }
 }
