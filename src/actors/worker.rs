@@ -152,11 +152,30 @@ pub struct BatchOutput {
 #[rtype(result = "()")]
 struct DeviceFailed {
     generation: u64,
-    reason: String,
+    reason: DeviceFault,
 }
 
 /// Where the device thread answers one batch.
-type Reply = oneshot::Sender<Result<BatchOutput, String>>;
+type Reply = oneshot::Sender<Result<BatchOutput, DeviceFault>>;
+
+/// Why the device thread could not start, or stopped: typed until it reaches the actor, which
+/// reports it (readiness, `/admin`, the log, the batches it failed) by its message.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum DeviceFault {
+    /// The device cannot be opened (the probe says what is missing).
+    #[error(transparent)]
+    Device(#[from] crate::models::DeviceError),
+    #[error("cannot load model: {0}")]
+    Load(String),
+    #[error("warm-up pass failed: {0}")]
+    WarmUp(ForwardError),
+    /// A forward pass or a read-back failed.
+    #[error(transparent)]
+    Forward(#[from] ForwardError),
+    /// A forward pass panicked (caught; the worker restarts).
+    #[error("{0}")]
+    Panic(String),
+}
 
 /// A staged batch on its way to the device thread.
 struct Staged<B> {
@@ -194,11 +213,11 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     }
 }
 
-fn caught<T>(f: impl FnOnce() -> Result<T, ForwardError>) -> Result<T, String> {
+fn caught<T>(f: impl FnOnce() -> Result<T, ForwardError>) -> Result<T, DeviceFault> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(p) => Err(panic_message(p)),
+        Ok(Err(e)) => Err(DeviceFault::Forward(e)),
+        Err(p) => Err(DeviceFault::Panic(panic_message(p))),
     }
 }
 
@@ -210,17 +229,17 @@ fn drive<E: Engine>(
     jobs: &Receiver<Staged<E::Batch>>,
     depth: usize,
     health: &WorkerHealth,
-) -> Result<(), String> {
+) -> Result<(), DeviceFault> {
     // Launched batches, oldest first: the device's handle, where to answer, when it was launched.
     let mut launched: VecDeque<(E::Pending, Reply, Instant)> = VecDeque::new();
     // The worker is down before any batch hears of the failure, so the batcher sends the retry to
     // a live worker (after the restart), not back into this ending thread.
-    let fail_all = |launched: &mut VecDeque<(E::Pending, Reply, Instant)>, failed: Reply, reason: &str| {
-        health.set_down(reason);
+    let fail_all = |launched: &mut VecDeque<(E::Pending, Reply, Instant)>, failed: Reply, reason: &DeviceFault| {
+        health.set_down(&reason.to_string());
         health.busy(false);
-        let _ = failed.send(Err(reason.to_string()));
+        let _ = failed.send(Err(reason.clone()));
         for (_, reply, _) in launched.drain(..) {
-            let _ = reply.send(Err(reason.to_string()));
+            let _ = reply.send(Err(reason.clone()));
         }
     };
     loop {
@@ -318,21 +337,21 @@ impl Actor for InferenceWorker {
         self.generation += 1;
         let generation = self.generation;
         let (jobs_tx, jobs) = sync_channel::<Staged<StagedBatch>>(self.health.depth);
-        let (ready_tx, ready) = sync_channel::<Result<String, String>>(1);
+        let (ready_tx, ready) = sync_channel::<Result<String, DeviceFault>>(1);
         let (spec, device, health, addr) = (self.spec.clone(), self.device.clone(), self.health.clone(), ctx.address());
         let thread = std::thread::Builder::new().name("gb-infer".into()).spawn(move || {
             // This thread runs forward passes only: its CPU counts as inference.
             metrics::name_current_thread("gb-infer");
             // Open the device (its probe says what is missing), load, then one warm-up pass (kernel
             // compilation on GPU backends), before taking batches.
-            let loaded = catch_unwind(AssertUnwindSafe(|| -> Result<(Model, String), String> {
-                let adapter = device.probe().map_err(|e| e.to_string())?;
-                let model = Model::load(&spec, &device).map_err(|e| format!("cannot load model: {e}"))?;
+            let loaded = catch_unwind(AssertUnwindSafe(|| -> Result<(Model, String), DeviceFault> {
+                let adapter = device.probe()?;
+                let model = Model::load(&spec, &device).map_err(|e| DeviceFault::Load(e.to_string()))?;
                 let zeros = vec![0f32; model.input_len()];
-                model.forward(&[&zeros]).map_err(|e| format!("warm-up pass failed: {e}"))?;
+                model.forward(&[&zeros]).map_err(DeviceFault::WarmUp)?;
                 Ok((model, adapter.to_string()))
             }))
-            .unwrap_or_else(|p| Err(format!("cannot load model: {}", panic_message(p))));
+            .unwrap_or_else(|p| Err(DeviceFault::Load(panic_message(p))));
             let model = match loaded {
                 Ok((model, adapter)) => {
                     let _ = ready_tx.send(Ok(adapter));
@@ -359,7 +378,7 @@ impl Actor for InferenceWorker {
                 self.health.set_live(adapter);
             }
             Ok(Err(e)) => {
-                self.fail(ctx, e);
+                self.fail(ctx, e.to_string());
             }
             Err(_) => {
                 self.fail(ctx, "cannot load model: the device thread ended".into());
@@ -386,7 +405,7 @@ impl Handler<DeviceFailed> for InferenceWorker {
 
     fn handle(&mut self, msg: DeviceFailed, ctx: &mut Context<Self>) {
         if msg.generation == self.generation && self.jobs.is_some() {
-            self.fail(ctx, msg.reason);
+            self.fail(ctx, msg.reason.to_string());
         }
     }
 }
@@ -423,7 +442,7 @@ impl Handler<RunBatch> for InferenceWorker {
             match answer.await {
                 Ok(Ok(out)) => Ok(out),
                 // The device thread also tells the actor (DeviceFailed), which restarts the worker.
-                Ok(Err(reason)) => Err(WorkerFault { reason, ..fault }),
+                Ok(Err(reason)) => Err(WorkerFault { reason: reason.to_string(), ..fault }),
                 Err(_) => Err(WorkerFault { reason: "the device thread stopped".into(), ..fault }),
             }
         })
@@ -456,9 +475,9 @@ mod tests {
 
     /// Runs `drive` over batches `ids`; each batch's answer, None if it never got one (its reply
     /// was dropped with the channel: the actor answers it "the device thread stopped").
-    type Answer = Option<Result<BatchOutput, String>>;
+    type Answer = Option<Result<BatchOutput, DeviceFault>>;
 
-    fn run(ids: &[i32], depth: usize) -> (Vec<String>, Vec<Answer>, Result<(), String>) {
+    fn run(ids: &[i32], depth: usize) -> (Vec<String>, Vec<Answer>, Result<(), DeviceFault>) {
         let (tx, rx) = sync_channel(ids.len());
         let mut answers = Vec::new();
         for &id in ids {
@@ -497,8 +516,8 @@ mod tests {
         let (log, answers, result) = run(&[1, -2, 3, 4], 2);
         // 1 read fine; -2 failed on read while 3 was already launched: both fail, 4 is never taken.
         assert_eq!(log, ["launch 1", "launch -2", "read 1", "launch 3", "read -2"]);
-        assert_eq!(result.unwrap_err(), "device error: lost");
-        let failed = |a: &Answer| a.as_ref().is_some_and(|r| r.as_ref().is_err_and(|e| e.contains("lost")));
+        assert_eq!(result.unwrap_err().to_string(), "device error: lost");
+        let failed = |a: &Answer| a.as_ref().is_some_and(|r| r.as_ref().is_err_and(|e| e.to_string().contains("lost")));
         assert!(answers[0].as_ref().is_some_and(Result::is_ok));
         assert!(failed(&answers[1]) && failed(&answers[2]), "both batches in flight fail");
         assert!(answers[3].is_none(), "the batch never taken is left to the actor");
