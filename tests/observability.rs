@@ -366,7 +366,7 @@ fn playground_page_sends_an_upload_and_draws_the_answer_in_headless_chromium() {
     let mut c = config();
     // Small super-resolution tiles: the CPU answers in seconds.
     let sr = c.models.get_mut("realesrgan").expect("the embedded defaults place realesrgan");
-    sr.superres = Some(gpubackend::config::SuperResConfig { tile: 48, pad: 8, ..Default::default() });
+    sr.settings.insert("superres".into(), toml::from_str("tile = 48\npad = 8").unwrap());
     let server = TestServer::start(c);
     let page = Conn::new(server.addr).get("/").unwrap();
     assert_eq!(page.status, 200);

@@ -200,10 +200,9 @@ fn dockerfiles_run_the_binary_with_flags_it_accepts() {
         // The weights and labels the config names are copied to the same relative place.
         let config = Config::load(Some(Path::new(&args[args.iter().position(|a| a == "-c").unwrap() + 1]))).unwrap();
         for (name, m) in &config.models {
-            let files: Vec<PathBuf> = m
-                .stages(name)
+            let files: Vec<PathBuf> = gpubackend::infer::stages(name, m)
                 .iter()
-                .map(|(_, spec, _)| spec.weights().to_path_buf())
+                .map(|s| s.spec.weights().to_path_buf())
                 .chain(m.labels.clone())
                 .collect();
             for rel in &files {
@@ -452,11 +451,11 @@ fn k8s_distributed_mode_is_an_api_and_a_worker_per_model_scaled_on_their_streams
 
         // KEDA: one redis-streams trigger per stream of the model, at its queue target, by length.
         let mc = &gpu.models[&model];
-        let target = mc.broker_stream_target().to_string();
+        let target = gpubackend::infer::broker_stream_target(mc).to_string();
         let keda = in_file("keda-workers.yaml", &name);
         assert_eq!(str_at(&keda, &["spec", "scaleTargetRef", "name"]), name);
         let triggers = keda["spec"]["triggers"].as_sequence().unwrap();
-        let stages = mc.broker_streams(&model);
+        let stages = gpubackend::infer::broker_streams(&model, mc);
         assert_eq!(triggers.len(), stages.len());
         for (t, stage) in triggers.iter().zip(&stages) {
             assert_eq!(str_at(t, &["type"]), "redis-streams");

@@ -5,7 +5,7 @@
 use crate::common;
 
 use common::schema::OpenApi;
-use common::{TestServer, config, data};
+use common::{TestServer, config, data, set_setting};
 use gpubackend::client::{Conn, Part};
 use gpubackend::pipelines::face_detect::iou;
 use serde_json::{Value, json};
@@ -196,8 +196,7 @@ fn every_face_of_a_group_photo_is_recognised() {
 #[test]
 fn set_binds_the_dominant_face_of_a_portrait() {
     let mut cfg = config();
-    let face = cfg.models.get_mut("face").unwrap().faces.as_mut().unwrap();
-    face.min_score = 0.0;
+    set_setting(&mut cfg, "face", "faces", "min_score", 0.0);
     let server = TestServer::start(cfg);
     let mut c = server.conn();
     let (_, v) = call(&mut c, "recognize", json!({"space":"2","images":[{"name":"a"}]}), &[("a", "obama.jpg")]);

@@ -7,7 +7,7 @@
 use crate::common;
 
 use common::schema::OpenApi;
-use common::{TestServer, config, data};
+use common::{TestServer, config, data, set_setting};
 use gpubackend::client::{Conn, Part};
 use serde_json::{Value, json};
 
@@ -266,7 +266,7 @@ fn lines_agree_with_rapidocr_and_ground_truth() {
 #[test]
 fn padded_detector_buckets_cost_some_agreement() {
     let mut config = config();
-    config.models.get_mut("text").unwrap().text.as_mut().unwrap().det_bucket = 128;
+    set_setting(&mut config, "text", "text", "det_bucket", 128);
     let (identical, lines, cer, _) = agreement(&TestServer::start(config));
     println!(
         "det_bucket 128: {identical}/{lines} lines identical ({:.1} %), CER {:.2} %",
@@ -283,7 +283,7 @@ fn padded_detector_buckets_cost_some_agreement() {
 #[test]
 fn upside_down_lines_are_turned_back() {
     let mut cfg = config();
-    cfg.models.get_mut("text").unwrap().text.get_or_insert_with(Default::default).use_cls = true;
+    set_setting(&mut cfg, "text", "text", "use_cls", true);
     let s = TestServer::start(cfg);
     let mut c = s.conn();
     let img = image::load_from_memory(&data("rendered_lines.png")).unwrap().rotate180();

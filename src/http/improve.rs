@@ -113,7 +113,7 @@ async fn handle(
     payload: Payload,
 ) -> Result<ImproveBody, ApiError> {
     state.auth.check(query)?;
-    let svc = state.infer.superres.clone().ok_or_else(|| {
+    let svc = state.infer.service::<crate::infer::superres::SuperResService>().ok_or_else(|| {
         ApiError::BadRequest("photo/improve is not served by this server (no super-resolution model placed)".into())
     })?;
     // The endpoint's own, smaller limits (the documented 48 images of 8 MB).

@@ -22,11 +22,11 @@ use super::AppState;
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::stages::each_image;
-use crate::config::CAR_NUMBER_MODE;
 use crate::error::FileStatus;
 use crate::error::{ApiError, Envelope};
 use crate::infer::ServedModel;
 use crate::infer::objects::{classify, detector_boxes};
+use crate::infer::plates::CAR_NUMBER_MODE;
 use crate::infer::plates::{PlateLabel, PlateService, read as read_plates};
 use crate::infer::stages::StageError;
 use crate::metrics;
@@ -207,7 +207,7 @@ impl Mode<'_> {
 /// Modes answered here, sorted.
 fn served_modes(state: &AppState) -> Vec<&str> {
     let mut served: Vec<&str> = state.infer.modes.keys().map(String::as_str).collect();
-    if state.infer.plates.is_some() {
+    if state.infer.services.contains::<PlateService>() {
         served.push(CAR_NUMBER_MODE);
     }
     served.sort();
@@ -244,9 +244,10 @@ async fn handle(
             requested.push(mode);
         }
     }
+    let plates = state.infer.service::<PlateService>();
     let modes: Vec<Mode> = requested
         .iter()
-        .map(|m| match (*m, &state.infer.plates) {
+        .map(|m| match (*m, &plates) {
             (CAR_NUMBER_MODE, Some(plates)) => Mode::Plates(plates),
             _ => {
                 let model = state.infer.modes[*m].as_ref();

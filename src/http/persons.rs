@@ -108,7 +108,7 @@ fn parse_meta(meta: Option<&[u8]>) -> Result<PersonsMeta, ApiError> {
 }
 
 fn face_service(state: &AppState) -> Result<Arc<FaceService>, ApiError> {
-    state.infer.face.clone().ok_or_else(|| {
+    state.infer.service::<crate::infer::face::FaceService>().ok_or_else(|| {
         ApiError::BadRequest("the persons methods are not served by this server (no face model placed)".into())
     })
 }

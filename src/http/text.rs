@@ -257,7 +257,7 @@ async fn begin(
     payload: Payload,
 ) -> Result<(Arc<TextService>, TextMeta, Images), ApiError> {
     state.auth.check(query)?;
-    let svc = state.infer.text.clone().ok_or_else(|| {
+    let svc = state.infer.service::<crate::infer::text::TextService>().ok_or_else(|| {
         ApiError::BadRequest("the text methods are not served by this server (no text model placed)".into())
     })?;
     let upload = read_upload(req, payload, &state.limits).await?;

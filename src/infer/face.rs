@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use actix::Addr;
 
+use super::family::settings;
 use super::stages::{StageError, fixed, image_job, infer, prepare};
-use super::{Builder, StartError};
-use super::{Inference, ServedModel};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{AlignFaces, CropFaces, Pyramid, StoreActor};
 use crate::broker::api::Broker;
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
+use crate::models::{mtcnn, sface};
 use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::face_detect::{self, Candidate, CascadeRunner, DetectParams, Face, Level, Tile};
+use crate::pipelines::face_detect::{self, Candidate, CascadeRunner, DetectParams, Face, FaceConfig, Level, Tile};
 
 /// The face model: its four stages (each a `ServedModel` with its own batcher and workers), its
 /// settings and the person store.
@@ -24,7 +25,7 @@ pub struct FaceService {
     pub rnet: Arc<ServedModel>,
     pub onet: Arc<ServedModel>,
     pub embed: Arc<ServedModel>,
-    pub config: crate::config::FaceConfig,
+    pub config: FaceConfig,
     /// The person store (not on `--role worker`).
     pub store: Option<Addr<StoreActor>>,
     /// `--role api`: the broker that takes each image to a worker, where the whole cascade runs
@@ -75,7 +76,7 @@ pub fn decode_faces(body: &[u8]) -> Result<Vec<(Face, Vec<f32>)>, String> {
 /// `--role worker`: one image job of the face model: decode (the configured limits), the cascade
 /// and the embedder on this worker's networks, the faces as one flat output.
 pub async fn face_job(state: Arc<Inference>, image: Vec<u8>) -> crate::broker::codec::Outcome {
-    let Some(face) = state.face.clone() else {
+    let Some(face) = state.service::<FaceService>() else {
         return crate::broker::codec::Outcome::Failed {
             status: FileStatus::Permanent,
             message: "no face model on this worker. This is a bug.".into(),
@@ -148,31 +149,77 @@ pub async fn faces_with_embeddings(
     Ok(faces.into_iter().zip(embeddings.into_iter().map(|p| p.output)).collect())
 }
 
-/// The face model's service from its four stages (P-Net, R-Net, O-Net, the embedder), the person
-/// store (`--role all` / `api`), and its whole-image jobs on `--role worker`.
-pub fn attach(b: &mut Builder, name: &str, mc: &ModelConfig, stages: &[Arc<ServedModel>]) -> Result<(), StartError> {
-    let (Some(fc), [pnet, rnet, onet, embed]) = (&mc.faces, stages) else {
-        return Ok(());
-    };
-    if b.face.is_some() {
-        return Err(Builder::only_one(name, "face"));
+/// `architecture = "face"`: face detection (MTCNN) and embeddings (SFace) for the persons
+/// endpoints; `weights` is the directory holding MTCNN's `pnet.pt`, `rnet.pt`, `onet.pt`.
+pub struct Faces;
+
+/// The face model's settings (`[models.<name>.faces]`: the embedder's file, the cascade's).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FaceSettings {
+    faces: Option<FaceConfig>,
+}
+
+/// The face model's settings (checked when the config was loaded).
+pub fn face_config(mc: &ModelConfig) -> Result<FaceConfig, Invalid> {
+    settings::<FaceSettings>(mc)?
+        .faces
+        .ok_or_else(|| Invalid::new("faces", "a face model needs [models.<name>.faces] (embedder, …)"))
+}
+
+impl Family for Faces {
+    fn architecture(&self) -> &'static str {
+        "face"
     }
-    b.feed_whole(name, mc, stages, |state, _, image, _| Box::pin(face_job(state, image)));
-    // Opened on the store's own thread (the PostgreSQL client blocks and must not live on the
-    // async runtime); its first start reports back. After a panic the arbiter's new actor gets no
-    // store: requests fail clearly instead of touching one in an unknown state.
-    let store = b.open_store()?;
-    b.face = Some(Arc::new(FaceService {
-        name: name.to_string(),
-        pnet: pnet.clone(),
-        rnet: rnet.clone(),
-        onet: onet.clone(),
-        embed: embed.clone(),
-        config: fc.clone(),
-        store,
-        remote: b.broker.clone(),
-    }));
-    Ok(())
+
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
+        let fc = face_config(mc)?;
+        if !mc.modes.is_empty() {
+            return Err(Invalid::new("modes", "a face model serves the persons endpoints, not modes"));
+        }
+        fc.check().map_err(Invalid::within("faces"))
+    }
+
+    /// `<name>_pnet`, `_rnet`, `_onet`, `_embed`.
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
+        let Ok(fc) = face_config(mc) else { return vec![] };
+        let net = |file: &str| mc.weights.join(file);
+        vec![
+            Stage::new(format!("{name}_pnet"), mtcnn::pnet_spec(net("pnet.pt"), fc.canvas), fc.pnet_max_batch),
+            Stage::new(format!("{name}_rnet"), mtcnn::rnet_spec(net("rnet.pt")), mc.max_batch),
+            Stage::new(format!("{name}_onet"), mtcnn::onet_spec(net("onet.pt")), mc.max_batch),
+            Stage::new(format!("{name}_embed"), sface::spec(fc.embedder.clone()), mc.max_batch),
+        ]
+    }
+
+    /// The face model's service from its four stages (P-Net, R-Net, O-Net, the embedder), the
+    /// person store (`--role all` / `api`), and its whole-image jobs on `--role worker`.
+    fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
+        let fc = face_config(mc).map_err(|e| e.into_config(name))?;
+        if b.services.contains::<FaceService>() {
+            return Err(Builder::only_one(name, "face"));
+        }
+        let stages = b.place(name, mc, Head::default())?;
+        let [pnet, rnet, onet, embed] = &stages[..] else {
+            return Ok(());
+        };
+        b.feed_whole(name, mc, &stages, |state, _, image, _| Box::pin(face_job(state, image)));
+        // Opened on the store's own thread (the PostgreSQL client blocks and must not live on the
+        // async runtime); its first start reports back. After a panic the arbiter's new actor gets
+        // no store: requests fail clearly instead of touching one in an unknown state.
+        let store = b.open_store()?;
+        b.services.insert(Arc::new(FaceService {
+            name: name.to_string(),
+            pnet: pnet.clone(),
+            rnet: rnet.clone(),
+            onet: onet.clone(),
+            embed: embed.clone(),
+            config: fc,
+            store,
+            remote: b.broker.clone(),
+        }));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,7 @@
 //! Nothing here speaks HTTP.
 
 pub mod face;
+pub mod family;
 pub mod objects;
 pub mod plates;
 pub mod stages;
@@ -22,11 +23,80 @@ use crate::actors::{
     Batcher, Decoder, Enqueue, InferenceWorker, Job, Preprocessor, QueueLen, Refused, StoreActor, WorkerHealth,
 };
 use crate::broker::api::Broker;
-use crate::config::{Architecture, Config, Limits, ModelConfig, Role};
+use crate::config::{Config, ConfigError, Limits, ModelConfig, Role};
 use crate::metrics;
-use crate::models::{self, mobilenet_v2};
+use crate::models;
 use crate::pipelines::batching::BatchPolicy;
 use crate::pipelines::classify::LabelMap;
+pub use family::{Family, Invalid, Services, Stage};
+
+/// Every model family the server knows, by its `architecture` in the config: a new built-in
+/// family is its file in this directory and one line here.
+pub static FAMILIES: &[&dyn Family] = &[
+    &objects::MobileNetV2,
+    &objects::Declared,
+    &objects::CenterNet,
+    &face::Faces,
+    &text::Text,
+    &plates::Plates,
+    &superres::RealEsrgan,
+];
+
+/// The family of `architecture`, if the server has it.
+pub fn family(architecture: &str) -> Option<&'static dyn Family> {
+    FAMILIES.iter().copied().find(|f| f.architecture() == architecture)
+}
+
+/// The family of a model whose config was checked ([`check`]).
+pub fn family_of(mc: &ModelConfig) -> &'static dyn Family {
+    family(&mc.architecture)
+        .unwrap_or_else(|| panic!("architecture `{}` not checked at load. This is a bug.", mc.architecture))
+}
+
+/// Checks what the config leaves to the families: each model's architecture is one the server
+/// has, and its family accepts its modes, labels and settings (the error names the field).
+pub fn check(config: &Config) -> Result<(), ConfigError> {
+    for (name, mc) in &config.models {
+        let Some(family) = family(&mc.architecture) else {
+            let known: Vec<_> = FAMILIES.iter().map(|f| f.architecture()).collect();
+            return Err(ConfigError::Invalid {
+                field: format!("models.{name}.architecture"),
+                message: format!("unknown architecture `{}` (one of: {})", mc.architecture, known.join(", ")),
+            });
+        };
+        family.check(mc).map_err(|e| e.into_config(name))?;
+    }
+    Ok(())
+}
+
+/// The config read (`None`: the embedded defaults) and checked, the families' settings too.
+pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
+    let config = Config::load(path)?;
+    check(&config)?;
+    Ok(config)
+}
+
+/// The networks a model's workers load, one batcher each.
+pub fn stages(name: &str, mc: &ModelConfig) -> Vec<Stage> {
+    family_of(mc).stages(name, mc)
+}
+
+/// The broker streams of the model: one per network, except one for a model fed whole images
+/// (a worker decodes each image and runs every network of the model).
+pub fn broker_streams(name: &str, mc: &ModelConfig) -> Vec<String> {
+    if family_of(mc).fed_whole() {
+        vec![name.to_string()]
+    } else {
+        stages(name, mc).into_iter().map(|s| s.name).collect()
+    }
+}
+
+/// The jobs per worker on the model's streams that autoscaling keeps (KEDA `streamLength`):
+/// `queue_target`, except for a model fed whole images, whose stream holds images: the images
+/// one worker takes at once (`max_batch`).
+pub fn broker_stream_target(mc: &ModelConfig) -> usize {
+    if family_of(mc).fed_whole() { mc.max_batch } else { mc.queue_target() }
+}
 
 /// The inference layer, as the handlers and `--role worker` use it: the decoder and
 /// preprocessing pools, every served stage (a batcher and its workers, or the broker), and the
@@ -38,14 +108,10 @@ pub struct Inference {
     pub modes: HashMap<String, Arc<ServedModel>>,
     /// Every served model stage (a classifier, or one network of a cascade), in placement order.
     pub models: Vec<Arc<ServedModel>>,
-    /// The face model's stages and the person store, when a face model is placed here.
-    pub face: Option<Arc<face::FaceService>>,
-    /// The text model's stages, when a text model is placed here.
-    pub text: Option<Arc<text::TextService>>,
-    /// The plates model's stages, when a plates model is placed here.
-    pub plates: Option<Arc<plates::PlateService>>,
-    /// photo/improve `resolution` (a `realesrgan` model placed).
-    pub superres: Option<Arc<superres::SuperResService>>,
+    /// The multi-network services the placed models' families attached (the face model's stages
+    /// and person store, the text model's, the plates model's, super-resolution's), by type:
+    /// `infer.service::<text::TextService>()`.
+    pub services: Services,
     pub decoder: Addr<Decoder>,
     pub preprocessor: Addr<Preprocessor>,
     pub workers: Vec<Arc<WorkerHealth>>,
@@ -92,6 +158,25 @@ pub enum Route {
     Local(Addr<Batcher>),
     /// Through the broker to the workers of `--role worker` processes.
     Remote(Arc<Broker>),
+}
+
+impl Inference {
+    /// The service of type `S`, when a model of its family is placed here.
+    pub fn service<S: std::any::Any + Send + Sync>(&self) -> Option<Arc<S>> {
+        self.services.get::<S>()
+    }
+}
+
+/// How a one-network model's outputs are read: labels, detector settings, input preparation.
+#[derive(Default)]
+pub struct Head {
+    /// Classifiers and the COCO detector: the label table (its classes checked against the
+    /// network's outputs).
+    pub labels: Option<LabelMap>,
+    /// The COCO detector's NMS and peaks.
+    pub detector: Option<crate::pipelines::detect::DetectorParams>,
+    pub prep: crate::pipelines::preprocess::ClassifierPrep,
+    pub scores: crate::models::declared::Scores,
 }
 
 impl ServedModel {
@@ -153,7 +238,7 @@ impl ServedModel {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     #[error(transparent)]
     Load(#[from] models::LoadError),
     #[error(transparent)]
@@ -169,6 +254,7 @@ pub enum StartError {
 /// each model's service (its family's `attach`), and (`--role worker`) the feeders that take jobs
 /// from the broker.
 pub fn start(config: &Config, role: Role) -> Result<Started, StartError> {
+    check(config)?;
     let placed = config.placed_models();
     if role.runs_models() {
         probe_devices(config, &placed)?;
@@ -176,15 +262,7 @@ pub fn start(config: &Config, role: Role) -> Result<Started, StartError> {
     let mut b = Builder::new(config, role, &placed);
     for name in &placed {
         let mc = &config.models[name];
-        let stages = b.place(name, mc)?;
-        match mc.architecture {
-            Architecture::MobilenetV2 | Architecture::Onnx => objects::attach_classifier(&mut b, mc, &stages),
-            Architecture::Centernet => objects::attach_detector(&mut b, name, mc, &stages),
-            Architecture::Face => face::attach(&mut b, name, mc, &stages)?,
-            Architecture::Text => text::attach(&mut b, name, mc, &stages)?,
-            Architecture::Plates => plates::attach(&mut b, name, mc, &stages)?,
-            Architecture::Realesrgan => superres::attach(&mut b, name, mc, &stages)?,
-        }
+        family_of(mc).attach(&mut b, name, mc)?;
     }
     Ok(b.finish())
 }
@@ -229,10 +307,8 @@ pub struct Builder<'c> {
     modes: HashMap<String, Arc<ServedModel>>,
     models: Vec<Arc<ServedModel>>,
     workers: Vec<Arc<WorkerHealth>>,
-    pub face: Option<Arc<face::FaceService>>,
-    pub text: Option<Arc<text::TextService>>,
-    pub plates: Option<Arc<plates::PlateService>>,
-    pub superres: Option<Arc<superres::SuperResService>>,
+    /// The services the families attach.
+    pub services: Services,
     /// `--role worker`: the models fed whole images, fed once the state exists.
     whole_feeds: Vec<WholeFeed>,
     feeders: Vec<Arc<crate::broker::worker::Feeder>>,
@@ -250,7 +326,7 @@ impl<'c> Builder<'c> {
                 .iter()
                 .flat_map(|name| {
                     let mc = &config.models[name];
-                    mc.broker_streams(name).into_iter().map(|stage| (stage, mc.queue_capacity, mc.max_queue_wait()))
+                    broker_streams(name, mc).into_iter().map(|stage| (stage, mc.queue_capacity, mc.max_queue_wait()))
                 })
                 .collect();
             Broker::start(&config.broker, &stages)
@@ -264,10 +340,7 @@ impl<'c> Builder<'c> {
             modes: HashMap::new(),
             models: Vec::new(),
             workers: Vec::new(),
-            face: None,
-            text: None,
-            plates: None,
-            superres: None,
+            services: Services::default(),
             whole_feeds: Vec::new(),
             feeders: Vec::new(),
             worker_broker_up: (role == Role::Worker).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false))),
@@ -278,22 +351,15 @@ impl<'c> Builder<'c> {
     /// A model's stages, one per network: a batcher and the placement's supervised workers
     /// (`--role api`: the broker's stream; `--role worker`: fed from it too, unless the model's
     /// images come whole).
-    fn place(&mut self, name: &str, mc: &ModelConfig) -> Result<Vec<Arc<ServedModel>>, StartError> {
+    /// `head` says how a one-network model's outputs are read (`Head::default()`: a cascade's
+    /// networks, read by its service).
+    pub fn place(&mut self, name: &str, mc: &ModelConfig, head: Head) -> Result<Vec<Arc<ServedModel>>, StartError> {
         let (config, role) = (self.config, self.role);
         let fault_injection = config.fault_injection.panic_marker.is_some();
-        let labels = match &mc.labels {
-            Some(path) => {
-                let classes = match (mc.architecture, &mc.io) {
-                    (Architecture::Centernet, _) => models::centernet::CENTERNET_CLASSES,
-                    (Architecture::Onnx, Some(io)) => io.classes,
-                    _ => mobilenet_v2::NUM_CLASSES,
-                };
-                Some(LabelMap::load(path, classes)?)
-            }
-            None => None,
-        };
+        let family = family_of(mc);
+        let Head { labels, detector, prep, scores } = head;
         let mut stages = Vec::new();
-        for (stage, spec, max_batch) in mc.stages(name) {
+        for Stage { name: stage, spec, max_batch } in family.stages(name, mc) {
             if role.runs_models() {
                 models::check_weights(spec.weights())?;
             }
@@ -331,7 +397,7 @@ impl<'c> Builder<'c> {
                 Some(b) => Route::Remote(b.clone()),
                 None => {
                     let batcher = Batcher::new(&stage, policy, addrs).start();
-                    if let Some(up) = self.worker_broker_up.as_ref().filter(|_| !mc.architecture.fed_whole()) {
+                    if let Some(up) = self.worker_broker_up.as_ref().filter(|_| !family.fed_whole()) {
                         // Batches in flight on every worker plus one forming: what the worker
                         // takes from the stream at once.
                         let budget = (max_batch * (slots + 1)).min(mc.queue_capacity);
@@ -359,12 +425,9 @@ impl<'c> Builder<'c> {
                 labels: labels.clone(),
                 threshold: mc.threshold,
                 top_k: mc.top_k,
-                detector: (mc.architecture == Architecture::Centernet).then(|| mc.detector.unwrap_or_default()),
-                prep: match mc.io {
-                    Some(io) => crate::pipelines::preprocess::ClassifierPrep::Declared(io),
-                    None => crate::pipelines::preprocess::ClassifierPrep::ImageNet,
-                },
-                scores: mc.io.map(|io| io.output).unwrap_or_default(),
+                detector,
+                prep,
+                scores,
                 workers: health,
             });
             self.models.push(served.clone());
@@ -392,7 +455,7 @@ impl<'c> Builder<'c> {
 
     /// The error of a second model of a family that serves one per process.
     pub fn only_one(name: &str, what: &str) -> StartError {
-        StartError::Config(crate::config::ConfigError::Invalid {
+        StartError::Config(ConfigError::Invalid {
             field: format!("models.{name}"),
             message: format!("only one {what} model can be placed per process"),
         })
@@ -410,10 +473,7 @@ impl<'c> Builder<'c> {
             limits: Arc::new(self.config.limits.clone()),
             modes: self.modes,
             models: self.models,
-            face: self.face,
-            text: self.text,
-            plates: self.plates,
-            superres: self.superres,
+            services: self.services,
             decoder: self.decoder,
             preprocessor: self.preprocessor,
             workers: self.workers,
@@ -463,4 +523,61 @@ fn open_store(config: &Config) -> Result<Addr<StoreActor>, StartError> {
     });
     opened_rx.recv().map_err(|_| crate::store::StoreError::Unavailable)??;
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::EMBEDDED_DEFAULT;
+
+    fn checked(text: &str) -> Result<Config, ConfigError> {
+        let config = Config::from_toml(text, "t")?;
+        check(&config)?;
+        Ok(config)
+    }
+
+    #[test]
+    fn every_shipped_config_is_accepted_by_its_families() {
+        for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                load_config(Some(&path)).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            }
+        }
+    }
+
+    #[test]
+    fn a_familys_settings_are_checked_naming_the_field() {
+        let err = |text: &str| checked(text).unwrap_err().to_string();
+        let e = err(&EMBEDDED_DEFAULT.replace("iou = 0.5", "iou = 1.5"));
+        assert!(e.contains("models.centernet.detector.iou"), "{e}");
+        let e = err(&EMBEDDED_DEFAULT.replace("modes = [\"multiobject\", \"pedestrian\"]", "modes = [\"scene\"]"));
+        assert!(e.contains("models.centernet.modes"), "{e}");
+        // A key no family of the model's takes (another family's, or misspelt) is refused by name.
+        let e = err(&EMBEDDED_DEFAULT.replace("iou = 0.5", "iou = 0.5\n[models.centernet.text]\nbox_thresh = 0.3"));
+        assert!(e.contains("models.centernet.text") && e.contains("unknown field"), "{e}");
+        let e = err(&EMBEDDED_DEFAULT.replace("iou = 0.5", "iou = 0.5\nmax_iou_typo = 1"));
+        assert!(e.contains("models.centernet.detector.max_iou_typo"), "{e}");
+        // An architecture the server has not.
+        let e = err(&EMBEDDED_DEFAULT.replacen("architecture = \"centernet\"", "architecture = \"yolo\"", 1));
+        assert!(e.contains("models.centernet.architecture") && e.contains("yolo") && e.contains("realesrgan"), "{e}");
+    }
+
+    #[test]
+    fn each_family_names_its_stages_and_how_the_broker_feeds_them() {
+        let c = load_config(None).unwrap();
+        let names = |m: &str| stages(m, &c.models[m]).into_iter().map(|s| s.name).collect::<Vec<_>>();
+        assert_eq!(names("mobilenet_v2"), ["mobilenet_v2"]);
+        assert_eq!(names("face"), ["face_pnet", "face_rnet", "face_onet", "face_embed"]);
+        assert_eq!(names("text"), ["text_det", "text_cls", "text_rec"]);
+        assert_eq!(broker_streams("mobilenet_v2", &c.models["mobilenet_v2"]), ["mobilenet_v2"]);
+        assert_eq!(broker_streams("face", &c.models["face"]), ["face"]);
+        assert_eq!(broker_stream_target(&c.models["face"]), c.models["face"].max_batch);
+        assert_eq!(broker_stream_target(&c.models["mobilenet_v2"]), c.models["mobilenet_v2"].queue_target());
+        // Every family is listed once, by its own name.
+        let mut archs: Vec<_> = FAMILIES.iter().map(|f| f.architecture()).collect();
+        archs.sort();
+        archs.dedup();
+        assert_eq!(archs.len(), FAMILIES.len());
+    }
 }

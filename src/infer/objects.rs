@@ -7,17 +7,21 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::Builder;
+use super::family::settings;
+use super::plates::CAR_NUMBER_MODE;
 use super::stages::{StageError, image_job, infer_marked, prepare, remote_image};
-use super::{Inference, Route, ServedModel};
+use super::{Builder, Family, Head, Inference, Invalid, Route, ServedModel, Stage, StartError};
 use crate::actors::{DetectorBoxes, DetectorInput, Preprocess};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
 use crate::metrics;
-use crate::models::centernet::CENTERNET_INPUT;
-use crate::pipelines::classify::ObjectLabel;
+use crate::models::centernet::{self, CENTERNET_INPUT};
+use crate::models::declared::{self, IoContract};
+use crate::models::mobilenet_v2;
+use crate::pipelines::classify::{LabelMap, ObjectLabel};
 use crate::pipelines::decode::DecodedImage;
-use crate::pipelines::detect::Detection;
+use crate::pipelines::detect::{Detection, DetectorParams};
+use crate::pipelines::preprocess::ClassifierPrep;
 
 /// A classifier mode: ImageNet preprocessing (preprocessing pool) → the model's batcher → labels.
 pub async fn classify(
@@ -97,20 +101,173 @@ pub async fn detector_job(
     image_job(&state, &model, image, |img| detect_boxes(&state, &served, img, poisoned), encode).await
 }
 
-/// A classifier answers its modes.
-pub fn attach_classifier(b: &mut Builder, mc: &ModelConfig, stages: &[Arc<ServedModel>]) {
-    for stage in stages {
-        b.serve_modes(mc, stage);
+/// The modes a COCO detector serves.
+pub const DETECTOR_MODES: [&str; 2] = ["multiobject", "pedestrian"];
+
+/// `architecture = "mobilenet_v2"`: the ImageNet classifier (torchvision's weights) for the
+/// objects/detect modes it names.
+pub struct MobileNetV2;
+
+/// `architecture = "onnx"`: a network declared in the TOML, not in code: an ONNX graph
+/// (`weights`) with its I/O contract (`[models.<name>.io]`), run by the graph runner.
+/// `task = "classify"`: a classifier for the objects/detect modes it names.
+pub struct Declared;
+
+/// `architecture = "centernet"`: the COCO detector (CenterNet, a TF.js graph model) for
+/// objects/detect `multiobject` and `pedestrian`, and the boxes of `object`.
+pub struct CenterNet;
+
+/// A classifier's modes and labels.
+fn check_classifier(mc: &ModelConfig, labels: &str) -> Result<(), Invalid> {
+    if mc.modes.is_empty() {
+        return Err(Invalid::new("modes", "must name at least one Vision API mode"));
+    }
+    if mc.labels.is_none() {
+        return Err(Invalid::new("labels", labels));
+    }
+    Ok(())
+}
+
+/// A classifier's one network answers its modes.
+fn attach_classifier(b: &mut Builder, name: &str, mc: &ModelConfig, head: Head) -> Result<(), StartError> {
+    for stage in b.place(name, mc, head)? {
+        b.serve_modes(mc, &stage);
+    }
+    Ok(())
+}
+
+/// The label table of `mc`, checked to have `classes` entries.
+fn labels(mc: &ModelConfig, classes: usize) -> Result<Option<LabelMap>, StartError> {
+    Ok(mc.labels.as_deref().map(|path| LabelMap::load(path, classes)).transpose()?)
+}
+
+/// A family without settings of its own.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoSettings {}
+
+impl Family for MobileNetV2 {
+    fn architecture(&self) -> &'static str {
+        "mobilenet_v2"
+    }
+
+    fn fed_whole(&self) -> bool {
+        false
+    }
+
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
+        settings::<NoSettings>(mc)?;
+        check_classifier(mc, "a classifier needs its label table")
+    }
+
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
+        vec![Stage::new(name, mobilenet_v2::spec(mc.weights.clone()), mc.max_batch)]
+    }
+
+    fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
+        let head = Head { labels: labels(mc, mobilenet_v2::NUM_CLASSES)?, ..Head::default() };
+        attach_classifier(b, name, mc, head)
     }
 }
 
-/// The COCO detector answers its modes (and the boxes `object` adds); on `--role worker` its
-/// images come whole.
-pub fn attach_detector(b: &mut Builder, name: &str, mc: &ModelConfig, stages: &[Arc<ServedModel>]) {
-    for stage in stages {
-        b.serve_modes(mc, stage);
+/// A declared network's settings: its I/O contract.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeclaredSettings {
+    io: Option<IoContract>,
+}
+
+impl Declared {
+    fn io(mc: &ModelConfig) -> Result<IoContract, Invalid> {
+        settings::<DeclaredSettings>(mc)?
+            .io
+            .ok_or_else(|| Invalid::new("io", "a declared network needs [models.<name>.io] (its I/O contract)"))
     }
-    b.feed_whole(name, mc, stages, |state, model, image, poisoned| {
-        Box::pin(detector_job(state, model, image, poisoned))
-    });
+}
+
+impl Family for Declared {
+    fn architecture(&self) -> &'static str {
+        "onnx"
+    }
+
+    fn fed_whole(&self) -> bool {
+        false
+    }
+
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
+        Self::io(mc)?.check().map_err(Invalid::within("io"))?;
+        if mc.modes.iter().any(|x| DETECTOR_MODES.contains(&x.as_str()) || x == CAR_NUMBER_MODE) {
+            return Err(Invalid::new(
+                "modes",
+                "a declared classifier serves objects/detect classifier modes (e.g. \"object\"), not the detector's or car_number",
+            ));
+        }
+        check_classifier(mc, "a classifier needs its labels (a JSON table or one label per line)")
+    }
+
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
+        match Self::io(mc) {
+            Ok(io) => vec![Stage::new(name, declared::spec(mc.weights.clone(), io), mc.max_batch)],
+            Err(_) => vec![],
+        }
+    }
+
+    fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
+        let io = Self::io(mc).map_err(|e| e.into_config(name))?;
+        let head = Head {
+            labels: labels(mc, io.classes)?,
+            prep: ClassifierPrep::Declared(io),
+            scores: io.output,
+            ..Head::default()
+        };
+        attach_classifier(b, name, mc, head)
+    }
+}
+
+/// The detector's settings: NMS overlap and peaks (its score threshold is the model's
+/// `threshold`, its most objects per image `top_k`).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DetectorSettings {
+    detector: Option<DetectorParams>,
+}
+
+impl Family for CenterNet {
+    fn architecture(&self) -> &'static str {
+        "centernet"
+    }
+
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
+        let s = settings::<DetectorSettings>(mc)?;
+        if mc.modes.is_empty() || mc.modes.iter().any(|x| !DETECTOR_MODES.contains(&x.as_str())) {
+            return Err(Invalid::new("modes", "a COCO detector serves \"multiobject\" and/or \"pedestrian\""));
+        }
+        if mc.labels.is_none() {
+            return Err(Invalid::new("labels", "a detector needs its label table"));
+        }
+        s.detector.unwrap_or_default().check().map_err(Invalid::within("detector"))
+    }
+
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
+        vec![Stage::new(name, centernet::spec(mc.weights.clone()), mc.max_batch)]
+    }
+
+    /// The detector answers its modes (and the boxes `object` adds); on `--role worker` its
+    /// images come whole.
+    fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
+        let params = settings::<DetectorSettings>(mc).map_err(|e| e.into_config(name))?.detector;
+        let head = Head {
+            labels: labels(mc, centernet::CENTERNET_CLASSES)?,
+            detector: Some(params.unwrap_or_default()),
+            ..Head::default()
+        };
+        let stages = b.place(name, mc, head)?;
+        for stage in &stages {
+            b.serve_modes(mc, stage);
+        }
+        b.feed_whole(name, mc, &stages, |state, model, image, poisoned| {
+            Box::pin(detector_job(state, model, image, poisoned))
+        });
+        Ok(())
+    }
 }

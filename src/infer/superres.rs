@@ -8,15 +8,16 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
+use super::family::{checked_settings, settings};
 use super::stages::{StageError, image_job, infer_unordered, prepare};
-use super::{Builder, StartError};
-use super::{Inference, ServedModel};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{SrFinish, SrPlace, SrTiles};
 use crate::config::ModelConfig;
-use crate::config::SuperResConfig;
 use crate::error::FileStatus;
+use crate::models::ncnn;
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::preprocess::ModelInput;
+use crate::pipelines::superres::SuperResConfig;
 use crate::pipelines::superres::TileGrid;
 
 /// The networks' scale.
@@ -58,7 +59,7 @@ impl Resolution {
 /// job's header, decode (the configured limits), the tiles on this worker's network, the JPEG.
 pub async fn superres_job(state: Arc<Inference>, job: Vec<u8>, poisoned: bool) -> crate::broker::codec::Outcome {
     use crate::broker::codec::Outcome;
-    let Some(svc) = state.superres.clone() else {
+    let Some(svc) = state.service::<SuperResService>() else {
         return Outcome::Failed {
             status: FileStatus::Permanent,
             message: "no super-resolution model on this worker. This is a bug.".into(),
@@ -137,24 +138,67 @@ pub async fn resolve(
     Ok(jpeg)
 }
 
-/// The super-resolution model's service from its two networks (`art`, `photo`), and its
-/// whole-image jobs on `--role worker`.
-pub fn attach(b: &mut Builder, name: &str, mc: &ModelConfig, stages: &[Arc<ServedModel>]) -> Result<(), StartError> {
-    let [art, photo] = stages else {
-        return Ok(());
-    };
-    if b.superres.is_some() {
-        return Err(Builder::only_one(name, "super-resolution"));
+/// File names of the super-resolution networks in a `realesrgan` model's weights directory
+/// (`scripts/fetch-weights.sh`; each `.bin` beside its `.param`).
+pub const SR_ART_FILE: &str = "REALESRGAN_ANIMAVIDEOV3_UP4X.param";
+pub const SR_PHOTO_FILE: &str = "REALESRGAN_X4PLUS_UP4X.param";
+
+/// `architecture = "realesrgan"`: super-resolution ×4 (Real-ESRGAN, ncnn files) for
+/// photo/improve `resolution`: two networks, `art` (realesr-animevideov3) and `photo`
+/// (RealESRGAN_x4plus).
+pub struct RealEsrgan;
+
+/// Super-resolution tiles and limits (`[models.<name>.superres]`; every field has a default).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuperResSettings {
+    superres: Option<SuperResConfig>,
+}
+
+impl Family for RealEsrgan {
+    fn architecture(&self) -> &'static str {
+        "realesrgan"
     }
-    b.superres = Some(Arc::new(SuperResService {
-        name: name.to_string(),
-        art: art.clone(),
-        photo: photo.clone(),
-        config: mc.superres.unwrap_or_default(),
-        remote: b.broker.clone(),
-    }));
-    b.feed_whole(name, mc, stages, |state, _, image, poisoned| Box::pin(superres_job(state, image, poisoned)));
-    Ok(())
+
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
+        let s = settings::<SuperResSettings>(mc)?;
+        if !mc.modes.is_empty() {
+            return Err(Invalid::new("modes", "a super-resolution model serves photo/improve, not modes"));
+        }
+        s.superres.unwrap_or_default().check().map_err(Invalid::within("superres"))
+    }
+
+    /// `<name>_art`, `_photo`.
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
+        let tile = checked_settings::<SuperResSettings>(mc).superres.unwrap_or_default().tile;
+        let net = |file: &str| ncnn::superres_spec(mc.weights.join(file), tile);
+        vec![
+            Stage::new(format!("{name}_art"), net(SR_ART_FILE), mc.max_batch),
+            Stage::new(format!("{name}_photo"), net(SR_PHOTO_FILE), mc.max_batch),
+        ]
+    }
+
+    /// The super-resolution model's service from its two networks (`art`, `photo`), and its
+    /// whole-image jobs on `--role worker`.
+    fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
+        let config = settings::<SuperResSettings>(mc).map_err(|e| e.into_config(name))?.superres.unwrap_or_default();
+        if b.services.contains::<SuperResService>() {
+            return Err(Builder::only_one(name, "super-resolution"));
+        }
+        let stages = b.place(name, mc, Head::default())?;
+        let [art, photo] = &stages[..] else {
+            return Ok(());
+        };
+        b.services.insert(Arc::new(SuperResService {
+            name: name.to_string(),
+            art: art.clone(),
+            photo: photo.clone(),
+            config,
+            remote: b.broker.clone(),
+        }));
+        b.feed_whole(name, mc, &stages, |state, _, image, poisoned| Box::pin(superres_job(state, image, poisoned)));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::family::settings;
 use super::stages::{StageError, image_job, infer, prepare};
-use super::{Builder, StartError};
-use super::{Inference, ServedModel};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{DetectText, RecLines, TextLines};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
-use crate::models::ppocr::{CLS_HEIGHT, CLS_WIDTH, Charset, steps};
+use crate::models::ppocr::{self, CLS_HEIGHT, CLS_WIDTH, Charset, steps};
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::preprocess::ModelInput;
 use crate::pipelines::text::{Quad, TextParams, ctc_decode, to_original, upside_down, words};
@@ -43,7 +43,7 @@ pub struct Line {
 /// `--role worker`: one image job of the text model: decode (the configured limits), detection
 /// and reading on this worker's networks, the lines as JSON.
 pub async fn text_job(state: Arc<Inference>, image: Vec<u8>) -> crate::broker::codec::Outcome {
-    let Some(svc) = state.text.clone() else {
+    let Some(svc) = state.service::<TextService>() else {
         return crate::broker::codec::Outcome::Failed {
             status: FileStatus::Permanent,
             message: "no text model on this worker. This is a bug.".into(),
@@ -100,27 +100,69 @@ pub async fn read_image(
     Ok(out)
 }
 
-/// The text model's service from its three stages (detector, orientation classifier, recogniser)
-/// and the recogniser's classes, and its whole-image jobs on `--role worker`.
-pub fn attach(b: &mut Builder, name: &str, mc: &ModelConfig, stages: &[Arc<ServedModel>]) -> Result<(), StartError> {
-    let [det, cls, rec] = stages else {
-        return Ok(());
-    };
-    if b.text.is_some() {
-        return Err(Builder::only_one(name, "text"));
+/// File names of the text model's networks in its weights directory (`scripts/fetch-weights.sh`).
+pub const TEXT_DET_FILE: &str = "PP-OCRv6_det_small.onnx";
+pub const TEXT_REC_FILE: &str = "PP-OCRv6_rec_small.onnx";
+pub const TEXT_CLS_FILE: &str = "ch_ppocr_mobile_v2.0_cls_mobile.onnx";
+
+/// `architecture = "text"`: text detection, orientation and recognition (PP-OCRv6) for
+/// text/recognize and scene_text/recognize; `weights` is the directory of the three networks.
+pub struct Text;
+
+/// The text model's settings (`[models.<name>.text]`; every field has RapidOCR's default).
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextSettings {
+    text: Option<TextParams>,
+}
+
+impl Family for Text {
+    fn architecture(&self) -> &'static str {
+        "text"
     }
-    let charset = Charset::load(&mc.weights.join(crate::config::TEXT_REC_FILE))?;
-    b.text = Some(Arc::new(TextService {
-        name: name.to_string(),
-        det: det.clone(),
-        cls: cls.clone(),
-        rec: rec.clone(),
-        params: mc.text.unwrap_or_default(),
-        charset: Arc::new(charset),
-        remote: b.broker.clone(),
-    }));
-    b.feed_whole(name, mc, stages, |state, _, image, _| Box::pin(text_job(state, image)));
-    Ok(())
+
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
+        let s = settings::<TextSettings>(mc)?;
+        if !mc.modes.is_empty() {
+            return Err(Invalid::new("modes", "a text model serves the text endpoints, not modes"));
+        }
+        s.text.unwrap_or_default().check().map_err(Invalid::within("text"))
+    }
+
+    /// `<name>_det`, `_cls`, `_rec`.
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
+        let net = |file: &str| mc.weights.join(file);
+        vec![
+            Stage::new(format!("{name}_det"), ppocr::det_spec(net(TEXT_DET_FILE)), mc.max_batch),
+            Stage::new(format!("{name}_cls"), ppocr::cls_spec(net(TEXT_CLS_FILE)), mc.max_batch),
+            Stage::new(format!("{name}_rec"), ppocr::rec_spec(net(TEXT_REC_FILE)), mc.max_batch),
+        ]
+    }
+
+    /// The text model's service from its three stages (detector, orientation classifier,
+    /// recogniser) and the recogniser's classes, and its whole-image jobs on `--role worker`.
+    fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
+        let params = settings::<TextSettings>(mc).map_err(|e| e.into_config(name))?.text.unwrap_or_default();
+        if b.services.contains::<TextService>() {
+            return Err(Builder::only_one(name, "text"));
+        }
+        let stages = b.place(name, mc, Head::default())?;
+        let [det, cls, rec] = &stages[..] else {
+            return Ok(());
+        };
+        let charset = Charset::load(&mc.weights.join(TEXT_REC_FILE))?;
+        b.services.insert(Arc::new(TextService {
+            name: name.to_string(),
+            det: det.clone(),
+            cls: cls.clone(),
+            rec: rec.clone(),
+            params,
+            charset: Arc::new(charset),
+            remote: b.broker.clone(),
+        }));
+        b.feed_whole(name, mc, &stages, |state, _, image, _| Box::pin(text_job(state, image)));
+        Ok(())
+    }
 }
 
 #[cfg(test)]

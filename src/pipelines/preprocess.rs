@@ -43,8 +43,9 @@ impl ClassifierSpec {
 
 /// How a served classifier's input is made: the built-in ImageNet steps, or a declared network's
 /// I/O contract (`[models.<name>.io]`).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub enum ClassifierPrep {
+    #[default]
     ImageNet,
     Declared(IoContract),
 }

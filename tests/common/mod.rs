@@ -73,11 +73,19 @@ impl Drop for TestServer {
 pub fn config() -> Config {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let mut c = Config::load(None).unwrap();
+    let mut c = gpubackend::infer::load_config(None).unwrap();
     c.server.http_workers = 1;
     c.pipeline.decoders = 1;
     c.store.dir = tempdir(&format!("store-{}", N.fetch_add(1, Ordering::Relaxed)));
     c
+}
+
+/// Sets a family's own setting, `[models.<model>.<section>] <key> = value` (the section made if
+/// the config has none).
+pub fn set_setting(c: &mut Config, model: &str, section: &str, key: &str, value: impl Into<toml::Value>) {
+    let m = c.models.get_mut(model).unwrap_or_else(|| panic!("no model {model}"));
+    let table = m.settings.entry(section).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+    table.as_table_mut().unwrap_or_else(|| panic!("{model}.{section} is not a table")).insert(key.into(), value.into());
 }
 
 /// A raw little-endian f32 file (the reference fixtures), path relative to the crate root.

@@ -1,0 +1,130 @@
+//! What a model family is to the server: the one contract each family implements beside its
+//! service (`face`, `text`, `plates`, `superres`, `objects`), listed once in [`super::FAMILIES`].
+//! The config knows only the family's name (`architecture`) and hands its own settings over
+//! unread (`ModelConfig::settings`); the family checks them, names the networks its workers load,
+//! and attaches its service to the inference layer. A new built-in family is one file here and
+//! one line in the registry.
+
+use std::any::{Any, TypeId};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde::de::DeserializeOwned;
+
+use super::{Builder, StartError};
+use crate::config::{ConfigError, ModelConfig};
+use crate::models::ModelSpec;
+
+/// A model family: what a model of `architecture = "<name>"` is made of and serves.
+pub trait Family: Sync {
+    /// Its `architecture` in the config.
+    fn architecture(&self) -> &'static str;
+
+    /// Whether, in distributed mode, the model's images go whole to a worker, which decodes them
+    /// and runs every network of the model (a cascade's inputs are 5–50× the file's bytes); a
+    /// one-network classifier's input goes instead.
+    fn fed_whole(&self) -> bool {
+        true
+    }
+
+    /// Checks the model's modes, labels and settings; the error names the field below
+    /// `models.<name>`.
+    fn check(&self, mc: &ModelConfig) -> Result<(), Invalid>;
+
+    /// The networks the model's workers load, one batcher each.
+    fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage>;
+
+    /// Places the model's stages ([`Builder::place`]) and attaches what serves them.
+    fn attach(&self, b: &mut Builder<'_>, name: &str, mc: &ModelConfig) -> Result<(), StartError>;
+}
+
+/// One network of a model: its stage's name (the model's own for a one-network model;
+/// `<model>_pnet` … for a cascade), what its workers load, and its largest batch.
+#[derive(Clone)]
+pub struct Stage {
+    pub name: String,
+    pub spec: ModelSpec,
+    pub max_batch: usize,
+}
+
+impl Stage {
+    pub fn new(name: impl Into<String>, spec: ModelSpec, max_batch: usize) -> Self {
+        Self { name: name.into(), spec, max_batch }
+    }
+}
+
+/// A family's refusal of a model's config: the field below `models.<name>` (empty: the model's
+/// section itself) and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invalid {
+    pub field: String,
+    pub message: String,
+}
+
+impl Invalid {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { field: field.into(), message: message.into() }
+    }
+
+    /// A sub-section's own check (`(field, message)` within `section`).
+    pub fn within<M: Into<String>>(section: &str) -> impl Fn((&'static str, M)) -> Self + '_ {
+        move |(field, message)| Self::new(format!("{section}.{field}"), message)
+    }
+
+    pub fn into_config(self, model: &str) -> ConfigError {
+        let field =
+            if self.field.is_empty() { format!("models.{model}") } else { format!("models.{model}.{}", self.field) };
+        ConfigError::Invalid { field, message: self.message }
+    }
+}
+
+/// The family's settings read from the model's section: `T` names every key the family takes
+/// (`#[serde(deny_unknown_fields)]`), so a key of another family's or a misspelt one is refused.
+pub fn settings<T: DeserializeOwned>(mc: &ModelConfig) -> Result<T, Invalid> {
+    toml::Value::Table(mc.settings.clone()).try_into().map_err(|e: toml::de::Error| {
+        let message = e.message().trim();
+        let Some(unknown) = message.strip_prefix("unknown field `").and_then(|m| m.split('`').next()) else {
+            return Invalid::new("", message);
+        };
+        // The key's place: a section of the model's own, or a key inside one of its sections.
+        if mc.settings.contains_key(unknown) {
+            let message = format!(
+                "{message} (the `{}` family's own sections); every model takes {}",
+                mc.architecture,
+                crate::config::MODEL_KEYS.join(", ")
+            );
+            return Invalid::new(unknown, message);
+        }
+        let section = mc.settings.iter().find(|(_, v)| v.as_table().is_some_and(|t| t.contains_key(unknown)));
+        match section {
+            Some((section, _)) => Invalid::new(format!("{section}.{unknown}"), message),
+            None => Invalid::new("", message),
+        }
+    })
+}
+
+/// The model's settings, already checked when the config was loaded.
+pub fn checked_settings<T: DeserializeOwned + Default>(mc: &ModelConfig) -> T {
+    settings(mc).unwrap_or_else(|e| {
+        tracing::error!(field = %e.field, error = %e.message, "settings not checked at load. This is a bug.");
+        T::default()
+    })
+}
+
+/// The services the families attach (the face model's, the text model's …), one per type.
+#[derive(Default, Clone)]
+pub struct Services(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
+
+impl Services {
+    pub fn get<S: Any + Send + Sync>(&self) -> Option<Arc<S>> {
+        self.0.get(&TypeId::of::<S>()).cloned().and_then(|s| s.downcast::<S>().ok())
+    }
+
+    pub fn contains<S: Any + Send + Sync>(&self) -> bool {
+        self.0.contains_key(&TypeId::of::<S>())
+    }
+
+    pub fn insert<S: Any + Send + Sync>(&mut self, service: Arc<S>) {
+        self.0.insert(TypeId::of::<S>(), service);
+    }
+}
