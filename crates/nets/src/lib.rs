@@ -32,8 +32,39 @@ pub enum LoadError {
     MissingWeights { path: PathBuf },
     #[error("cannot load weights {path}: {message}")]
     Weights { path: PathBuf, message: String },
+    /// The file was read, but the network could not be built from it.
+    #[error("cannot load weights {path}: {source}")]
+    Graph { path: PathBuf, source: GraphError },
     #[error(transparent)]
     Device(#[from] DeviceError),
+}
+
+/// Why a network could not be built from a file that was read: the graph runner's (ONNX, ncnn,
+/// TF.js graphs) and the hand-written networks' loaders.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum GraphError {
+    /// An op the graph runner does not run, and the node (its output or its name) that uses it.
+    #[error("op `{op}` (node `{node}`) is not supported by the graph runner")]
+    UnsupportedOp { op: String, node: String },
+    /// A node the runner cannot run as given (an attribute, an axis, an input that is not a
+    /// constant), a weight missing or of another shape, or a graph without an input or output.
+    #[error("{0}")]
+    Node(String),
+    /// The file's structure, as its reader (`gpubackend_formats`) found it.
+    #[error("{0}")]
+    Format(String),
+}
+
+impl From<String> for GraphError {
+    fn from(message: String) -> Self {
+        Self::Node(message)
+    }
+}
+
+impl From<&str> for GraphError {
+    fn from(message: &str) -> Self {
+        Self::Node(message.to_string())
+    }
 }
 
 /// Errors of one forward pass. `Clone`: a failed batch fans the same error out to every item.

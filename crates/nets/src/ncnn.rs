@@ -16,6 +16,7 @@ use std::path::Path;
 use burn::prelude::{Device, Tensor, TensorData};
 use burn::tensor::ops::ConvOptions;
 
+use super::GraphError;
 use super::LoadError;
 use super::onnx_graph::{OnnxGraph, Op, Step};
 pub use gpubackend_formats::ncnn::{Layer, parse_param};
@@ -32,7 +33,7 @@ struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    fn take(&mut self, n: usize, what: &str) -> Result<&[u8], String> {
+    fn take(&mut self, n: usize, what: &str) -> Result<&[u8], GraphError> {
         let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len()).ok_or_else(|| {
             format!("{what}: needs {n} bytes at offset {}, the file has {}", self.at, self.bytes.len())
         })?;
@@ -42,13 +43,13 @@ impl Weights<'_> {
     }
 
     /// `n` float32 values without a tag (biases, slopes).
-    fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>, String> {
+    fn f32s(&mut self, n: usize, what: &str) -> Result<Vec<f32>, GraphError> {
         let raw = self.take(n.checked_mul(4).ok_or("size overflow")?, what)?;
         Ok(raw.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// `n` weights after their tag.
-    fn tagged(&mut self, n: usize, what: &str) -> Result<Vec<f32>, String> {
+    fn tagged(&mut self, n: usize, what: &str) -> Result<Vec<f32>, GraphError> {
         let t = self.take(4, what)?;
         match u32::from_le_bytes([t[0], t[1], t[2], t[3]]) {
             TAG_F16 => {
@@ -59,15 +60,15 @@ impl Weights<'_> {
                 Ok(out)
             }
             TAG_F32 | TAG_F32_RAW => self.f32s(n, what),
-            other => {
-                Err(format!("{what}: weight encoding tag {other:#010x} is not supported (float16 or float32 only)"))
-            }
+            other => Err(GraphError::Node(format!(
+                "{what}: weight encoding tag {other:#010x} is not supported (float16 or float32 only)"
+            ))),
         }
     }
 }
 
 /// Builds the graph of `layers` with the weights of `bin`; every byte of `bin` must be used.
-pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph, String> {
+pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph, GraphError> {
     let mut w = Weights { bytes: bin, at: 0 };
     let mut steps: Vec<Step> = Vec::new();
     let mut constants: HashMap<String, Tensor<4>> = HashMap::new();
@@ -81,13 +82,13 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
         let top = || l.tops.first().cloned().ok_or_else(|| format!("{} `{}`: no top", l.kind, l.name));
         let one_in = || match bottoms.as_slice() {
             [b] => Ok(b.clone()),
-            other => Err(format!("{} `{}`: {} bottoms, one expected", l.kind, l.name, other.len())),
+            other => Err(GraphError::Node(format!("{} `{}`: {} bottoms, one expected", l.kind, l.name, other.len()))),
         };
         let what = format!("{} `{}`", l.kind, l.name);
         match l.kind.as_str() {
             "Input" => {
                 if input.is_some() {
-                    return Err(format!("{what}: a second input"));
+                    return Err(GraphError::Node(format!("{what}: a second input")));
                 }
                 input = Some(top()?);
             }
@@ -106,14 +107,16 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
                 let pad = l.int(4, 0)?;
                 let pads = [l.int(14, pad)?, l.int(15, pad)?, l.int(16, pad)?];
                 if pad < 0 || pads.iter().any(|p| *p != pad) || l.int(12, dilation as i64)? != dilation as i64 {
-                    return Err(format!("{what}: only equal, explicit padding and dilation are supported"));
+                    return Err(GraphError::Node(format!(
+                        "{what}: only equal, explicit padding and dilation are supported"
+                    )));
                 }
                 if l.int(13, stride as i64)? != stride as i64 || l.float(18, 0.0) != 0.0 || l.int(8, 0)? != 0 {
-                    return Err(format!("{what}: unequal strides, a pad value or int8 weights"));
+                    return Err(GraphError::Node(format!("{what}: unequal strides, a pad value or int8 weights")));
                 }
                 let size = l.usize(6, 0)?;
                 if out == 0 || k == 0 || size % (out * k * kh) != 0 {
-                    return Err(format!("{what}: {size} weights for {out} outputs of {kh}×{k}"));
+                    return Err(GraphError::Node(format!("{what}: {size} weights for {out} outputs of {kh}×{k}")));
                 }
                 let inp = size / (out * k * kh);
                 let weight = w.tagged(size, &what)?;
@@ -129,7 +132,9 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
                     1 => Some(Op::Relu),
                     2 => Some(Op::LeakyRelu(l.array(10).and_then(|a| a.first().copied()).unwrap_or(0.0))),
                     4 => Some(Op::Sigmoid),
-                    other => return Err(format!("{what}: fused activation {other} is not supported")),
+                    other => {
+                        return Err(GraphError::Node(format!("{what}: fused activation {other} is not supported")));
+                    }
                 };
                 let op = Op::Conv { weight, bias, options };
                 match activation {
@@ -158,14 +163,18 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
                 let (hs, ws) = (l.float(1, 1.0), l.float(2, 1.0));
                 let integral = |s: f64| s >= 1.0 && s.fract() == 0.0;
                 if l.int(0, 0)? != 1 || !integral(hs) || !integral(ws) || l.int(3, 0)? != 0 || l.int(4, 0)? != 0 {
-                    return Err(format!("{what}: only nearest resizing by integer scales is supported"));
+                    return Err(GraphError::Node(format!(
+                        "{what}: only nearest resizing by integer scales is supported"
+                    )));
                 }
                 let op = Op::Upsample([hs as usize, ws as usize]);
                 steps.push(Step { op, inputs: vec![one_in()?], output: top()? });
             }
             "PixelShuffle" => {
                 if l.int(1, 0)? != 0 {
-                    return Err(format!("{what}: only PyTorch's channel order (mode 0) is supported"));
+                    return Err(GraphError::Node(format!(
+                        "{what}: only PyTorch's channel order (mode 0) is supported"
+                    )));
                 }
                 let op = Op::PixelShuffle(l.usize(0, 1)?);
                 steps.push(Step { op, inputs: vec![one_in()?], output: top()? });
@@ -176,7 +185,7 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
                     1 => Op::Sub,
                     2 => Op::Mul,
                     3 => Op::Div,
-                    other => return Err(format!("{what}: op_type {other} is not supported")),
+                    other => return Err(GraphError::Node(format!("{what}: op_type {other} is not supported"))),
                 };
                 let inputs = match (l.int(1, 0)?, bottoms.as_slice()) {
                     (0, [a, b]) => vec![a.clone(), b.clone()],
@@ -185,20 +194,24 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
                         constants.insert(name.clone(), scalar(l.float(2, 0.0) as f32));
                         vec![a.clone(), name]
                     }
-                    _ => return Err(format!("{what}: {} bottoms", bottoms.len())),
+                    _ => return Err(GraphError::Node(format!("{what}: {} bottoms", bottoms.len()))),
                 };
                 steps.push(Step { op, inputs, output: top()? });
             }
             "Eltwise" => {
                 let coeffs = l.array(1).unwrap_or(&[]);
                 if bottoms.len() < 2 || !(coeffs.is_empty() || coeffs.len() == bottoms.len()) {
-                    return Err(format!("{what}: {} bottoms, {} coefficients", bottoms.len(), coeffs.len()));
+                    return Err(GraphError::Node(format!(
+                        "{what}: {} bottoms, {} coefficients",
+                        bottoms.len(),
+                        coeffs.len()
+                    )));
                 }
                 // Product (without coefficients) or sum.
                 let sum = match l.int(0, 1)? {
                     0 if coeffs.is_empty() => false,
                     1 => true,
-                    other => return Err(format!("{what}: operation {other} is not supported")),
+                    other => return Err(GraphError::Node(format!("{what}: operation {other} is not supported"))),
                 };
                 // Each bottom times its coefficient (where not 1), then summed (or multiplied).
                 let mut terms = Vec::new();
@@ -224,18 +237,20 @@ pub fn graph(layers: &[Layer], bin: &[u8], device: &Device) -> Result<OnnxGraph,
             }
             "Concat" => {
                 if l.int(0, 0)? != 0 {
-                    return Err(format!("{what}: only concatenation along channels (axis 0) is supported"));
+                    return Err(GraphError::Node(format!(
+                        "{what}: only concatenation along channels (axis 0) is supported"
+                    )));
                 }
                 steps.push(Step { op: Op::Concat, inputs: bottoms.clone(), output: top()? });
             }
-            other => return Err(format!("layer type `{other}` (`{}`) is not supported", l.name)),
+            other => return Err(GraphError::UnsupportedOp { op: other.to_string(), node: l.name.clone() }),
         }
     }
     if w.at != bin.len() {
-        return Err(format!(
+        return Err(GraphError::Node(format!(
             "{} bytes of weights left after the last layer (param and bin do not match)",
             bin.len() - w.at
-        ));
+        )));
     }
     let output = steps.last().map(|s| s.output.clone()).ok_or("a graph without layers")?;
     OnnxGraph::from_parts(steps, constants, input.ok_or("no Input layer")?, vec![output])
@@ -251,7 +266,7 @@ pub fn load_graph(param: &Path, device: &Device) -> Result<OnnxGraph, LoadError>
     let text = std::fs::read_to_string(param).map_err(|e| bad(e.to_string()))?;
     let bytes = std::fs::read(&bin).map_err(|e| bad(format!("{}: {e}", bin.display())))?;
     let layers = parse_param(&text).map_err(bad)?;
-    graph(&layers, &bytes, device).map_err(bad)
+    graph(&layers, &bytes, device).map_err(|source| LoadError::Graph { path: param.to_path_buf(), source })
 }
 
 /// A super-resolution network (`weights`: its ncnn `.param`, the `.bin` beside it): `tile`²
@@ -298,9 +313,11 @@ mod tests {
         assert_eq!((c.int(0, 0).unwrap(), c.int(6, 0).unwrap(), c.int(2, 1).unwrap()), (2, 4, 1));
         assert_eq!(c.array(10), Some(&[0.1][..]));
         assert_eq!(layers[4].array(1), Some(&[0.5, 1.0][..]));
-        assert!(parse_param("7767518\n1 1\n").unwrap_err().contains("not an ncnn param"));
-        assert!(parse_param("7767517\n2 1\nInput in 0 1 data\n").unwrap_err().contains("2 layers"));
-        assert!(parse_param("7767517\n1 1\nInput in 0 1 data -23301=3,1,2\n").unwrap_err().contains("says 3"));
+        assert!(parse_param("7767518\n1 1\n").unwrap_err().to_string().contains("not an ncnn param"));
+        assert!(parse_param("7767517\n2 1\nInput in 0 1 data\n").unwrap_err().to_string().contains("2 layers"));
+        assert!(
+            parse_param("7767517\n1 1\nInput in 0 1 data -23301=3,1,2\n").unwrap_err().to_string().contains("says 3")
+        );
     }
 
     /// 0.5·leaky(conv(x)) + prelu(x) on a 2-channel 1×2 input, against the same by hand.
@@ -331,12 +348,12 @@ mod tests {
         }
         let mut longer = bin.clone();
         longer.extend([0, 0, 0, 0]);
-        assert!(graph(&layers, &longer, &device).unwrap_err().contains("4 bytes of weights left"));
-        assert!(graph(&layers, &bin[..bin.len() - 4], &device).unwrap_err().contains("needs 8 bytes"));
+        assert!(graph(&layers, &longer, &device).unwrap_err().to_string().contains("4 bytes of weights left"));
+        assert!(graph(&layers, &bin[..bin.len() - 4], &device).unwrap_err().to_string().contains("needs 8 bytes"));
         let mut int8 = bin.clone();
         int8[..4].copy_from_slice(&0x000D_4B38u32.to_le_bytes());
-        assert!(graph(&layers, &int8, &device).unwrap_err().contains("0x000d4b38"));
+        assert!(graph(&layers, &int8, &device).unwrap_err().to_string().contains("0x000d4b38"));
         let odd = parse_param("7767517\n2 2\nInput in 0 1 data\nDeconvolution d 1 1 data out\n").unwrap();
-        assert!(graph(&odd, &[], &device).unwrap_err().contains("`Deconvolution`"));
+        assert!(graph(&odd, &[], &device).unwrap_err().to_string().contains("`Deconvolution`"));
     }
 }

@@ -15,6 +15,7 @@ use burn::tensor::ops::{
     AvgPoolOptions, ConvOptions, ConvTransposeOptions, InterpolateMode, InterpolateOptions, MaxPoolOptions,
 };
 
+use super::GraphError;
 use super::LoadError;
 use super::onnx_weights::{OnnxAttr, OnnxModel, OnnxNode, load_with};
 
@@ -106,13 +107,13 @@ pub struct OnnxGraph {
     last_uses: Vec<Vec<String>>,
 }
 
-fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(usize, usize); 2], String> {
+fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(usize, usize); 2], GraphError> {
     if let Some(OnnxAttr::Bytes(mode)) = node.attr("auto_pad") {
         match mode.as_slice() {
             b"SAME_UPPER" | b"SAME_LOWER" => {
                 // Output = ceil(input / stride); only stride 1 is needed (PP-OCR's stem): k − 1 in all.
                 if stride != [1, 1] {
-                    return Err(format!("{}: auto_pad SAME with stride {stride:?}", node.op_type));
+                    return Err(GraphError::Node(format!("{}: auto_pad SAME with stride {stride:?}", node.op_type)));
                 }
                 let split = |k: usize| {
                     let (small, large) = ((k - 1) / 2, (k - 1) - (k - 1) / 2);
@@ -121,7 +122,9 @@ fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(
                 return Ok([split(kernel[0]), split(kernel[1])]);
             }
             b"NOTSET" | b"VALID" => {}
-            other => return Err(format!("{}: auto_pad {}", node.op_type, String::from_utf8_lossy(other))),
+            other => {
+                return Err(GraphError::Node(format!("{}: auto_pad {}", node.op_type, String::from_utf8_lossy(other))));
+            }
         }
     }
     match node.attr_ints("pads") {
@@ -130,15 +133,15 @@ fn pads_2d(node: &OnnxNode, kernel: [usize; 2], stride: [usize; 2]) -> Result<[(
         Some(&[t, l, b, r]) if t >= 0 && l >= 0 && b >= 0 && r >= 0 => {
             Ok([(t as usize, b as usize), (l as usize, r as usize)])
         }
-        Some(p) => Err(format!("{}: pads {p:?}", node.op_type)),
+        Some(p) => Err(GraphError::Node(format!("{}: pads {p:?}", node.op_type))),
     }
 }
 
-fn pair(node: &OnnxNode, name: &str, default: usize) -> Result<[usize; 2], String> {
+fn pair(node: &OnnxNode, name: &str, default: usize) -> Result<[usize; 2], GraphError> {
     match node.attr_ints(name) {
         None => Ok([default, default]),
         Some(&[a, b]) if a > 0 && b > 0 => Ok([a as usize, b as usize]),
-        Some(v) => Err(format!("{}: {name} {v:?}", node.op_type)),
+        Some(v) => Err(GraphError::Node(format!("{}: {name} {v:?}", node.op_type))),
     }
 }
 
@@ -176,7 +179,7 @@ fn shape_arithmetic(
     node: &OnnxNode,
     shapes: &HashMap<String, Vec<Dim>>,
     flat: &std::collections::HashSet<String>,
-) -> Result<Option<Vec<Dim>>, String> {
+) -> Result<Option<Vec<Dim>>, GraphError> {
     let ints = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| dims_of(model, shapes, n));
     let is_shape = |i: usize| node.inputs.get(i).is_some_and(|n| shapes.contains_key(n));
     let known = |d: Option<Vec<Dim>>| -> Option<Vec<i64>> {
@@ -205,7 +208,9 @@ fn shape_arithmetic(
             let steps = known(ints(4)).unwrap_or(vec![1]);
             let (&[s], &[e], &[0], &[1]) = (starts.as_slice(), ends.as_slice(), axes.as_slice(), steps.as_slice())
             else {
-                return Err(format!("Slice of a shape: starts {starts:?} ends {ends:?} axes {axes:?} steps {steps:?}"));
+                return Err(GraphError::Node(format!(
+                    "Slice of a shape: starts {starts:?} ends {ends:?} axes {axes:?} steps {steps:?}"
+                )));
             };
             let len = data.len() as i64;
             let clamp = |v: i64| (if v < 0 { v + len } else { v }).clamp(0, len) as usize;
@@ -254,7 +259,7 @@ pub(super) fn conv(
     model: &OnnxModel,
     node: &OnnxNode,
     device: &Device,
-) -> Result<(Tensor<4>, Option<Tensor<1>>, ConvOptions<2>), String> {
+) -> Result<(Tensor<4>, Option<Tensor<1>>, ConvOptions<2>), GraphError> {
     let name = node.inputs.get(1).ok_or("Conv: missing weight")?;
     let weight = tensor4(model, name, device).ok_or(format!("Conv: input `{name}` is not a weight"))?;
     let bias = node.inputs.get(2).filter(|n| !n.is_empty()).and_then(|n| tensor1(model, n, device));
@@ -276,7 +281,7 @@ impl OnnxGraph {
 
     /// The graph's first `nodes` nodes (a convolutional trunk whose output the caller takes on
     /// with its own layers); the output is the last of them.
-    pub fn from_model(model: &OnnxModel, nodes: usize, device: &Device) -> Result<Self, String> {
+    pub fn from_model(model: &OnnxModel, nodes: usize, device: &Device) -> Result<Self, GraphError> {
         // Values computed by the graph (`Constant` nodes' outputs are weights).
         let produced: std::collections::HashSet<&str> = model
             .nodes
@@ -294,9 +299,10 @@ impl OnnxGraph {
         // evaluated here: no step runs it.
         let mut shapes: HashMap<String, Vec<Dim>> = HashMap::new();
         for node in &model.nodes[..nodes.min(model.nodes.len())] {
-            let weight = |i: usize| -> Result<Tensor<4>, String> {
+            let weight = |i: usize| -> Result<Tensor<4>, GraphError> {
                 let name = node.inputs.get(i).ok_or(format!("{}: missing input {i}", node.op_type))?;
-                tensor4(model, name, device).ok_or(format!("{}: input `{name}` is not a weight", node.op_type))
+                tensor4(model, name, device)
+                    .ok_or(GraphError::Node(format!("{}: input `{name}` is not a weight", node.op_type)))
             };
             let bias = |i: usize| node.inputs.get(i).filter(|n| !n.is_empty()).and_then(|n| tensor1(model, n, device));
             if let Some(dims) = shape_arithmetic(model, node, &shapes, &flat)? {
@@ -316,7 +322,7 @@ impl OnnxGraph {
                     let w = weight(1)?;
                     let padding = match pads_2d(node, [1, 1], [1, 1])? {
                         [(t, b), (l, r)] if t == b && l == r => [t, l],
-                        p => return Err(format!("ConvTranspose: asymmetric pads {p:?}")),
+                        p => return Err(GraphError::Node(format!("ConvTranspose: asymmetric pads {p:?}"))),
                     };
                     let options = ConvTransposeOptions::new(
                         pair(node, "strides", 1)?,
@@ -356,11 +362,11 @@ impl OnnxGraph {
                 },
                 "Erf" => Op::Erf,
                 "Clip" => {
-                    let bound = |i: usize, attr: &str, default: f32| -> Result<f32, String> {
+                    let bound = |i: usize, attr: &str, default: f32| -> Result<f32, GraphError> {
                         match node.inputs.get(i).filter(|n| !n.is_empty()) {
                             Some(name) => match model.float(name) {
                                 Some(t) if t.data.len() == 1 => Ok(t.data[0]),
-                                _ => Err(format!("Clip: bound `{name}` is not a constant scalar")),
+                                _ => Err(GraphError::Node(format!("Clip: bound `{name}` is not a constant scalar"))),
                             },
                             None => Ok(node.attr_float(attr).unwrap_or(default)),
                         }
@@ -368,12 +374,12 @@ impl OnnxGraph {
                     Op::Clip(bound(1, "min", f32::MIN)?, bound(2, "max", f32::MAX)?)
                 }
                 "BatchNormalization" => {
-                    let param = |i: usize| -> Result<Vec<f32>, String> {
+                    let param = |i: usize| -> Result<Vec<f32>, GraphError> {
                         let name = node.inputs.get(i).ok_or(format!("BatchNormalization: missing input {i}"))?;
                         model
                             .float(name)
                             .map(|t| t.data.clone())
-                            .ok_or(format!("BatchNormalization: `{name}` is not a weight"))
+                            .ok_or(GraphError::Node(format!("BatchNormalization: `{name}` is not a weight")))
                     };
                     let (gamma, beta, mean, var) = (param(1)?, param(2)?, param(3)?, param(4)?);
                     let eps = node.attr_float("epsilon").unwrap_or(1e-5);
@@ -393,10 +399,13 @@ impl OnnxGraph {
                     let shape = node.inputs.get(1).and_then(|n| model.ints.get(model.resolve(n)));
                     let dims: Vec<usize> = match shape {
                         Some(s) if s.len() <= 4 && s.iter().all(|d| *d > 0) => s.iter().map(|d| *d as usize).collect(),
-                        other => return Err(format!("Reshape of a weight to {other:?}")),
+                        other => return Err(GraphError::Node(format!("Reshape of a weight to {other:?}"))),
                     };
                     if dims.iter().product::<usize>() != t.data.len() {
-                        return Err(format!("Reshape of a weight to {dims:?}: {} values", t.data.len()));
+                        return Err(GraphError::Node(format!(
+                            "Reshape of a weight to {dims:?}: {} values",
+                            t.data.len()
+                        )));
                     }
                     let mut d4 = [1usize; 4];
                     d4[4 - dims.len()..].copy_from_slice(&dims);
@@ -407,7 +416,7 @@ impl OnnxGraph {
                 "GlobalAveragePool" => Op::MeanHw,
                 "ReduceMean" => match (node.attr_ints("axes"), node.attr_int("keepdims").unwrap_or(1)) {
                     (Some(&[2, 3]), 1) => Op::MeanHw,
-                    (axes, keep) => return Err(format!("ReduceMean over {axes:?} keepdims {keep}")),
+                    (axes, keep) => return Err(GraphError::Node(format!("ReduceMean over {axes:?} keepdims {keep}"))),
                 },
                 "Resize" => {
                     let mode = match node.attr("mode") {
@@ -419,12 +428,17 @@ impl OnnxGraph {
                         (b"nearest", Some(&[1.0, 1.0, sh, sw])) if sh.fract() == 0.0 && sw.fract() == 0.0 => {
                             Op::Upsample([sh as usize, sw as usize])
                         }
-                        _ => return Err(format!("Resize: mode {} scales {scales:?}", String::from_utf8_lossy(&mode))),
+                        _ => {
+                            return Err(GraphError::Node(format!(
+                                "Resize: mode {} scales {scales:?}",
+                                String::from_utf8_lossy(&mode)
+                            )));
+                        }
                     }
                 }
                 "Concat" => match node.attr_int("axis") {
                     Some(1) => Op::Concat,
-                    axis => return Err(format!("Concat on axis {axis:?}")),
+                    axis => return Err(GraphError::Node(format!("Concat on axis {axis:?}"))),
                 },
                 "MaxPool" => {
                     let kernel = pair(node, "kernel_shape", 1)?;
@@ -455,7 +469,11 @@ impl OnnxGraph {
                         makes_flat = true;
                         Op::Flatten
                     }
-                    axis => return Err(format!("Flatten on axis {axis} is not supported by the graph runner")),
+                    axis => {
+                        return Err(GraphError::Node(format!(
+                            "Flatten on axis {axis} is not supported by the graph runner"
+                        )));
+                    }
                 },
                 "Squeeze" => {
                     let axes = node
@@ -467,7 +485,11 @@ impl OnnxGraph {
                             makes_flat = true;
                             Op::Flatten
                         }
-                        other => return Err(format!("Squeeze of axes {other:?} is not supported by the graph runner")),
+                        other => {
+                            return Err(GraphError::Node(format!(
+                                "Squeeze of axes {other:?} is not supported by the graph runner"
+                            )));
+                        }
                     }
                 }
                 "Reshape" => {
@@ -479,10 +501,10 @@ impl OnnxGraph {
                             Op::Flatten
                         }
                         other => {
-                            return Err(format!(
+                            return Err(GraphError::Node(format!(
                                 "Reshape of a value to {other:?} is not supported by the graph runner (only to N × \
                                  features)"
-                            ));
+                            )));
                         }
                     }
                 }
@@ -490,7 +512,10 @@ impl OnnxGraph {
                     let name = node.inputs.get(1).ok_or(format!("{}: missing input 1", node.op_type))?;
                     let b = model.float(name).ok_or(format!("{}: input `{name}` is not a weight", node.op_type))?;
                     let &[rows, cols] = b.dims.as_slice() else {
-                        return Err(format!("{}: weight `{name}` has shape {:?}, not 2-D", node.op_type, b.dims));
+                        return Err(GraphError::Node(format!(
+                            "{}: weight `{name}` has shape {:?}, not 2-D",
+                            node.op_type, b.dims
+                        )));
                     };
                     let gemm = node.op_type == "Gemm";
                     if gemm && node.attr_int("transA").unwrap_or(0) != 0 {
@@ -515,7 +540,7 @@ impl OnnxGraph {
                                     TensorData::new(t.data.iter().map(|v| beta * v).collect::<Vec<_>>(), [k]),
                                     device,
                                 )),
-                                _ => return Err(format!("Gemm: bias `{n}` is not a vector of {k}")),
+                                _ => return Err(GraphError::Node(format!("Gemm: bias `{n}` is not a vector of {k}"))),
                             },
                         }
                     } else {
@@ -535,17 +560,15 @@ impl OnnxGraph {
                     match (from_flat, axis) {
                         (true, None | Some(1) | Some(-1)) | (false, Some(1)) => Op::SoftmaxC,
                         (_, axis) => {
-                            return Err(format!(
+                            return Err(GraphError::Node(format!(
                                 "Softmax on axis {axis:?} of a 4-D value is not supported by the graph runner"
-                            ));
+                            )));
                         }
                     }
                 }
                 other => {
-                    let out = node.outputs.first().map_or("", String::as_str);
-                    return Err(format!(
-                        "op `{other}` (the node computing `{out}`) is not supported by the graph runner"
-                    ));
+                    let node = node.outputs.first().cloned().unwrap_or_default();
+                    return Err(GraphError::UnsupportedOp { op: other.to_string(), node });
                 }
             };
             let inputs: Vec<String> = node.inputs.iter().filter(|n| !n.is_empty()).cloned().collect();
@@ -572,10 +595,10 @@ impl OnnxGraph {
         constants: HashMap<String, Tensor<4>>,
         input: String,
         outputs: Vec<String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, GraphError> {
         for o in &outputs {
             if !steps.iter().any(|s| &s.output == o) {
-                return Err(format!("no step computes output `{o}`"));
+                return Err(GraphError::Node(format!("no step computes output `{o}`")));
             }
         }
         let mut last: HashMap<&str, usize> = HashMap::new();

@@ -12,11 +12,11 @@ pub use gpubackend_formats::onnx::*;
 /// `LoadError` naming the file.
 pub fn load_with<T>(
     path: &std::path::Path,
-    build: impl FnOnce(&OnnxModel) -> Result<T, String>,
+    build: impl FnOnce(&OnnxModel) -> Result<T, super::GraphError>,
 ) -> Result<T, super::LoadError> {
     super::check_weights(path)?;
     let bad = |message: String| super::LoadError::Weights { path: path.to_path_buf(), message };
     let bytes = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let model = read(&bytes).map_err(bad)?;
-    build(&model).map_err(bad)
+    build(&model).map_err(|source| super::LoadError::Graph { path: path.to_path_buf(), source })
 }

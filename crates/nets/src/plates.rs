@@ -14,6 +14,7 @@ use burn::tensor::activation::{leaky_relu, relu, softmax};
 use burn::tensor::module::{conv2d, interpolate};
 use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 
+use super::GraphError;
 use super::LoadError;
 use super::onnx_graph::conv;
 use super::onnx_weights::{OnnxModel, load_with};
@@ -112,16 +113,20 @@ struct Convs<'a> {
 
 impl Convs<'_> {
     /// The next `Conv` node, its weight checked against `dims` (out, in / groups, kh, kw).
-    fn next(&mut self, dims: [usize; 4]) -> Result<Conv, String> {
+    fn next(&mut self, dims: [usize; 4]) -> Result<Conv, GraphError> {
         let node = self.nodes.next().ok_or("the graph has fewer convolutions than the plate detector")?;
         let (weight, bias, options) = conv(self.model, node, self.device)?;
         if weight.dims() != dims {
-            return Err(format!("convolution `{}` has shape {:?}, expected {dims:?}", node.outputs[0], weight.dims()));
+            return Err(GraphError::Node(format!(
+                "convolution `{}` has shape {:?}, expected {dims:?}",
+                node.outputs[0],
+                weight.dims()
+            )));
         }
         Ok(Conv { weight, bias, options })
     }
 
-    fn ssh(&mut self) -> Result<Ssh, String> {
+    fn ssh(&mut self) -> Result<Ssh, GraphError> {
         Ok(Ssh {
             conv3: self.next([FPN / 2, FPN, 3, 3])?,
             conv5_1: self.next([FPN / 4, FPN, 3, 3])?,
@@ -137,7 +142,7 @@ impl PlateDetector {
         load_with(path, |model| Self::from_model(model, device))
     }
 
-    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, String> {
+    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, GraphError> {
         let slopes: Vec<f32> = model
             .nodes
             .iter()
@@ -146,7 +151,7 @@ impl PlateDetector {
             .collect();
         let slope = *slopes.first().ok_or("no LeakyRelu node: not the plate detector")?;
         if slopes.iter().any(|s| *s != slope) {
-            return Err(format!("leaky ReLU slopes differ: {slopes:?}"));
+            return Err(GraphError::Node(format!("leaky ReLU slopes differ: {slopes:?}")));
         }
         let nodes: Vec<_> = model.nodes.iter().filter(|n| n.op_type == "Conv").collect();
         let mut c = Convs { model, nodes: nodes.into_iter(), device };
@@ -159,7 +164,7 @@ impl PlateDetector {
         let merge = [c.next([FPN, FPN, 3, 3])?, c.next([FPN, FPN, 3, 3])?];
         let ssh = [c.ssh()?, c.ssh()?, c.ssh()?];
         let mut level =
-            |k: usize| -> Result<Vec<Conv>, String> { (0..3).map(|_| c.next([ANCHORS * k, FPN, 1, 1])).collect() };
+            |k: usize| -> Result<Vec<Conv>, GraphError> { (0..3).map(|_| c.next([ANCHORS * k, FPN, 1, 1])).collect() };
         let (bbox, class, landmark) = (level(4)?, level(2)?, level(8)?);
         let mut heads =
             bbox.into_iter().zip(class).zip(landmark).map(|((bbox, class), landmark)| Heads { bbox, class, landmark });

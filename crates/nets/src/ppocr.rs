@@ -14,6 +14,7 @@ use burn::tensor::activation::{silu, softmax};
 use burn::tensor::module::conv2d;
 use burn::tensor::ops::ConvOptions;
 
+use super::GraphError;
 use super::onnx_graph::OnnxGraph;
 use super::onnx_weights::{OnnxModel, load_with};
 use super::{ForwardError, LoadError};
@@ -48,14 +49,14 @@ impl Charset {
         load_with(path, Self::from_metadata)
     }
 
-    pub fn from_metadata(model: &OnnxModel) -> Result<Self, String> {
+    pub fn from_metadata(model: &OnnxModel) -> Result<Self, GraphError> {
         let dict = model.metadata.get("character").ok_or("no `character` entry in the model's metadata")?;
         let mut chars = vec!['\0'];
         for line in dict.split('\n') {
             let mut it = line.chars();
             match (it.next(), it.next()) {
                 (Some(c), None) => chars.push(c),
-                _ => return Err(format!("dictionary entry {line:?} is not one character")),
+                _ => return Err(GraphError::Node(format!("dictionary entry {line:?} is not one character"))),
             }
         }
         chars.push(' ');
@@ -177,21 +178,21 @@ struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    fn next(&mut self, dims: &[usize]) -> Result<Vec<f32>, String> {
+    fn next(&mut self, dims: &[usize]) -> Result<Vec<f32>, GraphError> {
         let name = self.names.next().ok_or("the graph has fewer weights than the recogniser's neck and head")?;
         let t = self.model.float(&name).ok_or(format!("`{name}` is not a float tensor"))?;
         if t.dims != dims {
-            return Err(format!("weight `{name}` has shape {:?}, expected {dims:?}", t.dims));
+            return Err(GraphError::Node(format!("weight `{name}` has shape {:?}, expected {dims:?}", t.dims)));
         }
         Ok(t.data.clone())
     }
 
-    fn vector(&mut self, len: usize) -> Result<Tensor<1>, String> {
+    fn vector(&mut self, len: usize) -> Result<Tensor<1>, GraphError> {
         let v = self.next(&[len])?;
         Ok(Tensor::from_data(TensorData::new(v, [len]), self.device))
     }
 
-    fn linear(&mut self, d_in: usize, d_out: usize) -> Result<Linear, String> {
+    fn linear(&mut self, d_in: usize, d_out: usize) -> Result<Linear, GraphError> {
         let w = self.next(&[d_in, d_out])?;
         Ok(Linear {
             weight: Tensor::from_data(TensorData::new(w, [d_in, d_out]), self.device),
@@ -199,12 +200,12 @@ impl Weights<'_> {
         })
     }
 
-    fn layer_norm(&mut self, eps: f32) -> Result<LayerNorm, String> {
+    fn layer_norm(&mut self, eps: f32) -> Result<LayerNorm, GraphError> {
         Ok(LayerNorm { gamma: self.vector(DIM)?, beta: self.vector(DIM)?, eps })
     }
 
     /// A bias-free convolution followed by BatchNorm (scale, bias, mean, variance), folded.
-    fn conv_bn(&mut self, dims: [usize; 4], options: ConvOptions<2>) -> Result<ConvBn, String> {
+    fn conv_bn(&mut self, dims: [usize; 4], options: ConvOptions<2>) -> Result<ConvBn, GraphError> {
         let mut w = self.next(&dims)?;
         let c = dims[0];
         let [scale, shift, mean, var] = [(); 4].map(|()| self.next(&[c]));
@@ -229,7 +230,7 @@ impl TextRecognizer {
         load_with(path, |model| Self::from_model(model, device))
     }
 
-    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, String> {
+    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, GraphError> {
         let pool = model
             .nodes
             .iter()
@@ -269,7 +270,7 @@ impl TextRecognizer {
         let charset = Charset::from_metadata(model)?;
         let head = w.linear(DIM, charset.len())?;
         if let Some(extra) = w.names.next() {
-            return Err(format!("unexpected weight `{extra}` after the CTC head"));
+            return Err(GraphError::Node(format!("unexpected weight `{extra}` after the CTC head")));
         }
         Ok(Self { trunk, skip, reduce, local, blocks, norm, head, charset, device: device.clone() })
     }
@@ -343,7 +344,7 @@ impl OrientationClassifier {
         load_with(path, |model| Self::from_model(model, device))
     }
 
-    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, String> {
+    fn from_model(model: &OnnxModel, device: &Device) -> Result<Self, GraphError> {
         let pool = model
             .nodes
             .iter()
@@ -359,7 +360,7 @@ impl OrientationClassifier {
         let b = add.inputs.get(1).and_then(|n| model.float(n)).ok_or("the head's bias is not a tensor")?;
         match (w.dims.as_slice(), b.dims.as_slice()) {
             (&[_, 2], &[2]) => {}
-            (wd, bd) => return Err(format!("head shapes {wd:?} / {bd:?}, expected [C, 2] / [2]")),
+            (wd, bd) => return Err(GraphError::Node(format!("head shapes {wd:?} / {bd:?}, expected [C, 2] / [2]"))),
         }
         Ok(Self {
             trunk,

@@ -13,6 +13,7 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::{BatchNorm, BatchNormConfig, Linear, LinearConfig, PRelu, PReluConfig, PaddingConfig2d};
 use burn::prelude::{Device, Tensor, TensorData};
 
+use super::GraphError;
 use super::cpu::{self, HostConv};
 use super::onnx_weights::{OnnxTensor, initializers};
 use super::{ForwardError, LoadError};
@@ -44,15 +45,15 @@ struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    fn take<const D: usize>(&mut self, name: &str, dims: [usize; D]) -> Result<Tensor<D>, String> {
+    fn take<const D: usize>(&mut self, name: &str, dims: [usize; D]) -> Result<Tensor<D>, GraphError> {
         let t = self.map.remove(name).ok_or_else(|| format!("missing tensor `{name}`"))?;
         if t.data.len() != dims.iter().product::<usize>() {
-            return Err(format!("tensor `{name}` has shape {:?}, expected {dims:?}", t.dims));
+            return Err(GraphError::Node(format!("tensor `{name}` has shape {:?}, expected {dims:?}", t.dims)));
         }
         Ok(Tensor::from_data(TensorData::new(t.data, dims), self.device))
     }
 
-    fn batch_norm(&mut self, prefix: &str, c: usize, epsilon: f64) -> Result<BatchNorm, String> {
+    fn batch_norm(&mut self, prefix: &str, c: usize, epsilon: f64) -> Result<BatchNorm, GraphError> {
         let mut bn = BatchNormConfig::new(c).with_epsilon(epsilon).init(self.device);
         bn.gamma = Param::from_tensor(self.take(&format!("{prefix}_gamma"), [c])?);
         bn.beta = Param::from_tensor(self.take(&format!("{prefix}_beta"), [c])?);
@@ -70,7 +71,7 @@ impl Weights<'_> {
         kernel: usize,
         stride: usize,
         groups: usize,
-    ) -> Result<Unit, String> {
+    ) -> Result<Unit, GraphError> {
         let p = kernel / 2;
         let mut conv = Conv2dConfig::new(c, [kernel, kernel])
             .with_stride([stride, stride])
@@ -125,7 +126,7 @@ pub struct SFaceNet {
 }
 
 impl SFaceNet {
-    fn from_weights(mut w: Weights<'_>) -> Result<Self, String> {
+    fn from_weights(mut w: Weights<'_>) -> Result<Self, GraphError> {
         let stem = w.unit("conv_1", [3, 32], 3, 1, 1)?;
         let mut blocks = Vec::new();
         let mut c = 32;
@@ -148,7 +149,7 @@ impl SFaceNet {
         let mut left: Vec<&String> = w.map.keys().filter(|k| !k.starts_with("scalar_op")).collect();
         left.sort();
         if let Some(extra) = left.first() {
-            return Err(format!("unexpected tensor `{extra}`"));
+            return Err(GraphError::Node(format!("unexpected tensor `{extra}`")));
         }
         Ok(Self { stem, blocks, bn1, pre_fc1, fc1 })
     }
@@ -179,7 +180,8 @@ impl Embedder {
         let err = |message: String| LoadError::Weights { path: weights.to_path_buf(), message };
         let bytes = std::fs::read(weights).map_err(|e| err(e.to_string()))?;
         let map = initializers(&bytes).map_err(err)?;
-        let net = SFaceNet::from_weights(Weights { map, device: &device }).map_err(err)?;
+        let net = SFaceNet::from_weights(Weights { map, device: &device })
+            .map_err(|source| LoadError::Graph { path: weights.to_path_buf(), source })?;
         Ok(Self { net, device })
     }
 

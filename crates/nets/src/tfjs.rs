@@ -10,6 +10,7 @@ use std::path::Path;
 
 use burn::prelude::{Device, Tensor, TensorData};
 
+use super::GraphError;
 use super::LoadError;
 use super::onnx_graph::{OnnxGraph, Op, Step};
 pub use gpubackend_formats::tfjs::{Node, TfjsModel, Values, Weight};
@@ -30,7 +31,7 @@ pub fn load_model(json: &Path) -> Result<TfjsModel, LoadError> {
 }
 
 /// An HWIO convolution kernel (TensorFlow's) as OIHW; a depthwise HWC1 kernel as C×1×H×W.
-fn kernel(w: &Weight, depthwise: bool, device: &Device) -> Result<Tensor<4>, String> {
+fn kernel(w: &Weight, depthwise: bool, device: &Device) -> Result<Tensor<4>, GraphError> {
     let v = w.floats().ok_or("a kernel of ints")?;
     let [kh, kw, ci, co] = <[usize; 4]>::try_from(w.shape.as_slice()).map_err(|_| format!("kernel {:?}", w.shape))?;
     let (out, inp) = if depthwise { (ci * co, 1) } else { (co, ci) };
@@ -51,12 +52,12 @@ fn kernel(w: &Weight, depthwise: bool, device: &Device) -> Result<Tensor<4>, Str
 
 /// A constant operand of an element-wise op: a scalar, or per channel (the last NHWC axis), as
 /// N×C×H×W with size-1 axes.
-fn operand(w: &Weight, device: &Device) -> Result<Tensor<4>, String> {
+fn operand(w: &Weight, device: &Device) -> Result<Tensor<4>, GraphError> {
     let v = w.floats().ok_or("an element-wise operand of ints")?;
     let dims = match w.shape.as_slice() {
         [] => [1, 1, 1, 1],
         [c] | [1, c] | [1, 1, c] | [1, 1, 1, c] => [1, *c, 1, 1],
-        s => return Err(format!("element-wise operand of shape {s:?}")),
+        s => return Err(GraphError::Node(format!("element-wise operand of shape {s:?}"))),
     };
     Ok(Tensor::from_data(TensorData::new(v.to_vec(), dims), device))
 }
@@ -64,7 +65,7 @@ fn operand(w: &Weight, device: &Device) -> Result<Tensor<4>, String> {
 impl OnnxGraph {
     /// The part of a TF.js graph model that computes `outputs` (N×H×W×C in the graph; here
     /// N×C×H×W, several outputs side by side along C in the order given).
-    pub fn from_tfjs(model: &TfjsModel, outputs: &[&str], device: &Device) -> Result<Self, String> {
+    pub fn from_tfjs(model: &TfjsModel, outputs: &[&str], device: &Device) -> Result<Self, GraphError> {
         let by_name: HashMap<&str, &Node> = model.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
         // The nodes the outputs need, in graph order.
         let mut needed = std::collections::HashSet::new();
@@ -82,9 +83,9 @@ impl OnnxGraph {
         let mut input = None;
         for node in model.nodes.iter().filter(|n| needed.contains(&n.name)) {
             let inputs = node.data_inputs();
-            let weight = |i: usize| -> Result<&Weight, String> {
+            let weight = |i: usize| -> Result<&Weight, GraphError> {
                 let name = inputs.get(i).ok_or(format!("{}: missing input {i}", node.op))?;
-                model.weights.get(name).ok_or(format!("{}: input `{name}` is not a weight", node.op))
+                model.weights.get(name).ok_or(GraphError::Node(format!("{}: input `{name}` is not a weight", node.op)))
             };
             let op = match node.op.as_str() {
                 "Const" => continue,
@@ -97,22 +98,22 @@ impl OnnxGraph {
                     let strides = node.attr_ints("strides").unwrap_or_default();
                     let dilations = node.attr_ints("dilations").unwrap_or_default();
                     if strides.len() != 4 || strides[0] != 1 || strides[3] != 1 || strides[1] != strides[2] {
-                        return Err(format!("{}: strides {strides:?}", node.name));
+                        return Err(GraphError::Node(format!("{}: strides {strides:?}", node.name)));
                     }
                     if dilations.iter().any(|d| *d != 1) {
-                        return Err(format!("{}: dilations {dilations:?}", node.name));
+                        return Err(GraphError::Node(format!("{}: dilations {dilations:?}", node.name)));
                     }
                     let same = match node.attr_str("padding").as_deref() {
                         Some("SAME") => true,
                         Some("VALID") => false,
-                        other => return Err(format!("{}: padding {other:?}", node.name)),
+                        other => return Err(GraphError::Node(format!("{}: padding {other:?}", node.name))),
                     };
                     let fused = node.attr_strs("fused_ops");
                     let (bias, relu) = match fused.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
                         [] => (None, false),
                         ["BiasAdd"] => (Some(weight(2)?), false),
                         ["BiasAdd", "Relu"] => (Some(weight(2)?), true),
-                        other => return Err(format!("{}: fused ops {other:?}", node.name)),
+                        other => return Err(GraphError::Node(format!("{}: fused ops {other:?}", node.name))),
                     };
                     let w = weight(1)?;
                     let weight = kernel(w, depthwise, device)?;
@@ -154,12 +155,14 @@ impl OnnxGraph {
                 "Identity" => Op::Identity,
                 "Mean" => match (weight(1)?.ints(), node.attr_bool("keep_dims")) {
                     (Some([1, 2]), Some(true)) => Op::MeanHw,
-                    (axes, keep) => return Err(format!("{}: Mean over {axes:?} keep_dims {keep:?}", node.name)),
+                    (axes, keep) => {
+                        return Err(GraphError::Node(format!("{}: Mean over {axes:?} keep_dims {keep:?}", node.name)));
+                    }
                 },
                 "ConcatV2" => {
                     let axis = weight(inputs.len() - 1)?.ints().and_then(|a| a.first().copied());
                     if !matches!(axis, Some(3 | -1)) {
-                        return Err(format!("{}: concat on axis {axis:?}", node.name));
+                        return Err(GraphError::Node(format!("{}: concat on axis {axis:?}", node.name)));
                     }
                     steps.push(Step {
                         op: Op::Concat,
@@ -172,15 +175,18 @@ impl OnnxGraph {
                     if node.attr_bool("align_corners") == Some(true)
                         || node.attr_bool("half_pixel_centers") == Some(true)
                     {
-                        return Err(format!("{}: only align_corners and half_pixel_centers false", node.name));
+                        return Err(GraphError::Node(format!(
+                            "{}: only align_corners and half_pixel_centers false",
+                            node.name
+                        )));
                     }
                     // The output size is a constant of the graph (its input size is fixed).
                     match weight(1)?.ints() {
                         Some(&[h, w]) if h > 0 && w > 0 => Op::ResizeTf([h as usize, w as usize]),
-                        size => return Err(format!("{}: output size {size:?}", node.name)),
+                        size => return Err(GraphError::Node(format!("{}: output size {size:?}", node.name))),
                     }
                 }
-                other => return Err(format!("op `{other}` ({}) is not supported by the graph runner", node.name)),
+                other => return Err(GraphError::UnsupportedOp { op: other.to_string(), node: node.name.clone() }),
             };
             // Element-wise ops take both operands (a weight among them is a constant above); the
             // others their first input (the rest are attributes as constants).
@@ -203,7 +209,7 @@ impl OnnxGraph {
 pub fn load_graph(json: &Path, outputs: &[&str], device: &Device) -> Result<OnnxGraph, LoadError> {
     let model = load_model(json)?;
     OnnxGraph::from_tfjs(&model, outputs, device)
-        .map_err(|message| LoadError::Weights { path: json.to_path_buf(), message })
+        .map_err(|source| LoadError::Graph { path: json.to_path_buf(), source })
 }
 
 #[cfg(test)]
