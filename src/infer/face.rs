@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use actix::Addr;
 
-use super::family::settings;
+use super::family::{checked, no_modes, settings};
 use super::stages::{StageError, fixed, image_job, infer, prepare};
-use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{AlignFaces, CropFaces, Pyramid, StoreActor};
 use crate::broker::api::Broker;
 use crate::config::ModelConfig;
@@ -154,7 +154,7 @@ pub async fn faces_with_embeddings(
 pub struct Faces;
 
 /// The face model's settings (`[models.<name>.faces]`: the embedder's file, the cascade's).
-#[derive(Default, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FaceSettings {
     faces: Option<FaceConfig>,
@@ -174,15 +174,13 @@ impl Family for Faces {
 
     fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
         let fc = face_config(mc)?;
-        if !mc.modes.is_empty() {
-            return Err(Invalid::new("modes", "a face model serves the persons endpoints, not modes"));
-        }
+        no_modes(mc, "a face model serves the persons endpoints")?;
         fc.check().map_err(Invalid::within("faces"))
     }
 
     /// `<name>_pnet`, `_rnet`, `_onet`, `_embed`.
     fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
-        let Ok(fc) = face_config(mc) else { return vec![] };
+        let fc = checked(face_config(mc));
         let net = |file: &str| mc.weights.join(file);
         vec![
             Stage::new(format!("{name}_pnet"), mtcnn::pnet_spec(net("pnet.pt"), fc.canvas), fc.pnet_max_batch),
@@ -195,11 +193,8 @@ impl Family for Faces {
     /// The face model's service from its four stages (P-Net, R-Net, O-Net, the embedder), the
     /// person store (`--role all` / `api`), and its whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
-        let fc = face_config(mc).map_err(|e| e.into_config(name))?;
-        if b.services.contains::<FaceService>() {
-            return Err(Builder::only_one(name, "face"));
-        }
-        let stages = b.place(name, mc, Head::default())?;
+        let fc = checked(face_config(mc));
+        let stages = b.place_one::<FaceService>(name, mc, "face")?;
         let [pnet, rnet, onet, embed] = &stages[..] else {
             return Ok(());
         };

@@ -2,8 +2,8 @@
 //! service (`face`, `text`, `plates`, `superres`, `objects`), listed once in [`super::FAMILIES`].
 //! The config knows only the family's name (`architecture`) and hands its own settings over
 //! unread (`ModelConfig::settings`); the family checks them, names the networks its workers load,
-//! and attaches its service to the inference layer. A new built-in family is one file here and
-//! one line in the registry.
+//! and attaches its service to the inference layer. A new built-in family whose networks are graph
+//! files is one file here and one line in the registry.
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -103,16 +103,19 @@ pub fn settings<T: DeserializeOwned>(mc: &ModelConfig) -> Result<T, Invalid> {
     })
 }
 
-/// The model's settings, already checked when the config was loaded.
-pub fn checked_settings<T: DeserializeOwned + Default>(mc: &ModelConfig) -> T {
-    settings(mc).unwrap_or_else(|e| {
-        tracing::error!(field = %e.field, error = %e.message, "settings not checked at load. This is a bug.");
-        T::default()
-    })
+/// What a family reads from a model's config after [`super::check`] accepted it (placement,
+/// start-up, the broker's streams): an error here is a config that skipped the check.
+pub fn checked<T>(read: Result<T, Invalid>) -> T {
+    read.unwrap_or_else(|e| panic!("`{}`: {} (the config was not checked at load). This is a bug.", e.field, e.message))
+}
+
+/// A family that serves its own endpoints, not objects/detect modes: `serves` says which.
+pub fn no_modes(mc: &ModelConfig, serves: &str) -> Result<(), Invalid> {
+    if mc.modes.is_empty() { Ok(()) } else { Err(Invalid::new("modes", format!("{serves}, not modes"))) }
 }
 
 /// The services the families attach (the face model's, the text model's …), one per type.
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub struct Services(HashMap<TypeId, Arc<dyn Any + Send + Sync>>);
 
 impl Services {

@@ -453,12 +453,21 @@ impl<'c> Builder<'c> {
         }
     }
 
-    /// The error of a second model of a family that serves one per process.
-    pub fn only_one(name: &str, what: &str) -> StartError {
-        StartError::Config(ConfigError::Invalid {
-            field: format!("models.{name}"),
-            message: format!("only one {what} model can be placed per process"),
-        })
+    /// The stages of a model whose family serves one per process through its service `S`
+    /// (`what` names the family in the error of a second one).
+    pub fn place_one<S: std::any::Any + Send + Sync>(
+        &mut self,
+        name: &str,
+        mc: &ModelConfig,
+        what: &str,
+    ) -> Result<Vec<Arc<ServedModel>>, StartError> {
+        if self.services.contains::<S>() {
+            return Err(StartError::Config(ConfigError::Invalid {
+                field: format!("models.{name}"),
+                message: format!("only one {what} model can be placed per process"),
+            }));
+        }
+        self.place(name, mc, Head::default())
     }
 
     /// The person store, opened once (`--role all` / `api`; workers keep no persons).

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::family::settings;
+use super::family::{checked, settings};
 use super::plates::CAR_NUMBER_MODE;
 use super::stages::{StageError, image_job, infer_marked, prepare, remote_image};
 use super::{Builder, Family, Head, Inference, Invalid, Route, ServedModel, Stage, StartError};
@@ -142,7 +142,7 @@ fn labels(mc: &ModelConfig, classes: usize) -> Result<Option<LabelMap>, StartErr
 }
 
 /// A family without settings of its own.
-#[derive(Default, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NoSettings {}
 
@@ -171,7 +171,7 @@ impl Family for MobileNetV2 {
 }
 
 /// A declared network's settings: its I/O contract.
-#[derive(Default, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DeclaredSettings {
     io: Option<IoContract>,
@@ -206,14 +206,11 @@ impl Family for Declared {
     }
 
     fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
-        match Self::io(mc) {
-            Ok(io) => vec![Stage::new(name, declared::spec(mc.weights.clone(), io), mc.max_batch)],
-            Err(_) => vec![],
-        }
+        vec![Stage::new(name, declared::spec(mc.weights.clone(), checked(Self::io(mc))), mc.max_batch)]
     }
 
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
-        let io = Self::io(mc).map_err(|e| e.into_config(name))?;
+        let io = checked(Self::io(mc));
         let head = Head {
             labels: labels(mc, io.classes)?,
             prep: ClassifierPrep::Declared(io),
@@ -226,7 +223,7 @@ impl Family for Declared {
 
 /// The detector's settings: NMS overlap and peaks (its score threshold is the model's
 /// `threshold`, its most objects per image `top_k`).
-#[derive(Default, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct DetectorSettings {
     detector: Option<DetectorParams>,
@@ -255,7 +252,7 @@ impl Family for CenterNet {
     /// The detector answers its modes (and the boxes `object` adds); on `--role worker` its
     /// images come whole.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
-        let params = settings::<DetectorSettings>(mc).map_err(|e| e.into_config(name))?.detector;
+        let params = checked(settings::<DetectorSettings>(mc)).detector;
         let head = Head {
             labels: labels(mc, centernet::CENTERNET_CLASSES)?,
             detector: Some(params.unwrap_or_default()),

@@ -9,9 +9,9 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::family::{checked_settings, settings};
+use super::family::{checked, settings};
 use super::stages::{StageError, image_job, infer, prepare, remote_image};
-use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{DetectPlates, InferError, PlateCrops};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
@@ -165,7 +165,7 @@ pub struct Plates;
 
 /// The plates model's settings: `[models.<name>.plates]` (every field has a default) and the
 /// text recogniser (PP-OCRv6 rec ONNX) that reads the plates.
-#[derive(Default, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PlateSettings {
     plates: Option<PlateParams>,
@@ -193,7 +193,7 @@ impl Family for Plates {
 
     /// `<name>_det`, `_rec`.
     fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
-        let s: PlateSettings = checked_settings(mc);
+        let s = checked(settings::<PlateSettings>(mc));
         vec![
             Stage::new(format!("{name}_det"), plates::spec(mc.weights.join(PLATE_DET_FILE)), mc.max_batch),
             Stage::new(format!("{name}_rec"), ppocr::rec_spec(s.recognizer()), mc.max_batch),
@@ -203,11 +203,8 @@ impl Family for Plates {
     /// The plates model's service from its two stages (detector, recogniser) and the
     /// recogniser's classes, and its whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
-        let s = settings::<PlateSettings>(mc).map_err(|e| e.into_config(name))?;
-        if b.services.contains::<PlateService>() {
-            return Err(Builder::only_one(name, "plates"));
-        }
-        let stages = b.place(name, mc, Head::default())?;
+        let s = checked(settings::<PlateSettings>(mc));
+        let stages = b.place_one::<PlateService>(name, mc, "plates")?;
         let [det, rec] = &stages[..] else {
             return Ok(());
         };

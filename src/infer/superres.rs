@@ -8,9 +8,9 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 
-use super::family::{checked_settings, settings};
+use super::family::{checked, no_modes, settings};
 use super::stages::{StageError, image_job, infer_unordered, prepare};
-use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{SrFinish, SrPlace, SrTiles};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
@@ -149,7 +149,7 @@ pub const SR_PHOTO_FILE: &str = "REALESRGAN_X4PLUS_UP4X.param";
 pub struct RealEsrgan;
 
 /// Super-resolution tiles and limits (`[models.<name>.superres]`; every field has a default).
-#[derive(Default, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SuperResSettings {
     superres: Option<SuperResConfig>,
@@ -162,15 +162,13 @@ impl Family for RealEsrgan {
 
     fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
         let s = settings::<SuperResSettings>(mc)?;
-        if !mc.modes.is_empty() {
-            return Err(Invalid::new("modes", "a super-resolution model serves photo/improve, not modes"));
-        }
+        no_modes(mc, "a super-resolution model serves photo/improve")?;
         s.superres.unwrap_or_default().check().map_err(Invalid::within("superres"))
     }
 
     /// `<name>_art`, `_photo`.
     fn stages(&self, name: &str, mc: &ModelConfig) -> Vec<Stage> {
-        let tile = checked_settings::<SuperResSettings>(mc).superres.unwrap_or_default().tile;
+        let tile = checked(settings::<SuperResSettings>(mc)).superres.unwrap_or_default().tile;
         let net = |file: &str| ncnn::superres_spec(mc.weights.join(file), tile);
         vec![
             Stage::new(format!("{name}_art"), net(SR_ART_FILE), mc.max_batch),
@@ -181,11 +179,8 @@ impl Family for RealEsrgan {
     /// The super-resolution model's service from its two networks (`art`, `photo`), and its
     /// whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
-        let config = settings::<SuperResSettings>(mc).map_err(|e| e.into_config(name))?.superres.unwrap_or_default();
-        if b.services.contains::<SuperResService>() {
-            return Err(Builder::only_one(name, "super-resolution"));
-        }
-        let stages = b.place(name, mc, Head::default())?;
+        let config = checked(settings::<SuperResSettings>(mc)).superres.unwrap_or_default();
+        let stages = b.place_one::<SuperResService>(name, mc, "super-resolution")?;
         let [art, photo] = &stages[..] else {
             return Ok(());
         };

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use super::family::settings;
+use super::family::{checked, no_modes, settings};
 use super::stages::{StageError, image_job, infer, prepare};
-use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{DetectText, RecLines, TextLines};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
@@ -110,7 +110,7 @@ pub const TEXT_CLS_FILE: &str = "ch_ppocr_mobile_v2.0_cls_mobile.onnx";
 pub struct Text;
 
 /// The text model's settings (`[models.<name>.text]`; every field has RapidOCR's default).
-#[derive(Default, serde::Deserialize)]
+#[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct TextSettings {
     text: Option<TextParams>,
@@ -123,9 +123,7 @@ impl Family for Text {
 
     fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
         let s = settings::<TextSettings>(mc)?;
-        if !mc.modes.is_empty() {
-            return Err(Invalid::new("modes", "a text model serves the text endpoints, not modes"));
-        }
+        no_modes(mc, "a text model serves the text endpoints")?;
         s.text.unwrap_or_default().check().map_err(Invalid::within("text"))
     }
 
@@ -142,11 +140,8 @@ impl Family for Text {
     /// The text model's service from its three stages (detector, orientation classifier,
     /// recogniser) and the recogniser's classes, and its whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
-        let params = settings::<TextSettings>(mc).map_err(|e| e.into_config(name))?.text.unwrap_or_default();
-        if b.services.contains::<TextService>() {
-            return Err(Builder::only_one(name, "text"));
-        }
-        let stages = b.place(name, mc, Head::default())?;
+        let params = checked(settings::<TextSettings>(mc)).text.unwrap_or_default();
+        let stages = b.place_one::<TextService>(name, mc, "text")?;
         let [det, cls, rec] = &stages[..] else {
             return Ok(());
         };

@@ -50,9 +50,6 @@ pub enum GraphError {
     /// constant), a weight missing or of another shape, or a graph without an input or output.
     #[error("{0}")]
     Node(String),
-    /// The file's structure, as its reader (`gpubackend_formats`) found it.
-    #[error("{0}")]
-    Format(String),
 }
 
 impl From<String> for GraphError {
