@@ -70,7 +70,7 @@ impl HwcConv {
                 assert_eq!(a.len(), cout, "one PReLU slope per channel");
                 Some(pad(a))
             }
-            Act::Relu6 => panic!("channels-last trunks take PReLU or no activation"),
+            other => panic!("channels-last trunks take PReLU or no activation, not {other:?}"),
         };
         Self { cin, cout, kernel, packed, bias, alpha }
     }

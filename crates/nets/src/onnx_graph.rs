@@ -4,9 +4,14 @@
 //! graph is the clearest statement of the architecture (PaddleOCR's, where BatchNorm is folded and
 //! parameters carry no layer names); the op set is what those graphs use, on N×C×H×W tensors, and a
 //! graph with any other op is refused at load time with the op's name.
+//!
+//! On the CPU device every convolution runs on the CPU engine's kernels (crates/kernels, through
+//! `models::cpu`) with the activation after it and a residual `Add` fused into the same pass
+//! ([`fuse_for_cpu`]); on GPUs the nodes stay burn ops (burn's fusion joins them there).
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use burn::prelude::{Device, Tensor, TensorData};
 use burn::tensor::activation::{leaky_relu, prelu, relu, sigmoid};
@@ -17,6 +22,7 @@ use burn::tensor::ops::{
 
 use super::GraphError;
 use super::LoadError;
+use super::cpu::{self, Act, Geom, HostConv, Pad};
 use super::onnx_weights::{OnnxAttr, OnnxModel, OnnxNode, load_with};
 
 /// One node, ready to run: its op with attributes resolved, its inputs by name.
@@ -42,6 +48,12 @@ pub(super) enum Op {
         groups: usize,
         same: bool,
     },
+    /// A convolution on the CPU engine with its activation and, when `residual`, the `Add` after
+    /// it in the same pass: inputs `[x]` or `[x, residual]` (made by [`fuse_for_cpu`]).
+    Host {
+        conv: Arc<HostConv>,
+        residual: bool,
+    },
     /// TensorFlow's bilinear resize with `align_corners` and `half_pixel_centers` false: output
     /// pixel `o` samples the input at `o · in / out`, its right/bottom neighbour clamped.
     ResizeTf([usize; 2]),
@@ -63,6 +75,8 @@ pub(super) enum Op {
         beta: f32,
     },
     Erf,
+    /// x · ½ · (1 + erf(x / √2)): the five nodes an exporter writes for GELU (`fuse_gelu`).
+    Gelu,
     /// `min(max(x, lo), hi)`.
     Clip(f32, f32),
     /// Per-channel `x · scale + shift` (an inference-mode BatchNormalization), both 1×C×1×1.
@@ -84,6 +98,44 @@ pub(super) enum Op {
     Flatten,
     /// Softmax over C (axis 1 of a 4-D value, or the features of a flat one).
     SoftmaxC,
+}
+
+impl Op {
+    /// The op's kind, for profiles.
+    fn kind(&self) -> &'static str {
+        match self {
+            Op::Conv { .. } => "conv (burn)",
+            Op::ConvTranspose { .. } => "conv transpose (burn)",
+            Op::TfConv { .. } => "tf conv (burn)",
+            Op::Host { conv, .. } => {
+                let g = &conv.geom;
+                if g.groups == g.cin && g.groups > 1 {
+                    "conv depthwise (engine)"
+                } else if g.kernel == [1, 1] {
+                    "conv 1×1 (engine)"
+                } else {
+                    "conv k×k (engine)"
+                }
+            }
+            Op::ResizeTf(_) => "resize",
+            Op::Add => "add",
+            Op::Sub => "sub",
+            Op::Mul => "mul",
+            Op::Div => "div",
+            Op::Relu | Op::LeakyRelu(_) | Op::PRelu(_) | Op::Clip(..) => "relu family",
+            Op::PixelShuffle(_) => "pixel shuffle",
+            Op::Sigmoid | Op::HardSigmoid { .. } => "sigmoid family",
+            Op::Erf => "erf",
+            Op::Gelu => "gelu",
+            Op::Affine { .. } => "affine",
+            Op::MeanHw => "mean over H, W",
+            Op::Upsample(_) => "upsample",
+            Op::Concat => "concat",
+            Op::MaxPool(_) | Op::AvgPool(_) => "pool",
+            Op::Identity | Op::Flatten => "identity",
+            Op::SoftmaxC => "softmax",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -596,6 +648,8 @@ impl OnnxGraph {
         input: String,
         outputs: Vec<String>,
     ) -> Result<Self, GraphError> {
+        let steps = fuse_gelu(steps, &constants, &outputs);
+        let steps = fuse_for_cpu(steps, &constants, &outputs);
         for o in &outputs {
             if !steps.iter().any(|s| &s.output == o) {
                 return Err(GraphError::Node(format!("no step computes output `{o}`")));
@@ -618,17 +672,50 @@ impl OnnxGraph {
 
     /// Runs the graph on `x` (N×C×H×W, on the device the graph was loaded on).
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.run(x, None)
+    }
+
+    /// `forward`, with each step's wall time and arithmetic pushed to `ops` (`bench networks
+    /// --profile`; meaningful on the CPU device, which runs each op as it is called).
+    pub fn forward_profiled(&self, x: Tensor<4>, ops: &mut Vec<super::profile::OpTime>) -> Tensor<4> {
+        self.run(x, Some(ops))
+    }
+
+    fn run(&self, x: Tensor<4>, mut profile: Option<&mut Vec<super::profile::OpTime>>) -> Tensor<4> {
+        // On the CPU the element-wise ops and max pooling run multi-threaded (`cpu::unary`, …);
+        // elsewhere they are burn's (fused on GPUs).
+        let host = cpu::is_cpu(&x.device());
+        let un = |x: Tensor<4>, f: cpu::Unary, burn: fn(Tensor<4>) -> Tensor<4>| {
+            if host { cpu::unary(x, f) } else { burn(x) }
+        };
+        let bin = |a: Tensor<4>, b: Tensor<4>, f: cpu::Binary, burn: fn(Tensor<4>, Tensor<4>) -> Tensor<4>| {
+            if host { cpu::binary(a, b, f, burn) } else { burn(a, b) }
+        };
         let mut values: HashMap<&str, Tensor<4>> = HashMap::new();
         values.insert(self.input.as_str(), x);
         for (step, done) in self.steps.iter().zip(&self.last_uses) {
-            let get = |i: usize| -> Tensor<4> {
-                let name = step.inputs[i].as_str();
-                values
-                    .get(name)
-                    .or_else(|| self.constants.get(name))
-                    .cloned()
-                    .unwrap_or_else(|| panic!("graph value `{name}` used before it is computed. This is a bug."))
+            // A value used for the last time is moved into the op (which may then reuse its
+            // buffer), others are shared.
+            let mut args: Vec<Option<Tensor<4>>> = step
+                .inputs
+                .iter()
+                .map(|name| {
+                    let once = step.inputs.iter().filter(|n| *n == name).count() == 1;
+                    if once && done.contains(name) {
+                        values.remove(name.as_str())
+                    } else {
+                        values.get(name.as_str()).cloned()
+                    }
+                    .or_else(|| self.constants.get(name).cloned())
+                })
+                .collect();
+            let in_dims = args.first().and_then(|a| a.as_ref()).map(|t| t.dims());
+            let mut get = |i: usize| -> Tensor<4> {
+                args[i].take().unwrap_or_else(|| {
+                    panic!("graph value `{}` used before it is computed. This is a bug.", step.inputs[i])
+                })
             };
+            let start = std::time::Instant::now();
             let y = match &step.op {
                 Op::Conv { weight, bias, options } => conv2d(get(0), weight.clone(), bias.clone(), options.clone()),
                 Op::ConvTranspose { weight, bias, options } => {
@@ -654,12 +741,24 @@ impl OnnxGraph {
                     let options = ConvOptions::new([*stride, *stride], padding, [1, 1], *groups);
                     conv2d(x, weight.clone(), bias.clone(), options)
                 }
+                Op::Host { conv, residual } => {
+                    let x = get(0);
+                    let [n, _, h, w] = x.dims();
+                    let (oh, ow) = conv.geom.out(h, w);
+                    match residual.then(|| get(1)) {
+                        Some(r) if r.dims() == [n, conv.geom.cout, oh, ow] => cpu::forward(conv, x, Some(r)),
+                        // A broadcast operand: added by burn after the fused pass.
+                        Some(r) => cpu::forward(conv, x, None) + r,
+                        None => cpu::forward(conv, x, None),
+                    }
+                }
                 Op::ResizeTf([oh, ow]) => resize_tf(get(0), [*oh, *ow]),
-                Op::Add => get(0) + get(1),
-                Op::Sub => get(0) - get(1),
-                Op::Mul => get(0) * get(1),
-                Op::Div => get(0) / get(1),
-                Op::Relu => relu(get(0)),
+                Op::Add => bin(get(0), get(1), cpu::Binary::Add, |a, b| a + b),
+                Op::Sub => bin(get(0), get(1), cpu::Binary::Sub, |a, b| a - b),
+                Op::Mul => bin(get(0), get(1), cpu::Binary::Mul, |a, b| a * b),
+                Op::Div => bin(get(0), get(1), cpu::Binary::Div, |a, b| a / b),
+                Op::Relu => un(get(0), cpu::Unary::Relu, relu),
+                Op::LeakyRelu(slope) if host => cpu::unary(get(0), cpu::Unary::LeakyRelu(*slope as f32)),
                 Op::LeakyRelu(slope) => leaky_relu(get(0), *slope),
                 Op::PRelu(slope) => prelu(get(0), slope.clone()),
                 Op::PixelShuffle(r) => {
@@ -673,9 +772,12 @@ impl OnnxGraph {
                         w * r,
                     ])
                 }
-                Op::Sigmoid => sigmoid(get(0)),
+                Op::Sigmoid => un(get(0), cpu::Unary::Sigmoid, sigmoid),
+                Op::HardSigmoid { alpha, beta } if host => cpu::unary(get(0), cpu::Unary::HardSigmoid(*alpha, *beta)),
                 Op::HardSigmoid { alpha, beta } => (get(0) * *alpha + *beta).clamp(0.0, 1.0),
-                Op::Erf => get(0).erf(),
+                Op::Erf => un(get(0), cpu::Unary::Erf, |x| x.erf()),
+                Op::Gelu => un(get(0), cpu::Unary::Gelu, burn::tensor::activation::gelu),
+                Op::Clip(lo, hi) if host => cpu::unary(get(0), cpu::Unary::Clip(*lo, *hi)),
                 Op::Clip(lo, hi) => get(0).clamp(*lo, *hi),
                 Op::Affine { scale, shift } => get(0) * scale.clone() + shift.clone(),
                 Op::MeanHw => get(0).mean_dim(2).mean_dim(3),
@@ -688,8 +790,14 @@ impl OnnxGraph {
                         .with_output_size([h * scale[0], w * scale[1]]);
                     interpolate(x, options)
                 }
-                Op::Concat => Tensor::cat((0..step.inputs.len()).map(get).collect(), 1),
-                Op::MaxPool(options) => max_pool2d(get(0), options.clone()),
+                Op::Concat => Tensor::cat((0..step.inputs.len()).map(&mut get).collect(), 1),
+                Op::MaxPool(o) => {
+                    let x = get(0);
+                    let fast = (host && !o.ceil_mode && o.dilation == [1, 1])
+                        .then(|| cpu::max_pool(&x, o.kernel_size, o.stride, o.padding))
+                        .flatten();
+                    fast.unwrap_or_else(|| max_pool2d(x, o.clone()))
+                }
                 Op::AvgPool(options) => avg_pool2d(get(0), options.clone()),
                 Op::Identity => get(0),
                 Op::Flatten => {
@@ -699,6 +807,20 @@ impl OnnxGraph {
                 }
                 Op::SoftmaxC => burn::tensor::activation::softmax(get(0), 1),
             };
+            if let Some(ops) = profile.as_deref_mut() {
+                let flops = match &step.op {
+                    Op::Host { conv, .. } => {
+                        let [n, _, h, w] = in_dims.unwrap_or_default();
+                        2.0 * (n * conv.geom.macs(h, w)) as f64
+                    }
+                    _ => 0.0,
+                };
+                ops.push(super::profile::OpTime {
+                    kind: step.op.kind(),
+                    seconds: start.elapsed().as_secs_f64(),
+                    flops,
+                });
+            }
             for name in done {
                 values.remove(name.as_str());
             }
@@ -708,6 +830,193 @@ impl OnnxGraph {
             self.outputs.iter().map(|o| values.remove(o.as_str()).expect("a graph output. This is a bug.")).collect();
         if outputs.len() == 1 { outputs.remove(0) } else { Tensor::cat(outputs, 1) }
     }
+}
+
+/// A convolution step's kernel shape (channels from its weight), when it is one.
+fn conv_geom(op: &Op) -> Option<(&Tensor<4>, Option<&Tensor<1>>, Geom)> {
+    let (weight, bias, groups, stride, dilation, pad) = match op {
+        Op::Conv { weight, bias, options } => {
+            let [(t, b), (l, r)] = options.padding;
+            (weight, bias, options.groups, options.stride, options.dilation, Pad::Explicit([t, l, b, r]))
+        }
+        Op::TfConv { weight, bias, stride, groups, same } => {
+            let pad = if *same { Pad::TfSame } else { Pad::Explicit([0; 4]) };
+            (weight, bias, *groups, [*stride; 2], [1, 1], pad)
+        }
+        _ => return None,
+    };
+    let [cout, cin_per_group, kh, kw] = weight.dims();
+    let geom = Geom { cin: cin_per_group * groups, cout, groups, kernel: [kh, kw], stride, dilation, pad };
+    Some((weight, bias.as_ref(), geom))
+}
+
+/// The activation a step applies, as the CPU engine's (for `cout` channels); `None` for any other op.
+fn step_act(op: &Op, cout: usize) -> Option<Act> {
+    Some(match op {
+        Op::Relu => Act::Relu,
+        Op::LeakyRelu(slope) => Act::LeakyRelu(*slope as f32),
+        Op::Clip(lo, hi) => Act::Clip(*lo, *hi),
+        Op::Sigmoid => Act::Sigmoid,
+        Op::PRelu(slope) => {
+            let a: Vec<f32> = slope.clone().into_data().iter::<f32>().collect();
+            match a.len() {
+                1 => Act::PRelu(vec![a[0]; cout]),
+                n if n == cout => Act::PRelu(a),
+                _ => return None,
+            }
+        }
+        _ => return None,
+    })
+}
+
+/// GELU as exported node by node — `Div(x, √2)` → `Erf` → `Add(·, 1)` → `Mul(x, ·)` → `Mul(·, ½)`,
+/// each intermediate used once — becomes one `Gelu` step where the last `Mul` was.
+fn fuse_gelu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: &[String]) -> Vec<Step> {
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    let mut consumer: HashMap<&str, usize> = HashMap::new();
+    let mut producer: HashMap<&str, usize> = HashMap::new();
+    for (j, step) in steps.iter().enumerate() {
+        for name in &step.inputs {
+            *uses.entry(name).or_default() += 1;
+            consumer.insert(name, j);
+        }
+        producer.insert(&step.output, j);
+    }
+    for o in outputs {
+        *uses.entry(o).or_default() += 1;
+    }
+    // The single consumer of `value`, when it has exactly one and is not a graph output.
+    let next = |value: &str| (uses.get(value) == Some(&1)).then(|| consumer.get(value).copied()).flatten();
+    let near = |v: Option<f32>, want: f32| v.is_some_and(|v| (v - want).abs() <= 1e-6 * want.max(1.0));
+    let mut drop = vec![false; steps.len()];
+    let mut gelu: HashMap<usize, Step> = HashMap::new();
+    for (e, erf) in steps.iter().enumerate() {
+        if !matches!(erf.op, Op::Erf) {
+            continue;
+        }
+        let found = (|| {
+            let d = *producer.get(erf.inputs[0].as_str())?;
+            let div = &steps[d];
+            let x = div.inputs.first()?;
+            if !matches!(div.op, Op::Div)
+                || next(&div.output) != Some(e)
+                || !near(scalar_operand(div, x, constants), std::f32::consts::SQRT_2)
+            {
+                return None;
+            }
+            let a = next(&erf.output)?;
+            let add = &steps[a];
+            if !matches!(add.op, Op::Add) || !near(scalar_operand(add, &erf.output, constants), 1.0) {
+                return None;
+            }
+            let m = next(&add.output)?;
+            let mul = &steps[m];
+            let other = mul.inputs.iter().find(|n| **n != add.output)?;
+            if !matches!(mul.op, Op::Mul) || mul.inputs.len() != 2 || other != x {
+                return None;
+            }
+            let h = next(&mul.output)?;
+            let half = &steps[h];
+            if !matches!(half.op, Op::Mul) || !near(scalar_operand(half, &mul.output, constants), 0.5) {
+                return None;
+            }
+            Some(([d, e, a, m], h, x.clone(), half.output.clone()))
+        })();
+        if let Some((gone, at, x, output)) = found {
+            gone.iter().for_each(|&i| drop[i] = true);
+            gelu.insert(at, Step { op: Op::Gelu, inputs: vec![x], output });
+        }
+    }
+    steps
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, step)| match gelu.remove(&i) {
+            Some(g) => Some(g),
+            None if drop[i] => None,
+            None => Some(step),
+        })
+        .collect()
+}
+
+/// The other operand of a two-operand step on `value`, when it is a constant scalar.
+fn scalar_operand(step: &Step, value: &str, constants: &HashMap<String, Tensor<4>>) -> Option<f32> {
+    let [a, b] = &step.inputs[..] else { return None };
+    let other = if a == value { b } else { a };
+    let t = constants.get(other.as_str())?;
+    (other != value && t.dims() == [1, 1, 1, 1]).then(|| t.clone().into_data().iter::<f32>().next()).flatten()
+}
+
+/// On the CPU device: each convolution becomes one CPU-engine step with a constant scale and the
+/// activation that follow it and a residual `Add` after that (when the convolution's and the activation's values
+/// have no other use), placed where the last fused node was (the residual is computed by then).
+/// Steps on other devices, and shapes where burn flex is faster, are left as they are.
+fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: &[String]) -> Vec<Step> {
+    let mut uses: HashMap<&str, usize> = HashMap::new();
+    let mut consumer: HashMap<&str, usize> = HashMap::new();
+    for (j, step) in steps.iter().enumerate() {
+        for name in &step.inputs {
+            *uses.entry(name).or_default() += 1;
+            consumer.insert(name, j);
+        }
+    }
+    for o in outputs {
+        *uses.entry(o).or_default() += 1;
+    }
+    let mut fused: Vec<(usize, Vec<usize>, Step)> = Vec::new();
+    let mut taken = vec![false; steps.len()];
+    for (i, step) in steps.iter().enumerate() {
+        let Some((weight, bias, geom)) = conv_geom(&step.op) else { continue };
+        if taken[i] || !cpu::is_cpu(&weight.device()) {
+            continue;
+        }
+        let (mut out, mut act, mut last, mut residual) = (step.output.as_str(), Act::Identity, i, None);
+        let mut scale = 1f32;
+        let mut absorbed = Vec::new();
+        while uses.get(out) == Some(&1) && residual.is_none() {
+            // (A graph output has no consumer: its one use is being an output.)
+            let Some(&j) = consumer.get(out) else { break };
+            if taken[j] {
+                break;
+            }
+            let next = &steps[j];
+            if let Op::Add = next.op {
+                let other = next.inputs.iter().find(|n| n.as_str() != out);
+                match other {
+                    Some(o) if next.inputs.len() == 2 && !constants.contains_key(o) => residual = Some(o.clone()),
+                    _ => break,
+                }
+            } else if let (Op::Mul, Act::Identity, Some(s)) = (&next.op, &act, scalar_operand(next, out, constants)) {
+                // A scale by a constant before any activation: folded into the weights and bias.
+                scale *= s;
+            } else {
+                match step_act(&next.op, geom.cout) {
+                    Some(a) if act == Act::Identity => act = a,
+                    _ => break,
+                }
+            }
+            absorbed.push(j);
+            (out, last) = (next.output.as_str(), j);
+        }
+        let Some(conv) = cpu::graph_conv(weight, bias, geom, act, scale) else { continue };
+        let mut inputs = vec![step.inputs[0].clone()];
+        inputs.extend(residual.clone());
+        let op = Op::Host { conv: Arc::new(conv), residual: residual.is_some() };
+        for &j in &absorbed {
+            taken[j] = true;
+        }
+        taken[i] = true;
+        fused.push((last, absorbed, Step { op, inputs, output: out.to_string() }));
+    }
+    let mut at: HashMap<usize, Step> = fused.into_iter().map(|(last, _, step)| (last, step)).collect();
+    steps
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, step)| match at.remove(&i) {
+            Some(f) => Some(f),
+            None if taken[i] => None,
+            None => Some(step),
+        })
+        .collect()
 }
 
 /// A graph on its device, as a worker drives it. Per item: its outputs, flattened, side by side.
@@ -777,6 +1086,69 @@ fn resize_tf(x: Tensor<4>, [oh, ow]: [usize; 2]) -> Tensor<4> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ramp(n: usize, seed: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|i| (((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0) * scale).collect()
+    }
+
+    fn step(op: Op, inputs: &[&str], output: &str) -> Step {
+        Step { op, inputs: inputs.iter().map(|s| s.to_string()).collect(), output: output.into() }
+    }
+
+    #[test]
+    fn a_conv_its_scale_activation_and_residual_run_as_one_cpu_step_with_the_same_values() {
+        let device = Device::flex();
+        let t4 = |v: Vec<f32>, d: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, d), &device);
+        let (w, w2) = (t4(ramp(8 * 6 * 9, 1, 0.3), [8, 6, 3, 3]), t4(ramp(8 * 6, 2, 0.3), [8, 6, 1, 1]));
+        let b = Tensor::<1>::from_data(TensorData::new(ramp(8, 3, 0.5), [8]), &device);
+        let same = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+        let one = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        // The residual is computed after the convolution, before the Add: the fused step goes where
+        // the Add was.
+        let steps = vec![
+            step(Op::Conv { weight: w.clone(), bias: Some(b.clone()), options: same.clone() }, &["x", "w", "b"], "c"),
+            step(Op::Conv { weight: w2.clone(), bias: None, options: one.clone() }, &["x", "w2"], "r"),
+            step(Op::Mul, &["c", "half"], "m"),
+            step(Op::LeakyRelu(0.1), &["m"], "a"),
+            step(Op::Add, &["a", "r"], "y"),
+        ];
+        let constants = HashMap::from([("half".to_string(), t4(vec![0.5], [1, 1, 1, 1]))]);
+        let graph = OnnxGraph::from_parts(steps, constants, "x".into(), vec!["y".into()]).unwrap();
+        let ops: Vec<String> = graph
+            .steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Host { residual, .. } => format!("host(residual {residual}) → {}", s.output),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(ops, ["host(residual false) → r", "host(residual true) → y"]);
+        let x = t4(ramp(2 * 6 * 9 * 11, 4, 2.0), [2, 6, 9, 11]);
+        let want = leaky_relu(conv2d(x.clone(), w, Some(b), same) * 0.5, 0.1) + conv2d(x.clone(), w2, None, one);
+        let got = graph.forward(x);
+        let worst = want
+            .into_data()
+            .iter::<f32>()
+            .zip(got.into_data().iter::<f32>())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "worst {worst}");
+    }
+
+    #[test]
+    fn a_conv_whose_value_is_used_twice_keeps_its_activation_separate() {
+        let device = Device::flex();
+        let w = Tensor::<4>::from_data(TensorData::new(ramp(8 * 8, 1, 0.3), [8, 8, 1, 1]), &device);
+        let options = ConvOptions::new([1, 1], [0, 0], [1, 1], 1);
+        let steps = vec![
+            step(Op::Conv { weight: w, bias: None, options }, &["x", "w"], "c"),
+            step(Op::Relu, &["c"], "a"),
+            step(Op::Add, &["a", "c"], "y"),
+        ];
+        let graph = OnnxGraph::from_parts(steps, HashMap::new(), "x".into(), vec!["y".into()]).unwrap();
+        assert!(matches!(graph.steps[0].op, Op::Host { residual: false, .. }));
+        assert!(matches!(graph.steps[1].op, Op::Relu) && matches!(graph.steps[2].op, Op::Add));
+    }
 
     #[test]
     fn tf_bilinear_taps_sample_at_o_times_in_over_out() {

@@ -16,6 +16,7 @@ use burn::tensor::ops::{ConvOptions, InterpolateMode, InterpolateOptions};
 
 use super::GraphError;
 use super::LoadError;
+use super::cpu::{self, HostConv};
 use super::onnx_graph::conv;
 use super::onnx_weights::{OnnxModel, load_with};
 
@@ -38,11 +39,46 @@ struct Conv {
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
+    /// On the CPU device: the CPU engine's kernels, without and with the leaky ReLU fused.
+    host: Option<[HostConv; 2]>,
+    slope: f64,
 }
 
 impl Conv {
+    fn new(weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>, slope: f64) -> Self {
+        let host = cpu::is_cpu(&weight.device())
+            .then(|| {
+                let [cout, cin_per_group, kh, kw] = weight.dims();
+                let [(t, b), (l, r)] = options.padding;
+                let geom = cpu::Geom {
+                    cin: cin_per_group * options.groups,
+                    cout,
+                    groups: options.groups,
+                    kernel: [kh, kw],
+                    stride: options.stride,
+                    dilation: options.dilation,
+                    pad: cpu::Pad::Explicit([t, l, b, r]),
+                };
+                let make = |act| cpu::graph_conv(&weight, bias.as_ref(), geom, act, 1.0);
+                Some([make(cpu::Act::Identity)?, make(cpu::Act::LeakyRelu(slope as f32))?])
+            })
+            .flatten();
+        Self { weight, bias, options, host, slope }
+    }
+
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        conv2d(x, self.weight.clone(), self.bias.clone(), self.options.clone())
+        match &self.host {
+            Some([plain, _]) => cpu::forward(plain, x, None),
+            None => conv2d(x, self.weight.clone(), self.bias.clone(), self.options.clone()),
+        }
+    }
+
+    /// The convolution, then the leaky ReLU.
+    fn leaky(&self, x: Tensor<4>) -> Tensor<4> {
+        match &self.host {
+            Some([_, leaky]) => cpu::forward(leaky, x, None),
+            None => leaky_relu(self.forward(x), self.slope),
+        }
     }
 }
 
@@ -74,7 +110,6 @@ pub struct PlateDetector {
     merge: [Conv; 2],
     ssh: [Ssh; 3],
     heads: [Heads; 3],
-    slope: f64,
     device: Device,
 }
 
@@ -109,6 +144,7 @@ struct Convs<'a> {
     model: &'a OnnxModel,
     nodes: std::vec::IntoIter<&'a super::onnx_weights::OnnxNode>,
     device: &'a Device,
+    slope: f64,
 }
 
 impl Convs<'_> {
@@ -123,7 +159,7 @@ impl Convs<'_> {
                 weight.dims()
             )));
         }
-        Ok(Conv { weight, bias, options })
+        Ok(Conv::new(weight, bias, options, self.slope))
     }
 
     fn ssh(&mut self) -> Result<Ssh, GraphError> {
@@ -154,7 +190,7 @@ impl PlateDetector {
             return Err(GraphError::Node(format!("leaky ReLU slopes differ: {slopes:?}")));
         }
         let nodes: Vec<_> = model.nodes.iter().filter(|n| n.op_type == "Conv").collect();
-        let mut c = Convs { model, nodes: nodes.into_iter(), device };
+        let mut c = Convs { model, nodes: nodes.into_iter(), device, slope: slope as f64 };
         let mut backbone = vec![c.next([8, 3, 3, 3])?];
         for (cin, cout) in BLOCKS {
             backbone.push(c.next([cin, 1, 3, 3])?); // depthwise
@@ -172,22 +208,18 @@ impl PlateDetector {
         if c.nodes.next().is_some() {
             return Err("unexpected convolution after the landmark heads".into());
         }
-        Ok(Self { backbone, lateral, merge, ssh, heads, slope: slope as f64, device: device.clone() })
+        Ok(Self { backbone, lateral, merge, ssh, heads, device: device.clone() })
     }
 
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    fn leaky(&self, x: Tensor<4>) -> Tensor<4> {
-        leaky_relu(x, self.slope)
-    }
-
     fn ssh(&self, m: &Ssh, x: Tensor<4>) -> Tensor<4> {
         let a = m.conv3.forward(x.clone());
-        let b1 = self.leaky(m.conv5_1.forward(x));
+        let b1 = m.conv5_1.leaky(x);
         let b = m.conv5_2.forward(b1.clone());
-        let c = m.conv7_3.forward(self.leaky(m.conv7_2.forward(b1)));
+        let c = m.conv7_3.forward(m.conv7_2.leaky(b1));
         relu(Tensor::cat(vec![a, b, c], 1))
     }
 
@@ -206,18 +238,17 @@ impl PlateDetector {
         let mut levels = Vec::with_capacity(3);
         let mut y = x;
         for (i, conv) in self.backbone.iter().enumerate() {
-            y = self.leaky(conv.forward(y));
+            y = conv.leaky(y);
             if LEVELS.contains(&i) {
                 levels.push(y.clone());
             }
         }
-        let out: Vec<Tensor<4>> =
-            levels.into_iter().zip(&self.lateral).map(|(l, c)| self.leaky(c.forward(l))).collect();
+        let out: Vec<Tensor<4>> = levels.into_iter().zip(&self.lateral).map(|(l, c)| c.leaky(l)).collect();
         let [o1, o2, o3]: [Tensor<4>; 3] = out.try_into().expect("three levels");
         let up3 = Self::upsample_to(o3.clone(), &o2);
-        let o2 = self.leaky(self.merge[0].forward(o2 + up3));
+        let o2 = self.merge[0].leaky(o2 + up3);
         let up2 = Self::upsample_to(o2.clone(), &o1);
-        let o1 = self.leaky(self.merge[1].forward(o1 + up2));
+        let o1 = self.merge[1].leaky(o1 + up2);
         let n = o1.dims()[0];
         let per_level: Vec<Tensor<3>> = [o1, o2, o3]
             .into_iter()

@@ -5,8 +5,9 @@
 //! modules' own, read to the host once at load time, and the kernels take and return flex tensors.
 //! On other devices nothing changes (burn's fusion does this job on GPUs).
 
+pub use gpubackend_kernels::eltwise::{self, Binary, Unary};
 pub use gpubackend_kernels::hwc::{HwcConv, Layer, Trunk};
-pub use gpubackend_kernels::{Act, Geom, HostConv, Level};
+pub use gpubackend_kernels::{Act, Geom, HostConv, Level, Pad, count_macs, matmul_peak_gflops};
 
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
@@ -28,27 +29,49 @@ pub fn conv_params(conv: &Conv2d) -> (Vec<f32>, Option<Vec<f32>>) {
     (host_values(conv.weight.val()), conv.bias.as_ref().map(|b| host_values(b.val())))
 }
 
-/// `conv` (with `act` after it) as a host kernel; `None` when the kernels do not cover its shape
-/// (then burn runs it).
+/// `conv` (with `act` after it) as a host kernel; `None` where burn flex's own path is faster (a
+/// few input and output channels) or the padding is not explicit.
 pub fn host_conv(conv: &Conv2d, act: Act) -> Option<HostConv> {
     let [cout, cin_per_group, kh, kw] = conv.weight.dims();
-    if kh != kw || conv.stride[0] != conv.stride[1] || conv.dilation != [1, 1] {
-        return None;
-    }
     let pad = match conv.padding {
-        PaddingConfig2d::Valid => 0,
-        PaddingConfig2d::Explicit(t, l, b, r) if t == l && l == b && b == r => t,
+        PaddingConfig2d::Valid => Pad::Explicit([0; 4]),
+        PaddingConfig2d::Explicit(t, l, b, r) => Pad::Explicit([t, l, b, r]),
         _ => return None,
     };
-    let geom =
-        Geom { cin: cin_per_group * conv.groups, cout, groups: conv.groups, kernel: kh, stride: conv.stride[0], pad };
-    // burn flex's direct path for a few input and output channels (3→10) beats im2col + gemm, and
-    // its 1×1 path the gemm blocks for a handful of output channels (measured on P-Net's layers).
-    if geom.groups == 1 && ((kh > 1 && geom.cin <= 4 && geom.cout <= 16) || geom.cout < 8) {
+    let geom = Geom {
+        cin: cin_per_group * conv.groups,
+        cout,
+        groups: conv.groups,
+        kernel: [kh, kw],
+        stride: conv.stride,
+        dilation: conv.dilation,
+        pad,
+    };
+    if prefer_burn(&geom) {
         return None;
     }
     let (weight, bias) = conv_params(conv);
     HostConv::new(geom, weight, bias, act)
+}
+
+/// Whether burn flex's own convolution beats the kernels for this shape: its direct path for a
+/// few input and output channels (3→10) beats im2col + gemm, and its 1×1 path the gemm blocks for
+/// a handful of output channels (measured on P-Net's layers).
+pub fn prefer_burn(geom: &Geom) -> bool {
+    let k = geom.kernel[0] * geom.kernel[1];
+    geom.groups == 1 && ((k > 1 && geom.cin <= 4 && geom.cout <= 16) || geom.cout < 8)
+}
+
+/// A graph's convolution (weight `cout × cin/groups × kh × kw` and bias as burn tensors on the CPU
+/// device, shape `geom`), its output scaled by `scale`, with `act` after it, as a host kernel;
+/// `None` where burn is faster ([`prefer_burn`]).
+pub fn graph_conv(weight: &Tensor<4>, bias: Option<&Tensor<1>>, geom: Geom, act: Act, scale: f32) -> Option<HostConv> {
+    if prefer_burn(&geom) {
+        return None;
+    }
+    let scaled = |v: Vec<f32>| if scale == 1.0 { v } else { v.into_iter().map(|x| x * scale).collect() };
+    let bias = bias.map(|b| scaled(host_values(b.clone())));
+    HostConv::new(geom, scaled(host_values(weight.clone())), bias, act)
 }
 
 /// `conv` (with `act` after it) as a channels-last trunk layer; `None` unless it has stride 1, no
@@ -86,6 +109,89 @@ fn flex(t: Tensor<4>) -> FlexTensor {
 
 fn values(t: &FlexTensor) -> &[f32] {
     &t.storage::<f32>()[..t.layout().num_elements()]
+}
+
+/// `f` of every value of `x` (on the CPU device), multi-threaded; in `x`'s buffer when nothing
+/// else holds it.
+pub fn unary(x: Tensor<4>, f: Unary) -> Tensor<4> {
+    let dims = x.dims();
+    let mut t = flex(x);
+    let n = t.layout().num_elements();
+    if let Some(s) = t.try_storage_mut::<f32>() {
+        eltwise::map_in_place(&mut s[..n], f);
+        return Tensor::from_primitive::<Flex>(t);
+    }
+    from_host(eltwise::map(values(&t), f), dims)
+}
+
+/// `f(a, b)` with `b` (or `a`) the same shape as the other or one value per (image, channel)
+/// plane, multi-threaded, in the full operand's buffer when nothing else holds it; any other
+/// broadcast goes to `fallback` (burn's op).
+pub fn binary(
+    a: Tensor<4>,
+    b: Tensor<4>,
+    f: Binary,
+    fallback: impl FnOnce(Tensor<4>, Tensor<4>) -> Tensor<4>,
+) -> Tensor<4> {
+    let (da, db) = (a.dims(), b.dims());
+    if da == db {
+        let (mut a, mut b) = (flex(a), flex(b));
+        let n = a.layout().num_elements();
+        if let Some(s) = a.try_storage_mut::<f32>() {
+            eltwise::zip_in_place(&mut s[..n], values(&b), f, false);
+            return Tensor::from_primitive::<Flex>(a);
+        }
+        if let Some(s) = b.try_storage_mut::<f32>() {
+            eltwise::zip_in_place(&mut s[..n], values(&a), f, true);
+            return Tensor::from_primitive::<Flex>(b);
+        }
+        return from_host(eltwise::zip(values(&a), values(&b), f), da);
+    }
+    // One value per plane of the other operand: [1|n, 1|c, 1, 1] against [n, c, h, w].
+    let per_plane = |full: [usize; 4], small: [usize; 4]| {
+        small[2] == 1
+            && small[3] == 1
+            && (small[0] == 1 || small[0] == full[0])
+            && (small[1] == 1 || small[1] == full[1])
+    };
+    let (full, small, swapped) = if per_plane(da, db) {
+        (a, b, false)
+    } else if per_plane(db, da) {
+        (b, a, true)
+    } else {
+        return fallback(a, b);
+    };
+    let ([n, c, h, w], ds) = (full.dims(), small.dims());
+    let small = flex(small);
+    let sv = values(&small);
+    let v: Vec<f32> = (0..n * c)
+        .map(|p| sv[(if ds[0] == 1 { 0 } else { p / c }) * ds[1] + if ds[1] == 1 { 0 } else { p % c }])
+        .collect();
+    let mut full = flex(full);
+    let len = full.layout().num_elements();
+    if let Some(s) = full.try_storage_mut::<f32>() {
+        eltwise::per_plane_in_place(&mut s[..len], h * w, &v, f, swapped);
+        return Tensor::from_primitive::<Flex>(full);
+    }
+    from_host(eltwise::per_plane(values(&full), h * w, &v, f, swapped), [n, c, h, w])
+}
+
+/// Max pooling of `x` (on the CPU device) with explicit padding `(top, bottom), (left, right)`,
+/// floor mode, no dilation; `None` for other options (burn runs those).
+pub fn max_pool(x: &Tensor<4>, k: [usize; 2], stride: [usize; 2], pad: [(usize, usize); 2]) -> Option<Tensor<4>> {
+    let [n, c, h, w] = x.dims();
+    let oh = (h + pad[0].0 + pad[0].1).checked_sub(k[0])? / stride[0] + 1;
+    let ow = (w + pad[1].0 + pad[1].1).checked_sub(k[1])? / stride[1] + 1;
+    // A window wholly in the padding would be −∞: not an input these options make.
+    if pad[0].0 >= k[0] || pad[1].0 >= k[1] || pad[0].1 >= k[0] || pad[1].1 >= k[1] {
+        return None;
+    }
+    let x = flex(x.clone());
+    Some(from_host(eltwise::max_pool(values(&x), (h, w), k, stride, [pad[0].0, pad[1].0], (oh, ow)), [n, c, oh, ow]))
+}
+
+fn from_host(v: Vec<f32>, dims: [usize; 4]) -> Tensor<4> {
+    Tensor::from_primitive::<Flex>(FlexTensor::from_data(TensorData::new(v, dims)))
 }
 
 /// Runs `conv` on `x` (N×C×H×W on the CPU device), adding `residual` after the activation.

@@ -1,0 +1,224 @@
+//! Element-wise ops of the graph runner on the CPU, multi-threaded on rayon's pool (burn flex runs
+//! them on the calling thread): one value per element (`map`), two same-shape operands (`zip`), or
+//! an operand with one value per (image, channel) plane (`per_plane`: biases, scalars, the
+//! squeeze-and-excitation scales).
+
+use rayon::prelude::*;
+
+/// Values per task.
+const CHUNK: usize = 16 * 1024;
+
+/// An element-wise function of one value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Unary {
+    /// The error function ([`erf`]).
+    Erf,
+    /// x · ½ · (1 + erf(x / √2)), the exact GELU.
+    Gelu,
+    Sigmoid,
+    /// min(max(α·x + β, 0), 1).
+    HardSigmoid(f32, f32),
+    Relu,
+    LeakyRelu(f32),
+    Clip(f32, f32),
+}
+
+impl Unary {
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Unary::Erf => erf(x),
+            Unary::Gelu => x * 0.5 * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+            Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            Unary::HardSigmoid(a, b) => (a * x + b).clamp(0.0, 1.0),
+            Unary::Relu => x.max(0.0),
+            Unary::LeakyRelu(s) => {
+                if x >= 0.0 {
+                    x
+                } else {
+                    s * x
+                }
+            }
+            Unary::Clip(lo, hi) => x.max(lo).min(hi),
+        }
+    }
+}
+
+/// The error function as a rational function of x on [−4, 4] (odd degree-13 numerator, even
+/// degree-8 denominator; erf is ±1 in f32 beyond), branch-free so the loops vectorise: within
+/// 1e-6 of libm's `erff` everywhere (tested), 3–4× faster than it.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // the coefficients as fitted
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = -2.726_142_2e-10_f32;
+    for c in [2.770_681_4e-8, -2.101_024e-6, -5.692_506_4e-5, -7.349_906_3e-4, -2.954_600_1e-3, -1.609_603_3e-2] {
+        p = p * x2 + c;
+    }
+    let mut q = -1.456_607_2e-5_f32;
+    for c in [-2.133_740_6e-4, -1.682_827e-3, -7.373_329e-3, -1.426_474e-2] {
+        q = q * x2 + c;
+    }
+    x * p / q
+}
+
+/// An element-wise function of two values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Binary {
+    Add,
+    Sub,
+    Mul,
+    Div,
+}
+
+impl Binary {
+    #[inline(always)]
+    pub fn apply(self, a: f32, b: f32) -> f32 {
+        match self {
+            Binary::Add => a + b,
+            Binary::Sub => a - b,
+            Binary::Mul => a * b,
+            Binary::Div => a / b,
+        }
+    }
+}
+
+/// `x = f(x)` for every value, in place.
+pub fn map_in_place(x: &mut [f32], f: Unary) {
+    x.par_chunks_mut(CHUNK).for_each(|x| {
+        for v in x {
+            *v = f.apply(*v);
+        }
+    });
+}
+
+/// `f(x)` for every value.
+pub fn map(x: &[f32], f: Unary) -> Vec<f32> {
+    let mut out = x.to_vec();
+    map_in_place(&mut out, f);
+    out
+}
+
+/// `dst = f(dst, other)` value by value (same lengths), or `f(other, dst)` when `swapped`.
+pub fn zip_in_place(dst: &mut [f32], other: &[f32], f: Binary, swapped: bool) {
+    assert_eq!(dst.len(), other.len(), "operand sizes");
+    dst.par_chunks_mut(CHUNK).zip(other.par_chunks(CHUNK)).for_each(|(d, o)| {
+        for (d, &y) in d.iter_mut().zip(o) {
+            *d = if swapped { f.apply(y, *d) } else { f.apply(*d, y) };
+        }
+    });
+}
+
+/// `f(a, b)` value by value (same lengths).
+pub fn zip(a: &[f32], b: &[f32], f: Binary) -> Vec<f32> {
+    let mut out = a.to_vec();
+    zip_in_place(&mut out, b, f, false);
+    out
+}
+
+/// `a = f(a, v[p])` for every value of plane `p` of `a` (planes of `plane` values), or
+/// `f(v[p], a)` when `swapped`; in place.
+pub fn per_plane_in_place(a: &mut [f32], plane: usize, v: &[f32], f: Binary, swapped: bool) {
+    assert_eq!(a.len(), plane * v.len(), "one value per plane");
+    let min = (CHUNK / plane.max(1)).max(1);
+    a.par_chunks_mut(plane.max(1)).zip(v.par_iter()).with_min_len(min).for_each(|(a, &s)| {
+        for x in a {
+            *x = if swapped { f.apply(s, *x) } else { f.apply(*x, s) };
+        }
+    });
+}
+
+/// `f(a, v[p])` for every value of plane `p` of `a`, or `f(v[p], a)` when `swapped`.
+pub fn per_plane(a: &[f32], plane: usize, v: &[f32], f: Binary, swapped: bool) -> Vec<f32> {
+    let mut out = a.to_vec();
+    per_plane_in_place(&mut out, plane, v, f, swapped);
+    out
+}
+
+/// Max pooling of each `h × w` plane of `x` with a `k` window, `stride` and `pad` (top, left,
+/// bottom, right; padding never wins), output `oh × ow` per plane.
+#[allow(clippy::too_many_arguments)]
+pub fn max_pool(
+    x: &[f32],
+    (h, w): (usize, usize),
+    k: [usize; 2],
+    stride: [usize; 2],
+    pad: [usize; 2],
+    (oh, ow): (usize, usize),
+) -> Vec<f32> {
+    let planes = x.len() / (h * w);
+    let mut out = vec![0f32; planes * oh * ow];
+    out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, x)| {
+        for oy in 0..oh {
+            let y0 = (oy * stride[0]) as isize - pad[0] as isize;
+            let (ylo, yhi) = (y0.max(0) as usize, ((y0 + k[0] as isize).min(h as isize)).max(0) as usize);
+            for ox in 0..ow {
+                let x0 = (ox * stride[1]) as isize - pad[1] as isize;
+                let (xlo, xhi) = (x0.max(0) as usize, ((x0 + k[1] as isize).min(w as isize)).max(0) as usize);
+                let mut m = f32::NEG_INFINITY;
+                for row in x[ylo * w..yhi * w].chunks_exact(w) {
+                    for &v in &row[xlo..xhi] {
+                        m = m.max(v);
+                    }
+                }
+                o[oy * ow + ox] = m;
+            }
+        }
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_match_their_definitions() {
+        let x: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) / 3000.0).collect();
+        let y: Vec<f32> = x.iter().map(|v| v * 0.5 + 1.0).collect();
+        assert_eq!(map(&x, Unary::Relu), x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+        let erf = map(&x, Unary::Erf);
+        // erf(x) against its series / bounds at a few points, and the odd symmetry.
+        assert!((erf[20_000 + 3000] - 0.842_700_8).abs() < 1e-6, "erf(1) = {}", erf[23_000]);
+        assert!((erf[20_000 - 3000] + 0.842_700_8).abs() < 1e-6);
+        assert_eq!(zip(&x, &y, Binary::Sub), x.iter().zip(&y).map(|(a, b)| a - b).collect::<Vec<_>>());
+        let planes = per_plane(&x, 10_000, &[1.0, 2.0, 3.0, 4.0], Binary::Div, true);
+        assert_eq!(planes[10_001], 2.0 / x[10_001]);
+        let planes = per_plane(&x, 10_000, &[1.0, 2.0, 3.0, 4.0], Binary::Mul, false);
+        assert_eq!(planes[35_000], x[35_000] * 4.0);
+    }
+
+    #[test]
+    fn erf_is_within_1e_6_of_libm() {
+        let worst = (-60_000..=60_000)
+            .map(|i| i as f32 / 10_000.0)
+            .map(|x| (erf(x) - libm::erff(x)).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-6, "worst {worst}");
+    }
+
+    #[test]
+    fn max_pool_matches_a_direct_window_maximum() {
+        let (h, w) = (7, 9);
+        let x: Vec<f32> = (0..2 * h * w).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
+        // 3×3, stride 2, padding 1: ⌊(7 + 2 − 3) / 2⌋ + 1 = 4 rows, 5 columns.
+        let got = max_pool(&x, (h, w), [3, 3], [2, 2], [1, 1], (4, 5));
+        for p in 0..2 {
+            for oy in 0..4 {
+                for ox in 0..5 {
+                    let mut m = f32::NEG_INFINITY;
+                    for ky in 0..3 {
+                        for kx in 0..3 {
+                            let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
+                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                m = m.max(x[p * h * w + iy as usize * w + ix as usize]);
+                            }
+                        }
+                    }
+                    assert_eq!(got[(p * 4 + oy) * 5 + ox], m);
+                }
+            }
+        }
+    }
+}
