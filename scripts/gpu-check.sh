@@ -3,7 +3,8 @@
 # artefacts `make gpu-pack` puts under .gpu/ (the release binary with cuda + wgpu, the weights, the
 # Vulkan/EGL loader packages). Run from the repository root: `bash scripts/gpu-check.sh`.
 #   1. diagnosis: driver, device nodes, Vulkan loader/ICDs/EGL vendor files, libcuda (`gpubackend devices`)
-#   2. `gpubackend verify` on wgpu:0 and cuda:0 (MobileNetV2, P/R/O-Net, SFace vs the onnxruntime fixtures)
+#   2. `gpubackend verify` on wgpu:0 and cuda:0: every network (MobileNetV2, P/R/O-Net, SFace, PP-OCR
+#      det + cls, the plate detector, CenterNet, both Real-ESRGANs) against the reference fixtures
 #   3. per backend: the server on config/gpu.toml, `bench compare` (objects) and `bench faces`
 #   4. model-only sweep over batch sizes, beside PyTorch eager (when python3 has torch + torchvision)
 #   5. the host CPU (the CPU engine where the machine has AVX-512): verify on cpu, bench model beside
@@ -48,7 +49,8 @@ for f in .gpu/*/models/*/*; do
   [ -e "$rel" ] || ln -s "$PWD/$f" "$rel"
 done
 for w in models/mobilenet_v2/mobilenet_v2-b0353104.pth models/mtcnn/pnet.pt models/mtcnn/rnet.pt \
-         models/mtcnn/onet.pt models/sface/face_recognition_sface_2021dec.onnx; do
+         models/mtcnn/onet.pt models/sface/face_recognition_sface_2021dec.onnx \
+         models/realesrgan/REALESRGAN_X4PLUS_UP4X.bin models/centernet/centernet.bin; do
   [ -e "$w" ] || echo "MISSING weights $w (carry every part of .gpu; see README, GPU check)"
 done
 if ! "$bin" --version; then
@@ -99,10 +101,10 @@ fi
 "$bin" devices --json > "$work/devices.json"
 env | grep -E '^(VK_|__EGL|NVIDIA_)' > "$work/env.txt" || true
 
-step "2. verify against the onnxruntime fixtures"
+step "2. verify every network against the reference fixtures"
 for dev in wgpu:0 cuda:0; do
-  time_for 60 "verify $dev" || continue
-  timeout 120 "$bin" verify --device "$dev" --batch 64 --json "$work/verify-${dev%%:*}.json" \
+  time_for 90 "verify $dev" || continue
+  timeout 150 "$bin" verify --device "$dev" --batch 64 --json "$work/verify-${dev%%:*}.json" \
     || echo "verify on $dev FAILED (exit $?)"
 done
 

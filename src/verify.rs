@@ -1,6 +1,6 @@
 //! `gpubackend verify --device D`: every served network on device D against the committed
-//! onnxruntime fixtures (tests/fixtures, made by tools/reference/*.py from the same weights on real
-//! images), with the tolerances the CPU tests use. This is how a GPU machine proves its numbers:
+//! reference fixtures (tests/fixtures: onnxruntime, TensorFlow.js and ncnn outputs made by
+//! tools/reference/* from the same weights on real images), with the tolerances the CPU tests use. This is how a GPU machine proves its numbers:
 //! the same fixtures, no Python, no network.
 
 use std::path::{Path, PathBuf};
@@ -219,8 +219,74 @@ fn plates(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
     Ok(vec![check("plates_det", format!("plate probabilities ({h}×{w})"), &score, &theirs_score), offsets])
 }
 
+/// A photo of tests/data, decoded.
+fn photo(fx: &Fixtures, file: &str) -> Result<crate::pipelines::decode::DecodedImage, VerifyError> {
+    let path = fx.root.join("tests/data").join(file);
+    let bytes =
+        std::fs::read(&path).map_err(|e| VerifyError::Fixture { path: path.clone(), message: e.to_string() })?;
+    crate::pipelines::decode::decode(&bytes, &Default::default())
+        .map_err(|e| VerifyError::Fixture { path, message: e.to_string() })
+}
+
+/// The COCO detector (TF.js graph) on two PNG photos against TensorFlow.js (tests/fixtures/
+/// centernet/tfjs.json, tests/model_centernet.rs' tolerances): the heatmap at the sampled cells
+/// and each class's maximum within 1e-4, the box sides within 0.01 px.
+fn centernet(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
+    use crate::models::centernet::{CENTERNET_CLASSES as CLASSES, CENTERNET_INPUT as SIDE, CENTERNET_MAP as MAP};
+    let json = fx.weights("centernet/centernet.json");
+    let net = crate::models::tfjs::load_graph(&json, &crate::models::centernet::CENTERNET_OUTPUTS, device)?;
+    let reference = fx.json("centernet/tfjs.json")?;
+    let floats = |v: &serde_json::Value| -> Vec<f32> {
+        v.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
+    };
+    let mut checks = Vec::new();
+    for file in ["chelsea.png", "car_5au5341.png"] {
+        let r = &reference["images"][file];
+        let input = crate::pipelines::preprocess::detector_input(&photo(fx, file)?, SIDE);
+        let out = values(net.forward(Tensor::<4>::from_data(TensorData::new(input.data, [1, 3, SIDE, SIDE]), device)))?;
+        let at = |c: usize, cell: usize| out.get(c * MAP * MAP + cell).copied().unwrap_or(f32::NAN);
+        let cells: Vec<usize> = r["sample_cells"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|c| c.as_u64()).map(|c| c as usize).collect())
+            .unwrap_or_default();
+        let (mut heat, mut heat_ref, mut size, mut size_ref) = (vec![], vec![], vec![], vec![]);
+        for (i, &cell) in cells.iter().enumerate() {
+            let k = floats(&r["keypoints"][i]);
+            heat.extend((0..k.len()).map(|c| at(c, cell)));
+            heat_ref.extend(k);
+            let wh = floats(&r["wh"][i]);
+            size.extend((0..wh.len()).map(|k| at(CLASSES + k, cell)));
+            size_ref.extend(wh);
+        }
+        let maxima: Vec<f32> =
+            (0..CLASSES).map(|c| (0..MAP * MAP).map(|cell| at(c, cell)).fold(0.0, f32::max)).collect();
+        checks.push(check("centernet", format!("heatmap cells ({file})"), &heat, &heat_ref));
+        checks.push(check("centernet", format!("class maxima ({file})"), &maxima, &floats(&r["class_max"])));
+        let mut sides = check("centernet", format!("box sides px ({file})"), &size, &size_ref);
+        sides.tolerance = 0.01;
+        sides.ok = sides.max_abs_diff <= sides.tolerance;
+        checks.push(sides);
+    }
+    Ok(checks)
+}
+
+/// Both Real-ESRGAN networks (ncnn files) on a 48 × 40 crop of a real photo against ncnn
+/// (tests/fixtures/realesrgan): the raw ×4 outputs within 1e-4.
+fn realesrgan(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
+    let input = fx.f32s("realesrgan/input.f32")?;
+    let mut checks = Vec::new();
+    for (net, file) in [("art", "REALESRGAN_ANIMAVIDEOV3_UP4X"), ("photo", "REALESRGAN_X4PLUS_UP4X")] {
+        let graph = crate::models::ncnn::load_graph(&fx.weights(&format!("realesrgan/{file}.param")), device)?;
+        let x = Tensor::<4>::from_data(TensorData::new(input.clone(), [1, 3, 40, 48]), device);
+        let ours = values(graph.forward(x))?;
+        let reference = fx.f32s(&format!("realesrgan/{net}.output.f32"))?;
+        checks.push(check(&format!("realesrgan_{net}"), "×4 output (160×192)", &ours, &reference));
+    }
+    Ok(checks)
+}
+
 /// The networks `run` can check.
-pub const NETWORKS: [&str; 5] = ["mobilenet_v2", "mtcnn", "sface", "ppocr", "plates"];
+pub const NETWORKS: [&str; 7] = ["mobilenet_v2", "mtcnn", "sface", "ppocr", "plates", "centernet", "realesrgan"];
 
 /// Runs the checks of `networks` (all of `NETWORKS` when empty) on `device`, with fixtures and
 /// weights under `root` (the repository root).
@@ -252,6 +318,12 @@ pub fn run(device: &DeviceSpec, root: &Path, big_batch: usize, networks: &[Strin
     if wanted("plates") {
         checks.extend(plates(&fx, &d)?);
     }
+    if wanted("centernet") {
+        checks.extend(centernet(&fx, &d)?);
+    }
+    if wanted("realesrgan") {
+        checks.extend(realesrgan(&fx, &d)?);
+    }
     let ok = checks.iter().all(|c| c.ok);
     Ok(Report { device: device.to_string(), adapter, checks, ok, seconds: t.elapsed().as_secs_f64() })
 }
@@ -269,7 +341,7 @@ impl std::fmt::Display for Report {
         for c in &self.checks {
             writeln!(
                 f,
-                "  {:<4} {:<13} {:<28} max |ours - onnxruntime| = {:.2e} (tolerance {:.0e})",
+                "  {:<4} {:<16} {:<34} max |ours - reference| = {:.2e} (tolerance {:.0e})",
                 if c.ok { "ok" } else { "FAIL" },
                 c.model,
                 c.output,
