@@ -246,23 +246,12 @@ fn time_anchors(
         .collect()
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 pub fn run(a: &NetworksArgs) -> anyhow::Result<()> {
     let threads = a.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build()?;
     let peak = pool.install(|| models::cpu::matmul_peak_gflops(1536));
     let simd = models::cpu::Level::detect().name();
-    println!("bench networks: {} ({simd}), {threads} thread(s); matmul peak {peak:.1} GFLOP/s", cpu_model());
+    println!("bench networks: {} ({simd}), {threads} thread(s); matmul peak {peak:.1} GFLOP/s", super::cpu_name());
     let all = cases(&a.models);
     let chosen: Vec<&Case> = all.iter().filter(|c| a.only.as_deref().is_none_or(|o| c.name.contains(o))).collect();
     let mut ours = Vec::new();
@@ -303,7 +292,7 @@ pub fn run(a: &NetworksArgs) -> anyhow::Result<()> {
             "  {:<24} {ms:>10.2} {:>12} {:>10} {gflops:>8.1} {:>8.0}%",
             c.name,
             anchor_ms.map_or_else(
-                || engine.map_or("—".into(), |_| "failed".into()),
+                || if a.anchor.is_some() && engine.is_some() { "failed".into() } else { "—".into() },
                 |m| format!("{m:.2} {}", short(engine))
             ),
             anchor_ms.map_or("—".into(), |m| format!("{:.2}", m / ms)),
@@ -324,7 +313,7 @@ pub fn run(a: &NetworksArgs) -> anyhow::Result<()> {
     for r in rows.iter().filter(|r| r.anchor_error.is_some()) {
         println!("  {}: anchor failed: {}", r.name, r.anchor_error.as_deref().unwrap_or(""));
     }
-    let report = Report { cpu: cpu_model(), simd, threads, matmul_peak_gflops: peak, rows };
+    let report = Report { cpu: super::cpu_name(), simd, threads, matmul_peak_gflops: peak, rows };
     super::write_json(&a.json, &report)
 }
 

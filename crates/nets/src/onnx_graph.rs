@@ -834,20 +834,24 @@ impl OnnxGraph {
 
 /// A convolution step's kernel shape (channels from its weight), when it is one.
 fn conv_geom(op: &Op) -> Option<(&Tensor<4>, Option<&Tensor<1>>, Geom)> {
-    let (weight, bias, groups, stride, dilation, pad) = match op {
-        Op::Conv { weight, bias, options } => {
-            let [(t, b), (l, r)] = options.padding;
-            (weight, bias, options.groups, options.stride, options.dilation, Pad::Explicit([t, l, b, r]))
-        }
+    match op {
+        Op::Conv { weight, bias, options } => Some((weight, bias.as_ref(), cpu::geom_of(weight, options))),
         Op::TfConv { weight, bias, stride, groups, same } => {
             let pad = if *same { Pad::TfSame } else { Pad::Explicit([0; 4]) };
-            (weight, bias, *groups, [*stride; 2], [1, 1], pad)
+            let [cout, cin_per_group, kh, kw] = weight.dims();
+            let geom = Geom {
+                cin: cin_per_group * groups,
+                cout,
+                groups: *groups,
+                kernel: [kh, kw],
+                stride: [*stride; 2],
+                dilation: [1, 1],
+                pad,
+            };
+            Some((weight, bias.as_ref(), geom))
         }
-        _ => return None,
-    };
-    let [cout, cin_per_group, kh, kw] = weight.dims();
-    let geom = Geom { cin: cin_per_group * groups, cout, groups, kernel: [kh, kw], stride, dilation, pad };
-    Some((weight, bias.as_ref(), geom))
+        _ => None,
+    }
 }
 
 /// The activation a step applies, as the CPU engine's (for `cout` channels); `None` for any other op.

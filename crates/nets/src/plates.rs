@@ -48,17 +48,7 @@ impl Conv {
     fn new(weight: Tensor<4>, bias: Option<Tensor<1>>, options: ConvOptions<2>, slope: f64) -> Self {
         let host = cpu::is_cpu(&weight.device())
             .then(|| {
-                let [cout, cin_per_group, kh, kw] = weight.dims();
-                let [(t, b), (l, r)] = options.padding;
-                let geom = cpu::Geom {
-                    cin: cin_per_group * options.groups,
-                    cout,
-                    groups: options.groups,
-                    kernel: [kh, kw],
-                    stride: options.stride,
-                    dilation: options.dilation,
-                    pad: cpu::Pad::Explicit([t, l, b, r]),
-                };
+                let geom = cpu::geom_of(&weight, &options);
                 let make = |act| cpu::graph_conv(&weight, bias.as_ref(), geom, act, 1.0);
                 Some([make(cpu::Act::Identity)?, make(cpu::Act::LeakyRelu(slope as f32))?])
             })

@@ -62,6 +62,22 @@ pub fn prefer_burn(geom: &Geom) -> bool {
     geom.groups == 1 && ((k > 1 && geom.cin <= 4 && geom.cout <= 16) || geom.cout < 8)
 }
 
+/// The kernels' shape of a convolution given as burn's weight (`cout × cin/groups × kh × kw`) and
+/// options.
+pub fn geom_of(weight: &Tensor<4>, options: &burn::tensor::ops::ConvOptions<2>) -> Geom {
+    let [cout, cin_per_group, kh, kw] = weight.dims();
+    let [(t, b), (l, r)] = options.padding;
+    Geom {
+        cin: cin_per_group * options.groups,
+        cout,
+        groups: options.groups,
+        kernel: [kh, kw],
+        stride: options.stride,
+        dilation: options.dilation,
+        pad: Pad::Explicit([t, l, b, r]),
+    }
+}
+
 /// A graph's convolution (weight `cout × cin/groups × kh × kw` and bias as burn tensors on the CPU
 /// device, shape `geom`), its output scaled by `scale`, with `act` after it, as a host kernel;
 /// `None` where burn is faster ([`prefer_burn`]).
