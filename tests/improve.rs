@@ -178,3 +178,32 @@ fn bad_requests_get_the_documented_errors() {
     assert!(big["error"].as_str().unwrap().contains("superres.max_input_pixels"), "{big}");
     assert_eq!(resolved(&v, 1).dimensions(), (160, 120));
 }
+
+/// The shipped default (`config/default.toml`'s realesrgan: 128² windows, 12 px of context, images
+/// up to 512²), only its placement narrowed to the super-resolution model: README's curl (the eye,
+/// art ×4) answers a 4× JPEG, and an image one row past 512² is that file's per-file error.
+#[test]
+fn the_shipped_default_enlarges_the_readme_image_and_takes_images_up_to_512_squared() {
+    let mut c = config();
+    c.placement.iter_mut().for_each(|p| p.models.retain(|m| m == "realesrgan"));
+    c.placement.retain(|p| !p.models.is_empty());
+    let sr = c.models["realesrgan"].settings["superres"].clone();
+    assert_eq!((sr["tile"].as_integer(), sr["pad"].as_integer()), (Some(128), Some(12)), "{sr}");
+    assert_eq!(sr["max_input_pixels"].as_integer(), Some(512 * 512), "{sr}");
+    let s = TestServer::start(c);
+    let mut conn = s.conn();
+    let eye = data("eye.png");
+    let (w, h) = image::load_from_memory(&eye).unwrap().to_rgb8().dimensions();
+    let mut big = Vec::new();
+    image::RgbImage::new(512, 513).write_to(&mut std::io::Cursor::new(&mut big), image::ImageFormat::Png).unwrap();
+    let (status, v) = improve(
+        &mut conn,
+        json!({"mode": ["resolution"], "rfactor": 4, "ftype": "art", "images": [{"name": "eye"}, {"name": "big"}]}),
+        &[("eye", eye), ("big", big)],
+    );
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(resolved(&v, 0).dimensions(), (4 * w, 4 * h));
+    let big = &v["body"]["resolution"][1];
+    assert_eq!(big["status"], 1, "{big}");
+    assert!(big["error"].as_str().unwrap().contains("at most 262144 (superres.max_input_pixels)"), "{big}");
+}

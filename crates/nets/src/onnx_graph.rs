@@ -966,7 +966,8 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
     for o in outputs {
         *uses.entry(o).or_default() += 1;
     }
-    let mut fused: Vec<(usize, Vec<usize>, Step)> = Vec::new();
+    // Per fused convolution: where it goes (its last absorbed step) and the step.
+    let mut fused: HashMap<usize, Step> = HashMap::new();
     let mut taken = vec![false; steps.len()];
     for (i, step) in steps.iter().enumerate() {
         let Some((weight, bias, geom)) = conv_geom(&step.op) else { continue };
@@ -1009,13 +1010,12 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
             taken[j] = true;
         }
         taken[i] = true;
-        fused.push((last, absorbed, Step { op, inputs, output: out.to_string() }));
+        fused.insert(last, Step { op, inputs, output: out.to_string() });
     }
-    let mut at: HashMap<usize, Step> = fused.into_iter().map(|(last, _, step)| (last, step)).collect();
     steps
         .into_iter()
         .enumerate()
-        .filter_map(|(i, step)| match at.remove(&i) {
+        .filter_map(|(i, step)| match fused.remove(&i) {
             Some(f) => Some(f),
             None if taken[i] => None,
             None => Some(step),

@@ -216,9 +216,7 @@ pub fn forward(conv: &HostConv, x: Tensor<4>, residual: Option<Tensor<4>>) -> Te
     let (oh, ow) = conv.geom.out(h, w);
     let x = flex(x);
     let residual = residual.map(flex);
-    let out = conv.forward(values(&x), n, h, w, residual.as_ref().map(values));
-    let out = FlexTensor::from_data(TensorData::new(out, [n, conv.geom.cout, oh, ow]));
-    Tensor::from_primitive::<Flex>(out)
+    from_host(conv.forward(values(&x), n, h, w, residual.as_ref().map(values)), [n, conv.geom.cout, oh, ow])
 }
 
 #[cfg(test)]
