@@ -41,6 +41,8 @@ COPY models/mobilenet_v2/labels.json /usr/local/gpu/models/mobilenet_v2/
 COPY models/centernet/labels.json /usr/local/gpu/models/centernet/
 COPY --from=weights /src/models/realesrgan/REALESRGAN_ANIMAVIDEOV3_UP4X.param /src/models/realesrgan/REALESRGAN_ANIMAVIDEOV3_UP4X.bin \
   /src/models/realesrgan/REALESRGAN_X4PLUS_UP4X.param /src/models/realesrgan/REALESRGAN_X4PLUS_UP4X.bin /usr/local/gpu/models/realesrgan/
+COPY --from=weights /src/models/nsfw/model.json /src/models/nsfw/group1-shard1of1 /usr/local/gpu/models/nsfw/
+COPY models/nsfw/labels.txt /usr/local/gpu/models/nsfw/
 COPY config/default.toml config/gpu.toml /etc/gpubackend/
 WORKDIR /usr/local/gpu
 USER 10001

@@ -14,7 +14,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: deploy-files help setup setup-llvm setup-torch setup-anchors bench-networks weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan fuzz eval-faces eval-plates labels
+.PHONY: deploy-files help setup setup-llvm setup-torch setup-anchors bench-networks weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan reference-nsfw fuzz eval-faces eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -138,6 +138,10 @@ eval-plates: weights $(LLVM) ## plate set (tools/eval/plates_set.tsv): fetch, th
 	.venv-plates-eval/bin/python tools/eval/plates.py fetch --dir $(PLATE_SET)
 	PLATE_SET=$(PLATE_SET) bash scripts/bench.sh eval-plates
 	.venv-plates-eval/bin/python tools/eval/plates.py agentclpr --dir $(PLATE_SET) 2>/dev/null
+
+reference-nsfw: weights ## regenerate tests/fixtures/nsfw (nsfwjs 4.3.0 in Node, TensorFlow.js's CPU backend) on tests/data and the evaluation images
+	cd tools/reference/tfjs && npm ci --no-audit --no-fund && node nsfw_reference.mjs ../../../tests/fixtures/nsfw/tfjs.json \
+	  ../../../tests/data/*.png ../../../tests/data/*.jpg ../../../models/nsfw-eval/*
 
 reference-realesrgan: weights ## regenerate tests/fixtures/realesrgan (both Real-ESRGAN networks on a chelsea crop) with ncnn from PyPI (fp32 arithmetic)
 	python3 -m venv .venv-ncnn && .venv-ncnn/bin/pip install -q -r tools/reference/realesrgan/requirements.txt

@@ -19,6 +19,8 @@ cp models/ppocr/PP-OCRv6_det_small.onnx models/ppocr/PP-OCRv6_rec_small.onnx mod
   models/plates/clp_det.onnx models/centernet/centernet.json models/centernet/centernet.bin "$top/SOURCES/"
 cp models/centernet/labels.json "$top/SOURCES/centernet-labels.json"
 cp models/realesrgan/*.param models/realesrgan/*.bin "$top/SOURCES/"
+cp models/nsfw/model.json "$top/SOURCES/nsfw-model.json"
+cp models/nsfw/group1-shard1of1 models/nsfw/labels.txt "$top/SOURCES/"
 # --nodeps: BuildRequires name RPM-world packages; on a Debian build host they are not in rpm's db.
 rpmbuild -bb --nodeps --quiet \
   --define "_topdir $top" --define "_rpmdir $out" --define "_build_name_fmt %%{NAME}-%%{VERSION}-%%{RELEASE}.%%{ARCH}.rpm" \

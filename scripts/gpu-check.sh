@@ -4,7 +4,8 @@
 # Vulkan/EGL loader packages). Run from the repository root: `bash scripts/gpu-check.sh`.
 #   1. diagnosis: driver, device nodes, Vulkan loader/ICDs/EGL vendor files, libcuda (`gpubackend devices`)
 #   2. `gpubackend verify` on wgpu:0 and cuda:0: every network (MobileNetV2, P/R/O-Net, SFace, PP-OCR
-#      det + cls, the plate detector, CenterNet, both Real-ESRGANs) against the reference fixtures
+#      det + cls, the plate detector, CenterNet, both Real-ESRGANs, the nsfw classifier) against the
+#      reference fixtures
 #   3. per backend: the server on config/gpu.toml, `bench compare` (objects) and `bench faces`
 #   4. model-only sweep over batch sizes, beside PyTorch eager (when python3 has torch + torchvision)
 #   5. the host CPU (the CPU engine where the machine has AVX-512): verify on cpu, bench model beside

@@ -20,7 +20,7 @@ grep -q '"cuda_built": true' <<<"$report" || { echo "$bin was built without the 
 
 rm -rf .gpu
 mkdir -p .gpu/1/models/sface .gpu/1/models/ppocr .gpu/1/models/plates .gpu/2/bin .gpu/2/models/mobilenet_v2 .gpu/2/models/mtcnn .gpu/2/gl .gpu/2/lib \
-  .gpu/3/models/realesrgan .gpu/3/models/centernet
+  .gpu/3/models/realesrgan .gpu/3/models/centernet .gpu/3/models/nsfw
 cp models/sface/face_recognition_sface_2021dec.onnx .gpu/1/models/sface/
 cp models/ppocr/PP-OCRv6_det_small.onnx models/ppocr/ch_ppocr_mobile_v2.0_cls_mobile.onnx .gpu/1/models/ppocr/
 cp models/plates/clp_det.onnx .gpu/1/models/plates/
@@ -28,6 +28,7 @@ cp models/mobilenet_v2/mobilenet_v2-b0353104.pth .gpu/2/models/mobilenet_v2/
 cp models/mtcnn/pnet.pt models/mtcnn/rnet.pt models/mtcnn/onet.pt .gpu/2/models/mtcnn/
 cp models/realesrgan/* .gpu/3/models/realesrgan/
 cp models/centernet/* .gpu/3/models/centernet/
+cp models/nsfw/* .gpu/3/models/nsfw/
 strip -o .gpu/2/bin/gpubackend "$bin"
 xz -T0 -6 .gpu/2/bin/gpubackend
 for lib in libstdc++.so.6 libgcc_s.so.1; do

@@ -502,6 +502,10 @@ pub struct E2eArgs {
     /// drives the COCO detector).
     #[arg(long, default_value = "object")]
     mode: String,
+    /// The Vision endpoint driven: objects/detect (with `--mode`), or an endpoint whose meta is
+    /// the images alone (`adult/detect` with `--model adult`).
+    #[arg(long, default_value = "objects/detect")]
+    endpoint: String,
     /// Also write the results as JSON.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -859,10 +863,13 @@ fn run_e2e(a: &E2eArgs) -> anyhow::Result<E2eReport> {
         .map(|p| std::fs::read(p).with_context(|| format!("read {}", p.display())))
         .collect::<Result<_, _>>()?;
     let images = Arc::new(images);
-    let path = Arc::new(format!("/api/v1/objects/detect?oauth_provider=mcs&oauth_token={}", a.token));
-    let meta: Arc<Vec<u8>> = Arc::new(
-        serde_json::json!({"mode": [a.mode.as_str()], "images": [{"name": "file_0"}]}).to_string().into_bytes(),
-    );
+    let path = Arc::new(format!("/api/v1/{}?oauth_provider=mcs&oauth_token={}", a.endpoint, a.token));
+    let meta = if a.endpoint == "objects/detect" {
+        serde_json::json!({"mode": [a.mode.as_str()], "images": [{"name": "file_0"}]})
+    } else {
+        serde_json::json!({"images": [{"name": "file_0"}]})
+    };
+    let meta: Arc<Vec<u8>> = Arc::new(meta.to_string().into_bytes());
     let warmup = Duration::from_secs_f64(a.duration * 0.1);
     let measure = Duration::from_secs_f64(a.duration);
     // Warm-up: same load, unmeasured.

@@ -79,7 +79,7 @@ enum Cmd {
         /// MobileNetV2 is also checked at this batch size (the fixtures repeated).
         #[arg(long, default_value_t = 16)]
         batch: usize,
-        /// Only these networks (mobilenet_v2, mtcnn, sface, ppocr); default all.
+        /// Only these networks (mobilenet_v2, mtcnn, sface, ppocr, plates, centernet, realesrgan, nsfw); default all.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// Also write the report as JSON.

@@ -219,6 +219,11 @@ fn plates(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
     Ok(vec![check("plates_det", format!("plate probabilities ({h}×{w})"), &score, &theirs_score), offsets])
 }
 
+/// A JSON array of numbers (a fixture's), as f32.
+fn floats(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
+}
+
 /// A photo of tests/data, decoded.
 fn photo(fx: &Fixtures, file: &str) -> Result<crate::pipelines::decode::DecodedImage, VerifyError> {
     let path = fx.root.join("tests/data").join(file);
@@ -236,9 +241,6 @@ fn centernet(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> 
     let json = fx.weights("centernet/centernet.json");
     let net = crate::models::tfjs::load_graph(&json, &crate::models::centernet::CENTERNET_OUTPUTS, device)?;
     let reference = fx.json("centernet/tfjs.json")?;
-    let floats = |v: &serde_json::Value| -> Vec<f32> {
-        v.as_array().map(|a| a.iter().filter_map(|x| x.as_f64()).map(|x| x as f32).collect()).unwrap_or_default()
-    };
     let mut checks = Vec::new();
     for file in ["chelsea.png", "car_5au5341.png"] {
         let r = &reference["images"][file];
@@ -285,8 +287,39 @@ fn realesrgan(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError>
     Ok(checks)
 }
 
+/// adult/detect's classifier (nsfwjs's TF.js layers model, the shipped I/O contract) against
+/// nsfwjs in TensorFlow.js (tests/fixtures/nsfw/tfjs.json, tests/model_nsfw.rs): the five
+/// probabilities on the fixed input and, preprocessing included, on two PNG photos, within 1e-4.
+fn nsfw(fx: &Fixtures, device: &Device) -> Result<Vec<Check>, VerifyError> {
+    use crate::models::declared::{DeclaredNet, IoContract};
+    const SIDE: usize = 224;
+    let config = crate::infer::load_config(None)
+        .map_err(|e| VerifyError::Fixture { path: PathBuf::from("config/default.toml"), message: e.to_string() })?;
+    let io: IoContract = config.models["adult"].settings["io"].clone().try_into().map_err(|e: toml::de::Error| {
+        VerifyError::Fixture { path: PathBuf::from("config/default.toml"), message: e.to_string() }
+    })?;
+    let net = DeclaredNet::load(&fx.weights("nsfw/model.json"), &io, device)?;
+    let reference = fx.json("nsfw/tfjs.json")?;
+    let mut x = vec![0f32; 3 * SIDE * SIDE];
+    for (i, v) in (0..3 * SIDE * SIDE).map(|i| ((i * 7919) % 256) as f32 / 255.0).enumerate() {
+        let (pixel, c) = (i / 3, i % 3);
+        x[c * SIDE * SIDE + pixel] = v;
+    }
+    let ours = values(net.forward(Tensor::<4>::from_data(TensorData::new(x, [1, 3, SIDE, SIDE]), device)))?;
+    let mut checks = vec![check("nsfw", "probabilities (fixed input)", &ours, &floats(&reference["synthetic"]))];
+    for file in ["coffee.png", "car_5au5341.png"] {
+        let input = crate::pipelines::preprocess::declared_input(&photo(fx, file)?, &io);
+        let ours =
+            values(net.forward(Tensor::<4>::from_data(TensorData::new(input.data, [1, 3, SIDE, SIDE]), device)))?;
+        let theirs = floats(&reference["images"][file]["probabilities"]);
+        checks.push(check("nsfw", format!("probabilities ({file})"), &ours, &theirs));
+    }
+    Ok(checks)
+}
+
 /// The networks `run` can check.
-pub const NETWORKS: [&str; 7] = ["mobilenet_v2", "mtcnn", "sface", "ppocr", "plates", "centernet", "realesrgan"];
+pub const NETWORKS: [&str; 8] =
+    ["mobilenet_v2", "mtcnn", "sface", "ppocr", "plates", "centernet", "realesrgan", "nsfw"];
 
 /// Runs the checks of `networks` (all of `NETWORKS` when empty) on `device`, with fixtures and
 /// weights under `root` (the repository root).
@@ -323,6 +356,9 @@ pub fn run(device: &DeviceSpec, root: &Path, big_batch: usize, networks: &[Strin
     }
     if wanted("realesrgan") {
         checks.extend(realesrgan(&fx, &d)?);
+    }
+    if wanted("nsfw") {
+        checks.extend(nsfw(&fx, &d)?);
     }
     let ok = checks.iter().all(|c| c.ok);
     Ok(Report { device: device.to_string(), adapter, checks, ok, seconds: t.elapsed().as_secs_f64() })

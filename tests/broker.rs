@@ -210,7 +210,7 @@ fn close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 fn whole_image_models_go_to_a_worker_and_answer_as_one_process() {
     let redis = RedisServer::start();
     let cfg = write_config(&redis, "whole", "");
-    let models = "mobilenet_v2,text,plates,centernet,realesrgan";
+    let models = "mobilenet_v2,text,plates,centernet,realesrgan,adult";
     let mut worker = Node::start("worker", &cfg, models);
     let mut api = Node::start("api", &cfg, models);
     let mut single = Node::start("all", &cfg, models);
@@ -237,6 +237,11 @@ fn whole_image_models_go_to_a_worker_and_answer_as_one_process() {
         (
             "objects/detect",
             json!({"mode": ["multiobject", "pedestrian", "object"], "images": [{"name": "person"}, {"name": "broken"}]}),
+            vec![("person", person.clone()), ("broken", broken.clone())],
+        ),
+        (
+            "adult/detect",
+            json!({"images": [{"name": "person"}, {"name": "broken"}]}),
             vec![("person", person.clone()), ("broken", broken)],
         ),
     ];
@@ -256,6 +261,11 @@ fn whole_image_models_go_to_a_worker_and_answer_as_one_process() {
     assert!(people["count_by_density"].as_u64().unwrap() >= 1, "{v}");
     assert_eq!(people["labels"][0]["eng"], "Pedestrian", "{v}");
     assert_eq!(v["body"]["multiobject_labels"][1]["status"], 1, "{v}");
+    // adult/detect (the family endpoint): the worker's `safe`, the broken file's status 1.
+    let (_, v) = vision(&mut api.conn(), "adult/detect", calls[4].1.clone(), &calls[4].2);
+    let objects = &v["body"]["objects"];
+    assert!(objects[0]["safe"].as_f64().unwrap() > 0.9 && objects[0]["status"] == 0, "{v}");
+    assert_eq!((&objects[1]["status"], &objects[1]["safe"]), (&json!(1), &json!(0.0)), "{v}");
 
     // Super-resolution: the file goes with its factor and network (two bytes); the JPEG comes back.
     let mut eye = Vec::new();
@@ -284,6 +294,9 @@ fn whole_image_models_go_to_a_worker_and_answer_as_one_process() {
     assert_eq!(bytes("plates"), (2 * car.len()) as f64);
     assert_eq!(bytes("centernet"), (2 * car.len() + 2 * person.len()) as f64);
     assert_eq!(bytes("realesrgan"), (2 + eye.len()) as f64);
+    // adult/detect: the files themselves (twice: the comparison, then the check above).
+    assert_eq!(bytes("adult"), (2 * (person.len() + b"not an image".len())) as f64);
+    assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", "adult")]) > 0.0);
     for stage in ["text_det", "text_rec", "plates_det", "plates_rec"] {
         assert_eq!(bytes(stage), 0.0, "{stage}");
         assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", stage)]) > 0.0, "{stage}");
@@ -292,11 +305,13 @@ fn whole_image_models_go_to_a_worker_and_answer_as_one_process() {
     assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", "centernet")]) > 0.0);
     assert!(metric_value(&worker.metrics(), "gpubackend_batches_total", &[("model", "realesrgan_art")]) > 0.0);
     let ready = api.conn().get("/health/ready").unwrap().json();
-    for model in ["text", "plates", "centernet", "realesrgan"] {
+    for model in ["text", "plates", "centernet", "realesrgan", "adult"] {
         assert_eq!(ready["stages"][model]["live_workers"], json!(1), "{model}: {ready}");
     }
     assert!(ready["stages"]["text_det"].is_null(), "{ready}");
-    for stream in ["whole:jobs:text", "whole:jobs:plates", "whole:jobs:centernet", "whole:jobs:realesrgan"] {
+    for stream in
+        ["whole:jobs:text", "whole:jobs:plates", "whole:jobs:centernet", "whole:jobs:realesrgan", "whole:jobs:adult"]
+    {
         assert_eq!(redis.int(&["XLEN", stream]), 0, "{stream}");
     }
 }

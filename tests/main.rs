@@ -5,6 +5,7 @@
 //!
 //! One test: `cargo test --test integration text::` (module path filters).
 
+mod adult;
 mod broker;
 mod common;
 mod declared;
@@ -15,6 +16,7 @@ mod improve;
 mod model_centernet;
 mod model_mobilenet_v2;
 mod model_mtcnn;
+mod model_nsfw;
 mod model_plates;
 mod model_ppocr;
 mod model_realesrgan;

@@ -400,4 +400,11 @@ fn playground_page_sends_an_upload_and_draws_the_answer_in_headless_chromium() {
     assert_eq!(shown["answer"]["body"]["resolution"][0]["status"], 0, "{shown}");
     assert_eq!(result["resolved"], serde_json::json!([120, 80]), "{shown}");
     assert_eq!(result["canvas"], serde_json::json!([60, 40]), "{shown}");
+
+    // adult/detect: the photo's `safe` as a line under it.
+    let shot = dir.join("playground-adult.png");
+    let shown = playground(&server, &repo().join("tests/data/dog.jpg"), &shot, "adult/detect", &[]);
+    assert_eq!(shown["answer"]["body"]["objects"][0]["status"], 0, "{shown}");
+    let lines = shown["results"][0]["lines"].as_array().unwrap();
+    assert!(lines.iter().any(|l| l.as_str().unwrap().starts_with("safe 0.99")), "{shown}");
 }

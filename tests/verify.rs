@@ -26,7 +26,7 @@ fn verify_passes_on_the_fixtures_and_fails_on_a_wrong_reference() {
     assert!(out.contains("verify on cpu") && out.contains(": OK in"), "{out}");
     let report: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("ok.json")).unwrap()).unwrap();
     assert_eq!(report["ok"], true);
-    assert_eq!(report["checks"].as_array().unwrap().len(), 23, "15 + CenterNet 6 + Real-ESRGAN 2");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 26, "15 + CenterNet 6 + Real-ESRGAN 2 + nsfw 3");
 
     // A copy of the fixtures with one reference logit moved by 1e-3 (10× the tolerance).
     let root = dir.join("root");

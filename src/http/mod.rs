@@ -2,6 +2,7 @@
 
 mod auth;
 mod disconnect;
+mod endpoint;
 mod gate;
 mod improve;
 mod multipart;
@@ -133,7 +134,9 @@ impl AppState {
             // body is read, and are refused after `admission.max_wait_ms`.
             gates: GATED_ENDPOINTS
                 .iter()
-                .map(|(path, endpoint)| (*path, gate::Gate::new(endpoint, config.admission)))
+                .map(|(path, endpoint)| (*path, *endpoint))
+                .chain(crate::infer::family_endpoints().map(|e| (family_path(e), e)))
+                .map(|(path, endpoint)| (path, gate::Gate::new(endpoint, config.admission)))
                 .collect(),
         }
     }
@@ -288,6 +291,14 @@ const GATED_ENDPOINTS: &[(&str, &str)] = &[
     ("/api/v1/photo/improve", "photo/improve"),
 ];
 
+/// A family endpoint's path (`adult/detect` → `/api/v1/adult/detect`), made once per endpoint.
+fn family_path(endpoint: &'static str) -> &'static str {
+    static PATHS: std::sync::OnceLock<HashMap<&'static str, &'static str>> = std::sync::OnceLock::new();
+    PATHS.get_or_init(|| {
+        crate::infer::family_endpoints().map(|e| (e, &*Box::leak(format!("/api/v1/{e}").into_boxed_str()))).collect()
+    })[endpoint]
+}
+
 /// A connection that came in on the admin listener (`server.admin_port`).
 struct AdminConnection;
 
@@ -307,9 +318,15 @@ fn api_routes(cfg: &mut web::ServiceConfig) {
         .route("/api/v1/scene_text/recognize", web::post().to(text::scene_text))
         .route("/api/v1/docs/recognize", web::post().to(text::docs_not_served))
         .route("/api/v1/docs/detect", web::post().to(text::docs_not_served))
-        .route("/api/v1/photo/improve", web::post().to(improve::improve))
-        .route("/", web::get().to(playground::page))
-        .route("/playground", web::get().to(playground::page));
+        .route("/api/v1/photo/improve", web::post().to(improve::improve));
+    // The endpoints the model families serve by themselves.
+    for e in crate::infer::family_endpoints() {
+        cfg.route(
+            family_path(e),
+            web::post().to(move |state, query, req, payload| endpoint::handle(e, state, query, req, payload)),
+        );
+    }
+    cfg.route("/", web::get().to(playground::page)).route("/playground", web::get().to(playground::page));
 }
 
 async fn metrics_page(state: Data<AppState>) -> HttpResponse {

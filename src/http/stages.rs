@@ -91,6 +91,26 @@ pub(super) async fn remote_images(
     }
 }
 
+/// [`remote_images`], each worker's answer read as the JSON of a `T` (an answer that is not is the
+/// image's per-file status 1).
+pub(super) async fn remote_json<T: serde::de::DeserializeOwned>(
+    broker: &crate::broker::api::Broker,
+    model: &str,
+    req: &HttpRequest,
+    images: &[(String, Bytes)],
+) -> Result<Vec<Result<T, (FileStatus, String)>>, ApiError> {
+    Ok(remote_images(broker, model, req, images)
+        .await?
+        .into_iter()
+        .map(|answer| {
+            answer.and_then(|body| {
+                serde_json::from_slice(&body)
+                    .map_err(|e| (FileStatus::Permanent, format!("unreadable answer from the worker: {e}")))
+            })
+        })
+        .collect())
+}
+
 /// Counts and times a finished request of `endpoint`, and counts its images by per-file status.
 pub(super) fn record_request<T>(
     endpoint: &'static str,

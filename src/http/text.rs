@@ -15,7 +15,7 @@ use super::AppState;
 use super::auth::AuthQuery;
 use super::multipart::read_upload;
 use super::objects::admit;
-use super::stages::{ImageMeta, each_image, record_request, remote_images};
+use super::stages::{ImageMeta, each_image, record_request, remote_json};
 use crate::error::FileStatus;
 use crate::error::{ApiError, Envelope};
 use crate::infer::text::{Line, TextService, read_image};
@@ -285,15 +285,6 @@ async fn read_all(
     )?;
     match &svc.remote {
         None => each_image(&state.infer, req, &svc.name, images, |_, img| read_image(&state.infer, svc, img)).await,
-        Some(broker) => Ok(remote_images(broker, &svc.name, req, images)
-            .await?
-            .into_iter()
-            .map(|answer| {
-                answer.and_then(|body| {
-                    serde_json::from_slice(&body)
-                        .map_err(|e| (FileStatus::Permanent, format!("unreadable answer from the worker: {e}")))
-                })
-            })
-            .collect()),
+        Some(broker) => remote_json(broker, &svc.name, req, images).await,
     }
 }

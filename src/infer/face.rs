@@ -8,7 +8,7 @@ use actix::Addr;
 
 use super::family::{checked, no_modes, settings};
 use super::stages::{StageError, fixed, image_job, infer, prepare};
-use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{AlignFaces, CropFaces, Pyramid, StoreActor};
 use crate::broker::api::Broker;
 use crate::config::ModelConfig;
@@ -194,7 +194,7 @@ impl Family for Faces {
     /// person store (`--role all` / `api`), and its whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
         let fc = checked(face_config(mc));
-        let stages = b.place_one::<FaceService>(name, mc, "face")?;
+        let stages = b.place_one::<FaceService>(name, mc, "face", Head::default())?;
         let [pnet, rnet, onet, embed] = &stages[..] else {
             return Ok(());
         };

@@ -36,6 +36,60 @@ pub trait Family: Sync {
 
     /// Places the model's stages ([`Builder::place`]) and attaches what serves them.
     fn attach(&self, b: &mut Builder<'_>, name: &str, mc: &ModelConfig) -> Result<(), StartError>;
+
+    /// A Vision endpoint the family serves by itself, `POST /api/v1/<path>`: the edge routes it,
+    /// reads the request (auth, gate, upload, `meta.images`, admission) and answers each image as
+    /// an `objects[]` entry of `status`, `name`, `error` and the fields its [`ImageEndpoint`]
+    /// (registered by `attach` through [`Builder::serve_endpoint`]) gives; unplaced, the endpoint
+    /// answers that it is not served.
+    fn endpoint(&self) -> Option<&'static str> {
+        None
+    }
+}
+
+/// What answers a family endpoint, one image at a time.
+pub trait ImageEndpoint: Send + Sync {
+    /// The stage the request's images are admitted against (a live worker, its queue).
+    fn stage(&self) -> &Arc<super::ServedModel>;
+
+    /// `--role api`, for a family fed whole images: the broker the images go to, whole, on the
+    /// model's stream.
+    fn remote(&self) -> Option<&Arc<crate::broker::api::Broker>>;
+
+    /// One decoded image's fields of its entry, computed here.
+    fn answer<'a>(
+        &'a self,
+        state: &'a super::Inference,
+        image: Arc<crate::pipelines::decode::DecodedImage>,
+        poisoned: bool,
+    ) -> futures_util::future::BoxFuture<
+        'a,
+        Result<serde_json::Map<String, serde_json::Value>, super::stages::StageError>,
+    >;
+
+    /// The fields a failed file's entry carries beside `status`, `name` and `error` (those the
+    /// endpoint's schema requires).
+    fn failed(&self) -> serde_json::Map<String, serde_json::Value>;
+}
+
+/// `--role worker`: one image job of a family endpoint's model fed whole images: decode, the
+/// endpoint's answer, its fields as JSON (the api puts them in the entry).
+pub async fn endpoint_job(
+    state: Arc<super::Inference>,
+    model: String,
+    image: Vec<u8>,
+    poisoned: bool,
+) -> crate::broker::codec::Outcome {
+    let Some(endpoint) = state.endpoints.values().find(|e| e.stage().model == model).cloned() else {
+        return crate::broker::codec::Outcome::Failed {
+            status: crate::error::FileStatus::Permanent,
+            message: format!("no endpoint of model {model} on this worker. This is a bug."),
+        };
+    };
+    let encode = |fields: &serde_json::Map<String, serde_json::Value>| {
+        serde_json::to_vec(fields).expect("a JSON object serializes. This is a bug.")
+    };
+    super::stages::image_job(&state, &model, image, |img| endpoint.answer(&state, img, poisoned), encode).await
 }
 
 /// One network of a model: its stage's name (the model's own for a one-network model;

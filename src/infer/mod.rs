@@ -5,6 +5,7 @@
 //! (`plates`), super-resolution (`superres`), classifiers and the COCO detector (`objects`).
 //! Nothing here speaks HTTP.
 
+pub mod adult;
 pub mod face;
 pub mod family;
 pub mod objects;
@@ -40,7 +41,13 @@ pub static FAMILIES: &[&dyn Family] = &[
     &text::Text,
     &plates::Plates,
     &superres::RealEsrgan,
+    &adult::Nsfw,
 ];
+
+/// The Vision endpoints the families serve by themselves (`POST /api/v1/<path>`).
+pub fn family_endpoints() -> impl Iterator<Item = &'static str> {
+    FAMILIES.iter().filter_map(|f| f.endpoint())
+}
 
 /// The family of `architecture`, if the server has it.
 pub fn family(architecture: &str) -> Option<&'static dyn Family> {
@@ -112,6 +119,8 @@ pub struct Inference {
     /// and person store, the text model's, the plates model's, super-resolution's), by type:
     /// `infer.service::<text::TextService>()`.
     pub services: Services,
+    /// The family endpoints served here (`Family::endpoint`), by path (`adult/detect`).
+    pub endpoints: HashMap<&'static str, Arc<dyn family::ImageEndpoint>>,
     pub decoder: Addr<Decoder>,
     pub preprocessor: Addr<Preprocessor>,
     pub workers: Vec<Arc<WorkerHealth>>,
@@ -309,6 +318,7 @@ pub struct Builder<'c> {
     workers: Vec<Arc<WorkerHealth>>,
     /// The services the families attach.
     pub services: Services,
+    endpoints: HashMap<&'static str, Arc<dyn family::ImageEndpoint>>,
     /// `--role worker`: the models fed whole images, fed once the state exists.
     whole_feeds: Vec<WholeFeed>,
     feeders: Vec<Arc<crate::broker::worker::Feeder>>,
@@ -341,6 +351,7 @@ impl<'c> Builder<'c> {
             models: Vec::new(),
             workers: Vec::new(),
             services: Services::default(),
+            endpoints: HashMap::new(),
             whole_feeds: Vec::new(),
             feeders: Vec::new(),
             worker_broker_up: (role == Role::Worker).then(|| Arc::new(std::sync::atomic::AtomicBool::new(false))),
@@ -454,12 +465,13 @@ impl<'c> Builder<'c> {
     }
 
     /// The stages of a model whose family serves one per process through its service `S`
-    /// (`what` names the family in the error of a second one).
+    /// (`what` names the family in the error of a second one); `head` as for [`Self::place`].
     pub fn place_one<S: std::any::Any + Send + Sync>(
         &mut self,
         name: &str,
         mc: &ModelConfig,
         what: &str,
+        head: Head,
     ) -> Result<Vec<Arc<ServedModel>>, StartError> {
         if self.services.contains::<S>() {
             return Err(StartError::Config(ConfigError::Invalid {
@@ -467,7 +479,25 @@ impl<'c> Builder<'c> {
                 message: format!("only one {what} model can be placed per process"),
             }));
         }
-        self.place(name, mc, Head::default())
+        self.place(name, mc, head)
+    }
+
+    /// Serves the family endpoint `path` (`Family::endpoint`) by `service`; on `--role worker`,
+    /// when the family's images come whole, the model's jobs are answered by it too.
+    pub fn serve_endpoint(
+        &mut self,
+        path: &'static str,
+        service: Arc<dyn family::ImageEndpoint>,
+        name: &str,
+        mc: &ModelConfig,
+    ) {
+        let stage = service.stage().clone();
+        self.endpoints.insert(path, service);
+        if family_of(mc).fed_whole() {
+            self.feed_whole(name, mc, &[stage], |state, model, image, poisoned| {
+                Box::pin(family::endpoint_job(state, model, image, poisoned))
+            });
+        }
     }
 
     /// The person store, opened once (`--role all` / `api`; workers keep no persons).
@@ -483,6 +513,7 @@ impl<'c> Builder<'c> {
             modes: self.modes,
             models: self.models,
             services: self.services,
+            endpoints: self.endpoints,
             decoder: self.decoder,
             preprocessor: self.preprocessor,
             workers: self.workers,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::family::{checked, settings};
 use super::stages::{StageError, image_job, infer, prepare, remote_image};
-use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{DetectPlates, InferError, PlateCrops};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
@@ -204,7 +204,7 @@ impl Family for Plates {
     /// recogniser's classes, and its whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
         let s = checked(settings::<PlateSettings>(mc));
-        let stages = b.place_one::<PlateService>(name, mc, "plates")?;
+        let stages = b.place_one::<PlateService>(name, mc, "plates", Head::default())?;
         let [det, rec] = &stages[..] else {
             return Ok(());
         };

@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 
 use super::family::{checked, no_modes, settings};
 use super::stages::{StageError, image_job, infer_unordered, prepare};
-use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{SrFinish, SrPlace, SrTiles};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
@@ -180,7 +180,7 @@ impl Family for RealEsrgan {
     /// whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
         let config = checked(settings::<SuperResSettings>(mc)).superres.unwrap_or_default();
-        let stages = b.place_one::<SuperResService>(name, mc, "super-resolution")?;
+        let stages = b.place_one::<SuperResService>(name, mc, "super-resolution", Head::default())?;
         let [art, photo] = &stages[..] else {
             return Ok(());
         };

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::family::{checked, no_modes, settings};
 use super::stages::{StageError, image_job, infer, prepare};
-use super::{Builder, Family, Inference, Invalid, ServedModel, Stage, StartError};
+use super::{Builder, Family, Head, Inference, Invalid, ServedModel, Stage, StartError};
 use crate::actors::{DetectText, RecLines, TextLines};
 use crate::config::ModelConfig;
 use crate::error::FileStatus;
@@ -141,7 +141,7 @@ impl Family for Text {
     /// recogniser) and the recogniser's classes, and its whole-image jobs on `--role worker`.
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
         let params = checked(settings::<TextSettings>(mc)).text.unwrap_or_default();
-        let stages = b.place_one::<TextService>(name, mc, "text")?;
+        let stages = b.place_one::<TextService>(name, mc, "text", Head::default())?;
         let [det, cls, rec] = &stages[..] else {
             return Ok(());
         };

@@ -122,6 +122,11 @@ impl LabelMap {
         Ok(Self { labels, class_to_label })
     }
 
+    /// Class `class`'s label (its English name).
+    pub fn name(&self, class: usize) -> Option<&str> {
+        Some(self.labels[*self.class_to_label.get(class)?].eng.as_str())
+    }
+
     pub fn num_classes(&self) -> usize {
         self.class_to_label.len()
     }

@@ -66,9 +66,12 @@ impl ClassifierPrep {
 pub fn declared_input(img: &DecodedImage, io: &IoContract) -> ModelInput {
     let (w, h) = (img.width as usize, img.height as usize);
     let [oh, ow] = io.input;
+    if io.resize == Resize::BilinearAlignCorners {
+        return align_corners_input(img, io);
+    }
     // The resized image's size, and where the input window sits in it.
     let (nw, nh) = match io.resize {
-        Resize::Stretch => (ow, oh),
+        Resize::Stretch | Resize::BilinearAlignCorners => (ow, oh),
         Resize::CenterCrop => {
             let k = (ow as f64 / w as f64).max(oh as f64 / h as f64) / f64::from(io.crop_fraction);
             (((w as f64 * k).round() as usize).max(ow), ((h as f64 * k).round() as usize).max(oh))
@@ -95,6 +98,44 @@ pub fn declared_input(img: &DecodedImage, io: &IoContract) -> ModelInput {
             }
             for (c, &src) in order.iter().enumerate() {
                 let v = acc[src] as f32 * io.scale;
+                data[c * oh * ow + y * ow + x] = (v - io.mean[c]) / io.std[c];
+            }
+        }
+    }
+    ModelInput::sized(data, oh, ow)
+}
+
+/// A declared network's input resized as TensorFlow's `resize_bilinear(align_corners=True)` does
+/// (TF.js's CPU kernel: the pixel values scaled first, each output pixel from its four
+/// neighbours at `o · (in − 1) / (out − 1)` in f64, along x on both rows, then along y), then
+/// channels in the declared order and `(x − mean) / std`, CHW f32.
+fn align_corners_input(img: &DecodedImage, io: &IoContract) -> ModelInput {
+    let (w, h) = (img.width as usize, img.height as usize);
+    let [oh, ow] = io.input;
+    let taps = |size: usize, out: usize| -> Vec<(usize, usize, f64)> {
+        let ratio = if out > 1 { (size - 1) as f64 / (out - 1) as f64 } else { size as f64 / out as f64 };
+        (0..out)
+            .map(|o| {
+                let src = ratio * o as f64;
+                let lo = (src.floor() as usize).min(size - 1);
+                let hi = (src.ceil() as usize).min(size - 1);
+                (lo, hi, src - lo as f64)
+            })
+            .collect()
+    };
+    let (rows, cols) = (taps(h, oh), taps(w, ow));
+    let order = match io.channels {
+        Channels::Rgb => [0, 1, 2],
+        Channels::Bgr => [2, 1, 0],
+    };
+    let px = |y: usize, x: usize, c: usize| f64::from(f32::from(img.rgb[(y * w + x) * 3 + c]) * io.scale);
+    let mut data = vec![0f32; 3 * oh * ow];
+    for (y, &(ylo, yhi, yf)) in rows.iter().enumerate() {
+        for (x, &(xlo, xhi, xf)) in cols.iter().enumerate() {
+            for (c, &src) in order.iter().enumerate() {
+                let top = px(ylo, xlo, src) + (px(ylo, xhi, src) - px(ylo, xlo, src)) * xf;
+                let bottom = px(yhi, xlo, src) + (px(yhi, xhi, src) - px(yhi, xlo, src)) * xf;
+                let v = (top + (bottom - top) * yf) as f32;
                 data[c * oh * ow + y * ow + x] = (v - io.mean[c]) / io.std[c];
             }
         }
@@ -258,6 +299,19 @@ mod tests {
         c.std = [1.0; 3];
         let x = declared_input(&img, &c);
         assert!(x.data[0] < 0.01 && x.data[9] > 0.99, "{:?}", &x.data[..10]);
+    }
+
+    #[test]
+    fn align_corners_keeps_the_corners_and_interpolates_between_them() {
+        // 2 × 2 grey values 0, 60 / 120, 180 → 3 × 3: the corners as they are, the centre their mean.
+        let rgb = [0u8, 60, 120, 180].iter().flat_map(|&v| [v, v, v]).collect();
+        let img = DecodedImage { width: 2, height: 2, rgb };
+        let mut c = io([3, 3]);
+        (c.resize, c.channels, c.scale, c.mean, c.std) =
+            (Resize::BilinearAlignCorners, Channels::Rgb, 1.0, [0.0; 3], [1.0; 3]);
+        let x = declared_input(&img, &c);
+        assert_eq!(x.size, Some([3, 3]));
+        assert_eq!(&x.data[..9], &[0.0, 30.0, 60.0, 60.0, 90.0, 120.0, 120.0, 150.0, 180.0]);
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub fn ncnn_param(data: &[u8]) {
     }
 }
 
-/// A TF.js graph model: `model.json`, a NUL byte, then the bytes every weight file it names reads
+/// A TF.js graph or layers model: `model.json`, a NUL byte, then the bytes every weight file it names reads
 /// as; through the manifest reader (float32/int32, float16/uint8/uint16 dequantised).
 pub fn tfjs(data: &[u8]) {
     let (json, bin) = match data.iter().position(|&b| b == 0) {
@@ -83,7 +83,12 @@ pub fn tfjs(data: &[u8]) {
         None => (data, &[][..]),
     };
     if let Ok(model) = crate::tfjs::TfjsModel::parse(json, |_| Ok(bin.to_vec())) {
-        for n in &model.nodes {
+        if let crate::tfjs::Topology::Layers(l) = &model.topology {
+            for layer in &l.layers {
+                let _ = (layer.pair("strides"), layer.str("padding"), layer.f64("epsilon"), layer.bool("use_bias"));
+            }
+        }
+        for n in model.nodes() {
             let _ = (n.attr_str("padding"), n.attr_ints("strides"), n.attr_strs("fused_ops"), n.attr_bool("x"));
             let _ = n.data_inputs();
         }

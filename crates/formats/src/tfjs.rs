@@ -1,6 +1,8 @@
-//! TensorFlow.js graph models: `model.json` (topology + weights manifest) and the weight shards it
+//! TensorFlow.js models: `model.json` (topology + weights manifest) and the weight shards it
 //! names, read by the manifest's rules (float32, int32; float16 / uint8 / uint16 quantisation
-//! dequantised as TensorFlow.js does). The graph is built in gpubackend::models::tfjs.
+//! dequantised as TensorFlow.js does). Both kinds `tfjs-converter` writes: a graph model (TensorFlow
+//! nodes) and a layers model (a Keras model: its layers, their configs and how they connect). The
+//! runnable graph is built in gpubackend::models::tfjs.
 
 use std::collections::HashMap;
 
@@ -11,14 +13,164 @@ use serde_json::Value;
 #[derive(Debug, Deserialize)]
 struct ModelJson {
     #[serde(rename = "modelTopology")]
-    topology: Topology,
+    topology: Value,
     #[serde(rename = "weightsManifest")]
     manifest: Vec<ManifestGroup>,
 }
 
-#[derive(Debug, Deserialize)]
-struct Topology {
-    node: Vec<Node>,
+/// What a model computes: TensorFlow nodes (a graph model) or Keras layers (a layers model).
+#[derive(Debug)]
+pub enum Topology {
+    Graph(Vec<Node>),
+    Layers(Layers),
+}
+
+/// A Keras model as `tfjs-converter` (or `model.save` in TF.js) writes it: its layers in the
+/// order they were built, the model's input and output layers.
+#[derive(Debug, Clone)]
+pub struct Layers {
+    pub layers: Vec<Layer>,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// One Keras layer: its class (`Conv2D`, `BatchNormalization` …), its name (its weights are
+/// `<name>/kernel` …), its config as written, and the layers its inputs come from.
+#[derive(Debug, Clone)]
+pub struct Layer {
+    pub name: String,
+    pub class_name: String,
+    pub config: Value,
+    pub inbound: Vec<String>,
+}
+
+impl Layer {
+    /// A config value.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.config.get(key).filter(|v| !v.is_null())
+    }
+
+    pub fn str(&self, key: &str) -> Option<&str> {
+        self.get(key)?.as_str()
+    }
+
+    pub fn f64(&self, key: &str) -> Option<f64> {
+        self.get(key)?.as_f64()
+    }
+
+    pub fn bool(&self, key: &str) -> Option<bool> {
+        self.get(key)?.as_bool()
+    }
+
+    /// A pair of sizes (`kernel_size`, `strides` …), written as one number or two.
+    pub fn pair(&self, key: &str) -> Option<[usize; 2]> {
+        let v = self.get(key)?;
+        let n = |v: &Value| v.as_u64().and_then(|n| usize::try_from(n).ok());
+        match v.as_array() {
+            Some(a) if a.len() == 2 => Some([n(&a[0])?, n(&a[1])?]),
+            Some(_) => None,
+            None => n(v).map(|x| [x, x]),
+        }
+    }
+}
+
+/// Parses a layers model's topology: `{keras_version, backend, model_config: {class_name,
+/// config}}` or the `{class_name, config}` itself; a `Model`/`Functional` names each layer's
+/// inbound layers (Keras 2 lists or Keras 3 `keras_history`), a `Sequential` chains its layers.
+fn layers(topology: &Value) -> Result<Layers, String> {
+    let model = topology.get("model_config").unwrap_or(topology);
+    let class = model.get("class_name").and_then(Value::as_str).ok_or("a layers model without class_name")?;
+    let config = model.get("config").ok_or("a layers model without config")?;
+    let list = config.get("layers").or(config.as_array().map(|_| config)).and_then(Value::as_array);
+    let list = list.ok_or("a layers model without layers")?;
+    let mut out = Vec::with_capacity(list.len());
+    for (i, l) in list.iter().enumerate() {
+        let class_name = l.get("class_name").and_then(Value::as_str).ok_or(format!("layer {i}: no class_name"))?;
+        let config = l.get("config").cloned().unwrap_or(Value::Null);
+        let name = l
+            .get("name")
+            .or(config.get("name"))
+            .and_then(Value::as_str)
+            .ok_or(format!("layer {i} ({class_name}): no name"))?
+            .to_string();
+        let inbound = match l.get("inbound_nodes").and_then(Value::as_array) {
+            None => Vec::new(),
+            Some(nodes) if nodes.len() > 1 => {
+                return Err(format!("layer {name}: called {} times (shared layers are not supported)", nodes.len()));
+            }
+            Some(nodes) => nodes.first().map(inbound_names).unwrap_or_default(),
+        };
+        out.push(Layer { name, class_name: class_name.to_string(), config, inbound });
+    }
+    let names = |key: &str| -> Vec<String> {
+        match config.get(key).and_then(Value::as_array) {
+            // [[name, 0, 0], …] (Keras 2) or [name, 0, 0] (one, Keras 3).
+            Some(a) if a.first().is_some_and(Value::is_string) => {
+                a.first().and_then(Value::as_str).map(|s| vec![s.to_string()]).unwrap_or_default()
+            }
+            Some(a) => a.iter().filter_map(|x| x.get(0)?.as_str().map(str::to_string)).collect(),
+            None => Vec::new(),
+        }
+    };
+    let (mut inputs, mut outputs) = (names("input_layers"), names("output_layers"));
+    match class {
+        "Sequential" => {
+            // Each layer takes the one before it; the first may be the InputLayer.
+            for i in 1..out.len() {
+                let before = out[i - 1].name.clone();
+                out[i].inbound = vec![before];
+            }
+            let first = out.first().ok_or("a Sequential model without layers")?;
+            if first.class_name != "InputLayer" {
+                let shape = first.get("batch_input_shape").or(first.get("batch_shape")).cloned();
+                let input = Layer {
+                    name: format!("{}_input", first.name),
+                    class_name: "InputLayer".into(),
+                    config: serde_json::json!({ "batch_input_shape": shape }),
+                    inbound: Vec::new(),
+                };
+                out[0].inbound = vec![input.name.clone()];
+                out.insert(0, input);
+            }
+            inputs = vec![out[0].name.clone()];
+            outputs = out.last().map(|l| vec![l.name.clone()]).unwrap_or_default();
+        }
+        "Model" | "Functional" => {
+            if inputs.is_empty() || outputs.is_empty() {
+                return Err(format!("a {class} without input_layers or output_layers"));
+            }
+        }
+        other => return Err(format!("a layers model of class {other} (Model, Functional or Sequential)")),
+    }
+    Ok(Layers { layers: out, inputs, outputs })
+}
+
+/// The layers one inbound node takes: Keras 2 writes `[[name, node, tensor, kwargs], …]`,
+/// Keras 3 `{args: [{class_name: "__keras_tensor__", config: {keras_history: [name, …]}}], …}`.
+fn inbound_names(node: &Value) -> Vec<String> {
+    match node {
+        Value::Array(items) => items.iter().filter_map(|i| i.get(0)?.as_str().map(str::to_string)).collect(),
+        Value::Object(_) => {
+            let mut found = Vec::new();
+            history(node, &mut found);
+            found
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn history(v: &Value, found: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            if let Some(name) = map.get("keras_history").and_then(|h| h.get(0)).and_then(Value::as_str) {
+                found.push(name.to_string());
+                return;
+            }
+            map.values().for_each(|x| history(x, found));
+        }
+        Value::Array(items) => items.iter().for_each(|x| history(x, found)),
+        _ => {}
+    }
 }
 
 /// One TensorFlow node: its op, its inputs (`name`, `name:k` for output k, `^name` for a control
@@ -86,17 +238,26 @@ impl Weight {
     }
 }
 
-/// A graph model as read: its nodes in graph order and its weights by name.
+/// A model as read: its topology and its weights by name.
 #[derive(Debug)]
 pub struct TfjsModel {
-    pub nodes: Vec<Node>,
+    pub topology: Topology,
     pub weights: HashMap<String, Weight>,
 }
 
 impl TfjsModel {
     /// `model.json`'s text and a reader of the weight files it names.
     pub fn parse(json: &[u8], mut read: impl FnMut(&str) -> Result<Vec<u8>, String>) -> Result<Self, String> {
-        let model: ModelJson = serde_json::from_slice(json).map_err(|e| format!("not a TF.js graph model: {e}"))?;
+        let model: ModelJson = serde_json::from_slice(json).map_err(|e| format!("not a TF.js model: {e}"))?;
+        let topology = match model.topology.get("node") {
+            Some(nodes) => Topology::Graph(
+                serde_json::from_value(nodes.clone()).map_err(|e| format!("not a TF.js graph model: {e}"))?,
+            ),
+            None if model.topology.is_object() => {
+                Topology::Layers(layers(&model.topology).map_err(|e| format!("not a TF.js layers model: {e}"))?)
+            }
+            None => return Err("not a TF.js model: modelTopology is not an object".into()),
+        };
         let mut weights = HashMap::new();
         for group in &model.manifest {
             // A group's weights lie one after another over its shards, concatenated.
@@ -114,7 +275,7 @@ impl TfjsModel {
                 return Err(format!("weight group {:?}: {} bytes, the manifest uses {at}", group.paths, data.len()));
             }
         }
-        Ok(Self { nodes: model.topology.node, weights })
+        Ok(Self { topology, weights })
     }
 }
 
@@ -165,6 +326,16 @@ fn decode(spec: &WeightSpec, data: &[u8]) -> Result<(Weight, usize), String> {
         other => return Err(format!("weight {}: unsupported dtype {other}", spec.name)),
     };
     Ok((Weight { shape: spec.shape.clone(), values }, bytes.len()))
+}
+
+impl TfjsModel {
+    /// A graph model's nodes (none for a layers model).
+    pub fn nodes(&self) -> &[Node] {
+        match &self.topology {
+            Topology::Graph(nodes) => nodes,
+            Topology::Layers(_) => &[],
+        }
+    }
 }
 
 impl Node {

@@ -1,5 +1,5 @@
-//! A network declared in the configuration, not in code: an ONNX graph on the graph runner with
-//! its I/O contract (`[models.<name>.io]`): the input it takes (size, layout, channel order,
+//! A network declared in the configuration, not in code: an ONNX graph or a TF.js model (graph or
+//! layers; `weights` ending in `.json`) on the graph runner with its I/O contract (`[models.<name>.io]`): the input it takes (size, layout, channel order,
 //! normalisation), the task and what its output is. The server serves it through the same
 //! batcher and workers as the built-in networks; no Rust is written for it.
 
@@ -50,6 +50,10 @@ pub enum Resize {
     /// Bilinear so that the shorter side is `crop_fraction` larger than the input's, then the
     /// centre cut out (torchvision's Resize(256) + CenterCrop(224) at 0.875).
     CenterCrop,
+    /// Bilinear to exactly the input size without antialiasing, corners aligned (TensorFlow's
+    /// `resize_bilinear(align_corners=True)`: output pixel `o` samples the input at
+    /// `o · (in − 1) / (out − 1)`), as TF.js classifiers such as nsfwjs feed their images.
+    BilinearAlignCorners,
 }
 
 /// What the output values are.
@@ -93,6 +97,11 @@ pub struct IoContract {
     pub classes: usize,
 }
 
+/// Whether `weights` is a TF.js model (`model.json`), whose graph the reader turns N×C×H×W.
+pub fn is_tfjs(weights: &Path) -> bool {
+    weights.extension().is_some_and(|e| e == "json")
+}
+
 fn default_crop_fraction() -> f32 {
     0.875
 }
@@ -113,8 +122,9 @@ impl IoContract {
         if self.layout == Layout::Nhwc {
             return Err((
                 "layout",
-                "\"nhwc\" is not supported yet: the graph runner computes in N×C×H×W (export the graph \
-                 channels-first)"
+                "\"nhwc\" is not supported yet: the graph runner computes in N×C×H×W (export an ONNX graph \
+                 channels-first; TF.js models, N×H×W×C by definition, are turned channels-first by the reader: \
+                 leave `layout` out)"
                     .into(),
             ));
         }
@@ -149,7 +159,12 @@ impl DeclaredNet {
     /// Loads the graph onto `device` (an op the runner lacks is named with its node) and checks
     /// that one pass gives `classes` values per image.
     pub fn load(weights: &Path, io: &IoContract, device: &Device) -> Result<Self, LoadError> {
-        let graph = OnnxGraph::load(weights, device)?;
+        let graph = if is_tfjs(weights) {
+            // TF.js models are N×H×W×C by definition; the reader turns them N×C×H×W.
+            super::tfjs::load_graph(weights, &[], device)?
+        } else {
+            OnnxGraph::load(weights, device)?
+        };
         let [h, w] = io.input;
         let out = graph.forward(Tensor::zeros([1, 3, h, w], device));
         let got: usize = out.dims().iter().product();

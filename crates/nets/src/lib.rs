@@ -21,6 +21,7 @@ pub mod probe;
 pub mod profile;
 pub mod sface;
 pub mod tfjs;
+pub mod tfjs_layers;
 
 pub use device::{DeviceError, DeviceSpec};
 

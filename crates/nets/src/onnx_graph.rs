@@ -96,6 +96,8 @@ pub(super) enum Op {
     /// N×C×H×W → N×(C·H·W)×1×1: a 2-D value (N × features) as the runner holds it, 4-D with
     /// unit spatial axes (a classifier's head: `Flatten`, `Reshape` to 2-D, `Squeeze`).
     Flatten,
+    /// N×C×H×W → N×(H·W·C)×1×1 in H, W, C order (Keras's `Flatten` of an NHWC value).
+    FlattenHwc,
     /// Softmax over C (axis 1 of a 4-D value, or the features of a flat one).
     SoftmaxC,
 }
@@ -132,7 +134,7 @@ impl Op {
             Op::Upsample(_) => "upsample",
             Op::Concat => "concat",
             Op::MaxPool(_) | Op::AvgPool(_) => "pool",
-            Op::Identity | Op::Flatten => "identity",
+            Op::Identity | Op::Flatten | Op::FlattenHwc => "identity",
             Op::SoftmaxC => "softmax",
         }
     }
@@ -804,6 +806,15 @@ impl OnnxGraph {
                     let x = get(0);
                     let [n, c, h, w] = x.dims();
                     x.reshape([n, c * h * w, 1, 1])
+                }
+                Op::FlattenHwc => {
+                    let x = get(0);
+                    let [n, c, h, w] = x.dims();
+                    if h * w == 1 {
+                        x.reshape([n, c, 1, 1])
+                    } else {
+                        x.permute([0, 2, 3, 1]).reshape([n, h * w * c, 1, 1])
+                    }
                 }
                 Op::SoftmaxC => burn::tensor::activation::softmax(get(0), 1),
             };

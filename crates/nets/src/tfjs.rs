@@ -13,7 +13,7 @@ use burn::prelude::{Device, Tensor, TensorData};
 use super::GraphError;
 use super::LoadError;
 use super::onnx_graph::{OnnxGraph, Op, Step};
-pub use gpubackend_formats::tfjs::{Node, TfjsModel, Values, Weight};
+pub use gpubackend_formats::tfjs::{Node, TfjsModel, Topology, Values, Weight};
 
 /// Reads `model.json` and the weight files its manifest names (beside it).
 pub fn load_model(json: &Path) -> Result<TfjsModel, LoadError> {
@@ -31,7 +31,7 @@ pub fn load_model(json: &Path) -> Result<TfjsModel, LoadError> {
 }
 
 /// An HWIO convolution kernel (TensorFlow's) as OIHW; a depthwise HWC1 kernel as C×1×H×W.
-fn kernel(w: &Weight, depthwise: bool, device: &Device) -> Result<Tensor<4>, GraphError> {
+pub(super) fn kernel(w: &Weight, depthwise: bool, device: &Device) -> Result<Tensor<4>, GraphError> {
     let v = w.floats().ok_or("a kernel of ints")?;
     let [kh, kw, ci, co] = <[usize; 4]>::try_from(w.shape.as_slice()).map_err(|_| format!("kernel {:?}", w.shape))?;
     let (out, inp) = if depthwise { (ci * co, 1) } else { (co, ci) };
@@ -66,7 +66,7 @@ impl OnnxGraph {
     /// The part of a TF.js graph model that computes `outputs` (N×H×W×C in the graph; here
     /// N×C×H×W, several outputs side by side along C in the order given).
     pub fn from_tfjs(model: &TfjsModel, outputs: &[&str], device: &Device) -> Result<Self, GraphError> {
-        let by_name: HashMap<&str, &Node> = model.nodes.iter().map(|n| (n.name.as_str(), n)).collect();
+        let by_name: HashMap<&str, &Node> = model.nodes().iter().map(|n| (n.name.as_str(), n)).collect();
         // The nodes the outputs need, in graph order.
         let mut needed = std::collections::HashSet::new();
         let mut stack: Vec<String> = outputs.iter().map(|s| s.to_string()).collect();
@@ -81,7 +81,7 @@ impl OnnxGraph {
         let mut steps = Vec::new();
         let mut constants = HashMap::new();
         let mut input = None;
-        for node in model.nodes.iter().filter(|n| needed.contains(&n.name)) {
+        for node in model.nodes().iter().filter(|n| needed.contains(&n.name)) {
             let inputs = node.data_inputs();
             let weight = |i: usize| -> Result<&Weight, GraphError> {
                 let name = inputs.get(i).ok_or(format!("{}: missing input {i}", node.op))?;
@@ -205,11 +205,34 @@ impl OnnxGraph {
     }
 }
 
-/// Loads a TF.js graph model's `outputs` onto `device`.
+/// Loads a TF.js model onto `device`: a graph model's `outputs` (none named: the nodes no other
+/// node reads), or a layers model's output layers (`outputs` must then be empty or name them).
 pub fn load_graph(json: &Path, outputs: &[&str], device: &Device) -> Result<OnnxGraph, LoadError> {
     let model = load_model(json)?;
-    OnnxGraph::from_tfjs(&model, outputs, device)
-        .map_err(|source| LoadError::Graph { path: json.to_path_buf(), source })
+    let graph = match &model.topology {
+        Topology::Layers(layers) if outputs.is_empty() || outputs.iter().eq(layers.outputs.iter()) => {
+            OnnxGraph::from_layers(&model, layers, device)
+        }
+        Topology::Layers(layers) => Err(GraphError::Node(format!(
+            "a layers model computes its output layers {:?}, not {outputs:?}",
+            layers.outputs
+        ))),
+        Topology::Graph(_) if !outputs.is_empty() => OnnxGraph::from_tfjs(&model, outputs, device),
+        Topology::Graph(nodes) => {
+            let read: std::collections::HashSet<String> = nodes
+                .iter()
+                .flat_map(|n| n.data_inputs())
+                .map(|i| i.split(':').next().unwrap_or(&i).to_string())
+                .collect();
+            let ends: Vec<&str> = nodes
+                .iter()
+                .filter(|n| !read.contains(&n.name) && !matches!(n.op.as_str(), "Const" | "Placeholder" | "NoOp"))
+                .map(|n| n.name.as_str())
+                .collect();
+            OnnxGraph::from_tfjs(&model, &ends, device)
+        }
+    };
+    graph.map_err(|source| LoadError::Graph { path: json.to_path_buf(), source })
 }
 
 #[cfg(test)]
@@ -244,7 +267,7 @@ mod tests {
         assert_eq!(m.weights["h"].floats(), Some(&[0.5, -3.0][..]));
         assert_eq!(m.weights["q"].floats(), Some(&[-1.0, 0.0, 126.5][..]));
         assert_eq!((m.weights["i"].ints(), m.weights["i"].shape.as_slice()), (Some(&[7, -1][..]), &[1, 2][..]));
-        assert_eq!(m.nodes[0].op, "Placeholder");
+        assert_eq!(m.nodes()[0].op, "Placeholder");
     }
 
     #[test]
