@@ -135,12 +135,18 @@ fn drive_load(addr: SocketAddr, duration: Duration) {
                 let end = Instant::now() + duration;
                 let mut n = 0;
                 while Instant::now() < end {
-                    let meta: &[u8] = if i == 1 && n % 5 == 0 {
-                        br#"{"mode":["pedestrian"],"images":[{"name":"file"}]}"#
+                    // Every model's series (adult/detect every third request of the second client)
+                    // and client errors (a mode no model serves: 400).
+                    let (path, meta): (String, &[u8]) = if i == 1 && n % 7 == 0 {
+                        (DETECT.into(), br#"{"mode":["no_such_mode"],"images":[{"name":"file"}]}"#)
+                    } else if i == 1 && n % 5 == 0 {
+                        (DETECT.into(), br#"{"mode":["pedestrian"],"images":[{"name":"file"}]}"#)
+                    } else if i == 1 && n % 3 == 0 {
+                        (DETECT.replace("objects/detect", "adult/detect"), br#"{"images":[{"name":"file"}]}"#)
                     } else {
-                        br#"{"mode":["object"],"images":[{"name":"file"}]}"#
+                        (DETECT.into(), br#"{"mode":["object"],"images":[{"name":"file"}]}"#)
                     };
-                    let r = c.post_multipart(DETECT, &[("file", Some("c.jpg"), &image), ("meta", None, meta)]).unwrap();
+                    let r = c.post_multipart(&path, &[("file", Some("c.jpg"), &image), ("meta", None, meta)]).unwrap();
                     assert!(r.status == 200 || r.status == 400, "{}", r.text());
                     if n % 10 == 0 {
                         assert_eq!(c.get("/api/v1/nothing").unwrap().status, 404);
@@ -286,12 +292,12 @@ fn placement_page_renders_in_headless_chromium() {
     assert_eq!(view["devices"][0]["label"], "cpu");
     assert_eq!(
         view["devices"][0]["models"],
-        serde_json::json!(["centernet", "face", "mobilenet_v2", "plates", "realesrgan", "text"])
+        serde_json::json!(["adult", "centernet", "face", "mobilenet_v2", "plates", "realesrgan", "text"])
     );
     assert_eq!(
         view["devices"][0]["workers"].as_array().unwrap().len(),
-        13,
-        "4 face stages + mobilenet_v2 + 3 text stages + 2 plates stages + centernet + 2 realesrgan stages"
+        14,
+        "4 face stages + mobilenet_v2 + 3 text stages + 2 plates stages + centernet + 2 realesrgan stages + adult"
     );
     assert_eq!(view["devices"][0]["workers"][0]["state"], "idle");
     let mobilenet = view["models"].as_array().unwrap().iter().find(|m| m["name"] == "mobilenet_v2").unwrap();
@@ -317,7 +323,7 @@ fn placement_page_renders_in_headless_chromium() {
     assert!(dom.contains(&format!("<span id=\"node\">{node}</span>")), "{dom}");
     assert!(
         dom.contains(
-            "cpu: [\"centernet\", \"face\", \"mobilenet_v2\", \"plates\", \"realesrgan\", \"text\"]  (cpu on "
+            "cpu: [\"adult\", \"centernet\", \"face\", \"mobilenet_v2\", \"plates\", \"realesrgan\", \"text\"]  (cpu on "
         ),
         "{dom}"
     );

@@ -83,6 +83,12 @@ fn sized(mut spec: ModelSpec, input: [usize; 2]) -> ModelSpec {
     spec
 }
 
+/// adult/detect's classifier contract, as the embedded config declares it.
+fn nsfw_io() -> models::declared::IoContract {
+    let config = crate::infer::load_config(None).expect("the embedded config is valid. This is a bug.");
+    config.models["adult"].settings["io"].clone().try_into().expect("the embedded config declares adult's io")
+}
+
 fn cases(dir: &std::path::Path) -> Vec<Case> {
     let p = |f: &str| dir.join(f);
     let onnx = |f: &str| Some(("onnxruntime", dir.join(f)));
@@ -145,6 +151,16 @@ fn cases(dir: &std::path::Path) -> Vec<Case> {
             graph: Some({
                 let json = p("centernet/centernet.json");
                 Box::new(move |d| models::tfjs::load_graph(&json, &models::centernet::CENTERNET_OUTPUTS, d))
+            }),
+        },
+        Case {
+            name: "nsfw 224² ×4",
+            spec: models::declared::spec(p("nsfw/model.json"), nsfw_io()),
+            batch: 4,
+            anchor: None,
+            graph: Some({
+                let json = p("nsfw/model.json");
+                Box::new(move |d| models::tfjs::load_graph(&json, &[], d))
             }),
         },
         Case {
