@@ -12,8 +12,7 @@ import path from 'node:path';
 import * as tf from '@tensorflow/tfjs-core';
 import '@tensorflow/tfjs-backend-cpu';
 import { loadGraphModel } from '@tensorflow/tfjs-converter';
-import jpeg from 'jpeg-js';
-import { PNG } from 'pngjs';
+import { decode } from './images.mjs';
 
 const [dir, out, ...images] = process.argv.slice(2);
 const json = JSON.parse(fs.readFileSync(path.join(dir, 'centernet.json')));
@@ -21,16 +20,6 @@ const weightSpecs = json.weightsManifest.flatMap((g) => g.weights);
 const bins = json.weightsManifest.flatMap((g) => g.paths).map((p) => fs.readFileSync(path.join(dir, p)));
 const all = Buffer.concat(bins);
 const weightData = all.buffer.slice(all.byteOffset, all.byteOffset + all.byteLength);
-
-function decode(file) {
-  const bytes = fs.readFileSync(file);
-  if (file.endsWith('.png')) {
-    const png = PNG.sync.read(bytes);
-    return { width: png.width, height: png.height, rgba: png.data };
-  }
-  const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true });
-  return { width: img.width, height: img.height, rgba: img.data };
-}
 
 await tf.setBackend('cpu');
 const model = await loadGraphModel(tf.io.fromMemory({ modelTopology: json.modelTopology, weightSpecs, weightData }));

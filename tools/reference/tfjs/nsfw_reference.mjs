@@ -12,20 +12,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as tf from '@tensorflow/tfjs';
 import * as nsfwjs from 'nsfwjs';
-import jpeg from 'jpeg-js';
-import { PNG } from 'pngjs';
+import { decode } from './images.mjs';
 
 const [out, ...images] = process.argv.slice(2);
-
-function decode(file) {
-  const bytes = fs.readFileSync(file);
-  if (file.endsWith('.png')) {
-    const png = PNG.sync.read(bytes);
-    return { width: png.width, height: png.height, rgba: png.data };
-  }
-  const img = jpeg.decode(bytes, { useTArray: true, formatAsRGBA: true });
-  return { width: img.width, height: img.height, rgba: img.data };
-}
 
 await tf.setBackend('cpu');
 const nsfw = await nsfwjs.load('MobileNetV2');
