@@ -23,7 +23,7 @@ use crate::actors::Preprocess;
 use crate::config::{ConfigError, ModelConfig};
 use crate::metrics;
 use crate::models::declared::{self, IoContract, Scores, Task};
-use crate::pipelines::classify::LabelMap;
+use crate::pipelines::classify::{LabelMap, probabilities};
 use crate::pipelines::decode::DecodedImage;
 use crate::pipelines::preprocess::ClassifierPrep;
 
@@ -113,16 +113,8 @@ fn safe_indices(labels: &LabelMap, names: &[String]) -> Result<Vec<usize>, Strin
 
 /// The probability of the safe classes in a classifier's output.
 pub fn safe_score(output: &[f32], scores: Scores, safe: &[usize]) -> f32 {
-    let probs = match scores {
-        Scores::Probabilities => output.to_vec(),
-        Scores::Logits => {
-            let m = output.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let e: Vec<f32> = output.iter().map(|v| (v - m).exp()).collect();
-            let z: f32 = e.iter().sum();
-            e.into_iter().map(|v| v / z).collect()
-        }
-    };
-    safe.iter().filter_map(|&i| probs.get(i)).sum::<f32>().clamp(0.0, 1.0)
+    let probs = probabilities(output, scores);
+    (safe.iter().filter_map(|&i| probs.get(i)).sum::<f64>() as f32).clamp(0.0, 1.0)
 }
 
 /// The placed nsfw model: its stage and which classes are safe.

@@ -60,6 +60,19 @@ pub struct ObjectLabel {
     pub coord: [u32; 4],
 }
 
+/// A classifier's outputs as probabilities: a softmax of logits, probabilities as they are.
+pub fn probabilities(scores: &[f32], kind: Scores) -> Vec<f64> {
+    match kind {
+        Scores::Logits => {
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let exp: Vec<f64> = scores.iter().map(|&l| f64::from(l - max).exp()).collect();
+            let total: f64 = exp.iter().sum();
+            exp.into_iter().map(|e| e / total).collect()
+        }
+        Scores::Probabilities => scores.iter().map(|&p| f64::from(p)).collect(),
+    }
+}
+
 impl LabelMap {
     pub fn load(path: &Path, num_classes: usize) -> Result<Self, LabelError> {
         let p = path.display().to_string();
@@ -159,15 +172,7 @@ impl LabelMap {
         width: u32,
         height: u32,
     ) -> Vec<ObjectLabel> {
-        let probs: Vec<f64> = match kind {
-            Scores::Logits => {
-                let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let exp: Vec<f64> = scores.iter().map(|&l| f64::from(l - max).exp()).collect();
-                let total: f64 = exp.iter().sum();
-                exp.into_iter().map(|e| e / total).collect()
-            }
-            Scores::Probabilities => scores.iter().map(|&p| f64::from(p)).collect(),
-        };
+        let probs = probabilities(scores, kind);
         let mut sums = vec![0f64; self.labels.len()];
         for (class, p) in probs.iter().enumerate() {
             if let Some(&label) = self.class_to_label.get(class) {
