@@ -46,7 +46,8 @@ COPY models/nsfw/labels.txt /usr/local/gpu/models/nsfw/
 COPY config/default.toml config/gpu.toml /etc/gpubackend/
 WORKDIR /usr/local/gpu
 USER 10001
-EXPOSE 8080
+# 8080: the Vision API, /v2 (Open Inference Protocol over HTTP), /metrics; 8001: its gRPC.
+EXPOSE 8080 8001
 # Ready = every placed model has a live worker (weights loaded, warm-up pass done).
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
   CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8080/health/ready"]

@@ -14,7 +14,7 @@ LLVM = $(if $(findstring cuda,$(FEATURES)),setup-llvm)
 CUDARC_CUDA_VERSION ?= 13000
 export CUDARC_CUDA_VERSION FEATURES
 
-.PHONY: deploy-files help setup setup-llvm setup-torch setup-anchors bench-networks weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan reference-nsfw fuzz eval-faces eval-plates labels
+.PHONY: deploy-files help setup setup-llvm setup-torch setup-anchors bench-networks weights run test release rpm fmt clippy ci bench bench-faces bench-text bench-plates bench-improve bench-overload bench-model bench-layers bench-oip setup-perf-analyzer proto gpu-pack gpu-check reference reference-mtcnn reference-sface reference-ppocr reference-rapidocr reference-plates reference-realesrgan reference-nsfw fuzz eval-faces eval-plates labels
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -82,6 +82,16 @@ bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=p
 bench-networks: weights setup-anchors $(LLVM) ## every network model-only on the CPU beside onnxruntime / ncnn on the same files, shapes and threads (THREADS=n ONLY=name)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench networks --anchor tools/bench/.venv-anchors/bin/python \
 	  $(if $(THREADS),--threads $(THREADS)) $(if $(ONLY),--only "$(ONLY)")
+
+bench-oip: weights $(LLVM) ## Triton's perf_analyzer (HTTP, gRPC) beside bench e2e on MobileNetV2 (CONCURRENCY="1 4 16 32")
+	cargo build $(CARGO_FEATURES) --bin gpubackend
+	bash scripts/bench-oip.sh
+
+setup-perf-analyzer: ## perf_analyzer 2.51.0 (PyPI tritonclient wheel + libb64 + libcudart, pinned + sha256) in tools/perf_analyzer
+	bash scripts/setup-perf-analyzer.sh
+
+proto: ## regenerate src/oip/inference.rs from proto/inference.proto (protox + tonic-prost-build; no protoc)
+	cd tools/protogen && cargo run --release -- ../../proto ../../src/oip
 
 bench-layers: weights $(LLVM) ## where the CPU forward pass spends its time, per op kind (BATCH=4)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench layers --batch $(or $(BATCH),4)

@@ -40,6 +40,15 @@ if ! cmp -s tools/ops/requirements.txt tools/ops/.venv/installed.txt; then
   tools/ops/.venv/bin/pip install --quiet --disable-pip-version-check -r tools/ops/requirements.txt
   cp tools/ops/requirements.txt tools/ops/.venv/installed.txt
 fi
+# Triton's Python clients (tritonclient[http,grpc], pinned) for the Open Inference Protocol tests
+# (tests/oip.rs) in tools/triton/.venv.
+if ! tools/triton/.venv/bin/python -c 'import sys' >/dev/null 2>&1; then
+  python3 -m venv tools/triton/.venv
+fi
+if ! cmp -s tools/triton/requirements.txt tools/triton/.venv/installed.txt; then
+  tools/triton/.venv/bin/pip install --quiet --disable-pip-version-check -r tools/triton/requirements.txt
+  cp tools/triton/requirements.txt tools/triton/.venv/installed.txt
+fi
 if ! cmp -s tools/ops/package-lock.json tools/ops/node_modules/.installed-lock.json 2>/dev/null; then
   (cd tools/ops && npm ci --no-audit --no-fund --loglevel=error)
   cp tools/ops/package-lock.json tools/ops/node_modules/.installed-lock.json

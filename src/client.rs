@@ -38,6 +38,8 @@ pub struct Conn {
     reader: Option<BufReader<TcpStream>>,
     /// The last request got at least a byte of a response.
     responded: bool,
+    /// Headers sent with every request (e.g. `Authorization`).
+    headers: Vec<(String, String)>,
 }
 
 /// One part of a multipart form: (field name, file name, bytes).
@@ -64,7 +66,13 @@ pub fn multipart_body(parts: &[Part<'_>]) -> Vec<u8> {
 
 impl Conn {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, reader: None, responded: false }
+        Self { addr, reader: None, responded: false, headers: Vec::new() }
+    }
+
+    /// Sends `name: value` with every request.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_string(), value.to_string()));
+        self
     }
 
     fn stream(&mut self) -> std::io::Result<&mut BufReader<TcpStream>> {
@@ -119,12 +127,15 @@ impl Conn {
     ) -> std::io::Result<Response> {
         let addr = self.addr;
         self.responded = false;
-        let r = self.stream()?;
         let mut head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\n", body.len());
         if let Some(ct) = content_type {
             head.push_str(&format!("Content-Type: {ct}\r\n"));
         }
+        for (k, v) in &self.headers {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
         head.push_str("\r\n");
+        let r = self.stream()?;
         let s = r.get_mut();
         s.write_all(head.as_bytes())?;
         s.write_all(body)?;

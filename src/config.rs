@@ -55,7 +55,34 @@ pub struct Config {
     /// Requests let into each Vision endpoint at once, and how the rest wait (overload).
     #[serde(default)]
     pub admission: AdmissionConfig,
+    /// A model repository: users' own networks, one directory each, served on the Open
+    /// Inference Protocol (`/v2`, gRPC) without code (README, "Triton / KServe clients").
+    #[serde(default)]
+    pub repository: RepositoryConfig,
 }
+
+/// `[repository]`: where users' own models are read from at start-up.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepositoryConfig {
+    /// A directory of `<name>/config.toml` + the model file (None: no repository).
+    pub path: Option<PathBuf>,
+}
+
+/// What a repository model's `config.toml` adds to a `[models.<name>]` section: where its
+/// workers run.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RepositoryPlacement {
+    /// Devices its workers run on (default: the first `[[placement]]`'s device).
+    #[serde(default)]
+    devices: Option<Vec<String>>,
+    #[serde(default = "default_instances")]
+    instances: usize,
+}
+
+/// The model files a repository model may hold, by the name looked for when `weights` is left out.
+const REPOSITORY_FILES: [&str; 3] = ["model.onnx", "model.param", "model.json"];
 
 /// The gate in front of each Vision endpoint (README, "Faults and overload"): at most
 /// `max_active_requests` requests of an endpoint are read and worked on at once; the others wait
@@ -200,6 +227,9 @@ pub struct ServerConfig {
     pub malloc_arenas: usize,
     /// How often freed memory is returned to the OS while no image is in flight (0: never).
     pub trim_interval_ms: u64,
+    /// The Open Inference Protocol's gRPC listener (same host; Triton's port is 8001; 0 = any
+    /// free port). None: no gRPC.
+    pub grpc_port: Option<u16>,
 }
 
 impl Default for ServerConfig {
@@ -213,6 +243,7 @@ impl Default for ServerConfig {
             admin_port: None,
             malloc_arenas: 2,
             trim_interval_ms: 5000,
+            grpc_port: Some(8001),
         }
     }
 }
@@ -503,6 +534,87 @@ impl Config {
         }
     }
 
+    /// Reads the model repository at `dir` (`repository.path`): each `<dir>/<name>/config.toml`
+    /// is a `[models.<name>]` section (architecture `onnx` unless it says; `weights` and `labels`
+    /// relative to its directory; `weights` left out: the one `model.onnx` / `model.param` /
+    /// `model.json` there) plus `devices` and `instances`, placed like a model of the config.
+    /// A directory without a config.toml is skipped; anything else wrong names the file.
+    pub fn add_repository(&mut self, dir: &Path) -> Result<Vec<String>, ConfigError> {
+        let field = "repository.path";
+        let entries = std::fs::read_dir(dir).map_err(|e| invalid(field, format!("{}: {e}", dir.display())))?;
+        let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()).collect();
+        dirs.sort();
+        let mut added = Vec::new();
+        for model_dir in dirs {
+            let file = model_dir.join("config.toml");
+            if !file.is_file() {
+                continue;
+            }
+            let name = model_dir.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+            let origin = file.display().to_string();
+            let bad = |message: String| ConfigError::Parse { origin: origin.clone(), message };
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+                return Err(bad(format!("the model's directory name `{name}` must be letters, digits, `_` or `-`")));
+            }
+            if self.models.contains_key(&name) {
+                return Err(bad(format!("model `{name}` is already configured (models.{name})")));
+            }
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| ConfigError::Read { path: file.clone(), source })?;
+            let mut table: toml::Table = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
+            let mut placement_keys = toml::Table::new();
+            for key in ["devices", "instances"] {
+                if let Some(v) = table.remove(key) {
+                    placement_keys.insert(key.into(), v);
+                }
+            }
+            let placement: RepositoryPlacement =
+                placement_keys.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+            table.entry("architecture").or_insert_with(|| "onnx".into());
+            if !table.contains_key("weights") {
+                let found: Vec<_> = REPOSITORY_FILES.iter().filter(|f| model_dir.join(f).is_file()).collect();
+                let [one] = found.as_slice() else {
+                    return Err(bad(format!(
+                        "`weights` left out: the directory must hold exactly one of {} (it holds {})",
+                        REPOSITORY_FILES.join(", "),
+                        found.len()
+                    )));
+                };
+                table.insert("weights".into(), one.to_string().into());
+            }
+            for key in ["weights", "labels"] {
+                if let Some(p) = table.get(key).and_then(|v| v.as_str()) {
+                    table.insert(key.into(), model_dir.join(p).display().to_string().into());
+                }
+            }
+            let mc: ModelConfig = table.try_into().map_err(|e: toml::de::Error| bad(e.to_string()))?;
+            let devices = match placement.devices {
+                Some(d) => d
+                    .iter()
+                    .map(|d| crate::models::DeviceSpec::parse(d).map_err(|e| bad(format!("devices: {e}"))))
+                    .collect::<Result<Vec<_>, _>>()?,
+                None => {
+                    vec![self.placement.first().map(|p| p.device.clone()).unwrap_or(crate::models::DeviceSpec::Cpu)]
+                }
+            };
+            for device in devices {
+                match self.placement.iter_mut().find(|p| p.device == device && p.instances == placement.instances) {
+                    Some(p) => p.models.push(name.clone()),
+                    None => self.placement.push(Placement {
+                        device,
+                        models: vec![name.clone()],
+                        instances: placement.instances,
+                        depth: None,
+                    }),
+                }
+            }
+            self.models.insert(name.clone(), mc);
+            added.push(name);
+        }
+        self.validate()?;
+        Ok(added)
+    }
+
     /// The pod form of placement: this process serves `models` on GPU `gpu` only.
     pub fn override_placement(&mut self, gpu: Option<u32>, models: Option<Vec<String>>) -> Result<(), ConfigError> {
         if gpu.is_none() && models.is_none() {
@@ -606,6 +718,11 @@ impl Config {
         }
         if self.server.admin_port.is_some_and(|p| p != 0 && p == self.server.port) {
             return Err(invalid("server.admin_port", "must differ from server.port"));
+        }
+        if let Some(g) = self.server.grpc_port.filter(|&g| g != 0)
+            && (g == self.server.port || self.server.admin_port == Some(g))
+        {
+            return Err(invalid("server.grpc_port", "must differ from server.port and server.admin_port"));
         }
         let r = &self.rate_limit;
         if !(r.requests_per_s >= 0.0 && r.requests_per_s.is_finite()) {
@@ -730,6 +847,33 @@ mod tests {
         let text = EMBEDDED_DEFAULT.replace("[limits]", "[limits]\nmax_imagez = 3");
         let err = Config::from_toml(&text, "t").unwrap_err().to_string();
         assert!(err.contains("max_imagez"), "{err}");
+    }
+
+    #[test]
+    fn a_model_repository_adds_models_placed_like_the_configs() {
+        let dir = std::env::temp_dir().join(format!("gpubackend-repo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("mine")).unwrap();
+        std::fs::create_dir_all(dir.join("notes")).unwrap(); // no config.toml: skipped
+        std::fs::write(dir.join("mine/model.onnx"), b"").unwrap();
+        std::fs::write(dir.join("mine/config.toml"), "max_batch = 3\ninstances = 2\n[io]\nclasses = 2\n").unwrap();
+        let mut c = Config::from_toml(EMBEDDED_DEFAULT, "t").unwrap();
+        assert_eq!(c.add_repository(&dir).unwrap(), ["mine"]);
+        let m = &c.models["mine"];
+        assert_eq!((m.architecture.as_str(), m.max_batch), ("onnx", 3));
+        assert_eq!(m.weights, dir.join("mine/model.onnx"));
+        let p = c.placement.iter().find(|p| p.models.contains(&"mine".to_string())).unwrap();
+        assert_eq!((p.device.to_string().as_str(), p.instances), ("cpu", 2));
+        // Read twice: the name is taken.
+        let e = c.add_repository(&dir).unwrap_err().to_string();
+        assert!(e.contains("mine/config.toml") && e.contains("already configured"), "{e}");
+        // No model file and no `weights`: the file is named.
+        std::fs::remove_file(dir.join("mine/model.onnx")).unwrap();
+        let e = Config::from_toml(EMBEDDED_DEFAULT, "t").unwrap().add_repository(&dir).unwrap_err().to_string();
+        assert!(e.contains("exactly one of model.onnx"), "{e}");
+        let e = Config::from_toml(EMBEDDED_DEFAULT, "t").unwrap().add_repository(&dir.join("nope")).unwrap_err();
+        assert!(e.to_string().contains("repository.path"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

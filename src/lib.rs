@@ -13,6 +13,8 @@
 //!   face alignment).
 //! - `actors`: thin actix actors owning threads, mailboxes and supervision.
 //! - `models`: burn model definitions, devices (probed: the adapter, or what is missing) and weight loading.
+//! - `oip`: the Open Inference Protocol (KServe v2 / Triton) without its wire: models, metadata,
+//!   one request through the same batchers; `http::oip` and `http::grpc` are its HTTP and gRPC.
 //! - `broker`: the distributed mode's Redis Streams broker (`--role api` / `--role worker`).
 //! - `store`: the person store (face embeddings per space), embedded SQLite.
 //! - `metrics`: every exported metric, described in one place.
@@ -34,6 +36,7 @@ pub mod eval;
 pub mod http;
 pub mod infer;
 pub mod metrics;
+pub mod oip;
 /// The networks and the engine beneath them (the `gpubackend-nets` crate).
 pub use gpubackend_nets as models;
 pub mod pipelines;

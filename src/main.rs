@@ -43,6 +43,13 @@ struct Serve {
     /// Listen port, overriding `server.port`.
     #[arg(long, env = "GPUBACKEND_PORT")]
     port: Option<u16>,
+    /// The Open Inference Protocol's gRPC port, overriding `server.grpc_port` (0: any free port).
+    #[arg(long, env = "GPUBACKEND_GRPC_PORT")]
+    grpc_port: Option<u16>,
+    /// A model repository to serve (`<dir>/<name>/config.toml` + the model file), overriding
+    /// `repository.path`.
+    #[arg(long, env = "GPUBACKEND_MODEL_REPOSITORY")]
+    model_repository: Option<PathBuf>,
     /// The Redis broker of `--role api` / `worker` (`redis://host:port/db`), overriding `broker.url`.
     #[arg(long, env = "GPUBACKEND_BROKER_URL")]
     broker_url: Option<String>,
@@ -170,6 +177,11 @@ fn main() -> anyhow::Result<()> {
 
 fn serve(cli: Serve) -> anyhow::Result<()> {
     let mut config = gpubackend::infer::load_config(cli.config.as_deref())?;
+    if let Some(dir) = cli.model_repository {
+        config.repository.path = Some(dir.clone());
+        config.add_repository(&dir)?;
+        gpubackend::infer::check(&config)?;
+    }
     if let Some(b) = cli.gpu_backend {
         config.server.gpu_backend = b;
     }
@@ -179,6 +191,9 @@ fn serve(cli: Serve) -> anyhow::Result<()> {
     }
     if let Some(p) = cli.port {
         config.server.port = p;
+    }
+    if let Some(p) = cli.grpc_port {
+        config.server.grpc_port = Some(p);
     }
     if let Some(url) = cli.broker_url {
         config.broker.url = url;

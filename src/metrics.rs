@@ -17,6 +17,10 @@ pub const QUEUE_SIZE: &str = "gpubackend_queue_size";
 pub const QUEUE_CAPACITY: &str = "gpubackend_queue_capacity";
 pub const QUEUE_TARGET: &str = "gpubackend_queue_target";
 pub const REQUEST_DURATION: &str = "gpubackend_request_duration_seconds";
+// The Open Inference Protocol (`/v2`, gRPC): its requests by protocol; their items go through the
+// same batchers as the Vision API's (`gpubackend_batch_size{model}` counts both).
+pub const OIP_REQUESTS: &str = "gpubackend_oip_requests_total";
+pub const OIP_REQUEST_DURATION: &str = "gpubackend_oip_request_duration_seconds";
 // Computed at scrape time by `render` (float counters and per-worker state):
 pub const WORKER_BUSY_RATIO: &str = "gpubackend_worker_busy_ratio";
 pub const WORKER_BUSY_SECONDS: &str = "gpubackend_worker_busy_seconds_total";
@@ -77,6 +81,15 @@ fn describe() {
         REQUEST_DURATION,
         Unit::Seconds,
         "Whole HTTP request, from the handler's start to the answer, by endpoint"
+    );
+    describe_counter!(
+        OIP_REQUESTS,
+        "Open Inference Protocol inference requests by protocol (http, grpc), model and outcome (ok, bad_request, not_found, overloaded, forbidden, rate_limited, error)"
+    );
+    describe_histogram!(
+        OIP_REQUEST_DURATION,
+        Unit::Seconds,
+        "Open Inference Protocol inference request, from its body read to its answer, by protocol and model"
     );
     describe_histogram!(BATCH_SIZE, "Items per batch sent to a worker, by model");
     describe_counter!(BATCHES, "Batches sent, by model and reason (full, deadline, isolated)");
@@ -159,6 +172,7 @@ pub fn install() -> PrometheusHandle {
                 .set_buckets_for_metric(Matcher::Full(STAGE_DURATION.into()), LATENCY_BUCKETS)
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BATCH_SIZE.into()), BATCH_BUCKETS))
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full(OIP_REQUEST_DURATION.into()), LATENCY_BUCKETS))
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full(BROKER_ROUND_TRIP.into()), LATENCY_BUCKETS))
                 .expect("static bucket lists are non-empty. This is a bug.")
                 .build_recorder();

@@ -67,6 +67,8 @@ impl Node {
         let child = Command::new(env!("CARGO_BIN_EXE_gpubackend"))
             .current_dir(repo())
             .args(["-c", config.to_str().unwrap(), "--role", role, "--port", &port.to_string(), "--models", models])
+            // Several api nodes at once: gRPC on a free port each.
+            .args(["--grpc-port", "0"])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())

@@ -22,6 +22,7 @@ mod model_ppocr;
 mod model_realesrgan;
 mod model_sface;
 mod observability;
+mod oip;
 mod onnx_models;
 mod ops;
 mod overload;

@@ -187,7 +187,8 @@ fn dockerfiles_run_the_binary_with_flags_it_accepts() {
         assert_eq!(get("WORKDIR"), Some("/usr/local/gpu"), "{file}: relative weight paths resolve from here");
         let health = get("HEALTHCHECK").unwrap_or_else(|| panic!("{file}: no HEALTHCHECK"));
         assert!(health.contains("http://127.0.0.1:8080/health/ready"), "{file}: {health}");
-        assert_eq!(get("EXPOSE"), Some("8080"));
+        // The API (Vision, /v2, metrics) and the Open Inference Protocol's gRPC.
+        assert_eq!(get("EXPOSE"), Some("8080 8001"));
         // The CMD, with the config path taken back to the file the image copied there.
         let mut args = cmd.clone();
         if let Some(i) = args.iter().position(|a| a == "-c") {

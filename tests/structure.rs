@@ -137,6 +137,7 @@ fn the_servers_modules_import_one_another_without_a_circle() {
         ("broker", ["http", "infer"].as_slice()),
         // The inference layer under HTTP and the broker's workers: nothing of HTTP's.
         ("infer", ["http"].as_slice()),
+        ("oip", ["http", "broker"].as_slice()),
         ("store", ["http", "actors", "pipelines"].as_slice()),
         ("metrics", ["http", "actors", "config"].as_slice()),
     ] {

@@ -48,6 +48,9 @@ pub struct WorkerHealth {
     pub last_error: std::sync::Mutex<Option<String>>,
     /// The adapter the model runs on (name, API, driver), once loaded.
     pub adapter: std::sync::Mutex<Option<String>>,
+    /// Values per item of the network's output at its warm-up size (0 until it has loaded): what
+    /// tensor clients are told the output holds (`oip`).
+    pub output_len: std::sync::atomic::AtomicUsize,
 }
 
 impl WorkerHealth {
@@ -63,6 +66,7 @@ impl WorkerHealth {
             served: AtomicBool::new(false),
             last_error: std::sync::Mutex::new(None),
             adapter: std::sync::Mutex::new(None),
+            output_len: std::sync::atomic::AtomicUsize::new(0),
         }
     }
 
@@ -348,7 +352,8 @@ impl Actor for InferenceWorker {
                 let adapter = device.probe()?;
                 let model = Model::load(&spec, &device).map_err(|e| DeviceFault::Load(e.to_string()))?;
                 let zeros = vec![0f32; model.input_len()];
-                model.forward(&[&zeros]).map_err(DeviceFault::WarmUp)?;
+                let out = model.forward(&[&zeros]).map_err(DeviceFault::WarmUp)?;
+                health.output_len.store(out.first().map_or(0, Vec::len), Ordering::Relaxed);
                 Ok((model, adapter.to_string()))
             }))
             .unwrap_or_else(|p| Err(DeviceFault::Load(panic_message(p))));

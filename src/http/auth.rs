@@ -44,6 +44,22 @@ impl Auth {
         })
     }
 
+    /// The Open Inference Protocol's way: `Authorization: Bearer <token>` (HTTP) or the gRPC
+    /// metadata's `authorization`; the Vision query's `oauth_token` (+ `oauth_provider`) also
+    /// passes. The same tokens and rate limits.
+    pub fn check_bearer(&self, authorization: Option<&str>, query: &AuthQuery) -> Result<(), ApiError> {
+        let bearer = authorization.and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")));
+        let Some(token) = bearer.map(str::trim) else {
+            if query.oauth_token.is_some() || self.is_open() {
+                return self.check(query);
+            }
+            return Err(ApiError::Forbidden("a token is required: `Authorization: Bearer <token>`".into()));
+        };
+        // A bearer token needs no provider.
+        let provider = self.providers.iter().next().cloned().unwrap_or_else(|| "bearer".into());
+        self.check(&AuthQuery { oauth_token: Some(token.to_string()), oauth_provider: Some(provider) })
+    }
+
     /// No tokens configured: every request is accepted.
     pub fn is_open(&self) -> bool {
         self.tokens.is_empty()
@@ -91,6 +107,17 @@ mod tests {
         assert!(a.check(&q(None, Some("mcs"))).is_err());
         let err = a.check(&q(Some("wrong-token"), Some("mcs"))).unwrap_err().to_string();
         assert!(!err.contains("wrong-token"), "never echo a token: {err}");
+    }
+
+    #[test]
+    fn a_bearer_token_passes_like_the_query_one() {
+        let a = Auth::new(vec!["secret".into()], vec!["mcs".into()], Default::default());
+        let none = q(None, None);
+        assert!(a.check_bearer(Some("Bearer secret"), &none).is_ok());
+        assert!(a.check_bearer(Some("Bearer wrong"), &none).is_err());
+        assert!(a.check_bearer(None, &none).unwrap_err().to_string().contains("Bearer"));
+        assert!(a.check_bearer(None, &q(Some("secret"), Some("mcs"))).is_ok());
+        assert!(Auth::new(vec![], vec![], Default::default()).check_bearer(None, &none).is_ok());
     }
 
     #[test]

@@ -4,9 +4,11 @@ mod auth;
 mod disconnect;
 mod endpoint;
 mod gate;
+pub mod grpc;
 mod improve;
 mod multipart;
 mod objects;
+pub mod oip;
 mod persons;
 mod placement;
 mod playground;
@@ -51,6 +53,10 @@ pub struct AppState {
     pub worker_broker_up: Option<Arc<std::sync::atomic::AtomicBool>>,
     /// Each Vision endpoint's gate, by path (`[admission]`; taken in `multipart::read_upload`).
     pub gates: HashMap<&'static str, Arc<gate::Gate>>,
+    /// The Open Inference Protocol's models and request runner (`/v2`, gRPC).
+    pub oip: Arc<crate::oip::Oip>,
+    /// The gate in front of its inference requests, HTTP and gRPC together (`endpoint="v2/infer"`).
+    pub oip_gate: Arc<gate::Gate>,
 }
 
 pub use crate::infer::StartError;
@@ -63,9 +69,17 @@ pub struct RunningServer {
     pub server: actix_web::dev::Server,
     /// `--role worker`: the feeders, drained on shutdown before the server stops.
     pub feeders: Vec<Arc<crate::broker::worker::Feeder>>,
+    /// The Open Inference Protocol's gRPC listener (`server.grpc_port`); it stops when this is
+    /// dropped.
+    pub grpc: Option<grpc::GrpcServer>,
 }
 
 impl RunningServer {
+    /// Where gRPC listens, if it does.
+    pub fn grpc_addr(&self) -> Option<SocketAddr> {
+        self.grpc.as_ref().map(|g| g.addr)
+    }
+
     /// `--role worker`: stops taking jobs and waits (at most `timeout`) until every job taken is
     /// answered, so a worker scaled down leaves nothing for the others to take back.
     pub async fn drain_feeders(feeders: &[Arc<crate::broker::worker::Feeder>], timeout: std::time::Duration) {
@@ -105,9 +119,13 @@ pub fn start_role(config: Config, role: Role, listener: Option<TcpListener>) -> 
     spawn_trim(&config, state.clone());
     let listeners = Listeners::bind(&config, listener)?;
     let (addr, admin_addr) = (listeners.addr, listeners.admin_addr);
+    let grpc = match config.server.grpc_port.filter(|_| role.serves_api()) {
+        Some(port) => Some(grpc::start(state.clone(), &config.server.host, port, config.server.http_workers)?),
+        None => None,
+    };
     let server = serve(state, &config, role, listeners)?;
     tracing::info!(%addr, "listening");
-    Ok(RunningServer { addr, admin_addr, server, feeders: started.feeders })
+    Ok(RunningServer { addr, admin_addr, server, feeders: started.feeders, grpc })
 }
 
 impl AppState {
@@ -119,12 +137,17 @@ impl AppState {
         infer: Arc<Inference>,
         worker_broker_up: Option<Arc<std::sync::atomic::AtomicBool>>,
     ) -> Self {
+        let admission = Arc::new(Semaphore::new(config.limits.max_inflight_images));
+        let work_budget = Arc::new(Semaphore::new(objects::budget_permits(config.limits.max_inflight_bytes)));
+        let oip = Arc::new(crate::oip::Oip::new(config, infer.clone(), admission.clone(), work_budget.clone()));
         Self {
             infer,
             auth: Auth::new(tokens, config.auth.providers.clone(), config.rate_limit),
             limits: Arc::new(config.limits.clone()),
-            admission: Arc::new(Semaphore::new(config.limits.max_inflight_images)),
-            work_budget: Arc::new(Semaphore::new(objects::budget_permits(config.limits.max_inflight_bytes))),
+            admission,
+            work_budget,
+            oip,
+            oip_gate: gate::Gate::new("v2/infer", config.admission),
             panic_marker: config.fault_injection.panic_marker.clone(),
             metrics,
             started: Instant::now(),
@@ -327,6 +350,8 @@ fn api_routes(cfg: &mut web::ServiceConfig) {
         );
     }
     cfg.route("/", web::get().to(playground::page)).route("/playground", web::get().to(playground::page));
+    // The Open Inference Protocol (KServe v2 / Triton).
+    oip::routes(cfg);
 }
 
 async fn metrics_page(state: Data<AppState>) -> HttpResponse {

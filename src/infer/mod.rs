@@ -77,8 +77,12 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
 }
 
 /// The config read (`None`: the embedded defaults) and checked, the families' settings too.
+/// The model repository (`repository.path`), when set, is read in too.
 pub fn load_config(path: Option<&std::path::Path>) -> Result<Config, ConfigError> {
-    let config = Config::load(path)?;
+    let mut config = Config::load(path)?;
+    if let Some(dir) = config.repository.path.clone() {
+        config.add_repository(&dir)?;
+    }
     check(&config)?;
     Ok(config)
 }

@@ -175,6 +175,39 @@ impl Family for MobileNetV2 {
 #[serde(deny_unknown_fields)]
 struct DeclaredSettings {
     io: Option<IoContract>,
+    tensors: Option<TensorNames>,
+}
+
+/// `[models.<name>.tensors]`: the names its input and output go by on the Open Inference
+/// Protocol (default `input`, `output`), e.g. the ONNX graph's own.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorNames {
+    #[serde(default = "default_input_name")]
+    pub input: String,
+    #[serde(default = "default_output_name")]
+    pub output: String,
+}
+
+fn default_input_name() -> String {
+    "input".into()
+}
+fn default_output_name() -> String {
+    "output".into()
+}
+
+impl Default for TensorNames {
+    fn default() -> Self {
+        Self { input: default_input_name(), output: default_output_name() }
+    }
+}
+
+/// A declared network's tensor names (`[models.<name>.tensors]`); the defaults for other models.
+pub fn tensor_names(mc: &ModelConfig) -> TensorNames {
+    if mc.architecture != Declared.architecture() {
+        return TensorNames::default();
+    }
+    checked(settings::<DeclaredSettings>(mc)).tensors.unwrap_or_default()
 }
 
 impl Declared {
@@ -196,6 +229,15 @@ impl Family for Declared {
 
     fn check(&self, mc: &ModelConfig) -> Result<(), Invalid> {
         Self::io(mc)?.check().map_err(Invalid::within("io"))?;
+        if let Some(t) = settings::<DeclaredSettings>(mc)?.tensors
+            && (t.input.is_empty() || t.output.is_empty() || t.input == t.output)
+        {
+            return Err(Invalid::new("tensors", "`input` and `output` must be two different, non-empty names"));
+        }
+        // No modes: served on the Open Inference Protocol only (a tensor model, /v2 and gRPC).
+        if mc.modes.is_empty() {
+            return Ok(());
+        }
         if mc.modes.iter().any(|x| DETECTOR_MODES.contains(&x.as_str()) || x == CAR_NUMBER_MODE) {
             return Err(Invalid::new(
                 "modes",
@@ -211,6 +253,17 @@ impl Family for Declared {
 
     fn attach(&self, b: &mut Builder, name: &str, mc: &ModelConfig) -> Result<(), StartError> {
         let io = checked(Self::io(mc));
+        if b.role.runs_models() {
+            // The graph is read once here, on the CPU: an op the runner lacks (named with its
+            // node) or an output of another size than declared stops the start-up, rather than
+            // leaving the model's workers failing to load.
+            crate::models::check_weights(&mc.weights)?;
+            declared::DeclaredNet::load(
+                &mc.weights,
+                &io,
+                &crate::models::DeviceSpec::Cpu.open().map_err(crate::models::LoadError::from)?,
+            )?;
+        }
         let head = Head {
             labels: labels(mc, io.classes)?,
             prep: ClassifierPrep::Declared(io),

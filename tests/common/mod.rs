@@ -15,6 +15,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// `server.admin_port`'s listener, where the config sets one (probes and /metrics go there).
     pub admin: Option<SocketAddr>,
+    /// The Open Inference Protocol's gRPC listener, where the config has one.
+    pub grpc: Option<SocketAddr>,
     handle: actix_web::dev::ServerHandle,
 }
 
@@ -26,18 +28,24 @@ impl TestServer {
     }
 
     /// Starts the server without waiting for its workers.
-    pub fn start_unready(config: Config) -> Self {
+    pub fn start_unready(mut config: Config) -> Self {
+        // Servers of several tests at once: gRPC on a free port each (see `grpc`).
+        config.server.grpc_port = config.server.grpc_port.map(|_| 0);
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_web::rt::System::new().block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").unwrap();
                 let running = gpubackend::http::start(config, Some(listener)).expect("server starts");
-                tx.send((running.addr, running.admin_addr, running.server.handle())).unwrap();
-                running.server.await.unwrap();
+                tx.send((running.addr, running.admin_addr, running.server.handle(), running.grpc_addr())).unwrap();
+                // The gRPC listener stops when `running` is dropped, after the HTTP server.
+                let running = running;
+                let server = running.server;
+                server.await.unwrap();
+                drop(running.grpc);
             })
         });
-        let (addr, admin, handle) = rx.recv().expect("server thread started");
-        Self { addr, admin, handle }
+        let (addr, admin, handle, grpc) = rx.recv().expect("server thread started");
+        Self { addr, admin, handle, grpc }
     }
 
     pub fn conn(&self) -> Conn {
@@ -151,8 +159,11 @@ pub fn spawn_server(config: &std::path::Path) -> (ChildGuard, SocketAddr) {
 pub fn spawn_server_args(config: &std::path::Path, args: &[&str]) -> (ChildGuard, SocketAddr) {
     use std::process::{Command, Stdio};
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // gRPC on a free port unless the test picks one (servers of several tests run at once).
+    let grpc: &[&str] = if args.contains(&"--grpc-port") { &[] } else { &["--grpc-port", "0"] };
     let child = Command::new(env!("CARGO_BIN_EXE_gpubackend"))
         .args(["-c", config.to_str().unwrap(), "--port", &port.to_string()])
+        .args(grpc)
         .args(args)
         .current_dir(repo())
         .stdout(Stdio::null())

@@ -1,5 +1,6 @@
-//! A network declared in the configuration, not in code: an ONNX graph or a TF.js model (graph or
-//! layers; `weights` ending in `.json`) on the graph runner with its I/O contract (`[models.<name>.io]`): the input it takes (size, layout, channel order,
+//! A network declared in the configuration, not in code: an ONNX graph, an ncnn model (`weights`
+//! ending in `.param`, the `.bin` beside it) or a TF.js model (graph or layers; `weights` ending
+//! in `.json`) on the graph runner with its I/O contract (`[models.<name>.io]`): the input it takes (size, layout, channel order,
 //! normalisation), the task and what its output is. The server serves it through the same
 //! batcher and workers as the built-in networks; no Rust is written for it.
 
@@ -102,6 +103,11 @@ pub fn is_tfjs(weights: &Path) -> bool {
     weights.extension().is_some_and(|e| e == "json")
 }
 
+/// Whether `weights` is an ncnn model (`model.param`, its `model.bin` beside it).
+pub fn is_ncnn(weights: &Path) -> bool {
+    weights.extension().is_some_and(|e| e == "param")
+}
+
 fn default_crop_fraction() -> f32 {
     0.875
 }
@@ -162,6 +168,8 @@ impl DeclaredNet {
         let graph = if is_tfjs(weights) {
             // TF.js models are N×H×W×C by definition; the reader turns them N×C×H×W.
             super::tfjs::load_graph(weights, &[], device)?
+        } else if is_ncnn(weights) {
+            super::ncnn::load_graph(weights, device)?
         } else {
             OnnxGraph::load(weights, device)?
         };

@@ -102,6 +102,9 @@ pub struct ModelSpec {
     /// Height and width of the input (each item is 3 × h × w); for the networks that take any
     /// size (items carry theirs), the size of the warm-up pass.
     pub input: [usize; 2],
+    /// Whether the height / the width of an item may be any (items carry their own size, e.g.
+    /// the text detector's pages): what a tensor client may send (`oip`).
+    pub any_size: [bool; 2],
     load: std::sync::Arc<Loader>,
 }
 
@@ -112,7 +115,13 @@ impl ModelSpec {
         input: [usize; 2],
         load: impl Fn(&Path, &burn::prelude::Device) -> Result<Box<dyn Network>, LoadError> + Send + Sync + 'static,
     ) -> Self {
-        Self { kind, weights, input, load: std::sync::Arc::new(load) }
+        Self { kind, weights, input, any_size: [false; 2], load: std::sync::Arc::new(load) }
+    }
+
+    /// A network whose items may have any height (`h`) / any width (`w`).
+    pub fn any_size(mut self, h: bool, w: bool) -> Self {
+        self.any_size = [h, w];
+        self
     }
 
     pub fn input_size(&self) -> [usize; 2] {

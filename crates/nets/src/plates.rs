@@ -277,4 +277,5 @@ impl super::Network for PlateDetector {
 pub fn spec(weights: std::path::PathBuf) -> super::ModelSpec {
     let side = super::ppocr::DET_WARMUP;
     super::ModelSpec::new("plate_det", weights, [side, side], |w, d| Ok(Box::new(PlateDetector::load(w, d)?)))
+        .any_size(true, true)
 }

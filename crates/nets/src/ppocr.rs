@@ -417,6 +417,7 @@ pub fn det_spec(weights: std::path::PathBuf) -> super::ModelSpec {
     super::ModelSpec::new("text_det", weights, [DET_WARMUP, DET_WARMUP], |w, d| {
         Ok(Box::new(super::onnx_graph::GraphNet { graph: OnnxGraph::load(w, d)?, device: d.clone() }))
     })
+    .any_size(true, true)
 }
 
 /// The text recogniser: 48 high, any width.
@@ -424,6 +425,7 @@ pub fn rec_spec(weights: std::path::PathBuf) -> super::ModelSpec {
     super::ModelSpec::new("text_rec", weights, [REC_HEIGHT, REC_HEIGHT], |w, d| {
         Ok(Box::new(TextRecognizer::load(w, d)?))
     })
+    .any_size(false, true)
 }
 
 /// The line orientation classifier: 48 × 192.
