@@ -161,7 +161,7 @@ impl GrpcInferenceService for Service {
         let batched = |t: &crate::oip::TensorSpec| pb::model_metadata_response::TensorMetadata {
             name: t.name.clone(),
             datatype: t.datatype.name().into(),
-            shape: (m.max_batch > 0).then_some(-1).into_iter().chain(t.dims.iter().copied()).collect(),
+            shape: m.shape(t),
         };
         Ok(GrpcResponse::new(pb::ModelMetadataResponse {
             name: m.name.clone(),
@@ -228,10 +228,10 @@ impl GrpcInferenceService for Service {
             .index(req.get_ref().ready)
             .into_iter()
             .map(|e| pb::repository_index_response::ModelIndex {
-                name: e["name"].as_str().unwrap_or_default().into(),
-                version: e["version"].as_str().unwrap_or_default().into(),
-                state: e["state"].as_str().unwrap_or_default().into(),
-                reason: e["reason"].as_str().unwrap_or_default().into(),
+                name: e.name,
+                version: e.version.into(),
+                state: e.state.into(),
+                reason: e.reason.unwrap_or_default(),
             })
             .collect();
         Ok(GrpcResponse::new(pb::RepositoryIndexResponse { models }))
@@ -271,19 +271,15 @@ fn model_config(m: &OipModel) -> pb::ModelConfig {
             .collect(),
         instance_group: m
             .instance_groups()
-            .iter()
+            .into_iter()
             .map(|g| pb::ModelInstanceGroup {
-                name: g["name"].as_str().unwrap_or_default().into(),
-                count: g["count"].as_i64().unwrap_or(1) as i32,
-                gpus: g["gpus"]
-                    .as_array()
-                    .map(|a| a.iter().filter_map(|v| v.as_i64()).map(|v| v as i32).collect())
-                    .unwrap_or_default(),
-                kind: if g["kind"] == "KIND_GPU" {
-                    pb::model_instance_group::Kind::Gpu as i32
-                } else {
-                    pb::model_instance_group::Kind::Cpu as i32
+                kind: match g.gpu {
+                    Some(_) => pb::model_instance_group::Kind::Gpu as i32,
+                    None => pb::model_instance_group::Kind::Cpu as i32,
                 },
+                name: g.name,
+                count: g.count as i32,
+                gpus: g.gpu.into_iter().collect(),
             })
             .collect(),
         scheduling_choice: (m.max_batch > 0).then(|| {

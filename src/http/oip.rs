@@ -116,7 +116,7 @@ async fn model_ready(state: Data<AppState>, req: HttpRequest, q: Query<AuthQuery
 /// `GET` or `POST /v2/repository/index` (`{"ready": true}`: only the ready ones).
 async fn index(state: Data<AppState>, req: HttpRequest, q: Query<AuthQuery>, body: web::Bytes) -> HttpResponse {
     let ready_only = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v["ready"].as_bool()).unwrap_or(false);
-    answer(authorize(&state, &req, &q).map(|_| Value::Array(state.oip.index(ready_only))))
+    answer(authorize(&state, &req, &q).map(|_| json!(state.oip.index(ready_only))))
 }
 
 #[derive(Deserialize)]

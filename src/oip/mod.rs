@@ -213,7 +213,10 @@ impl OipModel {
             "max_batch_size": self.max_batch,
             "input": input,
             "output": outputs,
-            "instance_group": self.instance_groups(),
+            "instance_group": self.instance_groups().iter().map(|g| match g.gpu {
+                None => serde_json::json!({"name": g.name, "kind": "KIND_CPU", "count": g.count}),
+                Some(gpu) => serde_json::json!({"name": g.name, "kind": "KIND_GPU", "count": g.count, "gpus": [gpu]}),
+            }).collect::<Vec<_>>(),
         });
         if self.max_batch > 0 {
             config["dynamic_batching"] = serde_json::json!({
@@ -223,8 +226,8 @@ impl OipModel {
         config
     }
 
-    /// `instance_group`: the stage's workers, by device (KIND_CPU, or KIND_GPU with its index).
-    pub fn instance_groups(&self) -> Vec<serde_json::Value> {
+    /// `instance_group`: the stage's workers, by device.
+    pub fn instance_groups(&self) -> Vec<InstanceGroup> {
         let mut groups: BTreeMap<String, usize> = BTreeMap::new();
         for w in &self.stage.workers {
             *groups.entry(w.device.clone()).or_default() += 1;
@@ -232,15 +235,40 @@ impl OipModel {
         groups
             .into_iter()
             .map(|(device, count)| {
-                if device == "cpu" {
-                    serde_json::json!({"name": format!("{}_cpu", self.name), "kind": "KIND_CPU", "count": count})
-                } else {
-                    let gpu: i64 = device.rsplit(':').next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                    serde_json::json!({"name": format!("{}_{device}", self.name), "kind": "KIND_GPU", "count": count, "gpus": [gpu]})
-                }
+                // A GPU device names its index last (`wgpu:0`, `cuda:1`).
+                let gpu =
+                    (device != "cpu").then(|| device.rsplit(':').next().and_then(|n| n.parse().ok()).unwrap_or(0));
+                InstanceGroup { name: format!("{}_{device}", self.name), count, gpu }
             })
             .collect()
     }
+
+    /// A tensor's shape as the metadata gives it: the batch dimension (-1) first when the model
+    /// batches.
+    pub fn shape(&self, t: &TensorSpec) -> Vec<i64> {
+        (self.max_batch > 0).then_some(-1).into_iter().chain(t.dims.iter().copied()).collect()
+    }
+}
+
+/// A model's workers on one device (Triton's `instance_group`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InstanceGroup {
+    pub name: String,
+    pub count: usize,
+    /// The GPU's index; None on the CPU (KIND_CPU).
+    pub gpu: Option<i32>,
+}
+
+/// A model in the repository index.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: &'static str,
+    /// `READY` or `UNAVAILABLE`.
+    pub state: &'static str,
+    /// Why it is unavailable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// One output a request asks for.
@@ -413,19 +441,18 @@ impl Oip {
     }
 
     /// The repository index: every model served, its state and (not ready) why.
-    pub fn index(&self, ready_only: bool) -> Vec<serde_json::Value> {
+    pub fn index(&self, ready_only: bool) -> Vec<IndexEntry> {
         self.models
             .values()
             .filter(|m| !ready_only || m.ready())
             .map(|m| {
-                let mut entry = serde_json::json!({"name": m.name, "version": VERSION});
-                if m.ready() {
-                    entry["state"] = "READY".into();
-                } else {
-                    entry["state"] = "UNAVAILABLE".into();
-                    entry["reason"] = m.stage.not_live_reason().into();
+                let ready = m.ready();
+                IndexEntry {
+                    name: m.name.clone(),
+                    version: VERSION,
+                    state: if ready { "READY" } else { "UNAVAILABLE" },
+                    reason: (!ready).then(|| m.stage.not_live_reason()),
                 }
-                entry
             })
             .collect()
     }
