@@ -62,6 +62,9 @@ struct Row {
     anchor: Option<&'static str>,
     anchor_ms: Option<f64>,
     anchor_error: Option<String>,
+    /// The threads the anchor really ran on, where it says (TF.js's wasm backend runs on one in
+    /// Node: its multi-threaded build needs web workers).
+    anchor_threads: Option<u64>,
     /// anchor ms / ours ms: above 1 we are faster.
     anchor_over_ours: Option<f64>,
     /// Convolution GFLOP/s of ours (the convolutions the CPU engine ran).
@@ -93,6 +96,7 @@ fn cases(dir: &std::path::Path) -> Vec<Case> {
     let p = |f: &str| dir.join(f);
     let onnx = |f: &str| Some(("onnxruntime", dir.join(f)));
     let ncnn = |f: &str| Some(("ncnn", dir.join(f)));
+    let tfjs = |f: &str| Some(("tfjs-wasm", dir.join(f)));
     vec![
         Case {
             name: "text_det 640²",
@@ -147,7 +151,7 @@ fn cases(dir: &std::path::Path) -> Vec<Case> {
             name: "centernet 512²",
             spec: models::centernet::spec(p("centernet/centernet.json")),
             batch: 1,
-            anchor: None,
+            anchor: tfjs("centernet/centernet.json"),
             graph: Some({
                 let json = p("centernet/centernet.json");
                 Box::new(move |d| models::tfjs::load_graph(&json, &models::centernet::CENTERNET_OUTPUTS, d))
@@ -301,6 +305,7 @@ pub fn run(a: &NetworksArgs) -> anyhow::Result<()> {
         let found = anchors.iter().find(|v| v["name"] == c.name);
         let anchor_ms = found.and_then(|v| v["ms"].as_f64());
         let anchor_error = found.and_then(|v| v["error"].as_str().map(str::to_string));
+        let anchor_threads = found.and_then(|v| v["threads"].as_u64());
         let gflop = 2.0 * macs as f64 / 1e9;
         let gflops = gflop / (ms / 1e3);
         let engine = c.anchor.as_ref().map(|(e, _)| *e);
@@ -321,10 +326,15 @@ pub fn run(a: &NetworksArgs) -> anyhow::Result<()> {
             anchor: engine,
             anchor_ms,
             anchor_error,
+            anchor_threads,
             anchor_over_ours: anchor_ms.map(|m| m / ms),
             conv_gflops: gflops,
             conv_gflop_per_pass: gflop,
         });
+    }
+    for r in rows.iter().filter(|r| r.anchor_threads.is_some_and(|t| t as usize != threads)) {
+        let t = r.anchor_threads.unwrap_or_default();
+        println!("  {}: the anchor ran on {t} thread(s), ours on {threads}", r.name);
     }
     for r in rows.iter().filter(|r| r.anchor_error.is_some()) {
         println!("  {}: anchor failed: {}", r.name, r.anchor_error.as_deref().unwrap_or(""));
@@ -337,6 +347,7 @@ fn short(engine: Option<&str>) -> &'static str {
     match engine {
         Some("onnxruntime") => "ort",
         Some("ncnn") => "ncnn",
+        Some("tfjs-wasm") => "tfjs",
         _ => "",
     }
 }

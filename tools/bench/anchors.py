@@ -1,15 +1,19 @@
 #!/usr/bin/env python3
 """The anchors `gpubackend bench networks --anchor PYTHON` times our networks against: the same
-model files on PyPI onnxruntime (the `.onnx` networks) and PyPI ncnn (the Real-ESRGAN `.param`
-networks), CPU, fp32, the same input shape and thread count as ours.
+model files on PyPI onnxruntime (the `.onnx` networks), PyPI ncnn (the Real-ESRGAN `.param`
+networks) and TensorFlow.js's wasm backend in Node (the CenterNet graph model:
+tools/bench/tfjs-wasm/anchor.mjs), CPU, fp32, the same input shape and thread count as ours.
 
-Reads a JSON list of cases on stdin: {"name", "engine": "onnxruntime" | "ncnn", "file",
+Reads a JSON list of cases on stdin: {"name", "engine": "onnxruntime" | "ncnn" | "tfjs-wasm", "file",
 "shape": [n, c, h, w], "threads", "duration"}. Each case: a session / net built once, two warm-up
 passes, then passes until `duration` seconds have gone (at least 3). Writes one JSON line per case
-to stdout: {"name", "ms"} (mean milliseconds per pass) or {"name", "error"}. Packages: tools/bench/
-requirements-anchors.txt (installed by scripts/setup-anchors.sh).
+to stdout: {"name", "ms"} (mean milliseconds per pass; TF.js adds the threads it ran on) or
+{"name", "error"}. Packages: tools/bench/requirements-anchors.txt and tools/bench/tfjs-wasm
+(installed by scripts/setup-anchors.sh).
 """
 import json
+import os
+import subprocess
 import sys
 import time
 
@@ -71,14 +75,27 @@ def ncnn_case(c, x):
     return timed(once, c["duration"])
 
 
+def tfjs_wasm_case(c, x):
+    # Node times its own passes (the input is made there, N×H×W×C as the graph takes it).
+    del x
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "tfjs-wasm", "anchor.mjs")
+    case = {"file": os.path.abspath(c["file"]), "shape": c["shape"], "threads": c["threads"], "duration": c["duration"]}
+    done = subprocess.run(["node", script], input=json.dumps(case), capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def main():
     cases = json.load(sys.stdin)
     rng = np.random.default_rng(0)
     for c in cases:
         x = rng.random(c["shape"], dtype=np.float32)
         try:
-            run = {"onnxruntime": onnxruntime_case, "ncnn": ncnn_case}[c["engine"]]
-            print(json.dumps({"name": c["name"], "ms": run(c, x)}), flush=True)
+            run = {"onnxruntime": onnxruntime_case, "ncnn": ncnn_case, "tfjs-wasm": tfjs_wasm_case}[c["engine"]]
+            got = run(c, x)
+            line = {"name": c["name"], **(got if isinstance(got, dict) else {"ms": got})}
+            print(json.dumps(line), flush=True)
         except Exception as e:  # noqa: BLE001 — reported per case, the others still run
             print(json.dumps({"name": c["name"], "error": f"{type(e).__name__}: {e}"}), flush=True)
 

@@ -18,6 +18,8 @@ pub enum Unary {
     Sigmoid,
     /// min(max(α·x + β, 0), 1).
     HardSigmoid(f32, f32),
+    /// x · min(max(α·x + β, 0), 1).
+    HardSwish(f32, f32),
     Relu,
     LeakyRelu(f32),
     Clip(f32, f32),
@@ -31,6 +33,7 @@ impl Unary {
             Unary::Gelu => x * 0.5 * (1.0 + erf(x / std::f32::consts::SQRT_2)),
             Unary::Sigmoid => 1.0 / (1.0 + (-x).exp()),
             Unary::HardSigmoid(a, b) => (a * x + b).clamp(0.0, 1.0),
+            Unary::HardSwish(a, b) => x * (a * x + b).clamp(0.0, 1.0),
             Unary::Relu => x.max(0.0),
             Unary::LeakyRelu(s) => {
                 if x >= 0.0 {
@@ -148,24 +151,66 @@ pub fn max_pool(
     (oh, ow): (usize, usize),
 ) -> Vec<f32> {
     let planes = x.len() / (h * w);
-    let mut out = vec![0f32; planes * oh * ow];
+    let mut out = vec![f32::NEG_INFINITY; planes * oh * ow];
+    // Per output row: the running maximum over the window's rows and columns, a whole row of
+    // outputs per tap (contiguous for stride 1, so it vectorises).
+    let cols: Vec<(usize, usize, usize)> = (0..k[1])
+        .map(|kx| {
+            let off = kx as isize - pad[1] as isize;
+            let s = stride[1] as isize;
+            let lo = if off >= 0 { 0 } else { ((-off + s - 1) / s) as usize };
+            let last = w as isize - 1 - off;
+            let hi = if last < 0 { 0 } else { ((last / s + 1) as usize).min(ow) };
+            (lo.min(hi), hi, (lo as isize * s + off).max(0) as usize)
+        })
+        .collect();
     out.par_chunks_mut(oh * ow).zip(x.par_chunks(h * w)).for_each(|(o, x)| {
-        for oy in 0..oh {
+        for (oy, orow) in o.chunks_exact_mut(ow).enumerate() {
             let y0 = (oy * stride[0]) as isize - pad[0] as isize;
             let (ylo, yhi) = (y0.max(0) as usize, ((y0 + k[0] as isize).min(h as isize)).max(0) as usize);
-            for ox in 0..ow {
-                let x0 = (ox * stride[1]) as isize - pad[1] as isize;
-                let (xlo, xhi) = (x0.max(0) as usize, ((x0 + k[1] as isize).min(w as isize)).max(0) as usize);
-                let mut m = f32::NEG_INFINITY;
-                for row in x[ylo * w..yhi * w].chunks_exact(w) {
-                    for &v in &row[xlo..xhi] {
-                        m = m.max(v);
+            for row in x[ylo * w..yhi.max(ylo) * w].chunks_exact(w) {
+                for &(lo, hi, first) in &cols {
+                    if hi <= lo {
+                        continue;
+                    }
+                    let dst = &mut orow[lo..hi];
+                    if stride[1] == 1 {
+                        dst.iter_mut().zip(&row[first..first + (hi - lo)]).for_each(|(m, &v)| *m = m.max(v));
+                    } else {
+                        let src = row[first..].iter().step_by(stride[1]);
+                        dst.iter_mut().zip(src).for_each(|(m, &v)| *m = m.max(v));
                     }
                 }
-                o[oy * ow + ox] = m;
             }
         }
     });
+    out
+}
+
+/// Images of `parts` (each `n` images of whole planes of `plane` values) side by side: image
+/// `i` of the output is image `i` of every part in turn.
+pub fn concat_planes(parts: &[&[f32]], n: usize, plane: usize) -> Vec<f32> {
+    let per_image: Vec<usize> = parts.iter().map(|p| p.len() / n.max(1)).collect();
+    let image: usize = per_image.iter().sum();
+    let mut out = Vec::<f32>::with_capacity(n * image);
+    // Tasks of whole planes, so a large part is copied by several threads.
+    let step = (CHUNK / plane.max(1)).max(1) * plane.max(1);
+    let mut tasks: Vec<(&mut [std::mem::MaybeUninit<f32>], &[f32])> = Vec::new();
+    let mut rest = &mut out.spare_capacity_mut()[..n * image];
+    for i in 0..n {
+        for (part, &len) in parts.iter().zip(&per_image) {
+            let (dst, tail) = rest.split_at_mut(len);
+            rest = tail;
+            tasks.extend(dst.chunks_mut(step).zip(part[i * len..(i + 1) * len].chunks(step)));
+        }
+    }
+    tasks.into_par_iter().for_each(|(d, s)| {
+        for (d, &s) in d.iter_mut().zip(s) {
+            d.write(s);
+        }
+    });
+    // SAFETY: the tasks wrote every one of the n · image values.
+    unsafe { out.set_len(n * image) };
     out
 }
 
@@ -178,6 +223,12 @@ mod tests {
         let x: Vec<f32> = (0..40_000).map(|i| (i as f32 - 20_000.0) / 3000.0).collect();
         let y: Vec<f32> = x.iter().map(|v| v * 0.5 + 1.0).collect();
         assert_eq!(map(&x, Unary::Relu), x.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+        // Hard swish as exporters write it: x · relu6(x + 3) / 6.
+        let hs = map(&x, Unary::HardSwish(1.0 / 6.0, 0.5));
+        for (i, v) in [(0, -6.666_667), (11_000, -3.0), (21_500, 0.5), (35_000, 5.0), (39_999, 6.666_333)] {
+            let want = v * (v + 3.0f32).clamp(0.0, 6.0) / 6.0;
+            assert!((hs[i] - want).abs() <= 1e-6 * want.abs().max(1.0), "hard swish({v}) = {} not {want}", hs[i]);
+        }
         let erf = map(&x, Unary::Erf);
         // erf(x) against its series / bounds at a few points, and the odd symmetry.
         assert!((erf[20_000 + 3000] - 0.842_700_8).abs() < 1e-6, "erf(1) = {}", erf[23_000]);
@@ -187,6 +238,11 @@ mod tests {
         assert_eq!(planes[10_001], 2.0 / x[10_001]);
         let planes = per_plane(&x, 10_000, &[1.0, 2.0, 3.0, 4.0], Binary::Mul, false);
         assert_eq!(planes[35_000], x[35_000] * 4.0);
+        // Two images of 2 and 1 planes of 10 000 values, and 2 images of 1 plane: 2 × 3 planes.
+        let (a, b) = (&x[..], &y[..20_000]);
+        let joined = concat_planes(&[a, b], 2, 10_000);
+        let want: Vec<f32> = [&a[..20_000], &b[..10_000], &a[20_000..], &b[10_000..]].concat();
+        assert_eq!(joined, want);
     }
 
     #[test]
@@ -202,21 +258,26 @@ mod tests {
     fn max_pool_matches_a_direct_window_maximum() {
         let (h, w) = (7, 9);
         let x: Vec<f32> = (0..2 * h * w).map(|i| ((i * 37) % 23) as f32 - 11.0).collect();
-        // 3×3, stride 2, padding 1: ⌊(7 + 2 − 3) / 2⌋ + 1 = 4 rows, 5 columns.
-        let got = max_pool(&x, (h, w), [3, 3], [2, 2], [1, 1], (4, 5));
-        for p in 0..2 {
-            for oy in 0..4 {
-                for ox in 0..5 {
-                    let mut m = f32::NEG_INFINITY;
-                    for ky in 0..3 {
-                        for kx in 0..3 {
-                            let (iy, ix) = ((oy * 2 + ky) as isize - 1, (ox * 2 + kx) as isize - 1);
-                            if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                m = m.max(x[p * h * w + iy as usize * w + ix as usize]);
+        // 3×3, stride 2, padding 1: ⌊(7 + 2 − 3) / 2⌋ + 1 = 4 rows, 5 columns; 2×2 stride 2 in
+        // ceil mode (the last window hangs over the edge): 4 × 5; 2×2 stride 1 with the output
+        // as large as the input (PP-HGNet's stem pads after): 7 × 9.
+        for (k, s, pad, (oh, ow)) in [(3, 2, 1, (4, 5)), (2, 2, 0, (4, 5)), (2, 1, 0, (7, 9)), (3, 1, 1, (7, 9))] {
+            let got = max_pool(&x, (h, w), [k, k], [s, s], [pad, pad], (oh, ow));
+            for p in 0..2 {
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let mut m = f32::NEG_INFINITY;
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let (iy, ix) =
+                                    ((oy * s + ky) as isize - pad as isize, (ox * s + kx) as isize - pad as isize);
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    m = m.max(x[p * h * w + iy as usize * w + ix as usize]);
+                                }
                             }
                         }
+                        assert_eq!(got[(p * oh + oy) * ow + ox], m, "k {k} s {s} pad {pad} at {oy}, {ox}");
                     }
-                    assert_eq!(got[(p * 4 + oy) * 5 + ox], m);
                 }
             }
         }

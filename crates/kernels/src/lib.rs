@@ -44,6 +44,12 @@ pub enum Act {
     PRelu(Vec<f32>),
     /// 1 / (1 + e^−x).
     Sigmoid,
+    /// min(max(α·x + β, 0), 1).
+    HardSigmoid(f32, f32),
+    /// x · min(max(α·x + β, 0), 1) (α = 1/6, β = ½: MobileNetV3's hard swish).
+    HardSwish(f32, f32),
+    /// x · ½ · (1 + erf(x / √2)), the exact GELU ([`eltwise::erf`]).
+    Gelu,
 }
 
 /// One output channel's activation.
@@ -53,6 +59,9 @@ enum RowAct {
     Clip(f32, f32),
     PRelu(f32),
     Sigmoid,
+    HardSigmoid(f32, f32),
+    HardSwish(f32, f32),
+    Gelu,
 }
 
 impl Act {
@@ -65,6 +74,9 @@ impl Act {
             Act::LeakyRelu(a) => RowAct::PRelu(*a),
             Act::PRelu(a) => RowAct::PRelu(a[c]),
             Act::Sigmoid => RowAct::Sigmoid,
+            Act::HardSigmoid(a, b) => RowAct::HardSigmoid(*a, *b),
+            Act::HardSwish(a, b) => RowAct::HardSwish(*a, *b),
+            Act::Gelu => RowAct::Gelu,
         }
     }
 
@@ -81,6 +93,9 @@ impl Act {
                 }
             }
             RowAct::Sigmoid => 1.0 / (1.0 + (-x).exp()),
+            RowAct::HardSigmoid(a, b) => eltwise::Unary::HardSigmoid(a, b).apply(x),
+            RowAct::HardSwish(a, b) => eltwise::Unary::HardSwish(a, b).apply(x),
+            RowAct::Gelu => eltwise::Unary::Gelu.apply(x),
         }
     }
 }
@@ -290,6 +305,11 @@ fn epilogue_impl<const FMA: bool>(row: &mut [f32], bias: f32, act: RowAct, res: 
             *v = if x >= 0.0 { x } else { a * x };
         }),
         RowAct::Sigmoid => row.iter_mut().for_each(|v| *v = 1.0 / (1.0 + (-(*v + bias)).exp())),
+        RowAct::HardSigmoid(a, b) => {
+            row.iter_mut().for_each(|v| *v = eltwise::Unary::HardSigmoid(a, b).apply(*v + bias))
+        }
+        RowAct::HardSwish(a, b) => row.iter_mut().for_each(|v| *v = eltwise::Unary::HardSwish(a, b).apply(*v + bias)),
+        RowAct::Gelu => row.iter_mut().for_each(|v| *v = eltwise::Unary::Gelu.apply(*v + bias)),
     }
     if let Some(r) = res {
         row.iter_mut().zip(r).for_each(|(v, &r)| *v += r);
@@ -431,6 +451,111 @@ fn depthwise_any_impl<const FMA: bool>(p: &AnyPlane<'_>, out: &mut [MaybeUninit<
         }
         epilogue_impl::<FMA>(acc, bias, act, res.map(|r| &r[oy * ow..(oy + 1) * ow]));
     }
+}
+
+/// Output pixels (of each of two rows) a register block of the stride-1 depthwise kernel holds.
+const DW_BLOCK: usize = 32;
+
+/// The sums of `rows` (1 or 2) output rows' block of [`DW_BLOCK`] pixels over every tap:
+/// `at` is the block's first input value of the first row in `padded` (rows `pw` apart).
+#[inline(always)]
+fn depthwise_block<const FMA: bool>(
+    padded: &[f32],
+    (at, pw): (usize, usize),
+    k: &[f32],
+    ([kh, kw], [dh, dw]): ([usize; 2], [usize; 2]),
+    rows: usize,
+) -> [[f32; DW_BLOCK]; 2] {
+    let mut acc = [[0f32; DW_BLOCK]; 2];
+    let last = at + (rows - 1 + (kh - 1) * dh) * pw + (kw - 1) * dw + DW_BLOCK;
+    assert!(last <= padded.len(), "the padded plane covers the block");
+    #[cfg(target_arch = "x86_64")]
+    if FMA {
+        use std::arch::x86_64::*;
+        // SAFETY: FMA is true only in the AVX2 + FMA and AVX-512 builds of the caller
+        // (`at_level!`), and every load is inside `padded` (asserted above).
+        unsafe {
+            let base = padded.as_ptr().add(at);
+            let mut a = [_mm256_setzero_ps(); 8];
+            for ky in 0..kh {
+                for kx in 0..kw {
+                    let t = _mm256_set1_ps(k[ky * kw + kx]);
+                    for r in 0..rows {
+                        let p = base.add((r + ky * dh) * pw + kx * dw);
+                        for v in 0..4 {
+                            a[r * 4 + v] = _mm256_fmadd_ps(_mm256_loadu_ps(p.add(v * 8)), t, a[r * 4 + v]);
+                        }
+                    }
+                }
+            }
+            for r in 0..2 {
+                for v in 0..4 {
+                    _mm256_storeu_ps(acc[r].as_mut_ptr().add(v * 8), a[r * 4 + v]);
+                }
+            }
+        }
+        return acc;
+    }
+    for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let tap = k[ky * kw + kx];
+                let from = at + (r + ky * dh) * pw + kx * dw;
+                for (o, &v) in acc.iter_mut().zip(&padded[from..from + DW_BLOCK]) {
+                    *o = if FMA { v.mul_add(tap, *o) } else { *o + tap * v };
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// One depthwise plane at stride 1 (any kernel, padding and dilation) into `out`: the input is
+/// first copied into `padded` with its zero border, so that every tap of a block of
+/// [`DW_BLOCK`] outputs is one unit-stride run; two rows' blocks are summed in registers over
+/// all taps.
+#[inline(always)]
+fn depthwise_s1_impl<const FMA: bool>(p: &AnyPlane<'_>, out: &mut [MaybeUninit<f32>], padded: &mut Vec<f32>) {
+    let AnyPlane { x, h, w, k, geom, pads, ow, bias, act, res } = *p;
+    let ([kh, kw], [dh, dw]) = (geom.kernel, geom.dilation);
+    let oh = out.len() / ow;
+    let (ph, pw) = (oh + (kh - 1) * dh, ow.next_multiple_of(DW_BLOCK) + (kw - 1) * dw);
+    padded.clear();
+    padded.resize(ph * pw, 0.0);
+    for py in 0..ph {
+        let iy = py as isize - pads[0] as isize;
+        if iy < 0 || iy >= h as isize {
+            continue;
+        }
+        let src = &x[iy as usize * w..(iy as usize + 1) * w];
+        // Padded column px holds input column px − left.
+        let lo = pads[1].min(pw);
+        let n = w.min(pw - lo);
+        padded[py * pw + lo..py * pw + lo + n].copy_from_slice(&src[..n]);
+    }
+    for oy in (0..oh).step_by(2) {
+        let rows = (oh - oy).min(2);
+        for ox0 in (0..ow).step_by(DW_BLOCK) {
+            let acc = depthwise_block::<FMA>(padded, (oy * pw + ox0, pw), k, (geom.kernel, geom.dilation), rows);
+            let n = DW_BLOCK.min(ow - ox0);
+            for (r, acc) in acc.iter().enumerate().take(rows) {
+                let at = (oy + r) * ow + ox0;
+                for (o, &a) in out[at..at + n].iter_mut().zip(acc) {
+                    o.write(a);
+                }
+            }
+        }
+        for r in oy..oy + rows {
+            let row = &mut out[r * ow..(r + 1) * ow];
+            // SAFETY: every value of the row was just written.
+            let acc = unsafe { &mut *(std::ptr::from_mut(row) as *mut [f32]) };
+            epilogue_impl::<FMA>(acc, bias, act, res.map(|s| &s[r * ow..(r + 1) * ow]));
+        }
+    }
+}
+
+fn depthwise_s1(level: Level, p: &AnyPlane<'_>, out: &mut [MaybeUninit<f32>], padded: &mut Vec<f32>) {
+    at_level!(level, depthwise_s1_impl(p: &AnyPlane<'_>, out: &mut [MaybeUninit<f32>], padded: &mut Vec<f32>))
 }
 
 fn depthwise_any(level: Level, p: &AnyPlane<'_>, out: &mut [MaybeUninit<f32>]) {
@@ -646,17 +771,21 @@ impl HostConv {
         let fast = self.kind == Kind::Depthwise3x3;
         out.par_chunks_mut(plane_out).enumerate().with_min_len((4096 / plane_out).max(1)).for_each_init(
             || vec![0f32; if fast { w + 1 } else { 0 }],
-            |split, (bc, o)| {
+            |scratch, (bc, o)| {
                 let ch = bc % c;
                 let (xs, k) = (&x[bc * plane_in..(bc + 1) * plane_in], &self.weight[ch * taps..(ch + 1) * taps]);
                 let (bias, act) = (self.bias[ch], self.act.row(ch));
                 let res = res.map(|r| &r[bc * plane_out..(bc + 1) * plane_out]);
                 if fast {
                     let plane = Plane { x: xs, h, w, k, stride: g.stride[0], ow, bias, act, res };
-                    depthwise_plane(level, &plane, o, split);
+                    depthwise_plane(level, &plane, o, scratch);
                 } else {
                     let plane = AnyPlane { x: xs, h, w, k, geom: g, pads: [top, left], ow, bias, act, res };
-                    depthwise_any(level, &plane, o);
+                    if g.stride == [1, 1] {
+                        depthwise_s1(level, &plane, o, scratch);
+                    } else {
+                        depthwise_any(level, &plane, o);
+                    }
                 }
             },
         );
@@ -810,10 +939,25 @@ fn im2col(
                         seg.fill(0.0);
                     } else {
                         let input = &plane[iy as usize * w..(iy as usize + 1) * w];
+                        // The run's pixels ox0..ox0 + len read input[ox · sw + off] where that is
+                        // inside the row: zeros before and after, a copy (or a strided gather)
+                        // between.
                         let (lo, hi) = tap_range(off, w, sw, ow);
-                        for (i, v) in seg.iter_mut().enumerate() {
-                            let ox = ox0 + i;
-                            *v = if ox >= lo && ox < hi { input[((ox * sw) as isize + off) as usize] } else { 0.0 };
+                        let len = seg.len();
+                        let a = lo.clamp(ox0, ox0 + len) - ox0;
+                        let b = hi.clamp(ox0, ox0 + len) - ox0;
+                        seg[..a].fill(0.0);
+                        seg[b.max(a)..].fill(0.0);
+                        if b > a {
+                            let first = (((ox0 + a) * sw) as isize + off) as usize;
+                            if sw == 1 {
+                                seg[a..b].copy_from_slice(&input[first..first + (b - a)]);
+                            } else {
+                                let src = &input[first..first + (b - a - 1) * sw + 1];
+                                for (v, &x) in seg[a..b].iter_mut().zip(src.iter().step_by(sw)) {
+                                    *v = x;
+                                }
+                            }
                         }
                     }
                     p = end;
@@ -908,6 +1052,9 @@ mod tests {
         check(sq(160, 960, 1, 1, 1, 0), Act::Relu6, 1, 7, 7, false);
         check(sq(32, 6, 1, 1, 1, 0), Act::PRelu(ramp(6, 5, 0.3)), 3, 5, 5, false);
         check(sq(16, 8, 1, 1, 1, 0), Act::Sigmoid, 1, 9, 4, false);
+        check(sq(24, 40, 1, 1, 1, 0), Act::HardSwish(1.0 / 6.0, 0.5), 2, 11, 13, true);
+        check(sq(40, 24, 1, 1, 1, 0), Act::Gelu, 1, 12, 10, false);
+        check(sq(12, 48, 1, 1, 1, 0), Act::HardSigmoid(0.2, 0.5), 1, 5, 7, false);
     }
 
     #[test]
@@ -916,6 +1063,8 @@ mod tests {
         assert!(winograd::applies(&g(16, 16, 1)) && !winograd::applies(&g(8, 16, 1)));
         // Odd sizes (a ragged last tile row and column), no padding, a batch, a residual.
         check(g(16, 16, 1), Act::Relu, 2, 7, 9, false);
+        check(g(16, 24, 1), Act::Gelu, 1, 8, 9, true);
+        check(g(24, 16, 1), Act::HardSwish(1.0 / 6.0, 0.5), 1, 9, 6, false);
         check(g(32, 24, 0), Act::Identity, 1, 10, 11, true);
         check(g(24, 40, 1), Act::PRelu(ramp(40, 7, 0.2)), 1, 5, 6, false);
         // Several chunks of tiles along a row, TensorFlow SAME and asymmetric padding.
@@ -957,7 +1106,23 @@ mod tests {
             check(g(5, 1), Act::Relu6, 2, h, w, false);
             check(g(5, 2), Act::Relu6, 2, h, w, false);
             check(g(4, 1), Act::PRelu(ramp(4, 6, 0.25)), 1, h, w, true);
+            check(g(6, 2), Act::HardSwish(1.0 / 6.0, 0.5), 1, h, w, false);
         }
+        // Other kernels at stride 1 (the padded, register-blocked path): several blocks of a row,
+        // an odd number of rows, dilation, asymmetric padding, a row narrower than a block.
+        let dw = |c, k, pad: [usize; 4], dilation| Geom {
+            cin: c,
+            cout: c,
+            groups: c,
+            kernel: [k, k],
+            stride: [1, 1],
+            dilation: [dilation, dilation],
+            pad: Pad::Explicit(pad),
+        };
+        check(dw(3, 7, [3; 4], 1), Act::Identity, 2, 9, 70, true);
+        check(dw(2, 5, [4, 4, 4, 4], 2), Act::Gelu, 1, 11, 40, false);
+        check(dw(4, 5, [0, 2, 1, 0], 1), Act::Relu, 1, 8, 33, false);
+        check(dw(2, 7, [3; 4], 1), Act::Identity, 1, 3, 5, false);
     }
 
     #[test]
@@ -966,6 +1131,7 @@ mod tests {
         check(sq(3, 32, 1, 3, 2, 1), Act::Relu6, 2, 31, 30, false);
         check(sq(3, 10, 1, 3, 1, 0), Act::PRelu(ramp(10, 7, 0.25)), 2, 24, 20, false);
         check(sq(10, 16, 1, 3, 1, 0), Act::Identity, 1, 40, 40, false);
+        check(sq(12, 24, 1, 2, 1, 0), Act::Gelu, 1, 21, 17, false);
         check(sq(8, 12, 1, 2, 1, 0), Act::Identity, 1, 6, 6, true);
         // A 3×3 at stride 2 with many channels (several pixel blocks; at stride 1 it would be
         // Winograd's), LeakyReLU.

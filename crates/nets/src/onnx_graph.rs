@@ -74,6 +74,12 @@ pub(super) enum Op {
         alpha: f32,
         beta: f32,
     },
+    /// x · min(max(α·x + β, 0), 1): ONNX's HardSwish (α = 1/6, β = ½), or the four nodes an
+    /// exporter writes for it (`fuse_hard_swish`).
+    HardSwish {
+        alpha: f32,
+        beta: f32,
+    },
     Erf,
     /// x · ½ · (1 + erf(x / √2)): the five nodes an exporter writes for GELU (`fuse_gelu`).
     Gelu,
@@ -127,6 +133,7 @@ impl Op {
             Op::Relu | Op::LeakyRelu(_) | Op::PRelu(_) | Op::Clip(..) => "relu family",
             Op::PixelShuffle(_) => "pixel shuffle",
             Op::Sigmoid | Op::HardSigmoid { .. } => "sigmoid family",
+            Op::HardSwish { .. } => "hard swish",
             Op::Erf => "erf",
             Op::Gelu => "gelu",
             Op::Affine { .. } => "affine",
@@ -414,6 +421,7 @@ impl OnnxGraph {
                     alpha: node.attr_float("alpha").unwrap_or(0.2),
                     beta: node.attr_float("beta").unwrap_or(0.5),
                 },
+                "HardSwish" => Op::HardSwish { alpha: 1.0 / 6.0, beta: 0.5 },
                 "Erf" => Op::Erf,
                 "Clip" => {
                     let bound = |i: usize, attr: &str, default: f32| -> Result<f32, GraphError> {
@@ -650,7 +658,9 @@ impl OnnxGraph {
         input: String,
         outputs: Vec<String>,
     ) -> Result<Self, GraphError> {
+        let steps = skip_identities(steps, &outputs);
         let steps = fuse_gelu(steps, &constants, &outputs);
+        let steps = fuse_hard_swish(steps, &constants, &outputs);
         let steps = fuse_for_cpu(steps, &constants, &outputs);
         for o in &outputs {
             if !steps.iter().any(|s| &s.output == o) {
@@ -777,6 +787,11 @@ impl OnnxGraph {
                 Op::Sigmoid => un(get(0), cpu::Unary::Sigmoid, sigmoid),
                 Op::HardSigmoid { alpha, beta } if host => cpu::unary(get(0), cpu::Unary::HardSigmoid(*alpha, *beta)),
                 Op::HardSigmoid { alpha, beta } => (get(0) * *alpha + *beta).clamp(0.0, 1.0),
+                Op::HardSwish { alpha, beta } if host => cpu::unary(get(0), cpu::Unary::HardSwish(*alpha, *beta)),
+                Op::HardSwish { alpha, beta } => {
+                    let x = get(0);
+                    x.clone() * (x * *alpha + *beta).clamp(0.0, 1.0)
+                }
                 Op::Erf => un(get(0), cpu::Unary::Erf, |x| x.erf()),
                 Op::Gelu => un(get(0), cpu::Unary::Gelu, burn::tensor::activation::gelu),
                 Op::Clip(lo, hi) if host => cpu::unary(get(0), cpu::Unary::Clip(*lo, *hi)),
@@ -792,11 +807,14 @@ impl OnnxGraph {
                         .with_output_size([h * scale[0], w * scale[1]]);
                     interpolate(x, options)
                 }
-                Op::Concat => Tensor::cat((0..step.inputs.len()).map(&mut get).collect(), 1),
+                Op::Concat => {
+                    let parts: Vec<Tensor<4>> = (0..step.inputs.len()).map(&mut get).collect();
+                    if host { cpu::concat_channels(parts) } else { Tensor::cat(parts, 1) }
+                }
                 Op::MaxPool(o) => {
                     let x = get(0);
-                    let fast = (host && !o.ceil_mode && o.dilation == [1, 1])
-                        .then(|| cpu::max_pool(&x, o.kernel_size, o.stride, o.padding))
+                    let fast = (host && o.dilation == [1, 1])
+                        .then(|| cpu::max_pool(&x, o.kernel_size, o.stride, o.padding, o.ceil_mode))
                         .flatten();
                     fast.unwrap_or_else(|| max_pool2d(x, o.clone()))
                 }
@@ -872,6 +890,9 @@ fn step_act(op: &Op, cout: usize) -> Option<Act> {
         Op::LeakyRelu(slope) => Act::LeakyRelu(*slope as f32),
         Op::Clip(lo, hi) => Act::Clip(*lo, *hi),
         Op::Sigmoid => Act::Sigmoid,
+        Op::HardSigmoid { alpha, beta } => Act::HardSigmoid(*alpha, *beta),
+        Op::HardSwish { alpha, beta } => Act::HardSwish(*alpha, *beta),
+        Op::Gelu => Act::Gelu,
         Op::PRelu(slope) => {
             let a: Vec<f32> = slope.clone().into_data().iter::<f32>().collect();
             match a.len() {
@@ -887,19 +908,7 @@ fn step_act(op: &Op, cout: usize) -> Option<Act> {
 /// GELU as exported node by node — `Div(x, √2)` → `Erf` → `Add(·, 1)` → `Mul(x, ·)` → `Mul(·, ½)`,
 /// each intermediate used once — becomes one `Gelu` step where the last `Mul` was.
 fn fuse_gelu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: &[String]) -> Vec<Step> {
-    let mut uses: HashMap<&str, usize> = HashMap::new();
-    let mut consumer: HashMap<&str, usize> = HashMap::new();
-    let mut producer: HashMap<&str, usize> = HashMap::new();
-    for (j, step) in steps.iter().enumerate() {
-        for name in &step.inputs {
-            *uses.entry(name).or_default() += 1;
-            consumer.insert(name, j);
-        }
-        producer.insert(&step.output, j);
-    }
-    for o in outputs {
-        *uses.entry(o).or_default() += 1;
-    }
+    let (uses, consumer, producer) = links(&steps, outputs);
     // The single consumer of `value`, when it has exactly one and is not a graph output.
     let next = |value: &str| (uses.get(value) == Some(&1)).then(|| consumer.get(value).copied()).flatten();
     let near = |v: Option<f32>, want: f32| v.is_some_and(|v| (v - want).abs() <= 1e-6 * want.max(1.0));
@@ -942,15 +951,7 @@ fn fuse_gelu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: 
             gelu.insert(at, Step { op: Op::Gelu, inputs: vec![x], output });
         }
     }
-    steps
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, step)| match gelu.remove(&i) {
-            Some(g) => Some(g),
-            None if drop[i] => None,
-            None => Some(step),
-        })
-        .collect()
+    replace_steps(steps, gelu, &drop)
 }
 
 /// The other operand of a two-operand step on `value`, when it is a constant scalar.
@@ -961,22 +962,134 @@ fn scalar_operand(step: &Step, value: &str, constants: &HashMap<String, Tensor<4
     (other != value && t.dims() == [1, 1, 1, 1]).then(|| t.clone().into_data().iter::<f32>().next()).flatten()
 }
 
-/// On the CPU device: each convolution becomes one CPU-engine step with a constant scale and the
-/// activation that follow it and a residual `Add` after that (when the convolution's and the activation's values
-/// have no other use), placed where the last fused node was (the residual is computed by then).
-/// Steps on other devices, and shapes where burn flex is faster, are left as they are.
-fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: &[String]) -> Vec<Step> {
+/// The other operand of a two-operand step on `value`, when it is a constant with one value per
+/// channel of a `c`-channel value (`1×c×1×1`) or one value for all (`1×1×1×1`): `c` values.
+fn channel_operand(step: &Step, value: &str, constants: &HashMap<String, Tensor<4>>, c: usize) -> Option<Vec<f32>> {
+    let [a, b] = &step.inputs[..] else { return None };
+    let other = if a == value { b } else { a };
+    if other == value {
+        return None;
+    }
+    per_channel(constants.get(other.as_str())?, c)
+}
+
+/// A `1×c×1×1` or `1×1×1×1` constant as `c` values.
+fn per_channel(t: &Tensor<4>, c: usize) -> Option<Vec<f32>> {
+    let v: Vec<f32> = match t.dims() {
+        [1, 1, 1, 1] => vec![t.clone().into_data().iter::<f32>().next()?; c],
+        [1, k, 1, 1] if k == c => t.clone().into_data().iter::<f32>().collect(),
+        _ => return None,
+    };
+    Some(v)
+}
+
+/// Hard swish as exported node by node — `Add(x, β/α)` → `Clip(0, 1/α)` → `Mul(x, ·)` →
+/// `Div(·, 1/α)` (or `Mul(·, α)`), each intermediate used once — becomes one `HardSwish` step
+/// where the last node was.
+fn fuse_hard_swish(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: &[String]) -> Vec<Step> {
+    let (uses, consumer, producer) = links(&steps, outputs);
+    let next = |value: &str| (uses.get(value) == Some(&1)).then(|| consumer.get(value).copied()).flatten();
+    let mut drop = vec![false; steps.len()];
+    let mut fused: HashMap<usize, Step> = HashMap::new();
+    for (c, clip) in steps.iter().enumerate() {
+        let Op::Clip(lo, hi) = clip.op else { continue };
+        if lo != 0.0 || !(hi > 0.0 && hi.is_finite()) {
+            continue;
+        }
+        let found = (|| {
+            let a = *producer.get(clip.inputs[0].as_str())?;
+            let add = &steps[a];
+            let x = add.inputs.iter().find(|n| !constants.contains_key(n.as_str()))?;
+            let shift = scalar_operand(add, x, constants)?;
+            if !matches!(add.op, Op::Add) || next(&add.output) != Some(c) {
+                return None;
+            }
+            let m = next(&clip.output)?;
+            let mul = &steps[m];
+            let other = mul.inputs.iter().find(|n| **n != clip.output)?;
+            if !matches!(mul.op, Op::Mul) || mul.inputs.len() != 2 || other != x {
+                return None;
+            }
+            let d = next(&mul.output)?;
+            let last = &steps[d];
+            let by = scalar_operand(last, &mul.output, constants)?;
+            let divides = matches!(last.op, Op::Div) && last.inputs[0] == mul.output;
+            let near = |a: f32, b: f32| (a - b).abs() <= 1e-6 * b.abs().max(1.0);
+            if !(divides && near(by, hi) || matches!(last.op, Op::Mul) && near(by * hi, 1.0)) {
+                return None;
+            }
+            Some(([a, c, m], d, x.clone(), last.output.clone(), shift))
+        })();
+        if let Some((gone, at, x, output, shift)) = found {
+            gone.iter().for_each(|&i| drop[i] = true);
+            let op = Op::HardSwish { alpha: 1.0 / hi, beta: shift / hi };
+            fused.insert(at, Step { op, inputs: vec![x], output });
+        }
+    }
+    replace_steps(steps, fused, &drop)
+}
+
+/// Per value: how many steps (and graph outputs) use it, its last consumer, and its producer.
+#[allow(clippy::type_complexity)]
+fn links<'a>(
+    steps: &'a [Step],
+    outputs: &'a [String],
+) -> (HashMap<&'a str, usize>, HashMap<&'a str, usize>, HashMap<&'a str, usize>) {
     let mut uses: HashMap<&str, usize> = HashMap::new();
     let mut consumer: HashMap<&str, usize> = HashMap::new();
+    let mut producer: HashMap<&str, usize> = HashMap::new();
     for (j, step) in steps.iter().enumerate() {
         for name in &step.inputs {
             *uses.entry(name).or_default() += 1;
             consumer.insert(name, j);
         }
+        producer.insert(&step.output, j);
     }
     for o in outputs {
         *uses.entry(o).or_default() += 1;
     }
+    (uses, consumer, producer)
+}
+
+/// `steps` with step `i` replaced by `fused[i]` where there is one, else dropped where `drop[i]`.
+fn replace_steps(steps: Vec<Step>, mut fused: HashMap<usize, Step>, drop: &[bool]) -> Vec<Step> {
+    steps
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, step)| match fused.remove(&i) {
+            Some(f) => Some(f),
+            None if drop[i] => None,
+            None => Some(step),
+        })
+        .collect()
+}
+
+/// `Identity` steps (renames, casts) removed: their users read the value they copy. One whose
+/// value is a graph output stays.
+fn skip_identities(steps: Vec<Step>, outputs: &[String]) -> Vec<Step> {
+    let mut alias: HashMap<String, String> = HashMap::new();
+    let mut kept = Vec::with_capacity(steps.len());
+    for mut step in steps {
+        for name in &mut step.inputs {
+            if let Some(source) = alias.get(name) {
+                *name = source.clone();
+            }
+        }
+        if matches!(step.op, Op::Identity) && step.inputs.len() == 1 && !outputs.contains(&step.output) {
+            alias.insert(step.output, step.inputs.remove(0));
+            continue;
+        }
+        kept.push(step);
+    }
+    kept
+}
+
+/// On the CPU device: each convolution becomes one CPU-engine step with a constant scale and the
+/// activation that follow it and a residual `Add` after that (when the convolution's and the activation's values
+/// have no other use), placed where the last fused node was (the residual is computed by then).
+/// Steps on other devices, and shapes where burn flex is faster, are left as they are.
+fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: &[String]) -> Vec<Step> {
+    let (uses, consumer, _) = links(&steps, outputs);
     // Per fused convolution: where it goes (its last absorbed step) and the step.
     let mut fused: HashMap<usize, Step> = HashMap::new();
     let mut taken = vec![false; steps.len()];
@@ -986,7 +1099,8 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
             continue;
         }
         let (mut out, mut act, mut last, mut residual) = (step.output.as_str(), Act::Identity, i, None);
-        let mut scale = 1f32;
+        // y = scale · conv + shift per output channel, from the constant operands before the activation.
+        let mut affine = cpu::Affine::identity(geom.cout);
         let mut absorbed = Vec::new();
         while uses.get(out) == Some(&1) && residual.is_none() {
             // (A graph output has no consumer: its one use is being an output.)
@@ -995,25 +1109,36 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
                 break;
             }
             let next = &steps[j];
-            if let Op::Add = next.op {
-                let other = next.inputs.iter().find(|n| n.as_str() != out);
-                match other {
-                    Some(o) if next.inputs.len() == 2 && !constants.contains_key(o) => residual = Some(o.clone()),
-                    _ => break,
+            let constant = channel_operand(next, out, constants, geom.cout);
+            let first = next.inputs.first().is_some_and(|n| n == out);
+            match (&next.op, constant, act == Act::Identity) {
+                (Op::Add, Some(c), true) => affine.add(&c),
+                (Op::Sub, Some(c), true) if first => affine.add(&c.iter().map(|v| -v).collect::<Vec<_>>()),
+                (Op::Mul, Some(c), true) => affine.mul(&c),
+                (Op::Div, Some(c), true) if first => affine.mul(&c.iter().map(|v| 1.0 / v).collect::<Vec<_>>()),
+                (Op::Affine { scale, shift }, None, true) => {
+                    let (Some(s), Some(t)) = (per_channel(scale, geom.cout), per_channel(shift, geom.cout)) else {
+                        break;
+                    };
+                    affine.mul(&s);
+                    affine.add(&t);
                 }
-            } else if let (Op::Mul, Act::Identity, Some(s)) = (&next.op, &act, scalar_operand(next, out, constants)) {
-                // A scale by a constant before any activation: folded into the weights and bias.
-                scale *= s;
-            } else {
-                match step_act(&next.op, geom.cout) {
-                    Some(a) if act == Act::Identity => act = a,
-                    _ => break,
+                (Op::Add, _, _) => {
+                    let other = next.inputs.iter().find(|n| n.as_str() != out);
+                    match other {
+                        Some(o) if next.inputs.len() == 2 && !constants.contains_key(o) => residual = Some(o.clone()),
+                        _ => break,
+                    }
                 }
+                (op, _, identity) => match step_act(op, geom.cout) {
+                    Some(a) if identity => act = a,
+                    _ => break,
+                },
             }
             absorbed.push(j);
             (out, last) = (next.output.as_str(), j);
         }
-        let Some(conv) = cpu::graph_conv(weight, bias, geom, act, scale) else { continue };
+        let Some(conv) = cpu::graph_conv(weight, bias, geom, act, &affine) else { continue };
         let mut inputs = vec![step.inputs[0].clone()];
         inputs.extend(residual.clone());
         let op = Op::Host { conv: Arc::new(conv), residual: residual.is_some() };
@@ -1023,15 +1148,7 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
         taken[i] = true;
         fused.insert(last, Step { op, inputs, output: out.to_string() });
     }
-    steps
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, step)| match fused.remove(&i) {
-            Some(f) => Some(f),
-            None if taken[i] => None,
-            None => Some(step),
-        })
-        .collect()
+    replace_steps(steps, fused, &taken)
 }
 
 /// A graph on its device, as a worker drives it. Per item: its outputs, flattened, side by side.
@@ -1163,6 +1280,65 @@ mod tests {
         let graph = OnnxGraph::from_parts(steps, HashMap::new(), "x".into(), vec!["y".into()]).unwrap();
         assert!(matches!(graph.steps[0].op, Op::Host { residual: false, .. }));
         assert!(matches!(graph.steps[1].op, Op::Relu) && matches!(graph.steps[2].op, Op::Add));
+    }
+
+    #[test]
+    fn constant_operands_batch_norm_and_an_exported_hard_swish_fold_into_one_cpu_conv() {
+        let device = Device::flex();
+        let t4 = |v: Vec<f32>, d: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, d), &device);
+        let w = t4(ramp(8 * 6 * 9, 1, 0.3), [8, 6, 3, 3]);
+        let options = ConvOptions::new([2, 2], [1, 1], [1, 1], 1);
+        let (bias, scale, shift) =
+            (t4(ramp(8, 2, 0.5), [1, 8, 1, 1]), t4(ramp(8, 3, 1.5), [1, 8, 1, 1]), t4(ramp(8, 5, 0.7), [1, 8, 1, 1]));
+        // Paddle's export: the conv without bias, a cast, the bias as a constant Add, a constant
+        // divide, a BatchNorm, then hard swish as Add 3 → Clip(0, 6) → Mul x → Div 6; then the
+        // result beside the input's pooled copy, max-pooled with ceil mode.
+        let steps = vec![
+            step(Op::Conv { weight: w.clone(), bias: None, options: options.clone() }, &["x", "w"], "c"),
+            step(Op::Identity, &["c"], "cast"),
+            step(Op::Add, &["cast", "bias"], "b"),
+            step(Op::Div, &["b", "two"], "d"),
+            step(Op::Affine { scale: scale.clone(), shift: shift.clone() }, &["d"], "bn"),
+            step(Op::Add, &["bn", "three"], "p"),
+            step(Op::Clip(0.0, 6.0), &["p", "lo", "hi"], "r6"),
+            step(Op::Mul, &["bn", "r6"], "m"),
+            step(Op::Div, &["m", "six"], "hs"),
+            step(Op::Concat, &["hs", "hs"], "cat"),
+            step(Op::MaxPool(MaxPoolOptions::new([2, 2]).with_stride([2, 2]).with_ceil_mode(true)), &["cat"], "y"),
+        ];
+        let scalar = |v: f32| t4(vec![v], [1, 1, 1, 1]);
+        let constants = HashMap::from([
+            ("bias".to_string(), bias.clone()),
+            ("two".to_string(), scalar(2.0)),
+            ("three".to_string(), scalar(3.0)),
+            ("six".to_string(), scalar(6.0)),
+        ]);
+        let graph = OnnxGraph::from_parts(steps, constants, "x".into(), vec!["y".into()]).unwrap();
+        let ops: Vec<String> = graph
+            .steps
+            .iter()
+            .map(|s| match &s.op {
+                Op::Host { conv, .. } => format!("host {:?} → {}", conv.act(), s.output),
+                other => other.kind().to_string(),
+            })
+            .collect();
+        assert_eq!(ops, [format!("host {:?} → hs", Act::HardSwish(1.0 / 6.0, 0.5)), "concat".into(), "pool".into()]);
+        // 9 × 11 → 5 × 6 → pooled with ceil mode to 3 × 3.
+        let x = t4(ramp(2 * 6 * 9 * 11, 4, 2.0), [2, 6, 9, 11]);
+        let v = (conv2d(x.clone(), w, None, options) + bias) / 2.0 * scale + shift;
+        let v = v.clone() * (v + 3.0).clamp(0.0, 6.0) / 6.0;
+        let pool = MaxPoolOptions::new([2, 2]).with_stride([2, 2]).with_ceil_mode(true);
+        let want = max_pool2d(Tensor::cat(vec![v.clone(), v], 1), pool);
+        let got = graph.forward(x);
+        assert_eq!(got.dims(), [2, 16, 3, 3]);
+        assert_eq!(want.dims(), got.dims());
+        let worst = want
+            .into_data()
+            .iter::<f32>()
+            .zip(got.into_data().iter::<f32>())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "worst {worst}");
     }
 
     #[test]

@@ -49,7 +49,8 @@ impl Conv {
         let host = cpu::is_cpu(&weight.device())
             .then(|| {
                 let geom = cpu::geom_of(&weight, &options);
-                let make = |act| cpu::graph_conv(&weight, bias.as_ref(), geom, act, 1.0);
+                let same = cpu::Affine::identity(geom.cout);
+                let make = |act| cpu::graph_conv(&weight, bias.as_ref(), geom, act, &same);
                 Some([make(cpu::Act::Identity)?, make(cpu::Act::LeakyRelu(slope as f32))?])
             })
             .flatten();

@@ -78,16 +78,55 @@ pub fn geom_of(weight: &Tensor<4>, options: &burn::tensor::ops::ConvOptions<2>) 
     }
 }
 
+/// A per-channel `scale · x + shift` applied to a convolution's output before its activation
+/// (constant multiplies, divides, adds and inference BatchNorms after it in a graph), folded into
+/// its weights and bias.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Affine {
+    pub scale: Vec<f32>,
+    pub shift: Vec<f32>,
+}
+
+impl Affine {
+    pub fn identity(channels: usize) -> Self {
+        Self { scale: vec![1.0; channels], shift: vec![0.0; channels] }
+    }
+
+    /// Then `· m` per channel.
+    pub fn mul(&mut self, m: &[f32]) {
+        for ((s, t), m) in self.scale.iter_mut().zip(&mut self.shift).zip(m) {
+            *s *= m;
+            *t *= m;
+        }
+    }
+
+    /// Then `+ a` per channel.
+    pub fn add(&mut self, a: &[f32]) {
+        self.shift.iter_mut().zip(a).for_each(|(t, a)| *t += a);
+    }
+}
+
 /// A graph's convolution (weight `cout × cin/groups × kh × kw` and bias as burn tensors on the CPU
-/// device, shape `geom`), its output scaled by `scale`, with `act` after it, as a host kernel;
-/// `None` where burn is faster ([`prefer_burn`]).
-pub fn graph_conv(weight: &Tensor<4>, bias: Option<&Tensor<1>>, geom: Geom, act: Act, scale: f32) -> Option<HostConv> {
+/// device, shape `geom`), `affine` after it, then `act`, as a host kernel; `None` where burn is
+/// faster ([`prefer_burn`]).
+pub fn graph_conv(
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    geom: Geom,
+    act: Act,
+    affine: &Affine,
+) -> Option<HostConv> {
     if prefer_burn(&geom) {
         return None;
     }
-    let scaled = |v: Vec<f32>| if scale == 1.0 { v } else { v.into_iter().map(|x| x * scale).collect() };
-    let bias = bias.map(|b| scaled(host_values(b.clone())));
-    HostConv::new(geom, scaled(host_values(weight.clone())), bias, act)
+    let mut weight = host_values(weight.clone());
+    let per = weight.len() / geom.cout;
+    for (row, s) in weight.chunks_exact_mut(per).zip(&affine.scale) {
+        row.iter_mut().for_each(|v| *v *= s);
+    }
+    let bias = bias.map_or_else(|| vec![0.0; geom.cout], |b| host_values(b.clone()));
+    let bias = bias.iter().zip(affine.scale.iter().zip(&affine.shift)).map(|(b, (s, t))| b * s + t).collect();
+    HostConv::new(geom, weight, Some(bias), act)
 }
 
 /// `conv` (with `act` after it) as a channels-last trunk layer; `None` unless it has stride 1, no
@@ -193,17 +232,42 @@ pub fn binary(
 }
 
 /// Max pooling of `x` (on the CPU device) with explicit padding `(top, bottom), (left, right)`,
-/// floor mode, no dilation; `None` for other options (burn runs those).
-pub fn max_pool(x: &Tensor<4>, k: [usize; 2], stride: [usize; 2], pad: [(usize, usize); 2]) -> Option<Tensor<4>> {
+/// no dilation, the output size rounded down or (`ceil`) up as PyTorch's does (a last window
+/// must start inside the input or its leading padding); `None` for other options (burn runs those).
+pub fn max_pool(
+    x: &Tensor<4>,
+    k: [usize; 2],
+    stride: [usize; 2],
+    pad: [(usize, usize); 2],
+    ceil: bool,
+) -> Option<Tensor<4>> {
     let [n, c, h, w] = x.dims();
-    let oh = (h + pad[0].0 + pad[0].1).checked_sub(k[0])? / stride[0] + 1;
-    let ow = (w + pad[1].0 + pad[1].1).checked_sub(k[1])? / stride[1] + 1;
+    let size = |len: usize, (before, after): (usize, usize), k: usize, s: usize| -> Option<usize> {
+        let span = (len + before + after).checked_sub(k)?;
+        let mut out = if ceil { span.div_ceil(s) } else { span / s } + 1;
+        if ceil && (out - 1) * s >= len + before {
+            out -= 1;
+        }
+        Some(out)
+    };
+    let oh = size(h, pad[0], k[0], stride[0])?;
+    let ow = size(w, pad[1], k[1], stride[1])?;
     // A window wholly in the padding would be −∞: not an input these options make.
     if pad[0].0 >= k[0] || pad[1].0 >= k[1] || pad[0].1 >= k[0] || pad[1].1 >= k[1] {
         return None;
     }
     let x = flex(x.clone());
     Some(from_host(eltwise::max_pool(values(&x), (h, w), k, stride, [pad[0].0, pad[1].0], (oh, ow)), [n, c, oh, ow]))
+}
+
+/// `parts` (on the CPU device, the same N, H and W) side by side along C.
+pub fn concat_channels(parts: Vec<Tensor<4>>) -> Tensor<4> {
+    let [n, _, h, w] = parts[0].dims();
+    let channels: Vec<usize> = parts.iter().map(|p| p.dims()[1]).collect();
+    let parts: Vec<FlexTensor> = parts.into_iter().map(flex).collect();
+    let slices: Vec<&[f32]> = parts.iter().map(values).collect();
+    let c = channels.iter().sum();
+    from_host(eltwise::concat_planes(&slices, n, h * w), [n, c, h, w])
 }
 
 fn from_host(v: Vec<f32>, dims: [usize; 4]) -> Tensor<4> {
