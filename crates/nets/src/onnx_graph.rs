@@ -1087,7 +1087,7 @@ fn skip_identities(steps: Vec<Step>, outputs: &[String]) -> Vec<Step> {
 /// On the CPU device: each convolution becomes one CPU-engine step with a constant scale and the
 /// activation that follow it and a residual `Add` after that (when the convolution's and the activation's values
 /// have no other use), placed where the last fused node was (the residual is computed by then).
-/// Steps on other devices, and shapes where burn flex is faster, are left as they are.
+/// Steps on other devices are left as they are.
 fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: &[String]) -> Vec<Step> {
     let (uses, consumer, _) = links(&steps, outputs);
     // Per fused convolution: where it goes (its last absorbed step) and the step.

@@ -39,8 +39,9 @@ struct Conv {
     weight: Tensor<4>,
     bias: Option<Tensor<1>>,
     options: ConvOptions<2>,
-    /// On the CPU device: the CPU engine's kernels, without and with the leaky ReLU fused.
-    host: Option<[HostConv; 2]>,
+    /// On the CPU device: the CPU engine's kernels, without, with the leaky ReLU and with the
+    /// ReLU fused.
+    host: Option<[HostConv; 3]>,
     slope: f64,
 }
 
@@ -51,7 +52,7 @@ impl Conv {
                 let geom = cpu::geom_of(&weight, &options);
                 let same = cpu::Affine::identity(geom.cout);
                 let make = |act| cpu::graph_conv(&weight, bias.as_ref(), geom, act, &same);
-                Some([make(cpu::Act::Identity)?, make(cpu::Act::LeakyRelu(slope as f32))?])
+                Some([make(cpu::Act::Identity)?, make(cpu::Act::LeakyRelu(slope as f32))?, make(cpu::Act::Relu)?])
             })
             .flatten();
         Self { weight, bias, options, host, slope }
@@ -59,7 +60,7 @@ impl Conv {
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         match &self.host {
-            Some([plain, _]) => cpu::forward(plain, x, None),
+            Some([plain, ..]) => cpu::forward(plain, x, None),
             None => conv2d(x, self.weight.clone(), self.bias.clone(), self.options.clone()),
         }
     }
@@ -67,8 +68,16 @@ impl Conv {
     /// The convolution, then the leaky ReLU.
     fn leaky(&self, x: Tensor<4>) -> Tensor<4> {
         match &self.host {
-            Some([_, leaky]) => cpu::forward(leaky, x, None),
+            Some([_, leaky, _]) => cpu::forward(leaky, x, None),
             None => leaky_relu(self.forward(x), self.slope),
+        }
+    }
+
+    /// The convolution, then the ReLU.
+    fn relu(&self, x: Tensor<4>) -> Tensor<4> {
+        match &self.host {
+            Some([.., relu_fused]) => cpu::forward(relu_fused, x, None),
+            None => relu(self.forward(x)),
         }
     }
 }
@@ -206,12 +215,18 @@ impl PlateDetector {
         &self.device
     }
 
+    /// The three branches side by side, ReLU (on each branch's convolution: the same values).
     fn ssh(&self, m: &Ssh, x: Tensor<4>) -> Tensor<4> {
-        let a = m.conv3.forward(x.clone());
+        let a = m.conv3.relu(x.clone());
         let b1 = m.conv5_1.leaky(x);
-        let b = m.conv5_2.forward(b1.clone());
-        let c = m.conv7_3.forward(m.conv7_2.leaky(b1));
-        relu(Tensor::cat(vec![a, b, c], 1))
+        let b = m.conv5_2.relu(b1.clone());
+        let c = m.conv7_3.relu(m.conv7_2.leaky(b1));
+        if cpu::is_cpu(&self.device) { cpu::concat_channels(vec![a, b, c]) } else { Tensor::cat(vec![a, b, c], 1) }
+    }
+
+    /// `a + b` (the same shape), multi-threaded on the CPU.
+    fn add(&self, a: Tensor<4>, b: Tensor<4>) -> Tensor<4> {
+        if cpu::is_cpu(&self.device) { cpu::binary(a, b, cpu::Binary::Add, |a, b| a + b) } else { a + b }
     }
 
     /// ONNX `Resize` nearest (asymmetric, floor) of `x` to `like`'s H×W.
@@ -237,9 +252,9 @@ impl PlateDetector {
         let out: Vec<Tensor<4>> = levels.into_iter().zip(&self.lateral).map(|(l, c)| c.leaky(l)).collect();
         let [o1, o2, o3]: [Tensor<4>; 3] = out.try_into().expect("three levels");
         let up3 = Self::upsample_to(o3.clone(), &o2);
-        let o2 = self.merge[0].leaky(o2 + up3);
+        let o2 = self.merge[0].leaky(self.add(o2, up3));
         let up2 = Self::upsample_to(o2.clone(), &o1);
-        let o1 = self.merge[1].leaky(o1 + up2);
+        let o1 = self.merge[1].leaky(self.add(o1, up2));
         let n = o1.dims()[0];
         let per_level: Vec<Tensor<3>> = [o1, o2, o3]
             .into_iter()

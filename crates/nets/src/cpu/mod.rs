@@ -29,8 +29,10 @@ pub fn conv_params(conv: &Conv2d) -> (Vec<f32>, Option<Vec<f32>>) {
     (host_values(conv.weight.val()), conv.bias.as_ref().map(|b| host_values(b.val())))
 }
 
-/// `conv` (with `act` after it) as a host kernel; `None` where burn flex's own path is faster (a
-/// few input and output channels) or the padding is not explicit.
+/// `conv` (with `act` after it) as a host kernel; `None` where the padding is not explicit. (Every
+/// shape runs on the kernels: since their im2col copies runs, they beat burn flex's direct path
+/// on the few-channel convolutions it used to keep, measured on the plate detector's and PP-OCR
+/// cls's first layers and their 4-channel heads.)
 pub fn host_conv(conv: &Conv2d, act: Act) -> Option<HostConv> {
     let [cout, cin_per_group, kh, kw] = conv.weight.dims();
     let pad = match conv.padding {
@@ -47,19 +49,8 @@ pub fn host_conv(conv: &Conv2d, act: Act) -> Option<HostConv> {
         dilation: conv.dilation,
         pad,
     };
-    if prefer_burn(&geom) {
-        return None;
-    }
     let (weight, bias) = conv_params(conv);
     HostConv::new(geom, weight, bias, act)
-}
-
-/// Whether burn flex's own convolution beats the kernels for this shape: its direct path for a
-/// few input and output channels (3→10) beats im2col + gemm, and its 1×1 path the gemm blocks for
-/// a handful of output channels (measured on P-Net's layers).
-pub fn prefer_burn(geom: &Geom) -> bool {
-    let k = geom.kernel[0] * geom.kernel[1];
-    geom.groups == 1 && ((k > 1 && geom.cin <= 4 && geom.cout <= 16) || geom.cout < 8)
 }
 
 /// The kernels' shape of a convolution given as burn's weight (`cout × cin/groups × kh × kw`) and
@@ -107,8 +98,8 @@ impl Affine {
 }
 
 /// A graph's convolution (weight `cout × cin/groups × kh × kw` and bias as burn tensors on the CPU
-/// device, shape `geom`), `affine` after it, then `act`, as a host kernel; `None` where burn is
-/// faster ([`prefer_burn`]).
+/// device, shape `geom`), `affine` after it, then `act`, as a host kernel; `None` for a shape
+/// that is not a convolution.
 pub fn graph_conv(
     weight: &Tensor<4>,
     bias: Option<&Tensor<1>>,
@@ -116,9 +107,6 @@ pub fn graph_conv(
     act: Act,
     affine: &Affine,
 ) -> Option<HostConv> {
-    if prefer_burn(&geom) {
-        return None;
-    }
     let mut weight = host_values(weight.clone());
     let per = weight.len() / geom.cout;
     for (row, s) in weight.chunks_exact_mut(per).zip(&affine.scale) {
