@@ -935,8 +935,7 @@ fn fuse_gelu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: 
             }
             let m = next(&add.output)?;
             let mul = &steps[m];
-            let other = mul.inputs.iter().find(|n| **n != add.output)?;
-            if !matches!(mul.op, Op::Mul) || mul.inputs.len() != 2 || other != x {
+            if !multiplies(mul, &add.output, x) {
                 return None;
             }
             let h = next(&mul.output)?;
@@ -952,6 +951,13 @@ fn fuse_gelu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, outputs: 
         }
     }
     replace_steps(steps, gelu, &drop)
+}
+
+/// Whether `step` is `value · x` (either order).
+fn multiplies(step: &Step, value: &str, x: &str) -> bool {
+    matches!(step.op, Op::Mul)
+        && step.inputs.len() == 2
+        && step.inputs.iter().find(|n| n.as_str() != value).is_some_and(|other| other == x)
 }
 
 /// The other operand of a two-operand step on `value`, when it is a constant scalar.
@@ -1006,8 +1012,7 @@ fn fuse_hard_swish(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, out
             }
             let m = next(&clip.output)?;
             let mul = &steps[m];
-            let other = mul.inputs.iter().find(|n| **n != clip.output)?;
-            if !matches!(mul.op, Op::Mul) || mul.inputs.len() != 2 || other != x {
+            if !multiplies(mul, &clip.output, x) {
                 return None;
             }
             let d = next(&mul.output)?;
