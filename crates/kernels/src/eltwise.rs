@@ -242,6 +242,27 @@ pub fn concat_planes(parts: &[&[f32]], n: usize, plane: usize) -> Vec<f32> {
     out
 }
 
+/// Planes of `kh·kw` channels (`h × w` each) spread to cells: output plane `p` (`kh·h × kw·w`)
+/// takes input channel `p·kh·kw + ky·kw + kx`'s pixel (y, x) at (y·kh + ky, x·kw + kx).
+pub fn spread_cells(x: &[f32], (h, w): (usize, usize), [kh, kw]: [usize; 2]) -> Vec<f32> {
+    let (oh, ow) = (h * kh, w * kw);
+    let mut out = vec![0f32; x.len()];
+    out.par_chunks_mut(oh * ow).enumerate().for_each(|(plane, dst)| {
+        for ky in 0..kh {
+            for kx in 0..kw {
+                let from = &x[(plane * kh * kw + ky * kw + kx) * h * w..][..h * w];
+                for (y, row) in from.chunks_exact(w).enumerate() {
+                    let line = &mut dst[(y * kh + ky) * ow..][..ow];
+                    for (x, &v) in row.iter().enumerate() {
+                        line[x * kw + kx] = v;
+                    }
+                }
+            }
+        }
+    });
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -271,6 +292,12 @@ mod tests {
         let joined = concat_planes(&[a, b], 2, 10_000);
         let want: Vec<f32> = [&a[..20_000], &b[..10_000], &a[20_000..], &b[10_000..]].concat();
         assert_eq!(joined, want);
+        // One plane of 2 × 3 pixels in 2×2 cells: channel ky·2 + kx to (2y + ky, 2x + kx).
+        let cells: Vec<f32> = (0..24).map(|i| i as f32).collect();
+        let spread = spread_cells(&cells, (2, 3), [2, 2]);
+        assert_eq!(&spread[..6], &[0.0, 6.0, 1.0, 7.0, 2.0, 8.0]);
+        assert_eq!(&spread[6..12], &[12.0, 18.0, 13.0, 19.0, 14.0, 20.0]);
+        assert_eq!(spread[23], 23.0);
     }
 
     #[test]

@@ -53,6 +53,10 @@ pub(super) enum Op {
     Host {
         conv: Arc<HostConv>,
         residual: bool,
+        /// A transposed convolution whose kernel is its stride (no padding, dilation or groups):
+        /// `conv` is its 1×1 form with `kh·kw` outputs per channel, each spread to its pixel's
+        /// kh × kw cell ([`cpu::spread_cells`]).
+        cells: Option<[usize; 2]>,
     },
     /// TensorFlow's bilinear resize with `align_corners` and `half_pixel_centers` false: output
     /// pixel `o` samples the input at `o · in / out`, its right/bottom neighbour clamped.
@@ -115,6 +119,7 @@ impl Op {
             Op::Conv { .. } => "conv (burn)",
             Op::ConvTranspose { .. } => "conv transpose (burn)",
             Op::TfConv { .. } => "tf conv (burn)",
+            Op::Host { cells: Some(_), .. } => "conv transpose (engine)",
             Op::Host { conv, .. } => {
                 let g = &conv.geom;
                 if g.groups == g.cin && g.groups > 1 {
@@ -753,7 +758,8 @@ impl OnnxGraph {
                     let options = ConvOptions::new([*stride, *stride], padding, [1, 1], *groups);
                     conv2d(x, weight.clone(), bias.clone(), options)
                 }
-                Op::Host { conv, residual } => {
+                Op::Host { conv, cells: Some(cell), .. } => cpu::spread_cells(cpu::forward(conv, get(0), None), *cell),
+                Op::Host { conv, residual, cells: None } => {
                     let x = get(0);
                     let [n, _, h, w] = x.dims();
                     let (oh, ow) = conv.geom.out(h, w);
@@ -881,6 +887,21 @@ fn conv_geom(op: &Op) -> Option<(&Tensor<4>, Option<&Tensor<1>>, Geom)> {
         }
         _ => None,
     }
+}
+
+/// A transposed convolution whose kernel equals its stride, without padding, output padding,
+/// dilation or groups (PP-OCR det's upsampling): its weight (`cin × cout × kh × kw`), bias, shape
+/// (`cin`, `cout`; the kernel fields unused) and kernel.
+#[allow(clippy::type_complexity)]
+fn cell_transpose(op: &Op) -> Option<(&Tensor<4>, Option<&Tensor<1>>, Geom, [usize; 2])> {
+    let Op::ConvTranspose { weight, bias, options } = op else { return None };
+    let [cin, cout, kh, kw] = weight.dims();
+    let plain = options.stride == [kh, kw]
+        && options.padding == [0, 0]
+        && options.padding_out == [0, 0]
+        && options.dilation == [1, 1]
+        && options.groups == 1;
+    plain.then(|| (weight, bias.as_ref(), Geom::square(cin, cout, 1, 1, 1, 0), [kh, kw]))
 }
 
 /// The activation a step applies, as the CPU engine's (for `cout` channels); `None` for any other op.
@@ -1099,7 +1120,13 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
     let mut fused: HashMap<usize, Step> = HashMap::new();
     let mut taken = vec![false; steps.len()];
     for (i, step) in steps.iter().enumerate() {
-        let Some((weight, bias, geom)) = conv_geom(&step.op) else { continue };
+        // A transposed convolution that only spreads pixels to cells: `cells`, its true output
+        // channels in `geom.cout`.
+        let (weight, bias, geom, cells) = match (conv_geom(&step.op), cell_transpose(&step.op)) {
+            (Some((w, b, g)), _) => (w, b, g, None),
+            (None, Some((w, b, g, cell))) => (w, b, g, Some(cell)),
+            _ => continue,
+        };
         if taken[i] || !cpu::is_cpu(&weight.device()) {
             continue;
         }
@@ -1128,6 +1155,8 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
                     affine.mul(&s);
                     affine.add(&t);
                 }
+                // (A residual is added on the convolution's output grid: not a cell transpose's.)
+                (Op::Add, _, _) if cells.is_some() => break,
                 (Op::Add, _, _) => {
                     let other = next.inputs.iter().find(|n| n.as_str() != out);
                     match other {
@@ -1143,10 +1172,14 @@ fn fuse_for_cpu(steps: Vec<Step>, constants: &HashMap<String, Tensor<4>>, output
             absorbed.push(j);
             (out, last) = (next.output.as_str(), j);
         }
-        let Some(conv) = cpu::graph_conv(weight, bias, geom, act, &affine) else { continue };
+        let conv = match cells {
+            None => cpu::graph_conv(weight, bias, geom, act, &affine),
+            Some(cell) => cpu::cell_transpose_conv(weight, bias, (geom.cin, geom.cout), cell, act, &affine),
+        };
+        let Some(conv) = conv else { continue };
         let mut inputs = vec![step.inputs[0].clone()];
         inputs.extend(residual.clone());
-        let op = Op::Host { conv: Arc::new(conv), residual: residual.is_some() };
+        let op = Op::Host { conv: Arc::new(conv), residual: residual.is_some(), cells };
         for &j in &absorbed {
             taken[j] = true;
         }
@@ -1337,6 +1370,38 @@ mod tests {
         let got = graph.forward(x);
         assert_eq!(got.dims(), [2, 16, 3, 3]);
         assert_eq!(want.dims(), got.dims());
+        let worst = want
+            .into_data()
+            .iter::<f32>()
+            .zip(got.into_data().iter::<f32>())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "worst {worst}");
+    }
+
+    #[test]
+    fn a_transposed_convolution_with_its_kernel_as_stride_runs_as_one_cpu_step_with_the_same_values() {
+        let device = Device::flex();
+        let t4 = |v: Vec<f32>, d: [usize; 4]| Tensor::<4>::from_data(TensorData::new(v, d), &device);
+        // 6 → 5 channels, 2×2 cells, a bias, then a constant per-channel add and a PReLU.
+        let w = t4(ramp(6 * 5 * 4, 1, 0.3), [6, 5, 2, 2]);
+        let b = Tensor::<1>::from_data(TensorData::new(ramp(5, 2, 0.5), [5]), &device);
+        let shift = t4(ramp(5, 3, 0.4), [1, 5, 1, 1]);
+        let slope = Tensor::<1>::from_data(TensorData::new(ramp(5, 5, 0.3), [5]), &device);
+        let options = ConvTransposeOptions::new([2, 2], [0, 0], [0, 0], [1, 1], 1);
+        let steps = vec![
+            step(Op::ConvTranspose { weight: w.clone(), bias: Some(b.clone()), options: options.clone() }, &["x"], "t"),
+            step(Op::Add, &["t", "shift"], "s"),
+            step(Op::PRelu(slope.clone()), &["s"], "y"),
+        ];
+        let constants = HashMap::from([("shift".to_string(), shift.clone())]);
+        let graph = OnnxGraph::from_parts(steps, constants, "x".into(), vec!["y".into()]).unwrap();
+        assert_eq!(graph.steps.len(), 1);
+        assert_eq!(graph.steps[0].op.kind(), "conv transpose (engine)");
+        let x = t4(ramp(2 * 6 * 5 * 7, 4, 2.0), [2, 6, 5, 7]);
+        let want = prelu(conv_transpose2d(x.clone(), w, Some(b), options) + shift, slope);
+        let got = graph.forward(x);
+        assert_eq!(got.dims(), [2, 5, 10, 14]);
         let worst = want
             .into_data()
             .iter::<f32>()

@@ -117,6 +117,48 @@ pub fn graph_conv(
     HostConv::new(geom, weight, Some(bias), act)
 }
 
+/// A transposed convolution whose kernel (`cell`) equals its stride, without padding (weight
+/// `cin × cout × kh × kw`, as ONNX writes it), `affine` and `act` after it, as the 1×1
+/// convolution giving each input pixel's `kh·kw` output values per channel (channel `c·kh·kw +
+/// ky·kw + kx`), for [`spread_cells`] to place.
+pub fn cell_transpose_conv(
+    weight: &Tensor<4>,
+    bias: Option<&Tensor<1>>,
+    (cin, cout): (usize, usize),
+    [kh, kw]: [usize; 2],
+    act: Act,
+    affine: &Affine,
+) -> Option<HostConv> {
+    let cells = kh * kw;
+    let w = host_values(weight.clone());
+    let b = bias.map_or_else(|| vec![0.0; cout], |b| host_values(b.clone()));
+    let mut rows = vec![0f32; cout * cells * cin];
+    for ci in 0..cin {
+        for o in 0..cout {
+            for cell in 0..cells {
+                rows[(o * cells + cell) * cin + ci] = w[(ci * cout + o) * cells + cell] * affine.scale[o];
+            }
+        }
+    }
+    let per_row = |v: &[f32]| v.iter().flat_map(|x| std::iter::repeat_n(*x, cells)).collect::<Vec<f32>>();
+    let bias: Vec<f32> = (0..cout).map(|o| b[o] * affine.scale[o] + affine.shift[o]).collect();
+    let act = match act {
+        Act::PRelu(a) => Act::PRelu(per_row(&a)),
+        other => other,
+    };
+    HostConv::new(Geom::square(cin, cout * cells, 1, 1, 1, 0), rows, Some(per_row(&bias)), act)
+}
+
+/// `x` (N × C·kh·kw × H × W, on the CPU device) with each pixel's `kh·kw` values of a channel
+/// spread to its cell: N × C × kh·H × kw·W (ONNX's DepthToSpace in its CRD order).
+pub fn spread_cells(x: Tensor<4>, [kh, kw]: [usize; 2]) -> Tensor<4> {
+    let [n, c, h, w] = x.dims();
+    let c = c / (kh * kw);
+    let t = flex(x);
+    let out = eltwise::spread_cells(values(&t), (h, w), [kh, kw]);
+    from_host(out, [n, c, h * kh, w * kw])
+}
+
 /// `conv` (with `act` after it) as a channels-last trunk layer; `None` unless it has stride 1, no
 /// padding, no dilation and no groups (MTCNN's convolutions all do).
 pub fn hwc_conv(conv: &Conv2d, act: &Act) -> Option<HwcConv> {
