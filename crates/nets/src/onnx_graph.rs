@@ -1261,6 +1261,15 @@ mod tests {
         (0..n).map(|i| (((i * 7919 + seed * 104729) % 1009) as f32 / 504.5 - 1.0) * scale).collect()
     }
 
+    /// The largest absolute difference between two tensors' values.
+    fn max_diff(want: Tensor<4>, got: Tensor<4>) -> f32 {
+        want.into_data()
+            .iter::<f32>()
+            .zip(got.into_data().iter::<f32>())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    }
+
     fn step(op: Op, inputs: &[&str], output: &str) -> Step {
         Step { op, inputs: inputs.iter().map(|s| s.to_string()).collect(), output: output.into() }
     }
@@ -1296,12 +1305,7 @@ mod tests {
         let x = t4(ramp(2 * 6 * 9 * 11, 4, 2.0), [2, 6, 9, 11]);
         let want = leaky_relu(conv2d(x.clone(), w, Some(b), same) * 0.5, 0.1) + conv2d(x.clone(), w2, None, one);
         let got = graph.forward(x);
-        let worst = want
-            .into_data()
-            .iter::<f32>()
-            .zip(got.into_data().iter::<f32>())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(want, got);
         assert!(worst < 1e-5, "worst {worst}");
     }
 
@@ -1370,12 +1374,7 @@ mod tests {
         let got = graph.forward(x);
         assert_eq!(got.dims(), [2, 16, 3, 3]);
         assert_eq!(want.dims(), got.dims());
-        let worst = want
-            .into_data()
-            .iter::<f32>()
-            .zip(got.into_data().iter::<f32>())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(want, got);
         assert!(worst < 1e-5, "worst {worst}");
     }
 
@@ -1402,12 +1401,7 @@ mod tests {
         let want = prelu(conv_transpose2d(x.clone(), w, Some(b), options) + shift, slope);
         let got = graph.forward(x);
         assert_eq!(got.dims(), [2, 5, 10, 14]);
-        let worst = want
-            .into_data()
-            .iter::<f32>()
-            .zip(got.into_data().iter::<f32>())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let worst = max_diff(want, got);
         assert!(worst < 1e-5, "worst {worst}");
     }
 
